@@ -1,0 +1,10 @@
+"""Run every benchmark and print one JSON line per result (see docs/benchmarks.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+for script in ("bench_registry.py", "bench_census.py"):
+    subprocess.run([sys.executable, str(HERE / script)], check=True)

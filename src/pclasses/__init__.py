@@ -1,0 +1,51 @@
+"""pclasses: ZODB classes that live, move, disappear and come back.
+
+The public API is re-exported here; the work happens in one module per
+concept (see ``design/ARCHITECTURE.md``):
+
+* :mod:`pclasses.records`: the safe record reader (never runs a pickle);
+* :mod:`pclasses.registry`: the class-factory registry;
+* :mod:`pclasses.broken`: broken classes and objects;
+* :mod:`pclasses.database`: opening targets (paths, ZConfig, zodburi);
+* :mod:`pclasses.census`: which classes the records name;
+* :mod:`pclasses.cli`: the command line.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .broken import broken_state, is_broken
+from .census import Census, take_census
+from .database import open
+from .errors import (
+    AliasCycleError,
+    PClassesError,
+    RecordDecodeError,
+    RegistrationError,
+    StorageOpenError,
+)
+from .records import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
+from .registry import ClassRegistry, Resolution
+
+__all__ = [
+    "__version__",
+    "ClassRegistry",
+    "Resolution",
+    "open",
+    "is_broken",
+    "broken_state",
+    "take_census",
+    "Census",
+    "scan_record",
+    "read_record",
+    "read_class",
+    "RecordInfo",
+    "ClassRef",
+    "Reference",
+    "PClassesError",
+    "RecordDecodeError",
+    "AliasCycleError",
+    "RegistrationError",
+    "StorageOpenError",
+]

@@ -1,0 +1,199 @@
+"""Which classes a database's records name, and how each resolves.
+
+The census reads every current record with the safe record reader (nothing
+is imported or called but what the registry resolves), counts
+
+* ``records``: records whose class this is (their class metadata), and
+* ``mentions``: records that name it anywhere else (the class part of a
+  reference, a non-persistent sub-object, a function used in a reduce),
+
+then asks the registry how each name resolves.  Records the reader cannot
+interpret are listed as unreadable by oid; they never stop the census.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ZODB.utils import oid_repr
+
+from .errors import RecordDecodeError
+from .records import scan_record
+from .registry import ClassRegistry, Resolution
+from .scan import Progress, map_records
+
+__all__ = ["ClassUsage", "Census", "take_census", "STATUS"]
+
+#: How a resolution is shown: registered and imported names are simply "ok".
+STATUS = {
+    "registered": "ok",
+    "imported": "ok",
+    "aliased": "aliased",
+    "database-resident": "database-resident",
+    "broken": "broken",
+}
+
+_EXAMPLES = 3
+
+
+@dataclass
+class ClassUsage:
+    """One class (or other global) named by the records."""
+
+    module: str
+    name: str
+    records: int = 0
+    mentions: int = 0
+    examples: list[bytes] = field(default_factory=list)
+    resolution: Resolution | None = None
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    @property
+    def status(self) -> str:
+        return STATUS[self.resolution.how] if self.resolution else "unknown"
+
+    def to_dict(self) -> dict[str, Any]:
+        res = self.resolution
+        return {
+            "module": self.module,
+            "name": self.name,
+            "records": self.records,
+            "mentions": self.mentions,
+            "status": self.status,
+            "how": res.how if res else None,
+            "chain": list(res.chain) if res else [],
+            "error": res.error if res else None,
+            "examples": [oid_repr(o) for o in self.examples],
+        }
+
+
+@dataclass
+class Unreadable:
+    oid: bytes
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"oid": oid_repr(self.oid), "reason": self.reason}
+
+
+@dataclass
+class Census:
+    """The result of :func:`take_census`."""
+
+    records: int
+    classes: list[ClassUsage]
+    unreadable: list[Unreadable]
+    persistent_class_refs: dict[bytes, int] = field(default_factory=dict)
+
+    @property
+    def broken(self) -> list[ClassUsage]:
+        return [c for c in self.classes if c.status == "broken"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "classes": [c.to_dict() for c in self.classes],
+            "unreadable": [u.to_dict() for u in self.unreadable],
+            "persistent_class_references": {
+                oid_repr(k): v for k, v in self.persistent_class_refs.items()
+            },
+        }
+
+
+class _Tally:
+    """Counts from one part of a scan; parts merge with :meth:`merge`."""
+
+    __slots__ = ("records", "as_class", "mentioned", "examples", "pclass_refs", "unreadable")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.as_class: dict[tuple[str, str], int] = {}
+        self.mentioned: dict[tuple[str, str], int] = {}
+        self.examples: dict[tuple[str, str], list[bytes]] = {}
+        self.pclass_refs: dict[bytes, int] = {}
+        self.unreadable: list[Unreadable] = []
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for k, v in zip(self.__slots__, state):
+            setattr(self, k, v)
+
+    def add(self, records: Iterable[tuple[bytes, bytes]]) -> _Tally:
+        as_class = self.as_class
+        mentioned = self.mentioned
+        examples = self.examples
+        n = 0
+        for oid, data in records:
+            n += 1
+            try:
+                info = scan_record(data, oid)
+            except RecordDecodeError as exc:
+                self.unreadable.append(Unreadable(oid, exc.reason))
+                continue
+            klass = info.klass
+            pair = klass.pair
+            if pair is not None:
+                count = as_class.get(pair, 0)
+                as_class[pair] = count + 1
+                if count < _EXAMPLES:
+                    examples.setdefault(pair, []).append(oid)
+            elif klass.oid is not None:
+                self.pclass_refs[klass.oid] = self.pclass_refs.get(klass.oid, 0) + 1
+            for g in info.globals:
+                if g != pair:
+                    mentioned[g] = mentioned.get(g, 0) + 1
+        self.records += n
+        return self
+
+    def merge(self, other: _Tally) -> None:
+        self.records += other.records
+        for mine, theirs in ((self.as_class, other.as_class), (self.mentioned, other.mentioned),
+                             (self.pclass_refs, other.pclass_refs)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v  # type: ignore[index,operator]
+        for k, oids in other.examples.items():
+            mine_ex = self.examples.setdefault(k, [])
+            mine_ex.extend(oids[: max(0, _EXAMPLES - len(mine_ex))])
+        self.unreadable.extend(other.unreadable)
+
+
+def _tally(records: Iterable[tuple[bytes, bytes]]) -> _Tally:
+    return _Tally().add(records)
+
+
+def take_census(
+    storage: Any,
+    registry: ClassRegistry | None = None,
+    *,
+    connection: Any = None,
+    progress: Progress | None = None,
+    jobs: int | None = None,
+) -> Census:
+    """Count and resolve every class named by the current records of ``storage``.
+
+    ``connection`` (optional) is passed to the registry so database-resident
+    classes resolve through that database's class table.  A large
+    FileStorage is scanned by ``jobs`` processes at once (see
+    :func:`pclasses.scan.map_records`); ``jobs=1`` keeps it in this one.
+    """
+    if registry is None:
+        registry = ClassRegistry()
+    parts = map_records(storage, _tally, progress, jobs)
+    total = parts[0]
+    for part in parts[1:]:
+        total.merge(part)
+    usages = []
+    for key in sorted(set(total.as_class) | set(total.mentioned)):
+        usage = ClassUsage(key[0], key[1], total.as_class.get(key, 0),
+                           total.mentioned.get(key, 0), total.examples.get(key, []))
+        usage.resolution = registry.explain(key[0], key[1], connection)
+        usages.append(usage)
+    unreadable = sorted(total.unreadable, key=lambda u: u.oid)
+    return Census(total.records, usages, unreadable, total.pclass_refs)

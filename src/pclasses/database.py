@@ -1,0 +1,164 @@
+"""Opening databases the way ZODB users already name them.
+
+A *target* is one of:
+
+* a FileStorage path (``Data.fs``);
+* a ZConfig file (``.conf``) holding ``<zodb>`` sections (several named ones
+  form a multi-database; the first is returned) or a single storage section
+  such as ``<filestorage>``;
+* a zodburi URI (``file://``, ``memory://``, ``zeo://``, and any scheme an
+  installed package registers in ``zodburi.resolvers``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import ZODB
+
+from .errors import StorageOpenError
+from .registry import ClassRegistry
+
+__all__ = ["open", "open_storage", "target_kind"]
+
+_ZODB_SECTION = re.compile(r"^\s*<zodb(\s|>)", re.MULTILINE | re.IGNORECASE)
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def target_kind(target: str | os.PathLike[str]) -> str:
+    """``"uri"``, ``"zconfig"`` or ``"filestorage"``."""
+    text = os.fspath(target)
+    if _URI.match(text):
+        return "uri"
+    if text.endswith((".conf", ".cfg", ".zcml.conf")):
+        return "zconfig"
+    return "filestorage"
+
+
+def _reason(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if name == "LockError":
+        return f"the storage is locked by another process ({text})" if text else "the storage is locked"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    return f"{name}: {text}" if text else name
+
+
+def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
+    target: str | os.PathLike[str],
+    registry: ClassRegistry | None = None,
+    *,
+    read_only: bool = False,
+    create: bool = True,
+    **db_kwargs: Any,
+) -> ZODB.DB:
+    """Open a database with a :class:`ClassRegistry` installed as its class factory.
+
+    ``registry`` defaults to a new registry.  ``read_only`` opens storages
+    read-only (a read-only FileStorage takes no lock, so it can be read
+    while an application runs); ``create=False`` refuses to create a
+    FileStorage that does not exist yet.  Other keyword arguments go to
+    ``ZODB.DB``.  Raises :class:`~pclasses.errors.StorageOpenError` for a
+    missing, locked or corrupt storage or a target that cannot be read.
+    """
+    if registry is None:
+        registry = ClassRegistry()
+    text = os.fspath(target)
+    kind = target_kind(text)
+    try:
+        if kind == "uri":
+            db = _open_uri(text, read_only, db_kwargs)
+        elif kind == "zconfig":
+            db = _open_zconfig(text, read_only, db_kwargs)
+        else:
+            storage = _filestorage(text, read_only, create)
+            try:
+                db = ZODB.DB(storage, **db_kwargs)
+            except BaseException:
+                storage.close()
+                raise
+    except StorageOpenError:
+        raise
+    except Exception as exc:
+        raise StorageOpenError(text, _reason(exc)) from exc
+    registry.install(db)
+    return db
+
+
+def open_storage(target: str | os.PathLike[str], *, read_only: bool = True) -> Any:
+    """Open just the storage of a target (no ``ZODB.DB``); for record scans.
+
+    A ZConfig file with several databases opens the first one's storage.
+    """
+    text = os.fspath(target)
+    kind = target_kind(text)
+    try:
+        if kind == "filestorage":
+            return _filestorage(text, read_only, create=False)
+        db = open(text, read_only=read_only, create=False)
+        return db.storage
+    except StorageOpenError:
+        raise
+    except Exception as exc:
+        raise StorageOpenError(text, _reason(exc)) from exc
+
+
+def _filestorage(path: str, read_only: bool, create: bool) -> Any:
+    from ZODB.FileStorage import FileStorage
+
+    p = Path(path)
+    if not p.exists():
+        if read_only or not create:
+            raise StorageOpenError(path, "no such file")
+    elif p.is_dir():
+        raise StorageOpenError(path, "is a directory, not a FileStorage file")
+    elif p.stat().st_size >= 4:
+        with p.open("rb") as f:
+            magic = f.read(4)
+        if magic != b"FS21" and magic != b"FS30":
+            raise StorageOpenError(path, f"not a FileStorage file (magic {magic!r})")
+    try:
+        return FileStorage(path, read_only=read_only)
+    except Exception as exc:
+        raise StorageOpenError(path, _reason(exc)) from exc
+
+
+def _open_uri(uri: str, read_only: bool, db_kwargs: dict[str, Any]) -> ZODB.DB:
+    import zodburi
+
+    try:
+        factory, dbkw = zodburi.resolve_uri(uri)
+    except KeyError as exc:
+        raise StorageOpenError(uri, f"unknown URI scheme {exc}") from None
+    storage = factory()
+    try:
+        return ZODB.DB(storage, **{**dbkw, **db_kwargs})
+    except BaseException:
+        storage.close()
+        raise
+
+
+def _open_zconfig(path: str, read_only: bool, db_kwargs: dict[str, Any]) -> ZODB.DB:
+    import ZODB.config
+
+    p = Path(path)
+    if not p.exists():
+        raise StorageOpenError(path, "no such file")
+    text = p.read_text()
+    url = p.resolve().as_uri()
+    if _ZODB_SECTION.search(text):
+        db = ZODB.config.databaseFromURL(url)
+        for name, value in db_kwargs.items():
+            for each in set(db.databases.values()):
+                setattr(each, name, value)
+        return db
+    storage = ZODB.config.storageFromURL(url)
+    try:
+        return ZODB.DB(storage, **db_kwargs)
+    except BaseException:
+        storage.close()
+        raise

@@ -1,0 +1,72 @@
+"""The exception hierarchy of pclasses.
+
+Every error the package raises on purpose derives from :class:`PClassesError`.
+Each concrete error also derives from the builtin it behaves like, so code
+that already catches ``ValueError`` or ``LookupError`` keeps working, and each
+carries the fields a caller needs (``oid``, ``chain``, ``target``) besides its
+message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "PClassesError",
+    "RecordDecodeError",
+    "AliasCycleError",
+    "RegistrationError",
+    "StorageOpenError",
+]
+
+
+class PClassesError(Exception):
+    """Base class of every error raised by pclasses on purpose."""
+
+
+class RecordDecodeError(PClassesError, ValueError):
+    """A stored record could not be read as a ZODB record.
+
+    Raised by the safe record reader for malformed, truncated or hostile
+    bytes, and for class metadata that is not a class reference.  ``oid`` is
+    the record's oid when the caller passed it, ``offset`` the byte offset
+    where reading stopped when it is known.
+    """
+
+    def __init__(
+        self, message: str, *, oid: bytes | None = None, offset: int | None = None
+    ) -> None:
+        self.oid = oid
+        self.offset = offset
+        self.reason = message
+        if oid is not None:
+            from ZODB.utils import oid_repr
+
+            message = f"record {oid_repr(oid)}: {message}"
+        super().__init__(message)
+
+
+class RegistrationError(PClassesError, ValueError):
+    """A registration, alias or rename rule is malformed."""
+
+
+class AliasCycleError(RegistrationError):
+    """Declaring an alias would create a cycle.
+
+    ``chain`` is the list of dotted names that form the cycle, starting and
+    ending with the same name.
+    """
+
+    def __init__(self, chain: Sequence[str]) -> None:
+        self.chain = list(chain)
+        super().__init__("alias cycle: " + " -> ".join(self.chain))
+
+
+class StorageOpenError(PClassesError, OSError):
+    """A storage or database could not be opened (missing, locked, corrupt,
+    or a target that is neither a path, a ZConfig file nor a URI)."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        self.target = target
+        self.reason = reason
+        super().__init__(f"cannot open {target}: {reason}")

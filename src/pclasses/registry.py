@@ -1,0 +1,591 @@
+"""The class-factory registry.
+
+A :class:`ClassRegistry` stands in for ``ZODB.DB.classFactory``: ZODB calls
+it as ``factory(connection, module, name)`` for every global a record names
+(the record's class, classes of references, functions used in reduces).
+
+Resolution order for ``module.name``:
+
+1. explicit registrations (:meth:`ClassRegistry.register`);
+2. class aliases (:meth:`ClassRegistry.alias`), followed as a chain;
+3. module aliases (:meth:`ClassRegistry.alias_module`, by prefix), after
+   which steps 1-3 run again on the new name;
+4. database-resident classes: a guid module is looked up in the class table
+   of the connection asking (see :mod:`pclasses.classtable`);
+5. importing the module (Python 2 names are mapped first, as ZODB does);
+6. a broken class (ZODB's ``Broken`` family).
+
+Results that do not depend on the connection are cached in one dict, read
+without a lock (ZODB calls the factory from every connection's thread).
+Broken results are cached separately so each one is still counted, and
+:meth:`ClassRegistry.broken` reports them.  Registering, unregistering and
+aliasing drop exactly the cached entries whose resolution passed through the
+changed name; :meth:`ClassRegistry.refresh` drops everything, for modules
+that became importable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import time
+import weakref
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .broken import make_broken_class
+from .errors import AliasCycleError, RegistrationError
+
+__all__ = ["ClassRegistry", "Resolution", "BrokenRecord", "EntryPointFailure"]
+
+#: Entry-point groups read by :meth:`ClassRegistry.load_entry_points`.
+ENTRY_POINT_CLASSES = "pclasses.classes"
+ENTRY_POINT_ALIASES = "pclasses.aliases"
+ENTRY_POINT_MODULE_ALIASES = "pclasses.module_aliases"
+ENTRY_POINT_ZODBUPDATE = "zodbupdate"
+
+_MAX_CHAIN = 64
+
+#: A resident resolver returns this when the module is not its business.
+NOT_RESIDENT = object()
+
+Key = tuple[str, str]
+
+
+def _split(dotted: str, what: str = "name") -> Key:
+    if not isinstance(dotted, str):
+        raise RegistrationError(f"{what} must be a dotted string, got {type(dotted).__name__}")
+    module, sep, name = dotted.rpartition(".")
+    if not sep or not module or not name:
+        raise RegistrationError(f"{what} {dotted!r} is not a dotted 'module.Name'")
+    return module, name
+
+
+def _check_module(module: str, what: str) -> str:
+    if not isinstance(module, str) or not module or module.startswith(".") or module.endswith("."):
+        raise RegistrationError(f"{what} {module!r} is not a module name")
+    return module
+
+
+def _from_zodbupdate(text: str) -> str:
+    """``'old.module OldName'`` (zodbupdate's rule format) to a dotted name."""
+    text = text.strip()
+    if " " in text:
+        module, _, name = text.partition(" ")
+        return f"{module.strip()}.{name.strip()}"
+    return text
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How a name resolves; returned by :meth:`ClassRegistry.explain`.
+
+    ``how`` is one of ``"registered"``, ``"aliased"``, ``"imported"``,
+    ``"database-resident"``, ``"broken"``; ``chain`` the dotted names
+    followed (the first is the name asked for); ``target`` the object it
+    resolves to; ``error`` why it is broken.
+    """
+
+    module: str
+    name: str
+    how: str
+    chain: tuple[str, ...]
+    target: Any = field(compare=False, repr=False)
+    error: str | None = None
+    #: Depends on the connection's class table, so never cached globally.
+    resident: bool = field(default=False, compare=False)
+
+    @property
+    def resolved(self) -> str:
+        """The dotted name at the end of the chain."""
+        return self.chain[-1]
+
+    @property
+    def ok(self) -> bool:
+        return self.how != "broken"
+
+    def __str__(self) -> str:
+        name = f"{self.module}.{self.name}"
+        if self.how == "aliased":
+            return f"{name}: aliased ({' -> '.join(self.chain)})"
+        if self.how == "broken":
+            return f"{name}: broken ({self.error})"
+        if self.how == "database-resident":
+            return f"{name}: database-resident"
+        return f"{name}: {self.how}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "name": self.name,
+            "how": self.how,
+            "chain": list(self.chain),
+            "error": self.error,
+        }
+
+
+@dataclass
+class BrokenRecord:
+    """One name that resolved to a broken class: how often and since when."""
+
+    module: str
+    name: str
+    count: int
+    first_seen: float
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "name": self.name,
+            "count": self.count,
+            "first_seen": self.first_seen,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class EntryPointFailure:
+    """An entry point that could not be used; reported, never fatal."""
+
+    group: str
+    name: str
+    value: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"entry point {self.name!r} in group {self.group!r} ({self.value}): {self.error}"
+
+
+class ClassRegistry:
+    """A ZODB class factory with registrations, aliases and broken-class caching.
+
+    Install it on a database with :meth:`install`, or pass it to
+    :func:`pclasses.open`.  It is safe to call from many threads at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._registered: dict[str, Any] = {}
+        self._aliases: dict[str, str] = {}
+        self._module_aliases: dict[str, str] = {}
+        # key -> resolved object (connection-independent results only)
+        self._cache: dict[Key, Any] = {}
+        # key -> chain of dotted names the resolution consulted
+        self._chains: dict[Key, tuple[str, ...]] = {}
+        # key -> broken class (kept across refreshes so identity is stable)
+        self._broken_classes: dict[Key, type] = {}
+        # key -> (broken class, error) for names currently resolving broken
+        self._broken_cache: dict[Key, tuple[type, str]] = {}
+        self._broken_seen: dict[Key, BrokenRecord] = {}
+        self._generation = 0
+        self._databases: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Resolver for database-resident classes:
+        #: ``resolver(connection, module, name) -> class | None | NOT_RESIDENT``.
+        self.resident_resolver: Callable[[Any, str, str], Any] | None = None
+        self.class_factory = self._make_factory()
+
+    # -- the factory -------------------------------------------------------
+
+    def _make_factory(self) -> Callable[[Any, str, str], Any]:
+        cache = self._cache
+        slow = self._lookup
+
+        def class_factory(connection: Any, modulename: str, globalname: str) -> Any:
+            try:
+                return cache[modulename, globalname]
+            except KeyError:
+                return slow(connection, modulename, globalname)
+
+        class_factory.registry = self  # type: ignore[attr-defined]
+        return class_factory
+
+    def __call__(self, connection: Any, modulename: str, globalname: str) -> Any:
+        """Return the class (or other global) ``modulename.globalname``."""
+        try:
+            return self._cache[modulename, globalname]
+        except KeyError:
+            return self._lookup(connection, modulename, globalname)
+
+    def find_global(self, modulename: str, globalname: str) -> Any:
+        """Resolve without a connection (database-resident names resolve broken)."""
+        return self(None, modulename, globalname)
+
+    def _lookup(self, connection: Any, module: str, name: str) -> Any:
+        key = (module, name)
+        hit = self._broken_cache.get(key)
+        if hit is not None:
+            self._note_broken(key, hit[1])
+            return hit[0]
+        generation = self._generation
+        res = self._resolve(connection, module, name)
+        if res.resident:
+            if res.how == "broken":
+                self._note_broken(key, res.error)
+            return res.target
+        with self._lock:
+            if generation == self._generation:
+                if res.how == "broken":
+                    self._broken_cache[key] = (res.target, res.error or "")
+                    self._chains[key] = res.chain
+                else:
+                    self._cache[key] = res.target
+                    self._chains[key] = res.chain
+        if res.how == "broken":
+            self._note_broken(key, res.error)
+        return res.target
+
+    def _note_broken(self, key: Key, error: str | None) -> None:
+        rec = self._broken_seen.get(key)
+        if rec is None:
+            with self._lock:
+                rec = self._broken_seen.get(key)
+                if rec is None:
+                    self._broken_seen[key] = BrokenRecord(key[0], key[1], 1, time.time(), error)
+                    return
+        rec.count += 1  # a lost increment under a race is acceptable for a tally
+
+    # -- resolution ---------------------------------------------------------
+
+    def _resolve(self, connection: Any, module: str, name: str) -> Resolution:
+        asked = (module, name)
+        if not isinstance(module, str) or not isinstance(name, str):
+            return self._broken(asked, (f"{module}.{name}",), "names must be strings")
+        if (module, name) in NAME_MAPPING:
+            module, name = NAME_MAPPING[(module, name)]
+        if module in IMPORT_MAPPING:
+            module = IMPORT_MAPPING[module]
+        dotted = f"{module}.{name}"
+        chain = [f"{asked[0]}.{asked[1]}"]
+        if dotted != chain[0]:
+            chain.append(dotted)
+        aliased = False
+        registered = self._registered
+        aliases = self._aliases
+        while True:
+            if len(chain) > _MAX_CHAIN or dotted in chain[:-1]:
+                return self._broken(asked, tuple(chain), "alias cycle: " + " -> ".join(chain))
+            if dotted in registered:
+                return Resolution(asked[0], asked[1], "aliased" if aliased else "registered",
+                                  tuple(chain), registered[dotted])
+            new = aliases.get(dotted)
+            if new is None:
+                new = self._module_alias(module, name)
+            if new is None:
+                break
+            aliased = True
+            dotted = new
+            module, name = _split(new)
+            chain.append(dotted)
+        resolver = self.resident_resolver
+        if resolver is not None:
+            target = resolver(connection, module, name)
+            if target is not NOT_RESIDENT:
+                if target is None:
+                    res = self._broken(asked, tuple(chain),
+                                       f"database-resident class {dotted} is not in the class table")
+                    return Resolution(res.module, res.name, res.how, res.chain, res.target,
+                                      res.error, resident=True)
+                return Resolution(asked[0], asked[1], "database-resident", tuple(chain), target,
+                                  resident=True)
+        try:
+            target = _import(module, name)
+        except Exception as exc:  # ImportError, AttributeError, errors raised by the module
+            return self._broken(asked, tuple(chain), f"{type(exc).__name__}: {exc}")
+        how = "aliased" if aliased else "imported"
+        return Resolution(asked[0], asked[1], how, tuple(chain), target)
+
+    def _module_alias(self, module: str, name: str) -> str | None:
+        maliases = self._module_aliases
+        if not maliases:
+            return None
+        prefix = module
+        while True:
+            new = maliases.get(prefix)
+            if new is not None:
+                return f"{new}{module[len(prefix):]}.{name}"
+            prefix, sep, _ = prefix.rpartition(".")
+            if not sep:
+                return None
+
+    def _broken(self, asked: Key, chain: tuple[str, ...], error: str) -> Resolution:
+        module, name = asked
+        with self._lock:
+            cls = self._broken_classes.get((module, name))
+            if cls is None:
+                cls = self._broken_classes[(module, name)] = make_broken_class(module, name)
+        return Resolution(asked[0], asked[1], "broken", chain, cls, error)
+
+    def explain(self, module: str, name: str, connection: Any = None) -> Resolution:
+        """Say how ``module.name`` resolves, with the chain followed."""
+        return self._resolve(connection, module, name)
+
+    # -- registrations ------------------------------------------------------
+
+    def register(self, cls: Any, name: str | None = None) -> None:
+        """Resolve ``name`` (default: ``cls.__module__ + '.' + cls.__name__``) to ``cls``.
+
+        Registering a name again replaces the earlier registration.
+        """
+        if name is None:
+            try:
+                name = f"{cls.__module__}.{cls.__name__}"
+            except AttributeError:
+                raise RegistrationError(
+                    f"{cls!r} has no __module__/__name__; pass name='module.Name'"
+                ) from None
+        _split(name)
+        with self._lock:
+            self._registered[name] = cls
+            self._invalidate(name)
+
+    def unregister(self, name: str) -> None:
+        """Forget a registration; unknown names are ignored."""
+        with self._lock:
+            if self._registered.pop(name, None) is not None:
+                self._invalidate(name)
+
+    def alias(self, old: str, new: str) -> None:
+        """Resolve the dotted name ``old`` as ``new`` (which may itself be an alias).
+
+        Repeating an identical alias does nothing; an alias that would close
+        a cycle raises :class:`~pclasses.errors.AliasCycleError`.
+        """
+        old = _from_zodbupdate(old)
+        new = _from_zodbupdate(new)
+        _split(old, "alias source")
+        _split(new, "alias target")
+        with self._lock:
+            if self._aliases.get(old) == new:
+                return
+            if old == new:
+                raise AliasCycleError([old, new])
+            cycle = self._cycle_from(new, old)
+            if cycle is not None:
+                raise AliasCycleError([old, *cycle])
+            self._aliases[old] = new
+            self._invalidate(old)
+
+    def unalias(self, old: str) -> None:
+        """Remove a class alias; unknown names are ignored."""
+        with self._lock:
+            if self._aliases.pop(old, None) is not None:
+                self._invalidate(old)
+
+    def alias_module(self, old: str, new: str) -> None:
+        """Resolve every ``old.<rest>.Name`` as ``new.<rest>.Name`` (by prefix)."""
+        _check_module(old, "module alias source")
+        _check_module(new, "module alias target")
+        with self._lock:
+            if self._module_aliases.get(old) == new:
+                return
+            if old == new or new.startswith(old + "."):
+                raise AliasCycleError([old, new, new + new[len(old):]] if old != new else [old, new])
+            # Would the chain starting at `new` come back under `old`?
+            seen = [old, new]
+            current = new
+            while True:
+                nxt = None
+                prefix = current
+                while prefix:
+                    if prefix in self._module_aliases:
+                        nxt = self._module_aliases[prefix] + current[len(prefix):]
+                        break
+                    prefix = prefix.rpartition(".")[0]
+                if nxt is None:
+                    break
+                seen.append(nxt)
+                if nxt == old or nxt.startswith(old + "."):
+                    raise AliasCycleError(seen)
+                if len(seen) > _MAX_CHAIN:
+                    raise AliasCycleError(seen)
+                current = nxt
+            self._module_aliases[old] = new
+            self._invalidate_module(old)
+
+    def unalias_module(self, old: str) -> None:
+        """Remove a module alias; unknown names are ignored."""
+        with self._lock:
+            if self._module_aliases.pop(old, None) is not None:
+                self._invalidate_module(old)
+
+    def _cycle_from(self, start: str, target: str) -> list[str] | None:
+        """Follow class and module aliases from ``start``; the chain if it reaches ``target``."""
+        chain = [start]
+        dotted = start
+        while len(chain) <= _MAX_CHAIN:
+            if dotted == target:
+                return chain
+            if dotted in self._registered:
+                return None
+            nxt = self._aliases.get(dotted)
+            if nxt is None:
+                module, name = _split(dotted)
+                nxt = self._module_alias(module, name)
+            if nxt is None:
+                return None
+            chain.append(nxt)
+            dotted = nxt
+        return chain
+
+    @property
+    def registrations(self) -> Mapping[str, Any]:
+        return dict(self._registered)
+
+    @property
+    def aliases(self) -> Mapping[str, str]:
+        return dict(self._aliases)
+
+    @property
+    def module_aliases(self) -> Mapping[str, str]:
+        return dict(self._module_aliases)
+
+    # -- cache invalidation -------------------------------------------------
+
+    def _invalidate(self, dotted: str) -> None:
+        """Drop cached results whose resolution consulted ``dotted`` (lock held)."""
+        self._generation += 1
+        self._drop(lambda chain: dotted in chain)
+
+    def _invalidate_module(self, module: str) -> None:
+        self._generation += 1
+        prefix = module + "."
+
+        def hit(chain: tuple[str, ...]) -> bool:
+            return any(d.startswith(prefix) for d in chain)
+
+        self._drop(hit)
+
+    def _drop(self, hit: Callable[[tuple[str, ...]], bool]) -> None:
+        for key, chain in list(self._chains.items()):
+            if hit(chain):
+                self._cache.pop(key, None)
+                self._broken_cache.pop(key, None)
+                del self._chains[key]
+
+    def refresh(self) -> None:
+        """Forget every cached resolution (e.g. after installing a package)."""
+        with self._lock:
+            self._generation += 1
+            self._cache.clear()
+            self._broken_cache.clear()
+            self._chains.clear()
+            importlib.invalidate_caches()
+
+    # -- broken tally -------------------------------------------------------
+
+    def broken(self) -> list[BrokenRecord]:
+        """Every name that resolved to a broken class, with counts and first-seen times."""
+        with self._lock:
+            return [BrokenRecord(r.module, r.name, r.count, r.first_seen, r.error)
+                    for r in self._broken_seen.values()]
+
+    def is_broken_name(self, module: str, name: str, connection: Any = None) -> bool:
+        return self.explain(module, name, connection).how == "broken"
+
+    # -- databases ----------------------------------------------------------
+
+    def install(self, db: Any) -> Any:
+        """Make this registry the class factory of ``db`` (a ``ZODB.DB``).
+
+        Every database of ``db``'s multi-database gets it.  Returns ``db``.
+        """
+        dbs = getattr(db, "databases", None) or {None: db}
+        factory = self.class_factory
+        for each in set(dbs.values()) | {db}:
+            each.classFactory = factory
+            # Connections already made (``DB()`` itself opens one to create
+            # the root, and pools it) captured the old factory.
+            connection_map = getattr(each, "_connectionMap", None)
+            if connection_map is not None:
+                connection_map(lambda c: _set_factory(c, factory))
+            self._databases.add(each)
+        return db
+
+    @property
+    def databases(self) -> list[Any]:
+        """The databases this registry is installed on (while they exist)."""
+        return list(self._databases)
+
+    # -- entry points -------------------------------------------------------
+
+    def load_entry_points(self) -> list[EntryPointFailure]:
+        """Read registrations and rename rules from installed distributions.
+
+        Groups: ``pclasses.classes`` (the entry point loads a class; its name,
+        when dotted, is the name records use), ``pclasses.aliases`` (loads a
+        mapping of old to new dotted names), ``pclasses.module_aliases``
+        (a mapping of old to new module names), and ``zodbupdate`` (mappings
+        of ``'old.module OldName'`` to ``'new.module NewName'``, as shipped
+        for zodbupdate).  Returns the entry points that failed; each failure
+        is skipped, never fatal.
+        """
+        failures: list[EntryPointFailure] = []
+        for group, handler in (
+            (ENTRY_POINT_CLASSES, self._ep_class),
+            (ENTRY_POINT_ALIASES, self._ep_aliases),
+            (ENTRY_POINT_MODULE_ALIASES, self._ep_module_aliases),
+            (ENTRY_POINT_ZODBUPDATE, self._ep_aliases),
+        ):
+            for ep in _entry_points(group):
+                try:
+                    handler(ep.name, ep.load())
+                except Exception as exc:
+                    failures.append(EntryPointFailure(group, ep.name, ep.value,
+                                                      f"{type(exc).__name__}: {exc}"))
+        return failures
+
+    def _ep_class(self, name: str, obj: Any) -> None:
+        self.register(obj, name if "." in name else None)
+
+    def _ep_aliases(self, name: str, rules: Any) -> None:
+        if not isinstance(rules, Mapping):
+            raise RegistrationError(f"expected a mapping of rename rules, got {type(rules).__name__}")
+        for old, new in rules.items():
+            self.alias(old, new)
+
+    def _ep_module_aliases(self, name: str, rules: Any) -> None:
+        if not isinstance(rules, Mapping):
+            raise RegistrationError(f"expected a mapping of module names, got {type(rules).__name__}")
+        for old, new in rules.items():
+            self.alias_module(old, new)
+
+    def rename_rules(self) -> dict[str, str]:
+        """The class aliases as a plain ``{old: new}`` dict (for offline repair)."""
+        return dict(self._aliases)
+
+    def update(self, aliases: Iterable[tuple[str, str]] = ()) -> None:
+        for old, new in aliases:
+            self.alias(old, new)
+
+
+def _set_factory(connection: Any, factory: Any) -> None:
+    reader = getattr(connection, "_reader", None)
+    if reader is not None:
+        reader._factory = factory
+
+
+def _entry_points(group: str) -> list[Any]:
+    from importlib.metadata import entry_points
+
+    seen: set[tuple[str, str]] = set()
+    result = []
+    for ep in entry_points(group=group):
+        if (ep.name, ep.value) in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add((ep.name, ep.value))
+        result.append(ep)
+    return result
+
+
+def _import(module: str, name: str) -> Any:
+    mod = sys.modules.get(module)
+    if mod is None:
+        mod = importlib.import_module(module)
+    obj: Any = mod
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -5,6 +5,9 @@ concept (see ``design/ARCHITECTURE.md``):
 
 * :mod:`pclasses.records`: the safe record reader (never runs a pickle);
 * :mod:`pclasses.registry`: the class-factory registry;
+* :mod:`pclasses.classtable`: the per-database class table (guid -> class);
+* :mod:`pclasses.pclass`: persistent classes defined in the database;
+* :mod:`pclasses.methods`: methods kept as source text;
 * :mod:`pclasses.broken`: broken classes and objects;
 * :mod:`pclasses.database`: opening targets (paths, ZConfig, zodburi);
 * :mod:`pclasses.census`: which classes the records name;
@@ -16,6 +19,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .broken import broken_state, is_broken
+from .classtable import ClassTable, class_table, guid_of
 from .census import Census, take_census
 from .database import open
 from .errors import (
@@ -25,6 +29,8 @@ from .errors import (
     RegistrationError,
     StorageOpenError,
 )
+from .methods import BrokenMethodError, MethodSourceError, method
+from .pclass import PersistentClass, define_class
 from .records import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
 from .registry import ClassRegistry, Resolution
 
@@ -33,6 +39,14 @@ __all__ = [
     "ClassRegistry",
     "Resolution",
     "open",
+    "PersistentClass",
+    "define_class",
+    "class_table",
+    "ClassTable",
+    "guid_of",
+    "method",
+    "MethodSourceError",
+    "BrokenMethodError",
     "is_broken",
     "broken_state",
     "take_census",

@@ -20,7 +20,8 @@ from typing import Any
 from ZODB.utils import oid_repr
 
 from .errors import RecordDecodeError
-from .records import scan_record
+from .classtable import GUID_PREFIX, is_guid_module
+from .records import GlobalRef, PersistentRef, read_record, scan_record
 from .registry import ClassRegistry, Resolution
 from .scan import Progress, map_records
 
@@ -82,6 +83,21 @@ class Unreadable:
 
 
 @dataclass
+class ResidentClass:
+    """A class stored in the database (see :mod:`pclasses.pclass`)."""
+
+    oid: bytes
+    guid: str | None
+    name: str
+    bases: list[str]
+    instances: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"oid": oid_repr(self.oid), "guid": self.guid, "name": self.name,
+                "bases": self.bases, "instances": self.instances}
+
+
+@dataclass
 class Census:
     """The result of :func:`take_census`."""
 
@@ -89,6 +105,7 @@ class Census:
     classes: list[ClassUsage]
     unreadable: list[Unreadable]
     persistent_class_refs: dict[bytes, int] = field(default_factory=dict)
+    resident: list[ResidentClass] = field(default_factory=list)
 
     @property
     def broken(self) -> list[ClassUsage]:
@@ -102,13 +119,15 @@ class Census:
             "persistent_class_references": {
                 oid_repr(k): v for k, v in self.persistent_class_refs.items()
             },
+            "resident_classes": [r.to_dict() for r in self.resident],
         }
 
 
 class _Tally:
     """Counts from one part of a scan; parts merge with :meth:`merge`."""
 
-    __slots__ = ("records", "as_class", "mentioned", "examples", "pclass_refs", "unreadable")
+    __slots__ = ("records", "as_class", "mentioned", "examples", "pclass_refs", "unreadable",
+                 "resident")
 
     def __init__(self) -> None:
         self.records = 0
@@ -117,6 +136,7 @@ class _Tally:
         self.examples: dict[tuple[str, str], list[bytes]] = {}
         self.pclass_refs: dict[bytes, int] = {}
         self.unreadable: list[Unreadable] = []
+        self.resident: list[ResidentClass] = []
 
     def __getstate__(self) -> tuple[Any, ...]:
         return tuple(getattr(self, k) for k in self.__slots__)
@@ -139,6 +159,8 @@ class _Tally:
                 continue
             klass = info.klass
             pair = klass.pair
+            if pair == _METACLASS:
+                self.resident.append(_resident(oid, data))
             if pair is not None:
                 count = as_class.get(pair, 0)
                 as_class[pair] = count + 1
@@ -162,6 +184,36 @@ class _Tally:
             mine_ex = self.examples.setdefault(k, [])
             mine_ex.extend(oids[: max(0, _EXAMPLES - len(mine_ex))])
         self.unreadable.extend(other.unreadable)
+        self.resident.extend(other.resident)
+
+
+_METACLASS = ("pclasses.pclass", "PersistentClass")
+
+
+def _name_of(value: Any) -> str:
+    if isinstance(value, type) and issubclass(value, GlobalRef):
+        return ".".join(value.dotted_pair)
+    if isinstance(value, PersistentRef):
+        return f"<persistent class {oid_repr(value.reference.oid)}>"
+    return repr(value)
+
+
+def _resident(oid: bytes, data: bytes) -> ResidentClass:
+    """Name, guid and bases of a class record, read inertly."""
+    try:
+        info = read_record(data, oid)
+        args = info.klass.args or ()
+        name = args[0] if args and isinstance(args[0], str) else "?"
+        bases = [_name_of(b) for b in args[1]] if len(args) > 1 and isinstance(args[1], tuple) else []
+        guid = None
+        state = info.state
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            module = state[1].get("__module__")
+            if is_guid_module(module):
+                guid = module[len(GUID_PREFIX):]
+        return ResidentClass(oid, guid, name, bases)
+    except RecordDecodeError:
+        return ResidentClass(oid, None, "?", [])
 
 
 def _tally(records: Iterable[tuple[bytes, bytes]]) -> _Tally:
@@ -196,4 +248,9 @@ def take_census(
         usage.resolution = registry.explain(key[0], key[1], connection)
         usages.append(usage)
     unreadable = sorted(total.unreadable, key=lambda u: u.oid)
-    return Census(total.records, usages, unreadable, total.pclass_refs)
+    resident = sorted(total.resident, key=lambda r: r.oid)
+    for r in resident:
+        if r.guid is not None:
+            module = GUID_PREFIX + r.guid
+            r.instances = sum(n for (m, _), n in total.as_class.items() if m == module)
+    return Census(total.records, usages, unreadable, total.pclass_refs, resident)

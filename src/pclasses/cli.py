@@ -131,6 +131,8 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
     database-resident or broken.  Records are read with the safe reader;
     nothing is imported except through the registry's class lookups.
     Records that cannot be interpreted are listed as unreadable by oid.
+    Classes stored in the database are listed with guid, name, bases and
+    their number of persistent instances.
 
     \b
     """
@@ -168,6 +170,11 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
                ["class", "records", "mentions", "status", "detail"], rows)
         from ZODB.utils import oid_repr
 
+        if census.resident:
+            _table(f"database {name!r}: classes stored in the database",
+                   ["guid", "name", "bases", "instances", "oid"],
+                   [[r.guid or "?", r.name, ", ".join(r.bases), str(r.instances),
+                     oid_repr(r.oid)] for r in census.resident])
         for u in census.unreadable:
             click.echo(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
 

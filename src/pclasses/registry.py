@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .broken import make_broken_class
+from .classtable import is_guid_module, resolve_resident
 from .errors import AliasCycleError, RegistrationError
 
 __all__ = ["ClassRegistry", "Resolution", "BrokenRecord", "EntryPointFailure"]
@@ -51,6 +52,7 @@ _MAX_CHAIN = 64
 
 #: A resident resolver returns this when the module is not its business.
 NOT_RESIDENT = object()
+_MISSING = object()
 
 Key = tuple[str, str]
 
@@ -62,6 +64,12 @@ def _split(dotted: str, what: str = "name") -> Key:
     if not sep or not module or not name:
         raise RegistrationError(f"{what} {dotted!r} is not a dotted 'module.Name'")
     return module, name
+
+
+def _dotted(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise RegistrationError(f"{what} must be a dotted string, got {type(value).__name__}")
+    return value
 
 
 def _check_module(module: str, what: str) -> str:
@@ -185,7 +193,7 @@ class ClassRegistry:
         self._databases: weakref.WeakSet[Any] = weakref.WeakSet()
         #: Resolver for database-resident classes:
         #: ``resolver(connection, module, name) -> class | None | NOT_RESIDENT``.
-        self.resident_resolver: Callable[[Any, str, str], Any] | None = None
+        self.resident_resolver: Callable[[Any, str, str], Any] | None = resolve_resident
         self.class_factory = self._make_factory()
 
     # -- the factory -------------------------------------------------------
@@ -216,6 +224,17 @@ class ClassRegistry:
 
     def _lookup(self, connection: Any, module: str, name: str) -> Any:
         key = (module, name)
+        if (
+            is_guid_module(module)
+            and self.resident_resolver is resolve_resident
+            and not self._registered
+            and not self._aliases
+        ):
+            # The common case for database-resident classes: straight to the
+            # connection's class table (never cached: it is per database).
+            target = resolve_resident(connection, module, name)
+            if target is not None:
+                return target
         hit = self._broken_cache.get(key)
         if hit is not None:
             self._note_broken(key, hit[1])
@@ -268,9 +287,10 @@ class ClassRegistry:
         while True:
             if len(chain) > _MAX_CHAIN or dotted in chain[:-1]:
                 return self._broken(asked, tuple(chain), "alias cycle: " + " -> ".join(chain))
-            if dotted in registered:
+            target = registered.get(dotted, _MISSING)  # one read: no race with unregister
+            if target is not _MISSING:
                 return Resolution(asked[0], asked[1], "aliased" if aliased else "registered",
-                                  tuple(chain), registered[dotted])
+                                  tuple(chain), target)
             new = aliases.get(dotted)
             if new is None:
                 new = self._module_alias(module, name)
@@ -345,17 +365,18 @@ class ClassRegistry:
     def unregister(self, name: str) -> None:
         """Forget a registration; unknown names are ignored."""
         with self._lock:
-            if self._registered.pop(name, None) is not None:
+            if self._registered.pop(name, _MISSING) is not _MISSING:
                 self._invalidate(name)
 
     def alias(self, old: str, new: str) -> None:
         """Resolve the dotted name ``old`` as ``new`` (which may itself be an alias).
 
-        Repeating an identical alias does nothing; an alias that would close
-        a cycle raises :class:`~pclasses.errors.AliasCycleError`.
+        Both also accept zodbupdate's ``'module Name'`` form.  Repeating an
+        identical alias does nothing; an alias that would close a cycle
+        raises :class:`~pclasses.errors.AliasCycleError` and changes nothing.
         """
-        old = _from_zodbupdate(old)
-        new = _from_zodbupdate(new)
+        old = _from_zodbupdate(_dotted(old, "alias source"))
+        new = _from_zodbupdate(_dotted(new, "alias target"))
         _split(old, "alias source")
         _split(new, "alias target")
         with self._lock:
@@ -363,47 +384,60 @@ class ClassRegistry:
                 return
             if old == new:
                 raise AliasCycleError([old, new])
-            cycle = self._cycle_from(new, old)
-            if cycle is not None:
-                raise AliasCycleError([old, *cycle])
+            previous = self._aliases.get(old, _MISSING)
             self._aliases[old] = new
+            cycle = self._find_cycle([old])
+            if cycle is not None:
+                if previous is _MISSING:
+                    del self._aliases[old]
+                else:
+                    self._aliases[old] = previous
+                raise AliasCycleError(cycle)
             self._invalidate(old)
 
     def unalias(self, old: str) -> None:
         """Remove a class alias; unknown names are ignored."""
+        old = _from_zodbupdate(_dotted(old, "alias source"))
         with self._lock:
             if self._aliases.pop(old, None) is not None:
                 self._invalidate(old)
 
     def alias_module(self, old: str, new: str) -> None:
-        """Resolve every ``old.<rest>.Name`` as ``new.<rest>.Name`` (by prefix)."""
+        """Resolve every ``old.<rest>.Name`` as ``new.<rest>.Name`` (by prefix).
+
+        A module alias that would close a cycle, alone or together with
+        other module or class aliases, raises
+        :class:`~pclasses.errors.AliasCycleError` and changes nothing.
+        """
         _check_module(old, "module alias source")
         _check_module(new, "module alias target")
         with self._lock:
             if self._module_aliases.get(old) == new:
                 return
             if old == new or new.startswith(old + "."):
-                raise AliasCycleError([old, new, new + new[len(old):]] if old != new else [old, new])
-            # Would the chain starting at `new` come back under `old`?
-            seen = [old, new]
-            current = new
-            while True:
-                nxt = None
-                prefix = current
-                while prefix:
-                    if prefix in self._module_aliases:
-                        nxt = self._module_aliases[prefix] + current[len(prefix):]
-                        break
-                    prefix = prefix.rpartition(".")[0]
-                if nxt is None:
-                    break
-                seen.append(nxt)
-                if nxt == old or nxt.startswith(old + "."):
-                    raise AliasCycleError(seen)
-                if len(seen) > _MAX_CHAIN:
-                    raise AliasCycleError(seen)
-                current = nxt
+                raise AliasCycleError([old, new])
+            previous = self._module_aliases.get(old, _MISSING)
             self._module_aliases[old] = new
+            # Any new cycle passes through this rule, so it starts under
+            # `old`: probe a name directly under it, and the names under it
+            # that other rules (reached through `new`) send elsewhere.
+            probes = [f"{old}.__pclasses_probe__"]
+            prefix = new + "."
+            for key in list(self._module_aliases):
+                if key == new or key.startswith(prefix):
+                    probes.append(f"{old}{key[len(new):]}.__pclasses_probe__")
+            for key in list(self._aliases):
+                if key.startswith(prefix):
+                    probes.append(old + key[len(new):])
+            cycle = self._find_cycle(probes)
+            if cycle is not None:
+                if previous is _MISSING:
+                    del self._module_aliases[old]
+                else:
+                    self._module_aliases[old] = previous
+                probe = ".__pclasses_probe__"
+                raise AliasCycleError([c[: -len(probe)] if c.endswith(probe) else c
+                                       for c in cycle])
             self._invalidate_module(old)
 
     def unalias_module(self, old: str) -> None:
@@ -412,24 +446,26 @@ class ClassRegistry:
             if self._module_aliases.pop(old, None) is not None:
                 self._invalidate_module(old)
 
-    def _cycle_from(self, start: str, target: str) -> list[str] | None:
-        """Follow class and module aliases from ``start``; the chain if it reaches ``target``."""
-        chain = [start]
-        dotted = start
-        while len(chain) <= _MAX_CHAIN:
-            if dotted == target:
-                return chain
-            if dotted in self._registered:
-                return None
-            nxt = self._aliases.get(dotted)
-            if nxt is None:
-                module, name = _split(dotted)
-                nxt = self._module_alias(module, name)
-            if nxt is None:
-                return None
-            chain.append(nxt)
-            dotted = nxt
-        return chain
+    def _find_cycle(self, starts: Iterable[str]) -> list[str] | None:
+        """Follow the rules from each start; the chain of the first cycle found."""
+        for dotted in starts:
+            chain = [dotted]
+            seen = {dotted}
+            while True:
+                if dotted in self._registered:
+                    break
+                nxt = self._aliases.get(dotted)
+                if nxt is None:
+                    module, name = _split(dotted)
+                    nxt = self._module_alias(module, name)
+                if nxt is None:
+                    break
+                chain.append(nxt)
+                if nxt in seen or len(chain) > _MAX_CHAIN:
+                    return chain[chain.index(nxt):] if nxt in seen else chain
+                seen.add(nxt)
+                dotted = nxt
+        return None
 
     @property
     def registrations(self) -> Mapping[str, Any]:

@@ -28,12 +28,6 @@ EXIT_USAGE = 2
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-TARGET_HELP = (
-    "TARGET is a FileStorage path (Data.fs), a ZConfig file (.conf) with <zodb> "
-    "sections or one storage section, or a zodburi URI (file://, memory://, zeo://)."
-)
-
-
 def _fail(message: str) -> None:
     click.echo(f"pclasses: error: {message}", err=True)
     sys.exit(EXIT_ERROR)
@@ -87,7 +81,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,8 +90,11 @@ def main() -> None:
     """pclasses: classes that live, move, disappear and come back, for ZODB.
 
     Inspect which classes a database's records need and how each resolves,
-    without ever running a stored pickle.  Every command takes a TARGET:
-    a FileStorage path, a ZConfig file or a zodburi URI.
+    without ever running a stored pickle.
+
+    Every command takes a TARGET: a FileStorage path (Data.fs), a ZConfig
+    file (.conf) with <zodb> sections or one storage section, or a zodburi
+    URI (file://, memory://, zeo://host:port).
     """
 
 
@@ -134,7 +131,11 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
     Classes stored in the database are listed with guid, name, bases and
     their number of persistent instances.
 
-    \b
+    TARGET is a FileStorage path (Data.fs), a ZConfig file (.conf) with
+    <zodb> sections (every database is scanned) or one storage section, or
+    a zodburi URI (file://, memory://, zeo://host:port).  Storages are
+    opened read-only; a read-only FileStorage takes no lock, so a live
+    database can be inspected.
     """
     from .database import open as open_db
     from .census import take_census
@@ -177,10 +178,6 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
                      oid_repr(r.oid)] for r in census.resident])
         for u in census.unreadable:
             click.echo(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
-
-
-main.__doc__ = (main.__doc__ or "") + "\n" + TARGET_HELP
-classes.__doc__ = (classes.__doc__ or "") + TARGET_HELP
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,6 +45,8 @@ def _reason(exc: BaseException) -> str:
         return f"the storage is locked by another process ({text})" if text else "the storage is locked"
     if isinstance(exc, FileNotFoundError):
         return "no such file"
+    if name == "ReadOnlyError":
+        return "the database is empty (no root object) and was opened read-only"
     return f"{name}: {text}" if text else name
 
 
@@ -71,9 +73,9 @@ def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
     kind = target_kind(text)
     try:
         if kind == "uri":
-            db = _open_uri(text, read_only, db_kwargs)
+            db = _open_uri(text, read_only, create, db_kwargs)
         elif kind == "zconfig":
-            db = _open_zconfig(text, read_only, db_kwargs)
+            db = _open_zconfig(text, read_only, create, db_kwargs)
         else:
             storage = _filestorage(text, read_only, create)
             try:
@@ -81,8 +83,10 @@ def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
             except BaseException:
                 storage.close()
                 raise
-    except StorageOpenError:
-        raise
+    except StorageOpenError as exc:
+        if exc.target == text:
+            raise
+        raise StorageOpenError(text, exc.reason) from exc
     except Exception as exc:
         raise StorageOpenError(text, _reason(exc)) from exc
     registry.install(db)
@@ -110,13 +114,9 @@ def open_storage(target: str | os.PathLike[str], *, read_only: bool = True) -> A
 def _filestorage(path: str, read_only: bool, create: bool) -> Any:
     from ZODB.FileStorage import FileStorage
 
+    _check_file(path, read_only, create)
     p = Path(path)
-    if not p.exists():
-        if read_only or not create:
-            raise StorageOpenError(path, "no such file")
-    elif p.is_dir():
-        raise StorageOpenError(path, "is a directory, not a FileStorage file")
-    elif p.stat().st_size >= 4:
+    if p.exists() and p.stat().st_size >= 4:
         with p.open("rb") as f:
             magic = f.read(4)
         if magic != b"FS21" and magic != b"FS30":
@@ -127,13 +127,29 @@ def _filestorage(path: str, read_only: bool, create: bool) -> Any:
         raise StorageOpenError(path, _reason(exc)) from exc
 
 
-def _open_uri(uri: str, read_only: bool, db_kwargs: dict[str, Any]) -> ZODB.DB:
+def _with_query(uri: str, key: str, value: str) -> str:
+    if re.search(rf"[?&]{re.escape(key)}=", uri):
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}{key}={value}"
+
+
+def _open_uri(uri: str, read_only: bool, create: bool, db_kwargs: dict[str, Any]) -> ZODB.DB:
     import zodburi
 
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme == "file":
+        path = os.path.normpath(uri.split("file://", 1)[1].split("?", 1)[0])
+        _check_file(path, read_only, create)
+        if read_only:
+            uri = _with_query(uri, "read_only", "1")
+    elif scheme in ("zeo",) and read_only:
+        uri = _with_query(uri, "read_only", "true")
     try:
         factory, dbkw = zodburi.resolve_uri(uri)
+    except zodburi.NoResolverForScheme as exc:
+        raise StorageOpenError(uri, f"unknown URI scheme {scheme!r}") from exc
     except KeyError as exc:
-        raise StorageOpenError(uri, f"unknown URI scheme {exc}") from None
+        raise StorageOpenError(uri, str(exc.args[0]) if exc.args else "bad URI") from exc
     storage = factory()
     try:
         return ZODB.DB(storage, **{**dbkw, **db_kwargs})
@@ -142,7 +158,10 @@ def _open_uri(uri: str, read_only: bool, db_kwargs: dict[str, Any]) -> ZODB.DB:
         raise
 
 
-def _open_zconfig(path: str, read_only: bool, db_kwargs: dict[str, Any]) -> ZODB.DB:
+def _open_zconfig(
+    path: str, read_only: bool, create: bool, db_kwargs: dict[str, Any]
+) -> ZODB.DB:
+    import ZConfig
     import ZODB.config
 
     p = Path(path)
@@ -151,14 +170,48 @@ def _open_zconfig(path: str, read_only: bool, db_kwargs: dict[str, Any]) -> ZODB
     text = p.read_text()
     url = p.resolve().as_uri()
     if _ZODB_SECTION.search(text):
-        db = ZODB.config.databaseFromURL(url)
-        for name, value in db_kwargs.items():
-            for each in set(db.databases.values()):
-                setattr(each, name, value)
-        return db
-    storage = ZODB.config.storageFromURL(url)
+        config, _handler = ZConfig.loadConfig(ZODB.config.getDbSchema(), url)
+        factories = config.database
+        for factory in factories:
+            _adjust_storage(factory.config.storage, read_only, create)
+            for name, value in db_kwargs.items():
+                if not hasattr(factory.config, name):
+                    raise StorageOpenError(path, f"keyword {name!r} cannot be set on a "
+                                           "<zodb> section")
+                setattr(factory.config, name, value)
+        return ZODB.config.databaseFromConfig(factories)
+    config, _handler = ZConfig.loadConfig(ZODB.config.getStorageSchema(), url)
+    _adjust_storage(config.storage, read_only, create)
+    storage = config.storage.open()
     try:
         return ZODB.DB(storage, **db_kwargs)
     except BaseException:
         storage.close()
         raise
+
+
+def _adjust_storage(factory: Any, read_only: bool, create: bool) -> None:
+    """Apply ``read_only`` / ``create=False`` to a ZConfig storage section."""
+    cfg = getattr(factory, "config", None)
+    if cfg is None:
+        return
+    file_path = getattr(cfg, "path", None)
+    if isinstance(file_path, str) and getattr(factory, "name", None) != "zeo":
+        _check_file(file_path, read_only, create)
+    if read_only and hasattr(cfg, "read_only"):
+        cfg.read_only = True
+    for inner in ("base", "changes", "storage"):  # demostorage, wrappers
+        sub = getattr(cfg, inner, None)
+        if sub is not None and hasattr(sub, "config"):
+            _adjust_storage(sub, read_only, create)
+
+
+def _check_file(path: str, read_only: bool, create: bool) -> None:
+    p = Path(path)
+    if not p.exists():
+        if read_only or not create:
+            raise StorageOpenError(path, "no such file")
+    elif p.is_dir():
+        raise StorageOpenError(path, "is a directory, not a FileStorage file")
+    elif read_only and p.stat().st_size == 0:
+        raise StorageOpenError(path, "empty file, not a FileStorage file")

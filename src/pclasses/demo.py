@@ -22,6 +22,9 @@ from ZODB.utils import oid_repr
 import pclasses
 from pclasses.demo_models import Document, Folder, Stamp
 
+NOTE_GUID = "0d5f2a9c-demo-note"
+TAG_GUID = "0d5f2a9c-demo-tag"
+
 _LEGACY = '''
 from persistent import Persistent
 
@@ -128,9 +131,57 @@ def main(argv: list[str] | None = None) -> int:
         product = conn.root()["site"]["shop"]["p0"]
         print(f"a fresh connection loads {type(product).__module__}.{type(product).__name__}"
               f"(sku={product.sku!r}, price={product.price})")
+
         conn.close()
 
-        _say("6. what the registry saw")
+        _say("6. a class that lives in the database (guid module, class table)")
+        with db.transaction() as conn:
+            table = pclasses.class_table(conn)
+            Note = table.get(NOTE_GUID)
+            if Note is None:
+                Note = pclasses.define_class(conn, "Note", namespace={
+                    "kind": "note",
+                    "describe": pclasses.method(
+                        "def describe(self):\n"
+                        "    return f'{self.kind}: {self.text}'\n"),
+                }, guid=NOTE_GUID)
+                Tag = pclasses.define_class(conn, "Tag", (object,), {"color": "grey"},
+                                            guid=TAG_GUID)
+                note = Note()
+                note.text = "stored in the database, class and all"
+                conn.root()["note"] = note  # directly in the root mapping
+                tag = Tag()
+                tag.label = "plain instance"
+                conn.root()["site"]["tagged"] = Folder("tagged")
+                conn.root()["site"]["tagged"]["tag"] = tag
+                print(f"defined {Note.__name__} with __module__ {Note.__module__!r}")
+        with db.transaction() as conn:
+            note = conn.root()["note"]
+            data, _ = db.storage.load(note._p_oid)
+            meta = pclasses.scan_record(data, note._p_oid).klass
+            print(f"persistent instance record: class by name, format {meta.format} "
+                  f"{meta.module}.{meta.name}")
+            holder = conn.root()["site"]["tagged"]
+            data, _ = db.storage.load(holder._p_oid)
+            tag_state = pclasses.read_record(data).state["data"]["tag"]
+            print(f"plain instance inside its holder: {tag_state.how} of "
+                  f"{tag_state.callable!r} (a direct reference to the class record)")
+            print(f"note.describe() -> {note.describe()!r}")
+            Note = type(note)
+            Note.kind = "edited note"
+            Note.shout = pclasses.method("def shout(self):\n    return self.text.upper()\n")
+        with db.transaction() as conn:
+            note = conn.root()["note"]
+            print(f"after editing the class: {note.describe()!r}; "
+                  f"shout() -> {note.shout()!r}")
+        conn = db.open()
+        census = pclasses.take_census(db.storage, registry, connection=conn, jobs=1)
+        for r in census.resident:
+            print(f"  resident class {r.name} guid={r.guid} bases={r.bases} "
+                  f"persistent instances={r.instances}")
+        conn.close()
+
+        _say("7. what the registry saw")
         for rec in registry.broken():
             print(f"  broken {rec.module}.{rec.name}: {rec.count} lookups ({rec.error})")
     finally:

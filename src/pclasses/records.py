@@ -252,7 +252,14 @@ class PersistentRef:
         return Inert(self, args, "reduce")
 
     def __repr__(self) -> str:
-        return f"<PersistentRef {self.pid!r}>"
+        try:
+            ref = classify_reference(self.pid)
+        except RecordDecodeError:
+            return f"<PersistentRef {self.pid!r}>"
+        from ZODB.utils import oid_repr
+
+        where = f" in {ref.database}" if ref.database else ""
+        return f"<PersistentRef {ref.kind} {oid_repr(ref.oid)}{where}>"
 
 
 _ref_types: dict[int, type] = {}

@@ -42,7 +42,7 @@ GUID_PREFIX = "*"
 #: The root-mapping key of the class table.
 TABLE_KEY = "__pclasses_class_table__"
 
-_GUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_GUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 class ClassTable(PersistentMapping):  # type: ignore[misc]
@@ -53,7 +53,7 @@ class ClassTable(PersistentMapping):  # type: ignore[misc]
 
 
 def check_guid(guid: str) -> str:
-    if not isinstance(guid, str) or not _GUID.match(guid):
+    if not isinstance(guid, str) or not _GUID.fullmatch(guid):
         raise RegistrationError(
             f"guid {guid!r} must be letters, digits, '-' and '_' (e.g. a uuid4 string)"
         )

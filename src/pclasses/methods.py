@@ -74,17 +74,17 @@ class SourceMethod:
                                     f"{type(exc).__name__}: {exc}") from None
 
     def __getstate__(self) -> dict[str, str]:
-        return {"source": self.source}
+        return {"source": self.source, "name": self.name}
 
     def __setstate__(self, state: dict[str, str]) -> None:
         self.source = state["source"]
+        self.name = state.get("name") or "<unknown>"
         self._func = None
         self._error = None
         try:
             self.name = _parse(self.source)
             self._func = _compile(self.source, self.name)
         except Exception as exc:  # MethodSourceError, errors raised by the def itself
-            self.name = getattr(self, "name", None) or "<unknown>"
             self._error = f"{type(exc).__name__}: {exc}"
 
     def __get__(self, inst: Any, owner: type | None = None) -> Any:

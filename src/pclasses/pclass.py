@@ -38,16 +38,37 @@ class DuplicateGuidError(PClassesError, ValueError):
     """``define_class`` was given a guid the class table already holds."""
 
 
+#: Attributes Python itself caches on a class; setting them is not an edit.
+_CACHES = frozenset({"__slotnames__"})
+
+
+def _volatile(name: str) -> bool:
+    return name.startswith("_p_") or name.startswith("_v_") or name in _CACHES
+
+
 def _cdict(cls: type) -> dict[str, Any]:
     return {
         k: v
         for k, v in cls.__dict__.items()
-        if not (k.startswith("_p_") or k.startswith("_v_") or k in special_class_descrs)
+        if not (_volatile(k) or k in special_class_descrs)
     }
 
 
 class PersistentClass(PersistentMetaClass):
     """Metaclass of database-resident classes (rename and base changes allowed)."""
+
+    # ZODB's metaclass treats every name starting with "_v" as volatile and
+    # every other change, including Python's own ``__slotnames__`` cache
+    # written when the first instance is pickled, as an edit of the class.
+    def __setattr__(cls, name: str, value: Any) -> None:
+        if not _volatile(name):
+            cls._p_maybeupdate(name)
+        type.__setattr__(cls, name, value)
+
+    def __delattr__(cls, name: str) -> None:
+        if not _volatile(name):
+            cls._p_maybeupdate(name)
+        type.__delattr__(cls, name)
 
     def __getstate__(cls) -> tuple[tuple[type, ...], dict[str, Any]]:
         cdict = _cdict(cls)
@@ -59,7 +80,7 @@ class PersistentClass(PersistentMetaClass):
 
     def __setstate__(cls, state: tuple[tuple[type, ...], dict[str, Any]]) -> None:
         bases, cdict = state
-        cdict = {k: v for k, v in cdict.items() if not k.startswith("_p_")}
+        cdict = {k: v for k, v in cdict.items() if not _volatile(k)}
         name = cdict.pop(_NAME_KEY, cls.__name__)
         saved = cls._p_class_dict
         # With an empty _p_class_dict, attribute changes below are not
@@ -73,7 +94,7 @@ class PersistentClass(PersistentMetaClass):
                 type.__setattr__(cls, "__qualname__", name)
             for k in [k for k in cls.__dict__
                       if k not in cdict and k not in special_class_descrs
-                      and k not in ("_p_class_dict", "__qualname__")]:
+                      and k not in ("_p_class_dict", "__qualname__") and not _volatile(k)]:
                 type.__delattr__(cls, k)
             for k, v in cdict.items():
                 type.__setattr__(cls, k, v)
@@ -106,7 +127,7 @@ def define_class(
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise PClassesError(f"class name {name!r} is not an identifier")
-    guid = guid or str(uuid.uuid4())
+    guid = str(uuid.uuid4()) if guid is None else guid
     module = guid_module(guid)
     table = class_table(connection)
     assert table is not None

@@ -639,6 +639,71 @@ class _Retry(Exception):
         self.offset = offset
 
 
+def _is_ref_type(value: Any) -> bool:
+    return isinstance(value, type) and "persistent_pid" in getattr(value, "__dict__", {})
+
+
+def _untype_refs(root: Any) -> Any:
+    """Replace reference placeholder types by :class:`PersistentRef` in a tree.
+
+    Iterative (a hostile pickle can nest deeply) and cycle-safe (the memo can
+    make a list contain itself).  Tuples are rebuilt when they change.
+    """
+    if _is_ref_type(root):
+        return PersistentRef(root.persistent_pid)
+    done: dict[int, Any] = {}
+    stack: list[Any] = [root]
+    order: list[Any] = []
+    while stack:  # collect every container once
+        obj = stack.pop()
+        if id(obj) in done:
+            continue
+        if isinstance(obj, (list, dict, tuple, set, frozenset, Inert)):
+            done[id(obj)] = obj
+            order.append(obj)
+            if isinstance(obj, dict):
+                stack.extend(obj.keys())
+                stack.extend(obj.values())
+            elif isinstance(obj, Inert):
+                stack.extend((obj.callable, obj.args, obj.state, obj.listitems, obj.dictitems))
+            else:
+                stack.extend(obj)
+
+    def fix(value: Any) -> Any:
+        if _is_ref_type(value):
+            return PersistentRef(value.persistent_pid)
+        if isinstance(value, tuple):
+            return done.get(id(value), value)
+        return value
+
+    # Innermost first, so a rebuilt tuple is seen by its containers.
+    for obj in reversed(order):
+        if isinstance(obj, tuple):
+            new = tuple(fix(v) for v in obj)
+            if any(a is not b for a, b in zip(new, obj)):
+                done[id(obj)] = new
+        elif isinstance(obj, list):
+            obj[:] = [fix(v) for v in obj]
+        elif isinstance(obj, dict):
+            items = [(fix(k), fix(v)) for k, v in obj.items()]
+            obj.clear()
+            obj.update(items)
+        elif isinstance(obj, (set, frozenset)):
+            if isinstance(obj, set):
+                items2 = {fix(v) for v in obj}
+                obj.clear()
+                obj.update(items2)
+        else:  # Inert
+            obj.callable = fix(obj.callable)
+            obj.args = fix(obj.args)
+            obj.state = fix(obj.state)
+            if obj.listitems is not None:
+                obj.listitems = [fix(v) for v in obj.listitems]
+            if obj.dictitems is not None:
+                obj.dictitems = [(fix(k), fix(v)) for k, v in obj.dictitems]
+    return fix(root)
+
+
 def _load(data: bytes, oid: bytes | None, want_state: bool) -> tuple[Any, Any, int, list[tuple[str, str]], list[Any]]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise RecordDecodeError(f"a record is bytes, not {type(data).__name__}", oid=oid)
@@ -658,9 +723,15 @@ def _load(data: bytes, oid: bytes | None, want_state: bool) -> tuple[Any, Any, i
 
         try:
             meta, state, clen, globs = _run(data, persistent_load, oid)
-            return meta, state, clen, globs, pids
         except _Retry as retry:
             last = retry
+            continue
+        if loader is not PersistentRef:
+            # References that stood in as types (for a NEWOBJ) go back to
+            # being PersistentRefs everywhere in the state tree.
+            state = _untype_refs(state)
+            pids = [_untype_refs(p) for p in pids]
+        return meta, state, clen, globs, pids
     exc = last.exc
     msg = str(exc) or type(exc).__name__
     raise RecordDecodeError(

@@ -22,6 +22,8 @@ from .broken import broken_state, is_broken
 from .classtable import ClassTable, class_table, guid_of
 from .census import Census, take_census
 from .database import open
+from .inventory import BrokenReport, find_broken
+from .repair import RepairError, RepairReport, rename_classes
 from .errors import (
     AliasCycleError,
     PClassesError,
@@ -50,6 +52,11 @@ __all__ = [
     "is_broken",
     "broken_state",
     "take_census",
+    "find_broken",
+    "rename_classes",
+    "RepairReport",
+    "RepairError",
+    "BrokenReport",
     "Census",
     "scan_record",
     "read_record",

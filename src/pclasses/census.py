@@ -49,6 +49,8 @@ class ClassUsage:
     mentions: int = 0
     examples: list[bytes] = field(default_factory=list)
     resolution: Resolution | None = None
+    #: records that name it other than as their class (first few)
+    mention_examples: list[bytes] = field(default_factory=list)
 
     @property
     def dotted(self) -> str:
@@ -127,9 +129,13 @@ class _Tally:
     """Counts from one part of a scan; parts merge with :meth:`merge`."""
 
     __slots__ = ("records", "as_class", "mentioned", "examples", "pclass_refs", "unreadable",
-                 "resident")
+                 "resident", "mention_examples", "parents")
 
-    def __init__(self) -> None:
+    def __init__(self, parents: bool = False) -> None:
+        #: first referrer of each oid (only when asked: the broken inventory
+        #: follows it back to the root)
+        self.parents: dict[bytes, bytes] | None = {} if parents else None
+        self.mention_examples: dict[tuple[str, str], list[bytes]] = {}
         self.records = 0
         self.as_class: dict[tuple[str, str], int] = {}
         self.mentioned: dict[tuple[str, str], int] = {}
@@ -149,6 +155,8 @@ class _Tally:
         as_class = self.as_class
         mentioned = self.mentioned
         examples = self.examples
+        mention_examples = self.mention_examples
+        parents = self.parents
         n = 0
         for oid, data in records:
             n += 1
@@ -170,7 +178,16 @@ class _Tally:
                 self.pclass_refs[klass.oid] = self.pclass_refs.get(klass.oid, 0) + 1
             for g in info.globals:
                 if g != pair:
-                    mentioned[g] = mentioned.get(g, 0) + 1
+                    count = mentioned.get(g, 0)
+                    mentioned[g] = count + 1
+                    if count < _EXAMPLES:
+                        mention_examples.setdefault(g, []).append(oid)
+            if parents is not None:
+                for p in info.pids:
+                    c = p.__class__
+                    child = p[0] if c is tuple else p if c is bytes else None
+                    if child.__class__ is bytes and child != oid:
+                        parents.setdefault(child, oid)
         self.records += n
         return self
 
@@ -180,9 +197,14 @@ class _Tally:
                              (self.pclass_refs, other.pclass_refs)):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v  # type: ignore[index,operator]
-        for k, oids in other.examples.items():
-            mine_ex = self.examples.setdefault(k, [])
-            mine_ex.extend(oids[: max(0, _EXAMPLES - len(mine_ex))])
+        for mine_d, theirs_d in ((self.examples, other.examples),
+                                 (self.mention_examples, other.mention_examples)):
+            for k, oids in theirs_d.items():
+                mine_ex = mine_d.setdefault(k, [])
+                mine_ex.extend(oids[: max(0, _EXAMPLES - len(mine_ex))])
+        if self.parents is not None and other.parents is not None:
+            for child, parent in other.parents.items():
+                self.parents.setdefault(child, parent)
         self.unreadable.extend(other.unreadable)
         self.resident.extend(other.resident)
 
@@ -216,10 +238,6 @@ def _resident(oid: bytes, data: bytes) -> ResidentClass:
         return ResidentClass(oid, None, "?", [])
 
 
-def _tally(records: Iterable[tuple[bytes, bytes]]) -> _Tally:
-    return _Tally().add(records)
-
-
 def take_census(
     storage: Any,
     registry: ClassRegistry | None = None,
@@ -235,16 +253,35 @@ def take_census(
     FileStorage is scanned by ``jobs`` processes at once (see
     :func:`pclasses.scan.map_records`); ``jobs=1`` keeps it in this one.
     """
+    return census_and_tally(storage, registry, connection=connection, progress=progress,
+                            jobs=jobs)[0]
+
+
+def census_and_tally(
+    storage: Any,
+    registry: ClassRegistry | None = None,
+    *,
+    connection: Any = None,
+    progress: Progress | None = None,
+    jobs: int | None = None,
+    parents: bool = False,
+) -> tuple[Census, _Tally]:
+    """:func:`take_census`, plus the merged tally (with first referrers if asked)."""
     if registry is None:
         registry = ClassRegistry()
-    parts = map_records(storage, _tally, progress, jobs)
+
+    def tally(records: Iterable[tuple[bytes, bytes]]) -> _Tally:
+        return _Tally(parents).add(records)
+
+    parts = map_records(storage, tally, progress, jobs)
     total = parts[0]
     for part in parts[1:]:
         total.merge(part)
     usages = []
     for key in sorted(set(total.as_class) | set(total.mentioned)):
         usage = ClassUsage(key[0], key[1], total.as_class.get(key, 0),
-                           total.mentioned.get(key, 0), total.examples.get(key, []))
+                           total.mentioned.get(key, 0), total.examples.get(key, []),
+                           mention_examples=total.mention_examples.get(key, []))
         usage.resolution = registry.explain(key[0], key[1], connection)
         usages.append(usage)
     unreadable = sorted(total.unreadable, key=lambda u: u.oid)
@@ -253,4 +290,5 @@ def take_census(
         if r.guid is not None:
             module = GUID_PREFIX + r.guid
             r.instances = sum(n for (m, _), n in total.as_class.items() if m == module)
-    return Census(total.records, usages, unreadable, total.pclass_refs, resident)
+    census = Census(total.records, usages, unreadable, total.pclass_refs, resident)
+    return census, total

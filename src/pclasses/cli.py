@@ -180,5 +180,122 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
             click.echo(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
 
 
+@main.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@click.option("--examples", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Example oids per broken class.")
+@click.option("--entry-points/--no-entry-points", default=True, show_default=True,
+              help="Apply registrations and rename rules declared by installed packages.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar (only on a terminal).")
+@click.option("--jobs", type=click.IntRange(min=1), envvar="PCLASSES_JOBS", default=None,
+              help="Processes scanning a large FileStorage at once [env PCLASSES_JOBS].")
+def broken(target: str, as_json: bool, examples: int, entry_points: bool, progress: bool,
+           jobs: int | None) -> None:
+    """List every class in TARGET that does not resolve, and where its objects sit.
+
+    For each broken class: the records that are instances of it, the other
+    records that name it (plain objects inside them, references), and
+    example oids, each with its path from the root (attribute and key
+    names) or, when none exists, the oids that refer to it.  Records that
+    cannot be read at all are listed by oid.  Nothing is imported except
+    through the registry's lookups; no pickle is run.  The exit status is 0
+    whatever is found.
+
+    TARGET is a FileStorage path, a ZConfig file or a zodburi URI; it is
+    opened read-only.
+    """
+    from ZODB.utils import oid_repr
+
+    from .database import open as open_db
+    from .inventory import find_broken
+
+    with _errors():
+        registry = _registry(entry_points)
+        db = open_db(target, registry, read_only=True, create=False)
+        try:
+            results = []
+            for name, each in sorted(db.databases.items()):
+                with progress_bar(f"scanning {name}", progress) as cb:
+                    results.append((name, find_broken(each, registry, examples=examples,
+                                                      progress=cb, jobs=jobs)))
+        finally:
+            for each in set(db.databases.values()):
+                each.close()
+    if as_json:
+        _emit_json({"databases": [{"name": n, **r.to_dict()} for n, r in results]})
+        return
+    for name, report in results:
+        if not report.classes:
+            click.echo(f"database {name!r}: {report.records} records, no broken classes")
+        for c in report.classes:
+            click.echo(f"{c.dotted}: {c.records} records, named by {c.mentions} more "
+                       f"({c.error})")
+            for e in c.examples:
+                where = e.path if e.path else (
+                    "no path from the root; referred to by "
+                    + (", ".join(oid_repr(o) for o in e.referrers) or "nothing"))
+                click.echo(f"  {oid_repr(e.oid)}  {where}")
+        for u in report.unreadable:
+            click.echo(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--rename", "renames", multiple=True, metavar="OLD=NEW",
+              help="Rename a global: 'old.module.Name=new.module.Name', or a whole module "
+                   "with 'old.pkg.*=new.pkg.*'.  Repeatable.")
+@click.option("--from-entry-points", is_flag=True,
+              help="Also apply the rename rules installed packages declare (pclasses.aliases, "
+                   "pclasses.module_aliases and zodbupdate entry points).")
+@click.option("--dry-run", is_flag=True, help="Write nothing; report what would change.")
+@click.option("--batch-size", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Records per committed transaction.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar (only on a terminal).")
+def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_run: bool,
+           batch_size: int, as_json: bool, progress: bool) -> None:
+    """Rewrite the records of TARGET so renamed classes use their new names.
+
+    Class metadata, every global named in a record's state and the class
+    part of persistent references are rewritten in place, without importing
+    the old or the new code (nothing stored is run).  Records are committed
+    in batches; renaming is idempotent, so an interrupted run is resumed by
+    running the same command again.  Run it while no application writes to
+    the database.  Records that cannot be read are reported and skipped.
+
+    TARGET is a FileStorage path, a ZConfig file or a zodburi URI.
+    """
+    from .registry import ClassRegistry
+    from .repair import parse_rename, rename_classes
+
+    with _errors():
+        rules = dict(parse_rename(r) for r in renames)
+        registry = None
+        if from_entry_points:
+            registry = ClassRegistry()
+            for failure in registry.load_entry_points():
+                click.echo(f"pclasses: warning: skipped {failure}", err=True)
+        if not rules and registry is None:
+            raise click.UsageError("give at least one --rename OLD=NEW or --from-entry-points")
+        with progress_bar("dry run" if dry_run else "repairing", progress) as cb:
+            report = rename_classes(
+                target, rules, registry=registry, dry_run=dry_run, batch_size=batch_size,
+                progress=cb, warn=lambda m: click.echo(f"pclasses: warning: {m}", err=True))
+    if as_json:
+        _emit_json(report.to_dict())
+        return
+    verb = "would rewrite" if dry_run else "rewrote"
+    click.echo(f"read {report.records} records; {verb} {report.changed} "
+               f"in {report.transactions} transactions")
+    for old, n in sorted(report.renamed.items()):
+        click.echo(f"  {old}: {n} records")
+    if report.unreadable or report.skipped:
+        click.echo(f"{len(report.unreadable)} unreadable, {len(report.skipped)} not rewritten "
+                   "(see warnings)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -102,6 +102,7 @@ __all__ = [
     "read_record",
     "read_class",
     "split_record",
+    "global_occurrences",
     "classify_reference",
     "REFERENCE_KINDS",
     "CLASS_FORMATS",
@@ -797,6 +798,28 @@ def scan_record(data: bytes, oid: bytes | None = None) -> RecordInfo:
                 info._data = data  # to re-read if a reference nests another
                 return info
     return _build(data, oid, False)
+
+
+def global_occurrences(data: bytes, oid: bytes | None = None) -> tuple[list[tuple[str, str]], int]:
+    """Every global the record's opcodes name, in order, *with repeats*, and
+    the length of the class pickle.
+
+    Each GLOBAL, INST, STACK_GLOBAL or EXT opcode counts once (a memoized
+    global used again through GET does not).  Offline repair uses the
+    counts to prove that every ``c<module>\\n<name>\\n`` byte sequence it
+    rewrites is an opcode and not text that looks like one.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
+        raise RecordDecodeError("empty or non-bytes record", oid=oid)
+    data = bytes(data)
+    _guard_extensions(data, oid)
+    for loader in ([].append, PersistentRef, _persistent_ref_as_type):
+        try:
+            _meta, _state, clen, globs = _run(data, loader, oid)
+        except _Retry:
+            continue
+        return globs, clen
+    raise RecordDecodeError("not a readable ZODB record", oid=oid)
 
 
 def read_record(data: bytes, oid: bytes | None = None) -> RecordInfo:

@@ -589,6 +589,27 @@ class ClassRegistry:
         for old, new in rules.items():
             self.alias_module(old, new)
 
+    def rename_target(self, module: str, name: str) -> tuple[str, str] | None:
+        """Where the class and module aliases send ``module.name``, or ``None``.
+
+        Registrations and imports are not consulted: this is the pure rename
+        rule, as offline repair applies it to records.
+        """
+        dotted = f"{module}.{name}"
+        seen = {dotted}
+        moved = False
+        while True:
+            nxt = self._aliases.get(dotted)
+            if nxt is None:
+                nxt = self._module_alias(module, name)
+            if nxt is None or nxt in seen or len(seen) > _MAX_CHAIN:
+                break
+            seen.add(nxt)
+            dotted = nxt
+            module, name = _split(nxt)
+            moved = True
+        return (module, name) if moved else None
+
     def rename_rules(self) -> dict[str, str]:
         """The class aliases as a plain ``{old: new}`` dict (for offline repair)."""
         return dict(self._aliases)

@@ -26,7 +26,7 @@ import pickle
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["iter_records", "count_records", "map_records"]
+__all__ = ["iter_records", "iter_current", "count_records", "map_records"]
 
 T = TypeVar("T")
 
@@ -73,12 +73,15 @@ def _is_filestorage(storage: Any) -> bool:
 
 
 def _filestorage(
-    storage: Any, index: Any, start: int = 4, stop: int | None = None
-) -> Iterator[tuple[bytes, bytes]]:
+    storage: Any, index: Any, start: int = 4, stop: int | None = None,
+    with_tid: bool = False, last_tid: bytes | None = None,
+) -> Iterator[Any]:
     from ZODB.FileStorage.FileStorage import FileIterator
 
     get = index.get
-    it = FileIterator(storage._file_name, pos=start)
+    # ``last_tid`` stops before transactions committed while we iterate
+    # (repair appends to the file it reads).
+    it = FileIterator(storage._file_name, pos=start, stop=last_tid)
     try:
         for txn in it:
             if stop is not None and txn._tpos >= stop:
@@ -86,9 +89,44 @@ def _filestorage(
             for rec in txn:
                 data = rec.data
                 if data is not None and get(rec.oid) == rec.pos:
-                    yield rec.oid, data
+                    if with_tid:
+                        yield rec.oid, rec.tid, data
+                    else:
+                        yield rec.oid, data
     finally:
         it.close()
+
+
+def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """Yield ``(oid, tid, data)`` for the current revision of every object.
+
+    Only what was committed when the iteration started is visited, so the
+    caller may store new revisions meanwhile (each oid is visited once).
+    """
+    if _is_filestorage(storage):
+        yield from _filestorage(storage, storage._index, with_tid=True,
+                                last_tid=storage.lastTransaction())
+        return
+    if hasattr(storage, "record_iternext"):
+        items = []
+        next_ = None
+        while True:  # collect first: stores would move the cursor's world
+            oid, tid, data, next_ = storage.record_iternext(next_)
+            if data is not None:
+                items.append(oid)
+            if next_ is None:
+                break
+        for oid in items:
+            data, tid = storage.load(oid)
+            yield oid, tid, data
+        return
+    latest: dict[bytes, tuple[bytes, bytes | None]] = {}
+    for txn in storage.iterator():
+        for rec in txn:
+            latest[rec.oid] = (rec.tid, rec.data)
+    for oid, (tid, data) in latest.items():
+        if data is not None:
+            yield oid, tid, data
 
 
 def _split_points(storage: Any, parts: int) -> list[int]:

@@ -751,3 +751,34 @@ def test_flipping_each_byte_never_escapes(real_records):
                 except RecordDecodeError:
                     outcomes["rde"] += 1
     assert outcomes["rde"] > 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("index", [2**24, 2**27, 2**30])
+def test_memo_index_the_machine_could_allocate_is_refused_without_allocating(index):
+    """A LONG_BINPUT to a memo index the machine could allocate is refused before any allocation."""
+    script = textwrap.dedent(
+        f"""
+        import resource
+        from pclasses.records import scan_record, read_record, read_class
+        from pclasses.errors import RecordDecodeError
+        rec = (b"\\x80\\x03cpkg\\nK\\n." + b"\\x80\\x03}}r"
+               + ({index}).to_bytes(4, "little") + b".")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        outcomes = []
+        for reader in (scan_record, read_record):
+            try:
+                reader(rec)
+                outcomes.append("read")
+            except RecordDecodeError as exc:
+                outcomes.append("refused" if "memo index" in str(exc) else str(exc))
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(" ".join(outcomes), grown // 1024)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+        timeout=50,
+    ).stdout.split()
+    assert out[:2] == ["refused", "refused"], out
+    assert int(out[2]) < 16, f"grew by {out[2]} MB"

@@ -22,6 +22,8 @@ from .broken import broken_state, is_broken
 from .classtable import ClassTable, class_table, guid_of
 from .census import Census, take_census
 from .database import open
+from .events import ClassReattached
+from .interfaces import IClassReattachedEvent
 from .inventory import BrokenReport, find_broken
 from .repair import RepairError, RepairReport, rename_classes
 from .errors import (
@@ -53,6 +55,8 @@ __all__ = [
     "broken_state",
     "take_census",
     "find_broken",
+    "ClassReattached",
+    "IClassReattachedEvent",
     "rename_classes",
     "RepairReport",
     "RepairError",

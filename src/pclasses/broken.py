@@ -1,30 +1,93 @@
-"""Broken classes and objects.
+"""Broken classes and objects: lossless stand-ins for classes that went away.
 
 A name that resolves to nothing gets a *broken class*: a subclass of ZODB's
 :class:`ZODB.broken.Broken`, so ``IBroken`` checks and ZODB's own
-``persistentBroken`` conversion keep working.  Instances keep the state and
-constructor arguments they were loaded with.
+``persistentBroken`` conversion keep working.  What ours adds:
+
+* **Lossless writes.**  A non-persistent broken object pickles itself the
+  way the original object was pickled (NEWOBJ of the original class name,
+  the same arguments, the same state), where ZODB's ``Broken`` writes a
+  REDUCE of ``ZODB.broken.rebuild``.  Together with the writer fallback of
+  :mod:`pclasses.writer` (which writes the class as the GLOBAL ZODB had
+  read), committing a container that holds broken objects rewrites them
+  equivalently, and they come back whole when their class returns.
+* **Clear refusals.**  Modifying a broken object raises ZODB's
+  ``BrokenModified`` naming the class and, for a persistent one, its oid.
 """
 
 from __future__ import annotations
 
+import copyreg
 from typing import Any
 
 import ZODB.broken
-from ZODB.broken import Broken, PersistentBroken
+from ZODB.broken import Broken, BrokenModified, PersistentBroken
+from ZODB.utils import oid_repr
 
-__all__ = ["Broken", "PersistentBroken", "make_broken_class", "is_broken", "broken_state"]
+__all__ = ["Broken", "PersistentBroken", "make_broken_class", "is_broken", "broken_state",
+           "missing_name"]
+
+
+class _LosslessBroken(Broken):
+    """Base of our broken classes (non-persistent instances)."""
+
+    __pclasses_missing__: tuple[str, str] = ("", "")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        d = self.__dict__
+        state = d.get("__Broken_state__")
+        initargs = d.get("__Broken_initargs__")
+        if initargs is not None:  # made by calling the class (INST/OBJ/REDUCE)
+            return (type(self), tuple(initargs), state)
+        newargs = d.get("__Broken_newargs__") or ()
+        return (copyreg.__newobj__, (type(self), *newargs), state)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        module, cname = type(self).__pclasses_missing__
+        raise BrokenModified(f"cannot change broken object of {module}.{cname} "
+                             "(its class is missing)")
+
+
+class _LosslessPersistentBroken(PersistentBroken):
+    """Mixin of the persistent variants: refusals name class and oid."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_p_"):
+            PersistentBroken.__setattr__(self, name, value)
+            return
+        module, cname = type(self).__pclasses_missing__
+        raise BrokenModified(f"cannot change broken object {oid_repr(self._p_oid)} of "
+                             f"{module}.{cname} (its class is missing)")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return PersistentBroken.__reduce__(self)  # refuses, as ZODB's does
 
 
 def make_broken_class(module: str, name: str) -> type:
     """A new broken class standing for ``module.name``.
 
     The class's ``__module__`` and ``__name__`` are the missing ones, as with
-    ZODB's ``find_global``, so a record rewritten from a broken object keeps
-    the original class name.
+    ZODB's ``find_global``; its persistent variant (what ZODB's reader uses
+    for persistent objects) is made at the same time.
     """
-    cls = type(name, (Broken,), {"__module__": module, "__pclasses_missing__": (module, name)})
+    cls = type(name, (_LosslessBroken,), {"__module__": module,
+                                          "__pclasses_missing__": (module, name)})
+    persistent = type(name, (_LosslessPersistentBroken, cls), {"__module__": module})
+    cls.__Broken_Persistent__ = persistent  # type: ignore[attr-defined]
     return cls
+
+
+def missing_name(cls: Any) -> tuple[str, str] | None:
+    """``(module, name)`` a broken class stands for, or ``None``."""
+    if isinstance(cls, type) and issubclass(cls, Broken):
+        pair = getattr(cls, "__pclasses_missing__", None)
+        if pair and pair != ("", ""):
+            return pair  # type: ignore[no-any-return]
+        return (cls.__module__, cls.__name__)
+    return None
 
 
 def is_broken(obj: Any) -> bool:

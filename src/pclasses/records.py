@@ -55,15 +55,14 @@ pickle can call (REDUCE, NEWOBJ, INST, OBJ, BUILD, APPEND(S), SETITEM(S)) is
 then a call into those placeholders, which only record what they are given
 and return an :class:`Inert` value.  Nothing outside this module is ever
 imported or called, whatever the bytes say.  The pickle machine has no loops,
-so reading terminates.  Two things of the C unpickler are process-wide and
-handled here: pickle *extension codes* (EXT1/2/4 read ``copyreg``'s shared
-extension cache, which can hold real callables and into which the unpickler
-would store our placeholders), so a record using them is refused while any
-extension code is registered in the process, and is otherwise an
-"unregistered extension code" error; and the *memo*, which the C unpickler
-grows to twice the largest PUT index it meets: an index beyond what the
-machine can allocate fails at once as a :class:`RecordDecodeError`, but an
-index that fits is allocated (see ``design/decisions.md``, D1).
+so reading terminates.  Before the unpickler sees a record, the C skimmer of
+:mod:`pclasses.skim` walks its opcodes (about 0.1 us) and refuses what cannot
+be guarded from inside the unpickler: a structural error, a memo index
+larger than the record could fill (the C unpickler would allocate and zero
+16 bytes per index), and pickle *extension codes* (EXT1/2/4 read
+``copyreg``'s process-wide extension cache, which can hold real callables)
+while any extension code is registered in the process; with none
+registered they are an "unregistered extension code" error.
 
 Two speeds
 ----------
@@ -90,6 +89,8 @@ from typing import Any
 import zodbpickle.pickle as _zpickle
 
 from .errors import RecordDecodeError
+from .skim import HAVE_C as HAVE_SKIM
+from .skim import skim as _skim
 
 __all__ = [
     "ClassRef",
@@ -414,6 +415,33 @@ _EXT_REGISTRY = copyreg._inverted_registry  # type: ignore[attr-defined]
 _EXT_CACHE = copyreg._extension_cache  # type: ignore[attr-defined]
 
 
+def _precheck(data: bytes, oid: bytes | None) -> None:
+    """Refuse, before unpickling, what the C unpickler cannot be guarded from.
+
+    With the C skimmer (:mod:`pclasses.skim`, about 0.1 us a record): any
+    structural error (unknown opcode, truncation, missing STOP), a memo
+    index larger than the record could ever fill (the C unpickler would
+    allocate 16 bytes per index), and EXT opcodes while extension codes are
+    registered.  Without it, only the extension check runs.
+    """
+    if not HAVE_SKIM:
+        if _EXT_REGISTRY or _EXT_CACHE:
+            _guard_extensions(data, oid)
+        return
+    try:
+        _end1, max_memo, has_ext = _skim(data)
+    except ValueError as exc:
+        raise RecordDecodeError(str(exc), oid=oid) from None
+    if max_memo > len(data):
+        raise RecordDecodeError(
+            f"memo index {max_memo} is more than a {len(data)}-byte record can fill "
+            "(refused: the unpickler would allocate memory for it)", oid=oid)
+    if has_ext and (_EXT_REGISTRY or _EXT_CACHE):
+        raise RecordDecodeError(
+            "pickle extension code refused (copyreg extension codes are registered in "
+            "this process)", oid=oid)
+
+
 def _guard_extensions(data: bytes, oid: bytes | None) -> None:
     """Refuse EXT opcodes while the process has extension codes registered.
 
@@ -711,7 +739,7 @@ def _load(data: bytes, oid: bytes | None, want_state: bool) -> tuple[Any, Any, i
     data = bytes(data)
     if not data:
         raise RecordDecodeError("empty record", oid=oid, offset=0)
-    _guard_extensions(data, oid)
+    _precheck(data, oid)
     # Inert references (scan_record's fast path handles the common case
     # itself).  A reference used as a NEWOBJ class needs to be a type,
     # which the second attempt provides.
@@ -764,8 +792,7 @@ def scan_record(data: bytes, oid: bytes | None = None) -> RecordInfo:
     # persistent ids collected by a C method, a format-1 class whose
     # ClassRef is cached on its placeholder type.
     if data.__class__ is bytes and data:
-        if _EXT_REGISTRY or _EXT_CACHE:
-            _guard_extensions(data, oid)
+        _precheck(data, oid)
         globs: list[tuple[str, str]] = []
         pids: list[Any] = []
         f = io.BufferedReader(io.BytesIO(data))  # type: ignore[arg-type]
@@ -812,7 +839,7 @@ def global_occurrences(data: bytes, oid: bytes | None = None) -> tuple[list[tupl
     if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
         raise RecordDecodeError("empty or non-bytes record", oid=oid)
     data = bytes(data)
-    _guard_extensions(data, oid)
+    _precheck(data, oid)
     for loader in ([].append, PersistentRef, _persistent_ref_as_type):
         try:
             _meta, _state, clen, globs = _run(data, loader, oid)
@@ -874,7 +901,7 @@ def _load_meta_only(data: bytes, oid: bytes | None) -> ClassRef:
     if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
         raise RecordDecodeError("empty or non-bytes record", oid=oid)
     data = bytes(data)
-    _guard_extensions(data, oid)
+    _precheck(data, oid)
     for loader in (PersistentRef, _persistent_ref_as_type):
         f, u = _open(data)
         u.globals_seen = []

@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ZODB.Connection import Connection as _ZODBConnection
+
 from .broken import make_broken_class
 from .classtable import is_guid_module, resolve_resident
 from .errors import AliasCycleError, RegistrationError
@@ -361,6 +363,7 @@ class ClassRegistry:
         with self._lock:
             self._registered[name] = cls
             self._invalidate(name)
+        self._after_change()
 
     def unregister(self, name: str) -> None:
         """Forget a registration; unknown names are ignored."""
@@ -394,6 +397,7 @@ class ClassRegistry:
                     self._aliases[old] = previous
                 raise AliasCycleError(cycle)
             self._invalidate(old)
+        self._after_change()
 
     def unalias(self, old: str) -> None:
         """Remove a class alias; unknown names are ignored."""
@@ -439,6 +443,7 @@ class ClassRegistry:
                 raise AliasCycleError([c[: -len(probe)] if c.endswith(probe) else c
                                        for c in cycle])
             self._invalidate_module(old)
+        self._after_change()
 
     def unalias_module(self, old: str) -> None:
         """Remove a module alias; unknown names are ignored."""
@@ -510,6 +515,32 @@ class ClassRegistry:
             self._broken_cache.clear()
             self._chains.clear()
             importlib.invalidate_caches()
+        self._after_change()
+
+    # -- live reattachment --------------------------------------------------
+
+    #: Whether registering, aliasing and :meth:`refresh` reattach broken
+    #: objects of the installed databases right away.
+    auto_reattach = True
+
+    def reattach(self) -> Any:
+        """Turn broken objects whose class resolves now back into real ones.
+
+        Covers every connection of the installed databases, open or idle in
+        the pool; publishes a ``ClassReattached`` event per class.  Returns a
+        :class:`~pclasses.reattach.ReattachReport`.
+        """
+        from .reattach import reattach
+
+        return reattach(self)
+
+    def _broken_classes_snapshot(self) -> dict[Key, type]:
+        with self._lock:
+            return dict(self._broken_classes)
+
+    def _after_change(self) -> None:
+        if self.auto_reattach and self._broken_classes and self._databases:
+            self.reattach()
 
     # -- broken tally -------------------------------------------------------
 
@@ -529,10 +560,15 @@ class ClassRegistry:
 
         Every database of ``db``'s multi-database gets it.  Returns ``db``.
         """
+        from .writer import Connection as WriterConnection
+
         dbs = getattr(db, "databases", None) or {None: db}
         factory = self.class_factory
         for each in set(dbs.values()) | {db}:
             each.classFactory = factory
+            # Connections that can write records holding broken objects.
+            if getattr(each, "klass", None) is _ZODBConnection:
+                each.klass = WriterConnection
             # Connections already made (``DB()`` itself opens one to create
             # the root, and pools it) captured the old factory.
             connection_map = getattr(each, "_connectionMap", None)
@@ -623,6 +659,10 @@ def _set_factory(connection: Any, factory: Any) -> None:
     reader = getattr(connection, "_reader", None)
     if reader is not None:
         reader._factory = factory
+    if type(connection) is _ZODBConnection:
+        from .writer import Connection as WriterConnection
+
+        connection.__class__ = WriterConnection
 
 
 def _entry_points(group: str) -> list[Any]:

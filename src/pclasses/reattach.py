@@ -1,0 +1,203 @@
+"""Live reattachment: broken objects become real again when their class returns.
+
+When a missing class becomes available (registered, aliased, its module
+importable again after :meth:`ClassRegistry.refresh`, or its guid put back
+in a class table), :func:`reattach` turns the broken objects of every
+connection of the registry's databases, open or idle in the pool, back into
+instances of the real class, without a restart:
+
+* a persistent broken object (ghost or loaded) gets the real class and is
+  made a ghost again, so its next access loads its state through the real
+  class's ``__setstate__``; broken objects cannot have uncommitted changes,
+  so nothing is lost;
+* a non-persistent broken object held in a loaded object's state gets the
+  real class and its state in place;
+* where Python cannot change an object's class (the real class has a
+  different C layout, ``__slots__``, a builtin base), the persistent object
+  holding it is made a ghost instead, if it has no uncommitted changes, so
+  it reloads with the real class; otherwise the object is counted as left
+  broken.
+
+A :class:`~pclasses.events.ClassReattached` event is published through
+``zope.event`` for each class, with its count.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import zope.event
+from persistent import Persistent
+from ZODB.broken import Broken, PersistentBroken
+
+from .events import ClassReattached
+
+if TYPE_CHECKING:
+    from .registry import ClassRegistry
+
+__all__ = ["reattach", "ReattachReport"]
+
+# The ``__class__`` setter itself: broken classes refuse attribute assignment,
+# and ``object.__setattr__`` refuses persistent objects (their C type has its
+# own ``__setattr__``); the descriptor only checks that the layouts agree.
+_set_class = object.__dict__["__class__"].__set__
+
+
+@dataclass
+class ReattachReport:
+    """Per class ``module.name``: objects reattached, and objects left broken."""
+
+    reattached: dict[str, int] = field(default_factory=dict)
+    left_broken: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.reattached.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reattached": dict(self.reattached), "left_broken": dict(self.left_broken)}
+
+
+def _real(registry: ClassRegistry, connection: Any, pair: tuple[str, str]) -> Any:
+    target = registry(connection, pair[0], pair[1])
+    if isinstance(target, type) and issubclass(target, Broken):
+        return None
+    return target
+
+
+def reattach(registry: ClassRegistry) -> ReattachReport:
+    """Reattach every broken object of the registry's databases whose class resolves now."""
+    report = ReattachReport()
+    broken = registry._broken_classes_snapshot()
+    if not broken:
+        return report
+    plain: dict[type, tuple[str, str]] = {}
+    persistent: dict[type, tuple[str, str]] = {}
+    for pair, cls in broken.items():
+        plain[cls] = pair
+        variant = cls.__dict__.get("__Broken_Persistent__")
+        if variant is not None:
+            persistent[variant] = pair
+    classes: dict[tuple[str, str], Any] = {}
+
+    def bump(counter: dict[str, int], pair: tuple[str, str]) -> None:
+        key = f"{pair[0]}.{pair[1]}"
+        counter[key] = counter.get(key, 0) + 1
+
+    # Persistent broken objects, connection by connection (the class of a
+    # database-resident class depends on the connection's class table).
+    def visit(connection: Any) -> None:
+        cache = getattr(connection, "_cache", None)
+        if cache is None:
+            return
+        for _oid, obj in list(cache.items()):
+            pair = persistent.get(type(obj))
+            if pair is None:
+                continue
+            real = _real(registry, connection, pair)
+            if real is None:
+                continue
+            if _swap_persistent(obj, real):
+                classes[pair] = real
+                bump(report.reattached, pair)
+            else:
+                bump(report.left_broken, pair)
+
+    for db in registry.databases:
+        connection_map = getattr(db, "_connectionMap", None)
+        if connection_map is not None:
+            connection_map(visit)
+
+    # Non-persistent broken objects, wherever loaded state holds them.
+    resolved: dict[tuple[str, str], Any] = {}
+    for obj in gc.get_objects():
+        pair = plain.get(type(obj))
+        if pair is None:
+            continue
+        if pair not in resolved:
+            resolved[pair] = _real(registry, None, pair)
+        real = resolved[pair]
+        if real is None:
+            continue
+        if _swap_plain(obj, real):
+            classes[pair] = real
+            bump(report.reattached, pair)
+        else:
+            bump(report.left_broken, pair)
+
+    for pair, real in classes.items():
+        zope.event.notify(ClassReattached(pair[0], pair[1], real,
+                                          report.reattached[f"{pair[0]}.{pair[1]}"]))
+    return report
+
+
+def _swap_persistent(obj: Any, real: type) -> bool:
+    if not isinstance(real, type) or not issubclass(real, Persistent):
+        return False
+    if obj._p_changed is not None:
+        obj._p_invalidate()  # drop the broken state; the real class reloads it
+    try:
+        _set_class(obj, real)
+    except TypeError:
+        # A layout Python cannot switch to (a C type such as a BTree): drop
+        # the ghost from its cache so the next load makes a real one, and
+        # reload the objects that hold it.
+        try:
+            del obj._p_jar._cache[obj._p_oid]
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return False
+        return _reload_holders(obj)
+    return True
+
+
+def _swap_plain(obj: Any, real: type) -> bool:
+    d = obj.__dict__
+    state = d.get("__Broken_state__")
+    try:
+        _set_class(obj, real)
+    except TypeError:
+        return _reload_holders(obj)
+    d.clear()
+    if state is None:
+        return True
+    setstate = getattr(obj, "__setstate__", None)
+    if setstate is not None and not _is_object_setstate(setstate):
+        setstate(state)
+        return True
+    slots = None
+    if isinstance(state, tuple) and len(state) == 2:
+        state, slots = state
+    if state:
+        obj.__dict__.update(state)
+    for k, v in (slots or {}).items():
+        setattr(obj, k, v)
+    return True
+
+
+def _is_object_setstate(method: Any) -> bool:
+    return getattr(method, "__func__", None) is None and getattr(
+        method, "__qualname__", "").startswith("object.")
+
+
+def _reload_holders(obj: Any, depth: int = 6) -> bool:
+    """Ghostify the unmodified persistent objects whose state holds ``obj``."""
+    frontier = [obj]
+    seen = {id(obj)}
+    for _ in range(depth):
+        nxt = []
+        for item in frontier:
+            for ref in gc.get_referrers(item):
+                if id(ref) in seen or ref is frontier:
+                    continue
+                seen.add(id(ref))
+                if isinstance(ref, Persistent) and not isinstance(ref, PersistentBroken):
+                    if ref._p_changed is False and ref._p_jar is not None:
+                        ref._p_invalidate()
+                        return True
+                    return False
+                if isinstance(ref, (dict, list, tuple, set)):
+                    nxt.append(ref)
+        frontier = nxt
+    return False

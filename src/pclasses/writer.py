@@ -1,0 +1,117 @@
+"""Writing records that hold broken objects, losslessly.
+
+ZODB pickles a class by name and checks, on the way, that the name imports
+to the very same class.  A broken class stands for a name that does not
+import, so the C pickler refuses any record that holds a broken object (or a
+reference to a persistent one, whose class travels with the reference).
+
+:class:`Connection` (installed by :meth:`ClassRegistry.install`) lets the C
+pickler try first and, only when it refuses, pickles the object again with
+zodbpickle's pure-Python pickler whose ``save_global`` writes a broken class
+as the GLOBAL it was read from.  Everything else is ZODB's own writer: same
+class metadata, same persistent ids, same protocol, so the record comes out
+as ZODB would have written it with the class present.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from zodbpickle import pickle_3
+from ZODB import Connection as _connection_module
+from ZODB.serialize import _oidtypes
+
+from zodbpickle import binary
+from ZODB.broken import PersistentBroken
+
+from .broken import missing_name
+
+__all__ = ["Connection", "serialize_with_broken"]
+
+_PROTOCOL = 3
+
+
+class _Pickler(pickle_3._Pickler):  # type: ignore[misc,name-defined]
+    """The pure-Python pickler, writing broken classes under their own names."""
+
+    def save_global(self, obj: Any, name: Any = None, pack: Any = None) -> None:
+        pair = missing_name(obj)
+        if pair is None:
+            if pack is None:
+                return super().save_global(obj, name)  # type: ignore[no-any-return]
+            return super().save_global(obj, name, pack)  # type: ignore[no-any-return]
+        module, cname = pair
+        self.write(pickle_3.GLOBAL + module.encode("utf-8") + b"\n"
+                   + cname.encode("utf-8") + b"\n")
+        self.memoize(obj)
+
+    # The pure-Python pickler dispatches on type; broken classes are types.
+    dispatch = dict(pickle_3._Pickler.dispatch)  # type: ignore[attr-defined]
+
+
+def _persistent_id(writer: Any) -> Any:
+    """ZODB's ``persistent_id``, but a reference to a persistent broken object
+    keeps the ``(oid, class)`` form ZODB writes for ordinary classes (ZODB's
+    broken objects have ``__getnewargs__``, which would drop the class)."""
+    original = writer.persistent_id
+
+    def persistent_id(obj: Any) -> Any:
+        if (
+            isinstance(obj, PersistentBroken)
+            and obj._p_oid is not None
+            and obj._p_jar is writer._jar
+            and missing_name(type(obj)) is not None
+        ):
+            return binary(obj._p_oid), type(obj)
+        return original(obj)
+
+    return persistent_id
+
+
+def serialize_with_broken(writer: Any, obj: Any) -> bytes:
+    """``writer.serialize(obj)`` with a pickler that can write broken classes.
+
+    Mirrors ``ZODB.serialize.ObjectWriter.serialize``.
+    """
+    klass = type(obj)
+    newargs = getattr(obj, "__getnewargs__", None)
+    if isinstance(getattr(klass, "_p_oid", 0), _oidtypes) and klass.__module__:
+        klass = klass.__module__, klass.__name__
+        meta: Any = (klass, None) if newargs is None else (klass, newargs())
+    elif newargs is None:
+        meta = klass
+    else:
+        meta = klass, newargs()
+    out = io.BytesIO()
+    p = _Pickler(out, _PROTOCOL)
+    p.persistent_id = _persistent_id(writer)
+    p.dump(meta)
+    p.dump(obj.__getstate__())
+    return out.getvalue()
+
+
+def _patch(writer: Any) -> Any:
+    original = writer.serialize
+    writer._p.persistent_id = _persistent_id(writer)
+
+    def serialize(obj: Any) -> bytes:
+        try:
+            return original(obj)  # type: ignore[no-any-return]
+        except Exception as exc:
+            if "pickl" not in type(exc).__name__.lower() and not isinstance(exc, TypeError):
+                raise
+            try:
+                return serialize_with_broken(writer, obj)
+            except Exception:
+                raise exc from None
+
+    writer.serialize = serialize
+    return writer
+
+
+class Connection(_connection_module.Connection):  # type: ignore[misc]
+    """ZODB's Connection, able to store objects that hold broken objects."""
+
+    def _store_objects(self, writer: Any, transaction: Any) -> Any:
+        return super()._store_objects(_patch(writer), transaction)

@@ -12,15 +12,17 @@ instances of a removed add-on (``gone_addon.Widget``).
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import transaction
+import zope.event
 from ZODB.utils import oid_repr
 
 import pclasses
-from pclasses.demo_models import Document, Folder, Stamp
+from pclasses.demo_models import Document, Folder, Stamp, Widget
 
 NOTE_GUID = "0d5f2a9c-demo-note"
 TAG_GUID = "0d5f2a9c-demo-tag"
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             cls = ref.klass.dotted if ref.klass else "-"
             print(f"  reference {ref.kind:9} -> {oid_repr(ref.oid)} class {cls}")
 
-        _say("4. broken objects keep their state")
+        _say("4. broken objects keep their state, and the inventory says where they sit")
         product = site["shop"]["p0"]
         print(f"legacy_shop.Product instance loads as {type(product).__module__}."
               f"{type(product).__name__}: is_broken={pclasses.is_broken(product)}, "
@@ -120,22 +122,57 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gone_addon.Widget: is_broken={pclasses.is_broken(widget)}, "
               f"state={pclasses.broken_state(widget)}")
         print(f"explain: {registry.explain('legacy_shop', 'Product')}")
+        report = pclasses.find_broken(db, registry, examples=2, jobs=1)
+        for c in report.classes:
+            print(f"  {c.dotted}: {c.records} records")
+            for e in c.examples:
+                print(f"    {oid_repr(e.oid)} at {e.path}")
+
+        _say("5. reattached live: rename rules take effect in open connections")
+        events: list[pclasses.ClassReattached] = []
+        zope.event.subscribers.append(events.append)
+        try:
+            registry.alias("legacy_shop.Product", "pclasses.demo_models.Product")
+            registry.register(Widget, "gone_addon.Widget")
+        finally:
+            zope.event.subscribers.remove(events.append)
+        for ev in events:
+            print(f"  event: {ev.count} {ev.module}.{ev.name} object(s) reattached "
+                  f"as {ev.cls.__module__}.{ev.cls.__name__}")
+        print(f"the same objects, no reopen: {type(product).__name__}(sku={product.sku!r}, "
+              f"price={product.price}), {type(widget).__name__}(color={widget.color!r})")
         conn.close()
 
-        _say("5. a rename rule: legacy_shop.Product is now pclasses.demo_models.Product")
-        registry.alias("legacy_shop.Product", "pclasses.demo_models.Product")
-        print(f"explain: {registry.explain('legacy_shop', 'Product')}")
-        db.close()  # live reattachment without a reopen comes with the broken-objects work
-        db = pclasses.open(path, registry)
-        conn = db.open()
-        product = conn.root()["site"]["shop"]["p0"]
-        print(f"a fresh connection loads {type(product).__module__}.{type(product).__name__}"
-              f"(sku={product.sku!r}, price={product.price})")
+        _say("6. repaired offline: records rewritten to the new names (on a copy)")
+        copy = var / "demo-repaired.fs"
+        shutil.copyfile(path, copy)
+        index = Path(f"{path}.index")
+        if index.exists():
+            shutil.copyfile(index, f"{copy}.index")
+        else:
+            Path(f"{copy}.index").unlink(missing_ok=True)
+        rules = {"legacy_shop.Product": "pclasses.demo_models.Product",
+                 "gone_addon.Widget": "pclasses.demo_models.Widget"}
+        dry = pclasses.rename_classes(copy, rules, dry_run=True)
+        print(f"dry run: {dry.changed} of {dry.records} records would change")
+        done = pclasses.rename_classes(copy, rules)
+        print(f"repair: rewrote {done.changed} records in {done.transactions} transaction(s): "
+              f"{done.renamed}")
+        again = pclasses.rename_classes(copy, rules)
+        print(f"run again (idempotent): {again.changed} records changed")
+        plain_db = pclasses.open(copy, read_only=True)
+        try:
+            left = pclasses.find_broken(plain_db, jobs=1)
+            print(f"broken classes left in the copy, with no rename rules at all: "
+                  f"{[c.dotted for c in left.classes] or 'none'}")
+        finally:
+            plain_db.close()
 
-        conn.close()
-
-        _say("6. a class that lives in the database (guid module, class table)")
-        with db.transaction() as conn:
+        _say("7. a class that lives in the database (guid module, class table)")
+        classes_path = var / "demo-classes.fs"
+        print(f"{'reusing' if classes_path.exists() else 'creating'} {classes_path}")
+        cdb = pclasses.open(classes_path, registry)
+        with cdb.transaction() as conn:
             table = pclasses.class_table(conn)
             Note = table.get(NOTE_GUID)
             if Note is None:
@@ -152,17 +189,17 @@ def main(argv: list[str] | None = None) -> int:
                 conn.root()["note"] = note  # directly in the root mapping
                 tag = Tag()
                 tag.label = "plain instance"
-                conn.root()["site"]["tagged"] = Folder("tagged")
-                conn.root()["site"]["tagged"]["tag"] = tag
+                conn.root()["tagged"] = Folder("tagged")
+                conn.root()["tagged"]["tag"] = tag
                 print(f"defined {Note.__name__} with __module__ {Note.__module__!r}")
-        with db.transaction() as conn:
+        with cdb.transaction() as conn:
             note = conn.root()["note"]
-            data, _ = db.storage.load(note._p_oid)
+            data, _ = cdb.storage.load(note._p_oid)
             meta = pclasses.scan_record(data, note._p_oid).klass
             print(f"persistent instance record: class by name, format {meta.format} "
                   f"{meta.module}.{meta.name}")
-            holder = conn.root()["site"]["tagged"]
-            data, _ = db.storage.load(holder._p_oid)
+            holder = conn.root()["tagged"]
+            data, _ = cdb.storage.load(holder._p_oid)
             tag_state = pclasses.read_record(data).state["data"]["tag"]
             print(f"plain instance inside its holder: {tag_state.how} of "
                   f"{tag_state.callable!r} (a direct reference to the class record)")
@@ -170,18 +207,19 @@ def main(argv: list[str] | None = None) -> int:
             Note = type(note)
             Note.kind = "edited note"
             Note.shout = pclasses.method("def shout(self):\n    return self.text.upper()\n")
-        with db.transaction() as conn:
+        with cdb.transaction() as conn:
             note = conn.root()["note"]
             print(f"after editing the class: {note.describe()!r}; "
                   f"shout() -> {note.shout()!r}")
-        conn = db.open()
-        census = pclasses.take_census(db.storage, registry, connection=conn, jobs=1)
+        conn = cdb.open()
+        census = pclasses.take_census(cdb.storage, registry, connection=conn, jobs=1)
         for r in census.resident:
             print(f"  resident class {r.name} guid={r.guid} bases={r.bases} "
                   f"persistent instances={r.instances}")
         conn.close()
+        cdb.close()
 
-        _say("7. what the registry saw")
+        _say("8. what the registry saw")
         for rec in registry.broken():
             print(f"  broken {rec.module}.{rec.name}: {rec.count} lookups ({rec.error})")
     finally:

@@ -43,3 +43,10 @@ class Stamp:
 
     def __repr__(self) -> str:
         return f"Stamp({self.what!r}, {self.n!r})"
+
+
+class Widget(Persistent):
+    """What the removed add-on's ``gone_addon.Widget`` is registered as."""
+
+    def __init__(self, color: str) -> None:
+        self.color = color

@@ -128,8 +128,7 @@ def find_broken(
     for usage in census.classes:
         if usage.status != "broken":
             continue
-        oids = (usage.examples + [o for o in usage.mention_examples
-                                  if o not in usage.examples])[:examples]
+        oids = sorted(set(usage.examples) | set(usage.mention_examples))[:examples]
         found = [paths.example(oid) for oid in oids]
         classes.append(BrokenClass(usage.module, usage.name, usage.records, usage.mentions,
                                    usage.resolution.error if usage.resolution else None,

@@ -129,12 +129,15 @@ class _Tally:
     """Counts from one part of a scan; parts merge with :meth:`merge`."""
 
     __slots__ = ("records", "as_class", "mentioned", "examples", "pclass_refs", "unreadable",
-                 "resident", "mention_examples", "parents")
+                 "resident", "mention_examples", "parents", "limit")
 
-    def __init__(self, parents: bool = False) -> None:
+    def __init__(self, parents: bool = False, examples: int = _EXAMPLES) -> None:
+        self.limit = examples
         #: first referrer of each oid (only when asked: the broken inventory
         #: follows it back to the root)
-        self.parents: dict[bytes, bytes] | None = {} if parents else None
+        #: referrers of each oid (only when asked: the broken inventory follows
+        #: them back to the root): one oid, or a list of up to _REFERRERS
+        self.parents: dict[bytes, Any] | None = {} if parents else None
         self.mention_examples: dict[tuple[str, str], list[bytes]] = {}
         self.records = 0
         self.as_class: dict[tuple[str, str], int] = {}
@@ -172,7 +175,7 @@ class _Tally:
             if pair is not None:
                 count = as_class.get(pair, 0)
                 as_class[pair] = count + 1
-                if count < _EXAMPLES:
+                if count < self.limit:
                     examples.setdefault(pair, []).append(oid)
             elif klass.oid is not None:
                 self.pclass_refs[klass.oid] = self.pclass_refs.get(klass.oid, 0) + 1
@@ -180,14 +183,14 @@ class _Tally:
                 if g != pair:
                     count = mentioned.get(g, 0)
                     mentioned[g] = count + 1
-                    if count < _EXAMPLES:
+                    if count < self.limit:
                         mention_examples.setdefault(g, []).append(oid)
             if parents is not None:
                 for p in info.pids:
                     c = p.__class__
                     child = p[0] if c is tuple else p if c is bytes else None
                     if child.__class__ is bytes and child != oid:
-                        parents.setdefault(child, oid)
+                        _add_referrer(parents, child, oid)
         self.records += n
         return self
 
@@ -201,15 +204,29 @@ class _Tally:
                                  (self.mention_examples, other.mention_examples)):
             for k, oids in theirs_d.items():
                 mine_ex = mine_d.setdefault(k, [])
-                mine_ex.extend(oids[: max(0, _EXAMPLES - len(mine_ex))])
+                mine_ex.extend(oids[: max(0, self.limit - len(mine_ex))])
         if self.parents is not None and other.parents is not None:
-            for child, parent in other.parents.items():
-                self.parents.setdefault(child, parent)
+            for child, theirs in other.parents.items():
+                for parent in theirs if isinstance(theirs, list) else (theirs,):
+                    _add_referrer(self.parents, child, parent)
         self.unreadable.extend(other.unreadable)
         self.resident.extend(other.resident)
 
 
 _METACLASS = ("pclasses.pclass", "PersistentClass")
+_REFERRERS = 4
+
+
+def _add_referrer(parents: dict[bytes, Any], child: bytes, parent: bytes) -> None:
+    """Remember up to ``_REFERRERS`` referrers per oid (one oid costs no list)."""
+    known = parents.get(child)
+    if known is None:
+        parents[child] = parent
+    elif known.__class__ is bytes:
+        if known != parent:
+            parents[child] = [known, parent]
+    elif parent not in known and len(known) < _REFERRERS:
+        known.append(parent)
 
 
 def _name_of(value: Any) -> str:
@@ -265,13 +282,14 @@ def census_and_tally(
     progress: Progress | None = None,
     jobs: int | None = None,
     parents: bool = False,
+    examples: int = _EXAMPLES,
 ) -> tuple[Census, _Tally]:
     """:func:`take_census`, plus the merged tally (with first referrers if asked)."""
     if registry is None:
         registry = ClassRegistry()
 
     def tally(records: Iterable[tuple[bytes, bytes]]) -> _Tally:
-        return _Tally(parents).add(records)
+        return _Tally(parents, examples).add(records)
 
     parts = map_records(storage, tally, progress, jobs)
     total = parts[0]

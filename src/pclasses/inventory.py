@@ -118,7 +118,8 @@ def find_broken(
     connection = db.open() if hasattr(db, "open") else None
     try:
         census, tally = census_and_tally(storage, registry, connection=connection,
-                                         progress=progress, jobs=jobs, parents=True)
+                                         progress=progress, jobs=jobs, parents=True,
+                                         examples=examples)
     finally:
         if connection is not None:
             connection.close()
@@ -128,7 +129,9 @@ def find_broken(
     for usage in census.classes:
         if usage.status != "broken":
             continue
-        oids = sorted(set(usage.examples) | set(usage.mention_examples))[:examples]
+        # Objects of the class first; records that only name it otherwise
+        # (containers of plain objects of it) when there are none.
+        oids = sorted(usage.examples)[:examples] or sorted(usage.mention_examples)[:examples]
         found = [paths.example(oid) for oid in oids]
         classes.append(BrokenClass(usage.module, usage.name, usage.records, usage.mentions,
                                    usage.resolution.error if usage.resolution else None,
@@ -140,51 +143,83 @@ def find_broken(
 
 
 class _Paths:
-    """Paths from the root, following first referrers and naming each edge."""
+    """Paths from the root, following referrers and naming each edge."""
 
-    def __init__(self, storage: Any, parents: dict[bytes, bytes]) -> None:
+    def __init__(self, storage: Any, parents: dict[bytes, Any]) -> None:
         self.storage = storage
         self.parents = parents
         self._states: dict[bytes, Any] = {}
 
+    def _referrers(self, oid: bytes) -> list[bytes]:
+        known = self.parents.get(oid)
+        if known is None:
+            return []
+        return [known] if known.__class__ is bytes else list(known)
+
+    def _chain(self, oid: bytes) -> list[bytes] | None:
+        """A chain of referrers from ``oid`` up to the root (breadth first)."""
+        back: dict[bytes, bytes | None] = {oid: None}
+        frontier = [oid]
+        for _depth in range(_MAX_DEPTH):
+            nxt = []
+            for current in frontier:
+                if current == z64:
+                    chain = [current]
+                    while back[chain[-1]] is not None:
+                        chain.append(back[chain[-1]])  # type: ignore[arg-type]
+                    return list(reversed(chain))
+                for parent in self._referrers(current):
+                    if parent not in back:
+                        back[parent] = current
+                        nxt.append(parent)
+            if not nxt:
+                return None
+            frontier = nxt
+        return None
+
     def example(self, oid: bytes) -> BrokenExample:
-        chain = [oid]
-        seen = {oid}
-        current = oid
-        while current != z64:
-            parent = self.parents.get(current)
-            if parent is None or parent in seen or len(chain) > _MAX_DEPTH:
-                first = self.parents.get(oid)
-                return BrokenExample(oid, None, [first] if first is not None else [])
-            chain.append(parent)
-            seen.add(parent)
-            current = parent
-        labels = []
-        for child, parent in zip(chain, chain[1:]):
-            labels.append(edge_label(self._state(parent), child))
-        return BrokenExample(oid, "root" + "".join(reversed(labels)),
-                             [self.parents[oid]] if oid in self.parents else [])
+        referrers = self._referrers(oid)
+        chain = self._chain(oid)
+        if chain is None:
+            return BrokenExample(oid, None, referrers)
+        labels = [edge_label(self._state(parent), child)
+                  for child, parent in zip(chain, chain[1:])]
+        return BrokenExample(oid, "root" + "".join(reversed(labels)), referrers)
 
     def _state(self, oid: bytes) -> Any:
         if oid not in self._states:
             try:
                 data, _tid = self.storage.load(oid)
                 info = read_record(data, oid)
-                self._states[oid] = (info.klass.module or "", info.state)
+                self._states[oid] = (info.klass.pair or ("", ""), info.state)
             except (RecordDecodeError, KeyError) as exc:
-                self._states[oid] = ("", exc)
+                self._states[oid] = (("", ""), exc)
         return self._states[oid]
+
+
+#: Classes whose state is ``{'data': <their items>}``: a step into them is a key.
+_ITEM_CONTAINERS = {
+    ("persistent.mapping", "PersistentMapping"),
+    ("persistent.list", "PersistentList"),
+    ("persistent.dict", "PersistentDict"),
+    ("persistent.mapping", "PersistentDict"),
+}
 
 
 def edge_label(parent: tuple[str, Any], child: bytes) -> str:
     """How ``parent``'s state reaches ``child``: ``.attr``, ``['key']``, ``[3]``.
 
-    ``parent`` is ``(class module, inert state)``.  PersistentMapping and
-    PersistentList keep their items under ``data``; BTrees keep internal
-    nodes (which add no step) and buckets of alternating keys and values.
+    ``parent`` is ``((class module, class name), inert state)``.
+    PersistentMapping, PersistentDict and PersistentList keep their items
+    under ``data``; BTrees keep internal nodes (which add no step) and
+    buckets of alternating keys and values.
     """
-    module, state = parent
-    found = _search(state, child, module.startswith("BTrees."), top=True)
+    pair, state = parent
+    if pair in _ITEM_CONTAINERS and isinstance(state, dict) and "data" in state:
+        state = state["data"]
+        found = _search(state, child, False, top=False)
+    else:
+        found = _search(state, child, pair[0].startswith("BTrees."), top=True)
     return found if found is not None else f"<{oid_repr(child)}>"
 
 
@@ -213,11 +248,6 @@ def _search(value: Any, oid: bytes, btree: bool, top: bool = False) -> str | Non
             continue
         seen.add(id(v))
         if isinstance(v, dict):
-            if is_top and set(v) <= {"data", "_container"} and v:
-                # PersistentMapping / PersistentList / PersistentDict
-                inner = v.get("data", v.get("_container"))
-                stack.append((inner, prefix, False))
-                continue
             for k, item in v.items():
                 label = f".{k}" if is_top and isinstance(k, str) and k.isidentifier() else _key(k)
                 stack.append((item, prefix + label, False))

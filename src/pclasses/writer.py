@@ -115,3 +115,11 @@ class Connection(_connection_module.Connection):  # type: ignore[misc]
 
     def _store_objects(self, writer: Any, transaction: Any) -> Any:
         return super()._store_objects(_patch(writer), transaction)
+
+    def _importDuringCommit(self, transaction: Any, f: Any, return_oid_list: Any) -> Any:  # noqa: N802
+        # pclasses.import_subtree hands over a prepared importer (which has
+        # checked the whole file already); anything else is ZODB's own.
+        run = getattr(f, "run", None)
+        if run is not None and type(f).__module__ == "pclasses.transfer":
+            return run(self, transaction, return_oid_list)
+        return super()._importDuringCommit(transaction, f, return_oid_list)

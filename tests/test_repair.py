@@ -1,0 +1,1009 @@
+"""Claims about offline repair: ``rename_classes`` and ``pclasses repair``.
+
+Databases are real FileStorages (and one real ZEO server) written through
+ZODB with classes from helper modules that are made *missing* afterwards
+(off ``sys.path``, out of ``sys.modules``, files and ``__pycache__``
+deleted).  The old and the new module are both missing while repairing: a
+repair must work on names alone, rewrite every place a record names an old
+global (class metadata, non-persistent objects, reduce functions, the class
+part of references, cross-database references), keep ZODB's own encoding,
+commit in batches, be idempotent and restartable, write nothing on a dry
+run, never run what a record names, and never alter text that merely looks
+like an opcode.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import importlib
+import importlib.util
+import io
+import json
+import math
+import os
+import pickletools
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import transaction
+import ZODB
+import ZODB.utils
+from BTrees.OOBTree import OOBTree
+from click.testing import CliRunner
+from persistent.list import PersistentList
+from persistent.mapping import PersistentMapping
+from ZODB.Connection import TransactionMetaData
+from ZODB.FileStorage import FileStorage
+from ZODB.utils import get_pickle_metadata, oid_repr, z64
+
+import pclasses
+from pclasses.cli import main
+
+SCRIPT = Path(sys.executable).parent / "pclasses"
+OID_REPR_CHARS = set("0123456789abcdefx")
+DESCRIPTION = b"pclasses repair: rename classes"
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@contextmanager
+def transient_modules(directory: Path, files: dict[str, str], imports: list[str] | None = None):
+    """Write modules/packages (``files``: relative path -> source), make them
+    importable, and afterwards make them *missing* (off ``sys.path``, out of
+    ``sys.modules``, files and ``__pycache__`` deleted)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tops = set()
+    for rel, source in files.items():
+        p = directory / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(source))
+        tops.add(rel.split("/")[0].removesuffix(".py"))
+    imports = imports if imports is not None else sorted(tops)
+    sys.path.insert(0, str(directory))
+    importlib.invalidate_caches()
+    try:
+        yield {name: importlib.import_module(name) for name in imports}
+    finally:
+        while str(directory) in sys.path:
+            sys.path.remove(str(directory))
+        for name in list(sys.modules):
+            if name.split(".")[0] in tops:
+                del sys.modules[name]
+        shutil.rmtree(directory)
+        importlib.invalidate_caches()
+        for top in tops:
+            assert importlib.util.find_spec(top) is None, top
+
+
+def store_raw(storage, data: bytes, oid: bytes | None = None, serial: bytes = z64) -> bytes:
+    t = TransactionMetaData()
+    storage.tpc_begin(t)
+    if oid is None:
+        oid = storage.new_oid()
+    storage.store(oid, serial, data, "", t)
+    storage.tpc_vote(t)
+    storage.tpc_finish(t)
+    return oid
+
+
+def current_records(storage) -> dict[bytes, bytes]:
+    latest: dict[bytes, bytes | None] = {}
+    it = storage.iterator()
+    try:
+        for txn in it:
+            for rec in txn:
+                latest[rec.oid] = rec.data
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+    return {oid: data for oid, data in latest.items() if data is not None}
+
+
+def opcode_globals(data: bytes) -> list[tuple[str, str]]:
+    """Every GLOBAL/INST opcode of both pickles, by :mod:`pickletools` (oracle)."""
+    f = io.BytesIO(data)
+    found = []
+    for _part in (0, 1):
+        for op, arg, _pos in pickletools.genops(f):
+            assert op.name != "STACK_GLOBAL"
+            if op.name in ("GLOBAL", "INST"):
+                module, name = arg.split(" ", 1)
+                found.append((module, name))
+    return found
+
+
+def naming(records: dict[bytes, bytes], module: str) -> dict[str, int]:
+    """``{'module.Name': records naming it}`` for globals of ``module``."""
+    counts: collections.Counter = collections.Counter()
+    for data in records.values():
+        for m, n in set(opcode_globals(data)):
+            if m == module:
+                counts[f"{m}.{n}"] += 1
+    return dict(counts)
+
+
+def records_naming(records: dict[bytes, bytes], module: str) -> set[bytes]:
+    return {oid for oid, data in records.items()
+            if any(m == module for m, _ in opcode_globals(data))}
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def repair_transactions(storage) -> list[int]:
+    """Number of records of each transaction the repair committed."""
+    sizes = []
+    it = storage.iterator()
+    try:
+        for txn in it:
+            if txn.description == DESCRIPTION:
+                sizes.append(sum(1 for _ in txn))
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+    return sizes
+
+
+def cli_env(*paths: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
+    env["COLUMNS"] = "250"
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pclasses.cli"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+class RunsOnLoad:
+    """Pickled as ``os.mkdir(path)``: anything that runs the record makes ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+# ---------------------------------------------------------------------------
+# the world: the same database written once with the old and once with the new module
+
+
+SOURCE = """
+    from persistent import Persistent
+
+
+    class Thing(Persistent):
+        def __init__(self, v):
+            self.v = v
+
+
+    class Plain:
+        def __init__(self, v):
+            self.v = v
+
+
+    def maker(v):
+        return Plain(v)
+
+
+    class Red:
+        '''Pickled as maker(v): its record names the function, not the class.'''
+
+        def __init__(self, v):
+            self.v = v
+
+        def __reduce__(self):
+            return (maker, (self.v,))
+
+
+    class Args(Persistent):
+        '''Class metadata is (class, newargs), not a bare GLOBAL.'''
+
+        def __new__(cls, v=None):
+            return super().__new__(cls)
+
+        def __init__(self, v):
+            self.v = v
+
+        def __getnewargs__(self):
+            return (self.v,)
+"""
+
+N_TREE = 40
+
+
+def populate(db, m, marker: Path) -> dict[str, bytes]:
+    conn = db.open()
+    root = conn.root()
+    root["a"] = PersistentMapping(b=m.Thing(1))
+    root["list"] = PersistentList([m.Thing(2), m.Plain(3), "text"])
+    root["red"] = PersistentMapping(r=m.Red(4))
+    root["args"] = m.Args(5)
+    tree = OOBTree()
+    for i in range(N_TREE):
+        tree[f"k{i:03d}"] = m.Thing(100 + i)
+    root["tree"] = tree
+    root["hostile"] = PersistentMapping(run=RunsOnLoad(str(marker)), t=m.Thing(6))
+    root["keep"] = PersistentMapping(x=1)
+    transaction.commit()
+    oids = {"root": root._p_oid, "a": root["a"]._p_oid, "thing": root["a"]["b"]._p_oid,
+            "list": root["list"]._p_oid, "red": root["red"]._p_oid,
+            "args": root["args"]._p_oid, "tree": tree._p_oid,
+            "hostile": root["hostile"]._p_oid, "keep": root["keep"]._p_oid}
+    conn.close()
+    return oids
+
+
+@dataclass
+class Template:
+    old_fs: Path
+    new_fs: Path
+    old: str
+    new: str
+    marker: Path
+    oids: dict[str, bytes] = field(default_factory=dict)
+
+    def rules(self) -> dict[str, str]:
+        return {f"{self.old}.{n}": f"{self.new}.{n}" for n in ("Thing", "Plain", "maker", "Args")}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Template:
+    base = tmp_path_factory.mktemp("repair")
+    old, new = unique("pcl_rep_old"), unique("pcl_rep_new")
+    t = Template(base / "old.fs", base / "new.fs", old, new, base / "marker")
+    with transient_modules(base / "mods", {f"{old}.py": SOURCE, f"{new}.py": SOURCE}) as mods:
+        for path, name in ((t.old_fs, old), (t.new_fs, new)):
+            db = ZODB.DB(FileStorage(str(path)))
+            try:
+                t.oids = populate(db, mods[name], t.marker)
+            finally:
+                transaction.abort()
+                db.close()
+    assert not t.marker.exists()
+    return t
+
+
+@dataclass
+class Copy:
+    path: Path
+    t: Template
+
+    @property
+    def old(self) -> str:
+        return self.t.old
+
+    @property
+    def new(self) -> str:
+        return self.t.new
+
+    def records(self) -> dict[bytes, bytes]:
+        s = FileStorage(str(self.path), read_only=True)
+        try:
+            return current_records(s)
+        finally:
+            s.close()
+
+
+@pytest.fixture
+def fs(template: Template, tmp_path: Path) -> Copy:
+    """A private copy of the old database; neither module is importable."""
+    path = tmp_path / "Data.fs"
+    shutil.copyfile(template.old_fs, path)
+    for name in (template.old, template.new):
+        assert importlib.util.find_spec(name) is None
+    return Copy(path, template)
+
+
+# ---------------------------------------------------------------------------
+# what gets renamed
+
+
+def test_rename_rewrites_every_global_and_reports_counts(fs: Copy):
+    before = fs.records()
+    expected = naming(before, fs.old)
+    assert set(expected) == {f"{fs.old}.{n}" for n in ("Thing", "Plain", "maker", "Args")}
+    changing = records_naming(before, fs.old)
+    rep = pclasses.rename_classes(str(fs.path), fs.t.rules())
+    assert isinstance(rep, pclasses.RepairReport)
+    assert rep.dry_run is False
+    assert rep.records == len(before)
+    assert rep.changed == len(changing)
+    assert rep.renamed == expected
+    assert rep.transactions == 1
+    assert rep.unreadable == [] and rep.skipped == []
+    after = fs.records()
+    assert set(after) == set(before)
+    assert naming(after, fs.old) == {}
+    assert naming(after, fs.new) == {k.replace(fs.old, fs.new, 1): v for k, v in expected.items()}
+    for oid in set(before) - changing:
+        assert after[oid] == before[oid]  # records naming nothing old are untouched
+    for data in after.values():
+        pclasses.scan_record(data)  # all still readable
+
+
+def test_rewritten_records_are_what_zodb_writes(fs: Copy):
+    pclasses.rename_classes(str(fs.path), fs.t.rules())
+    after = fs.records()
+    s = FileStorage(str(fs.t.new_fs), read_only=True)
+    try:
+        written_with_new = current_records(s)
+    finally:
+        s.close()
+    # byte for byte what ZODB writes for the same objects of the new classes
+    assert after == written_with_new
+
+
+def test_class_metadata_stays_a_global_opcode(fs: Copy):
+    pclasses.rename_classes(str(fs.path), fs.t.rules())
+    s = FileStorage(str(fs.path), read_only=True)
+    try:
+        thing = s.load(fs.t.oids["thing"])[0]
+        args = s.load(fs.t.oids["args"])[0]
+    finally:
+        s.close()
+    assert thing.startswith(b"\x80\x03c" + f"{fs.new}\nThing\n".encode())
+    assert args.startswith(b"\x80\x03c" + f"{fs.new}\nArgs\n".encode())
+    before = set(sys.modules)
+    assert get_pickle_metadata(thing) == (fs.new, "Thing")
+    assert get_pickle_metadata(args) == (fs.new, "Args")
+    assert set(sys.modules) == before
+    assert pclasses.read_class(thing).pair == (fs.new, "Thing")
+
+
+def test_class_part_of_references_is_renamed(fs: Copy):
+    pclasses.rename_classes(str(fs.path), fs.t.rules())
+    s = FileStorage(str(fs.path), read_only=True)
+    try:
+        for key in ("a", "hostile"):
+            refs = pclasses.scan_record(s.load(fs.t.oids[key])[0]).references
+            assert [(r.kind, r.klass.pair) for r in refs] == [("oid_class", (fs.new, "Thing"))]
+        # references to objects of a class with __getnewargs__ carry no class (ZODB's rule)
+        root_refs = pclasses.scan_record(s.load(fs.t.oids["root"])[0]).references
+        assert [r.kind for r in root_refs if r.oid == fs.t.oids["args"]] == ["oid"]
+        # no reference anywhere still carries an old class name
+        classes = collections.Counter(
+            r.klass.pair for data in current_records(s).values()
+            for r in pclasses.scan_record(data).references if r.klass is not None)
+    finally:
+        s.close()
+    assert not [p for p in classes if p[0] == fs.old]
+    assert classes[(fs.new, "Thing")] == 3 + N_TREE  # from a, list, hostile and the buckets
+
+
+def test_function_used_in_a_reduce_is_renamed(fs: Copy):
+    before = fs.records()
+    rep = pclasses.rename_classes(fs.path.as_posix(), {f"{fs.old}.maker": f"{fs.new}.maker"})
+    assert rep.changed == 1
+    assert rep.renamed == {f"{fs.old}.maker": 1}
+    after = fs.records()
+    red = fs.t.oids["red"]
+    assert (fs.new, "maker") in opcode_globals(after[red])
+    assert (fs.old, "maker") not in opcode_globals(after[red])
+    assert {o for o in before if before[o] != after[o]} == {red}
+
+
+def test_zodbupdate_rule_form(fs: Copy):
+    rep = pclasses.rename_classes(str(fs.path), {f"{fs.old} Thing": f"{fs.new} Thing"})
+    assert set(rep.renamed) == {f"{fs.old}.Thing"}
+    after = fs.records()
+    assert set(naming(after, fs.old)) == {f"{fs.old}.{n}" for n in ("Plain", "maker", "Args")}
+    assert set(naming(after, fs.new)) == {f"{fs.new}.Thing"}
+
+
+def test_objects_load_as_the_new_class_after_repair(fs: Copy, tmp_path: Path):
+    pclasses.rename_classes(str(fs.path), fs.t.rules())
+    directory = tmp_path / "newcode"
+    with transient_modules(directory, {f"{fs.new}.py": SOURCE}) as mods:
+        m = mods[fs.new]
+        db = ZODB.DB(FileStorage(str(fs.path), read_only=True))
+        try:
+            root = db.open().root()
+            thing = root["a"]["b"]
+            assert type(thing) is m.Thing and thing.v == 1
+            assert type(root["list"][0]) is m.Thing and root["list"][0].v == 2
+            assert type(root["list"][1]) is m.Plain and root["list"][1].v == 3
+            assert root["list"][2] == "text"
+            red = root["red"]["r"]  # maker(4), the new module's function
+            assert type(red) is m.Plain and red.v == 4
+            assert type(root["args"]) is m.Args and root["args"].v == 5
+            tree = root["tree"]
+            assert len(tree) == N_TREE
+            assert all(type(v) is m.Thing and v.v == 100 + i
+                       for i, v in enumerate(tree.values()))
+            assert not any(pclasses.is_broken(v) for v in tree.values())
+        finally:
+            transaction.abort()
+            db.close()
+
+
+def test_cross_database_and_class_references(tmp_path: Path):
+    old, new = unique("pcl_rep_xold"), unique("pcl_rep_xnew")
+    with transient_modules(tmp_path / "mods", {f"{old}.py": SOURCE}) as mods:
+        m = mods[old]
+        databases: dict = {}
+        main_db = ZODB.DB(FileStorage(str(tmp_path / "main.fs")), databases=databases,
+                          database_name="main")
+        other_db = ZODB.DB(FileStorage(str(tmp_path / "other.fs")), databases=databases,
+                           database_name="other")
+        try:
+            conn = main_db.open()
+            root = conn.root()
+            elsewhere = m.Thing(7)
+            conn.get_connection("other").add(elsewhere)
+            root["x"] = elsewhere
+            root["local"] = m.Thing(8)
+            transaction.commit()
+            root_oid, far_oid = root._p_oid, elsewhere._p_oid
+        finally:
+            transaction.abort()
+            main_db.close()
+            other_db.close()
+    rules = {f"{old}.*": f"{new}.*"}
+    for name in ("main", "other"):
+        rep = pclasses.rename_classes(str(tmp_path / f"{name}.fs"), rules)
+        assert rep.unreadable == [] and rep.skipped == []
+    s = FileStorage(str(tmp_path / "main.fs"), read_only=True)
+    try:
+        refs = pclasses.scan_record(s.load(root_oid)[0]).references
+    finally:
+        s.close()
+    kinds = {r.kind: r for r in refs}
+    assert set(kinds) == {"multi", "oid_class"}
+    assert kinds["multi"].database == "other" and kinds["multi"].oid == far_oid
+    assert kinds["multi"].klass.pair == (new, "Thing")
+    assert kinds["oid_class"].klass.pair == (new, "Thing")
+    s = FileStorage(str(tmp_path / "other.fs"), read_only=True)
+    try:
+        assert get_pickle_metadata(s.load(far_oid)[0]) == (new, "Thing")
+    finally:
+        s.close()
+
+
+PACKAGE_INIT = """
+    from persistent import Persistent
+
+
+    class A(Persistent):
+        pass
+"""
+
+PACKAGE_SUB = """
+    from persistent import Persistent
+
+
+    class B(Persistent):
+        pass
+"""
+
+
+def test_module_rename_with_star(tmp_path: Path):
+    pkg, newpkg = unique("pcl_rep_pkg"), unique("pcl_rep_newpkg")
+    sibling = pkg + "x"  # shares the prefix but is another module
+    files = {f"{pkg}/__init__.py": PACKAGE_INIT, f"{pkg}/sub.py": PACKAGE_SUB,
+             f"{sibling}.py": PACKAGE_INIT}
+    with transient_modules(tmp_path / "mods", files, [pkg, f"{pkg}.sub", sibling]) as mods:
+        db = ZODB.DB(FileStorage(str(tmp_path / "pkg.fs")))
+        try:
+            conn = db.open()
+            root = conn.root()
+            root["a"] = mods[pkg].A()
+            root["b"] = mods[f"{pkg}.sub"].B()
+            root["c"] = mods[sibling].A()
+            transaction.commit()
+            oids = {k: root[k]._p_oid for k in "abc"}
+        finally:
+            transaction.abort()
+            db.close()
+    rep = pclasses.rename_classes(str(tmp_path / "pkg.fs"), {f"{pkg}.*": f"{newpkg}.*"})
+    assert rep.renamed == {f"{pkg}.A": 2, f"{pkg}.sub.B": 2}  # its record and the root's ref
+    s = FileStorage(str(tmp_path / "pkg.fs"), read_only=True)
+    try:
+        assert get_pickle_metadata(s.load(oids["a"])[0]) == (newpkg, "A")
+        assert get_pickle_metadata(s.load(oids["b"])[0]) == (f"{newpkg}.sub", "B")
+        assert get_pickle_metadata(s.load(oids["c"])[0]) == (sibling, "A")
+        root_refs = pclasses.scan_record(s.load(z64)[0]).references
+        assert sorted(r.klass.pair for r in root_refs) == sorted(
+            [(newpkg, "A"), (f"{newpkg}.sub", "B"), (sibling, "A")])
+    finally:
+        s.close()
+
+
+def test_cli_module_rename_with_star(fs: Copy):
+    result = CliRunner().invoke(main, ["repair", str(fs.path), "--rename",
+                                       f"{fs.old}.*={fs.new}.*", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["changed"] > 0
+    assert naming(fs.records(), fs.old) == {}
+
+
+# ---------------------------------------------------------------------------
+# nothing imported, nothing run
+
+
+def test_no_modules_planted_or_imported(fs: Copy, tmp_path: Path):
+    warm = tmp_path / "warm.fs"  # let pclasses do its own lazy imports first
+    shutil.copyfile(fs.path, warm)
+    pclasses.rename_classes(str(warm), fs.t.rules())
+    pclasses.rename_classes(str(warm), fs.t.rules(), dry_run=True)
+    before = set(sys.modules)
+    pclasses.rename_classes(str(fs.path), fs.t.rules(), dry_run=True)
+    rep = pclasses.rename_classes(str(fs.path), fs.t.rules())
+    assert rep.changed > 0
+    assert set(sys.modules) == before
+    assert fs.old not in sys.modules and fs.new not in sys.modules
+    assert importlib.util.find_spec(fs.old) is None and importlib.util.find_spec(fs.new) is None
+
+
+def test_nothing_a_record_names_is_run(fs: Copy):
+    marker = fs.t.marker
+    rep = pclasses.rename_classes(str(fs.path), fs.t.rules())
+    assert not marker.exists()
+    hostile = fs.records()[fs.t.oids["hostile"]]
+    names = opcode_globals(hostile)
+    assert (fs.new, "Thing") in names and (fs.old, "Thing") not in names
+    assert any(n == "mkdir" for _m, n in names)  # the function is still named, never called
+    assert rep.renamed[f"{fs.old}.Thing"] > 0
+
+
+# ---------------------------------------------------------------------------
+# idempotence, batches, interruption, dry run
+
+
+def test_second_run_changes_nothing(fs: Copy):
+    first = pclasses.rename_classes(str(fs.path), fs.t.rules())
+    assert first.changed > 0
+    digest, size = file_digest(fs.path), fs.path.stat().st_size
+    second = pclasses.rename_classes(str(fs.path), fs.t.rules())
+    assert second.changed == 0 and second.transactions == 0 and second.renamed == {}
+    assert second.records == first.records
+    assert file_digest(fs.path) == digest and fs.path.stat().st_size == size
+
+
+def test_commits_in_batches(fs: Copy):
+    changing = len(records_naming(fs.records(), fs.old))
+    s = FileStorage(str(fs.path))
+    try:
+        rep = pclasses.rename_classes(s, fs.t.rules(), batch_size=7)
+        sizes = repair_transactions(s)
+    finally:
+        s.close()
+    assert rep.changed == changing
+    assert rep.transactions == math.ceil(changing / 7) == len(sizes)
+    assert all(n <= 7 for n in sizes) and sum(sizes) == changing
+
+
+def test_interrupted_run_resumes(fs: Copy):
+    changing = records_naming(fs.records(), fs.old)
+    batch = 5
+    assert len(changing) > 2 * batch
+    s = FileStorage(str(fs.path))
+    try:
+        real_vote = s.tpc_vote
+        votes = {"n": 0}
+
+        def vote(t):
+            votes["n"] += 1
+            if votes["n"] == 2:  # the second batch fails at vote
+                raise OSError("disk full (simulated)")
+            return real_vote(t)
+
+        s.tpc_vote = vote
+        with pytest.raises(pclasses.RepairError) as info:
+            pclasses.rename_classes(s, fs.t.rules(), batch_size=batch)
+        assert isinstance(info.value, pclasses.PClassesError)
+        assert "run again" in str(info.value)
+        del s.tpc_vote
+        # the first batch is committed, the failed one rolled back
+        middle = current_records(s)
+        assert len(records_naming(middle, fs.old)) == len(changing) - batch
+        for data in middle.values():
+            pclasses.scan_record(data)
+        again = pclasses.rename_classes(s, fs.t.rules(), batch_size=batch)
+        assert again.changed == len(changing) - batch
+        assert naming(current_records(s), fs.old) == {}
+        third = pclasses.rename_classes(s, fs.t.rules(), batch_size=batch)
+        assert third.changed == 0 and third.transactions == 0
+    finally:
+        s.close()
+    template = FileStorage(str(fs.t.new_fs), read_only=True)
+    try:
+        assert fs.records() == current_records(template)
+    finally:
+        template.close()
+
+
+def test_dry_run_writes_nothing_and_reports(fs: Copy):
+    before = fs.records()
+    digest, size = file_digest(fs.path), fs.path.stat().st_size
+    dry = pclasses.rename_classes(str(fs.path), fs.t.rules(), dry_run=True)
+    assert dry.dry_run is True
+    assert dry.transactions == 0
+    assert dry.changed == len(records_naming(before, fs.old))
+    assert dry.renamed == naming(before, fs.old)
+    assert file_digest(fs.path) == digest and fs.path.stat().st_size == size
+    assert fs.records() == before
+    real = pclasses.rename_classes(str(fs.path), fs.t.rules())
+    assert (real.records, real.changed, real.renamed) == (dry.records, dry.changed, dry.renamed)
+
+
+def test_dry_run_on_an_open_storage(fs: Copy):
+    s = FileStorage(str(fs.path))
+    try:
+        last = s.lastTransaction()
+        rep = pclasses.rename_classes(s, fs.t.rules(), dry_run=True, batch_size=2)
+        assert rep.changed > 0 and rep.transactions == 0
+        assert s.lastTransaction() == last
+    finally:
+        s.close()
+
+
+REPORT_KEYS = {"dry_run", "records", "changed", "transactions", "renamed", "unreadable",
+               "skipped"}
+
+
+def test_cli_dry_run_json(fs: Copy):
+    digest = file_digest(fs.path)
+    args = ["repair", str(fs.path), "--dry-run", "--json"]
+    for old, new in fs.t.rules().items():
+        args += ["--rename", f"{old}={new}"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert set(doc) == REPORT_KEYS
+    assert doc["dry_run"] is True and doc["transactions"] == 0
+    assert doc["changed"] == len(records_naming(fs.records(), fs.old))
+    assert doc["renamed"] == naming(fs.records(), fs.old)
+    assert file_digest(fs.path) == digest
+
+
+def test_cli_repair_subprocess_json_and_text(fs: Copy):
+    expected = naming(fs.records(), fs.old)
+    args = [a for old, new in fs.t.rules().items() for a in ("--rename", f"{old}={new}")]
+    result = run_cli("repair", str(fs.path), *args, "--batch-size", "10", "--json",
+                     env=cli_env())
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    doc = json.loads(result.stdout)
+    assert set(doc) == REPORT_KEYS
+    assert doc["dry_run"] is False
+    assert isinstance(doc["records"], int) and doc["records"] == len(fs.records())
+    assert doc["renamed"] == expected
+    assert doc["transactions"] == math.ceil(doc["changed"] / 10)
+    assert doc["unreadable"] == [] and doc["skipped"] == []
+    assert naming(fs.records(), fs.old) == {}
+    again = run_cli("repair", str(fs.path), *args, env=cli_env())
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == (
+        f"read {doc['records']} records; rewrote 0 in 0 transactions")
+
+
+def test_cli_text_output(fs: Copy):
+    result = CliRunner().invoke(main, ["repair", str(fs.path), "--rename",
+                                       f"{fs.old}.maker={fs.new}.maker", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("would rewrite 1 in 0 transactions")
+    assert f"  {fs.old}.maker: 1 records" in lines
+
+
+def test_cli_needs_a_rule(fs: Copy):
+    result = CliRunner().invoke(main, ["repair", str(fs.path)])
+    assert result.exit_code == 2
+    bad = CliRunner().invoke(main, ["repair", str(fs.path), "--rename", "nothing"])
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith("pclasses: error: --rename expects OLD=NEW")
+
+
+# ---------------------------------------------------------------------------
+# entry points
+
+
+def test_cli_from_entry_points(fs: Copy, tmp_path: Path):
+    site = tmp_path / "site"
+    pkg = unique("pcl_rep_ep")
+    (site / pkg).mkdir(parents=True)
+    (site / pkg / "__init__.py").write_text(
+        f"RENAMES = {{{f'{fs.old} Thing'!r}: {f'{fs.new} Thing'!r}}}\n")
+    info = site / f"{pkg}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {pkg}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[zodbupdate]\nrenames = {pkg}:RENAMES\n")
+    expected = naming(fs.records(), fs.old)[f"{fs.old}.Thing"]
+    result = run_cli("repair", str(fs.path), "--from-entry-points", "--json",
+                     env=cli_env(site))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["renamed"] == {f"{fs.old}.Thing": expected}
+    after = fs.records()
+    assert get_pickle_metadata(after[fs.t.oids["thing"]]) == (fs.new, "Thing")
+    assert set(naming(after, fs.old)) == {f"{fs.old}.{n}" for n in ("Plain", "maker", "Args")}
+    # without the distribution there is nothing to apply
+    none = run_cli("repair", str(fs.path), "--from-entry-points", "--json", env=cli_env())
+    assert none.returncode == 0 and json.loads(none.stdout)["changed"] == 0
+
+
+# ---------------------------------------------------------------------------
+# hostile content
+
+
+HOSTILE_SOURCE = """
+    from persistent import Persistent
+
+
+    class Thing(Persistent):
+        pass
+"""
+
+
+def test_text_that_looks_like_an_opcode_is_never_altered(tmp_path: Path):
+    old, new = unique("pcl_rep_hold"), unique("pcl_rep_hnew")
+    looks = f"c{old}\nThing\n"
+    inst = f"i{old}\nThing\n"
+    with transient_modules(tmp_path / "mods", {f"{old}.py": HOSTILE_SOURCE}) as mods:
+        m = mods[old]
+        db = ZODB.DB(FileStorage(str(tmp_path / "h.fs")))
+        try:
+            conn = db.open()
+            root = conn.root()
+            own = m.Thing()  # its own class is renamed; its text must stay
+            own.note, own.raw, own.inst = looks, looks.encode(), inst
+            root["own"] = own
+            root["text_only"] = PersistentMapping(note=looks, raw=looks.encode(), inst=inst)
+            root["both"] = PersistentMapping(note=looks, t=m.Thing())
+            root["clean"] = PersistentMapping(t=m.Thing())
+            transaction.commit()
+            oids = {k: root[k]._p_oid for k in ("own", "text_only", "both", "clean")}
+            oids["both_t"] = root["both"]["t"]._p_oid
+        finally:
+            transaction.abort()
+            db.close()
+    s = FileStorage(str(tmp_path / "h.fs"))
+    try:
+        before = current_records(s)
+        warnings: list[str] = []
+        rep = pclasses.rename_classes(s, {f"{old}.Thing": f"{new}.Thing"}, warn=warnings.append)
+        after = current_records(s)
+    finally:
+        s.close()
+    skipped = {x.oid for x in rep.skipped}
+    assert after[oids["text_only"]] == before[oids["text_only"]]
+    assert oids["text_only"] not in skipped
+    assert opcode_globals(after[oids["clean"]]).count((new, "Thing")) == 1
+    assert get_pickle_metadata(after[oids["both_t"]]) == (new, "Thing")
+    for key in ("own", "both"):
+        oid = oids[key]
+        data = after[oid]
+        state = pclasses.read_record(data).state
+        assert looks.encode() in data
+        if oid in skipped:
+            assert data == before[oid]
+            assert any(oid_repr(oid) in w for w in warnings)
+        else:
+            assert (old, "Thing") not in opcode_globals(data)
+            assert (new, "Thing") in opcode_globals(data)
+        values = state["data"] if key == "both" else state
+        assert values["note"] == looks
+    own_state = pclasses.read_record(after[oids["own"]]).state
+    assert own_state["note"] == looks and own_state["inst"] == inst
+    assert own_state["raw"] == looks.encode()
+    text_state = pclasses.read_record(after[oids["text_only"]]).state["data"]
+    assert text_state == {"note": looks, "raw": looks.encode(), "inst": inst}
+
+
+def _overlapping_record(module: str) -> tuple[bytes, str]:
+    """A record whose text ends where the real GLOBAL begins, so that the
+    opcode's bytes and the text form an overlapping second occurrence.
+
+    Class ``c<module>`` in ``module``: the pattern ``c<m>\\nc<m>\\n`` overlaps
+    itself; the text ``"note: c<m>\\n"`` followed directly by the GLOBAL holds
+    the pattern twice, overlapping, and ``bytes.count`` sees one.
+    """
+    text = f"note: c{module}\n"
+    raw = text.encode()
+    meta = b"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00."
+    state = (b"\x80\x03(X" + struct.pack("<I", len(raw)) + raw
+             + f"c{module}\nc{module}\n".encode() + b"t.")
+    return meta + state, text
+
+
+def test_overlapping_record_is_readable_as_built():
+    module = unique("pcl_rep_ov")
+    data, text = _overlapping_record(module)
+    info = pclasses.read_record(data)
+    assert info.state[0] == text
+    assert opcode_globals(data) == [("persistent.mapping", "PersistentMapping"),
+                                    (module, "c" + module)]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: rename_classes counts pattern occurrences with bytes.count (non-overlapping); "
+    "when text ends where the real GLOBAL begins and the pattern overlaps itself "
+    "('c<m>\\nc<m>\\n'), the count equals the opcode count, and bytes.replace rewrites "
+    "the occurrence that starts inside the text: the text is altered and the record "
+    "is left unreadable"))
+def test_text_overlapping_the_real_opcode_is_never_altered(tmp_path: Path):
+    module = unique("pcl_rep_ov")
+    data, text = _overlapping_record(module)
+    path = tmp_path / "ov.fs"
+    db = ZODB.DB(FileStorage(str(path)))
+    db.close()
+    s = FileStorage(str(path))
+    try:
+        oid = store_raw(s, data)
+        rep = pclasses.rename_classes(s, {f"{module}.c{module}": "pcl_rep_newmod.New"})
+        new = s.load(oid)[0]
+    finally:
+        s.close()
+    if new == data:
+        assert oid in {x.oid for x in rep.skipped}
+        return
+    try:
+        state = pclasses.read_record(new).state
+    except pclasses.RecordDecodeError as exc:
+        pytest.fail(f"repair left the record unreadable: {exc}")
+    assert state[0] == text
+    assert opcode_globals(new)[-1] == ("pcl_rep_newmod", "New")
+
+
+# ---------------------------------------------------------------------------
+# unreadable records, read-only storages
+
+
+def test_unreadable_candidate_record_is_skipped_with_a_warning(fs: Copy):
+    s = FileStorage(str(fs.path))
+    try:
+        bad = store_raw(s, b"garbage c" + f"{fs.old}\nThing\n".encode())
+    finally:
+        s.close()
+    warnings: list[str] = []
+    rep = pclasses.rename_classes(str(fs.path), fs.t.rules(), warn=warnings.append)
+    assert [u.oid for u in rep.unreadable] == [bad]
+    assert rep.unreadable[0].reason
+    assert [w for w in warnings if oid_repr(bad) in w]
+    after = fs.records()
+    assert after[bad].startswith(b"garbage")
+    assert naming({k: v for k, v in after.items() if k != bad}, fs.old) == {}
+
+
+def test_cli_unreadable_record_warning_on_stderr(fs: Copy):
+    s = FileStorage(str(fs.path))
+    try:
+        bad = store_raw(s, b"garbage c" + f"{fs.old}\nThing\n".encode())
+    finally:
+        s.close()
+    result = CliRunner().invoke(main, ["repair", str(fs.path), "--rename",
+                                       f"{fs.old}.Thing={fs.new}.Thing", "--json"])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines()
+               if line.startswith("pclasses: warning:")]
+    assert len(warning) == 1 and oid_repr(bad) in warning[0]
+    doc = json.loads(result.stdout)
+    assert [u["oid"] for u in doc["unreadable"]] == [oid_repr(bad)]
+    assert doc["changed"] > 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: rename_classes only reads records matching the old names' byte pattern, so a "
+    "record that cannot be read at all (b'garbage') is silently passed over: no warning, "
+    "not in RepairReport.unreadable"))
+def test_any_unreadable_record_is_reported_with_a_warning(fs: Copy):
+    s = FileStorage(str(fs.path))
+    try:
+        bad = store_raw(s, b"garbage")
+    finally:
+        s.close()
+    warnings: list[str] = []
+    rep = pclasses.rename_classes(str(fs.path), fs.t.rules(), warn=warnings.append)
+    assert rep.changed > 0
+    assert [u.oid for u in rep.unreadable] == [bad]
+    assert [w for w in warnings if oid_repr(bad) in w]
+
+
+def test_read_only_storage_fails_up_front(fs: Copy):
+    assert issubclass(pclasses.RepairError, pclasses.PClassesError)
+    digest = file_digest(fs.path)
+    s = FileStorage(str(fs.path), read_only=True)
+    try:
+        with pytest.raises(pclasses.RepairError, match="read-only"):
+            pclasses.rename_classes(s, fs.t.rules())
+        dry = pclasses.rename_classes(s, fs.t.rules(), dry_run=True)  # reading is fine
+        assert dry.changed > 0
+    finally:
+        s.close()
+    assert file_digest(fs.path) == digest
+
+
+def test_read_only_zconfig(fs: Copy, tmp_path: Path):
+    conf = tmp_path / "ro.conf"
+    conf.write_text(f"<filestorage>\n  path {fs.path}\n  read-only true\n</filestorage>\n")
+    digest = file_digest(fs.path)
+    with pytest.raises(pclasses.RepairError, match="read-only"):
+        pclasses.rename_classes(str(conf), fs.t.rules())
+    result = run_cli("repair", str(conf), "--rename", f"{fs.old}.Thing={fs.new}.Thing",
+                     env=cli_env())
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pclasses: error: ") and "read-only" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert file_digest(fs.path) == digest
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: repair of a ZConfig target with several <zodb> databases opens only the first "
+    "database's storage (open_storage) and silently leaves the others unrepaired, while "
+    "'pclasses broken' on the same target scans every database"))
+def test_multi_database_zconfig_repairs_every_database(tmp_path: Path):
+    old, new = unique("pcl_rep_mold"), unique("pcl_rep_mnew")
+    with transient_modules(tmp_path / "mods", {f"{old}.py": HOSTILE_SOURCE}) as mods:
+        for name in ("one", "two"):
+            db = ZODB.DB(FileStorage(str(tmp_path / f"{name}.fs")))
+            conn = db.open()
+            conn.root()["t"] = mods[old].Thing()
+            transaction.commit()
+            db.close()
+    conf = tmp_path / "multi.conf"
+    conf.write_text("".join(
+        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n  </filestorage>\n</zodb>\n"
+        for n in ("one", "two")))
+    pclasses.rename_classes(str(conf), {f"{old}.Thing": f"{new}.Thing"})
+    for name in ("one", "two"):
+        s = FileStorage(str(tmp_path / f"{name}.fs"), read_only=True)
+        try:
+            assert naming(current_records(s), old) == {}, name
+        finally:
+            s.close()
+
+
+@pytest.mark.zeo
+def test_zeo_target(zeo_server, tmp_path: Path):
+    address, name = zeo_server.fresh()
+    old, new = unique("pcl_rep_zold"), unique("pcl_rep_znew")
+    with transient_modules(tmp_path / "mods", {f"{old}.py": SOURCE}) as mods:
+        db = ZODB.DB(zeo_server.client(address, name))
+        try:
+            oids = populate(db, mods[old], tmp_path / "marker")
+        finally:
+            transaction.abort()
+            db.close()
+    uri = zeo_server.uri(address, name)
+    rules = {f"{old}.*": f"{new}.*"}
+    dry = pclasses.rename_classes(uri, rules, dry_run=True)
+    rep = pclasses.rename_classes(uri, rules, batch_size=8)
+    assert rep.changed == dry.changed > 0
+    assert rep.transactions == math.ceil(rep.changed / 8)
+    client = zeo_server.client(address, name, read_only=True)
+    try:
+        records = current_records(client)
+        assert naming(records, old) == {}
+        assert get_pickle_metadata(client.load(oids["thing"])[0]) == (new, "Thing")
+    finally:
+        client.close()
+    assert pclasses.rename_classes(uri, rules).changed == 0
+    assert not (tmp_path / "marker").exists()

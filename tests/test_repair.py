@@ -663,7 +663,7 @@ def test_dry_run_on_an_open_storage(fs: Copy):
 
 
 REPORT_KEYS = {"dry_run", "records", "changed", "transactions", "renamed", "unreadable",
-               "skipped"}
+               "skipped", "databases"}
 
 
 def test_cli_dry_run_json(fs: Copy):
@@ -840,12 +840,6 @@ def test_overlapping_record_is_readable_as_built():
                                     (module, "c" + module)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: rename_classes counts pattern occurrences with bytes.count (non-overlapping); "
-    "when text ends where the real GLOBAL begins and the pattern overlaps itself "
-    "('c<m>\\nc<m>\\n'), the count equals the opcode count, and bytes.replace rewrites "
-    "the occurrence that starts inside the text: the text is altered and the record "
-    "is left unreadable"))
 def test_text_overlapping_the_real_opcode_is_never_altered(tmp_path: Path):
     module = unique("pcl_rep_ov")
     data, text = _overlapping_record(module)
@@ -907,10 +901,6 @@ def test_cli_unreadable_record_warning_on_stderr(fs: Copy):
     assert doc["changed"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: rename_classes only reads records matching the old names' byte pattern, so a "
-    "record that cannot be read at all (b'garbage') is silently passed over: no warning, "
-    "not in RepairReport.unreadable"))
 def test_any_unreadable_record_is_reported_with_a_warning(fs: Copy):
     s = FileStorage(str(fs.path))
     try:
@@ -955,10 +945,6 @@ def test_read_only_zconfig(fs: Copy, tmp_path: Path):
     assert file_digest(fs.path) == digest
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: repair of a ZConfig target with several <zodb> databases opens only the first "
-    "database's storage (open_storage) and silently leaves the others unrepaired, while "
-    "'pclasses broken' on the same target scans every database"))
 def test_multi_database_zconfig_repairs_every_database(tmp_path: Path):
     old, new = unique("pcl_rep_mold"), unique("pcl_rep_mnew")
     with transient_modules(tmp_path / "mods", {f"{old}.py": HOSTILE_SOURCE}) as mods:

@@ -26,6 +26,16 @@ from .events import ClassReattached
 from .interfaces import IClassReattachedEvent
 from .inventory import BrokenReport, find_broken
 from .repair import RepairError, RepairReport, rename_classes
+from .transfer import (
+    ExportFormatError,
+    Manifest,
+    MissingClassesError,
+    RefusedGlobalsError,
+    TransferError,
+    export_subtree,
+    import_subtree,
+    read_manifest,
+)
 from .errors import (
     AliasCycleError,
     PClassesError,
@@ -58,6 +68,14 @@ __all__ = [
     "ClassReattached",
     "IClassReattachedEvent",
     "rename_classes",
+    "export_subtree",
+    "import_subtree",
+    "read_manifest",
+    "Manifest",
+    "TransferError",
+    "ExportFormatError",
+    "MissingClassesError",
+    "RefusedGlobalsError",
     "RepairReport",
     "RepairError",
     "BrokenReport",

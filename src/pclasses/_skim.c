@@ -18,6 +18,11 @@
  * No allocation per opcode, no recursion, no calls back into Python; the
  * GIL is released for large inputs.  pclasses/skim.py holds the pure-Python
  * twin with the same semantics; keep the two in step.
+ *
+ * analyze(data) (further down) runs an abstract pickle machine over both
+ * pickles and reports where globals and persistent references sit in the
+ * bytes; its twin is pclasses.skim.analyze_py, whose module docstring is
+ * the specification.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -402,6 +407,999 @@ skim_result_tuple(const skim_result *r)
     return t;
 }
 
+/* ------------------------------------------------------------------------
+ * analyze(data): an abstract pickle machine over both pickles.
+ *
+ * The same walk as skim (same structural errors, same messages), plus the
+ * stack effect of every opcode on a stack of *items*: literals (with their
+ * payload's offset and length), GLOBALs, tuples and lists (with their first
+ * three children), and one anonymous item (index 0) standing for every value
+ * whose identity does not matter.  Nothing is called; one memo serves both
+ * pickles.  It reports where globals and persistent references sit in the
+ * bytes.  pclasses/skim.py (analyze_py) is the twin with the same semantics
+ * and messages; keep the two in step.
+ *
+ * Memory: a few arrays (items, stack, marks, memo, globals, pids) that start
+ * in a buffer on the C stack and grow by doubling on the raw heap.  Each
+ * opcode adds at most one item, one stack slot, one mark, one global or one
+ * pid, so all of them are bounded by the record length; the memo is bounded
+ * by len(data) + 1 entries (a larger index is refused before it is stored).
+ * ------------------------------------------------------------------------ */
+
+enum {
+    AK_ANON = 0, /* constants, dicts, sets, results of calls, ... */
+    AK_BYTES,    /* SHORT_BINBYTES, BINBYTES, BINBYTES8 */
+    AK_STR,      /* SHORT_BINSTRING, BINSTRING */
+    AK_UNI,      /* SHORT_BINUNICODE, BINUNICODE, BINUNICODE8 */
+    AK_TSTR,     /* STRING with quotes and no backslash */
+    AK_TUNI,     /* UNICODE with no backslash */
+    AK_GLOBAL,
+    AK_TUPLE,
+    AK_LIST
+};
+#define AK_IS_LIT(k) ((k) >= AK_BYTES && (k) <= AK_TUNI)
+
+#define AF_ATTR 1   /* path children's placements re-attributed already */
+#define AF_NONPID 2 /* used in a role with a bit (1, 2, 4, 8, 16) */
+#define AF_TAINT 4  /* a list changed by something other than APPEND(S) */
+#define AF_DIRTY 8  /* an oid literal whose patching changes non-pid data */
+
+#define USE_REDUCE 1
+#define USE_NEWOBJ 2
+#define USE_INSTANTIATE 4
+#define USE_CLASS_META 8
+#define USE_PID_CLASS 16
+#define USE_OTHER 32
+#define USE_PIDPATH 64 /* internal: the pid and the path to its oid */
+
+enum { DEC_UTF8 = 0, DEC_LATIN1 = 1 };
+
+enum {
+    PK_OID = 0, PK_OID_CLASS, PK_WEAK, PK_MULTI_OID, PK_MULTI, PK_LEGACY,
+    PK_UNKNOWN, PK_COUNT
+};
+static const char *const pk_names[PK_COUNT] = {
+    "oid", "oid_class", "weak", "multi_oid", "multi", "legacy", "unknown"
+};
+
+typedef struct {
+    uint8_t kind, flags, bits, n; /* n: children, saturating at 4 */
+    Py_ssize_t pending;           /* USE_OTHER uses not re-attributed */
+    /* literal: offset, length; GLOBAL: entry; container: first 3 children */
+    Py_ssize_t x[3];
+} an_item;
+
+typedef struct {
+    Py_ssize_t off, end, item; /* item -1: INST (no item) */
+    Py_ssize_t moff, mlen, noff, nlen; /* moff/noff -1: not a literal */
+    uint8_t op, mmode, nmode;
+} an_global;
+
+typedef struct {
+    uint8_t kind, which, persid;
+    Py_ssize_t p, a, l, d; /* items, -1 for none */
+    Py_ssize_t oid_off, oid_len;
+} an_pid;
+
+enum {
+    AN_OK = SKIM_OK,
+    AN_UNKNOWN_OPCODE = SKIM_UNKNOWN_OPCODE,
+    AN_TRUNCATED = SKIM_TRUNCATED,
+    AN_NO_STOP = SKIM_NO_STOP,
+    AN_BAD_PUT = SKIM_BAD_PUT,
+    AN_BAD_GET = 100,
+    AN_UNDERFLOW,
+    AN_NO_MARK,
+    AN_ODD,
+    AN_MEMO_UNSET,
+    AN_MEMO_TOO_BIG,
+    AN_NOMEM
+};
+
+#define AN_INLINE_ITEMS 64
+#define AN_INLINE_STACK 64
+#define AN_INLINE_MARKS 16
+#define AN_INLINE_MEMO 64
+#define AN_INLINE_GLOBALS 8
+#define AN_INLINE_PIDS 16
+
+typedef struct {
+    /* error report (status, which, opcode, offset, need, have as skim) */
+    skim_result r;
+    int64_t index; /* AN_MEMO_UNSET / AN_MEMO_TOO_BIG: the memo index */
+    int has_sg, has_frame, protocol;
+
+    an_item *items;
+    Py_ssize_t nitems, citems;
+    Py_ssize_t *stack;
+    Py_ssize_t sp, cstack;
+    Py_ssize_t *marks;
+    Py_ssize_t nmarks, cmarks;
+    Py_ssize_t *memo;
+    Py_ssize_t cmemo, memo_len;
+    an_global *globals;
+    Py_ssize_t nglobals, cglobals;
+    an_pid *pids;
+    Py_ssize_t npids, cpids;
+
+    an_item items_buf[AN_INLINE_ITEMS];
+    Py_ssize_t stack_buf[AN_INLINE_STACK];
+    Py_ssize_t marks_buf[AN_INLINE_MARKS];
+    Py_ssize_t memo_buf[AN_INLINE_MEMO];
+    an_global globals_buf[AN_INLINE_GLOBALS];
+    an_pid pids_buf[AN_INLINE_PIDS];
+} an_state;
+
+static void
+an_init(an_state *st)
+{
+    memset(&st->r, 0, sizeof(st->r));
+    st->index = 0;
+    st->has_sg = st->has_frame = 0;
+    st->protocol = -1;
+    st->items = st->items_buf;
+    st->citems = AN_INLINE_ITEMS;
+    st->items[0].kind = AK_ANON;
+    st->items[0].flags = st->items[0].bits = st->items[0].n = 0;
+    st->items[0].pending = 0;
+    st->nitems = 1;
+    st->stack = st->stack_buf;
+    st->cstack = AN_INLINE_STACK;
+    st->sp = 0;
+    st->marks = st->marks_buf;
+    st->cmarks = AN_INLINE_MARKS;
+    st->nmarks = 0;
+    st->memo = st->memo_buf;
+    st->cmemo = AN_INLINE_MEMO;
+    st->memo_len = 0;
+    for (Py_ssize_t i = 0; i < AN_INLINE_MEMO; i++)
+        st->memo_buf[i] = -1;
+    st->globals = st->globals_buf;
+    st->cglobals = AN_INLINE_GLOBALS;
+    st->nglobals = 0;
+    st->pids = st->pids_buf;
+    st->cpids = AN_INLINE_PIDS;
+    st->npids = 0;
+}
+
+static void
+an_free(an_state *st)
+{
+    if (st->items != st->items_buf)
+        PyMem_RawFree(st->items);
+    if (st->stack != st->stack_buf)
+        PyMem_RawFree(st->stack);
+    if (st->marks != st->marks_buf)
+        PyMem_RawFree(st->marks);
+    if (st->memo != st->memo_buf)
+        PyMem_RawFree(st->memo);
+    if (st->globals != st->globals_buf)
+        PyMem_RawFree(st->globals);
+    if (st->pids != st->pids_buf)
+        PyMem_RawFree(st->pids);
+}
+
+/* Grow *arr (capacity *cap, elements of elsize bytes, initially the inline
+ * buffer inline_buf) to hold at least need elements.  No GIL needed. */
+static int
+an_grow(void **arr, Py_ssize_t *cap, size_t elsize, void *inline_buf,
+        Py_ssize_t need)
+{
+    Py_ssize_t ncap = *cap > PY_SSIZE_T_MAX / 2 ? PY_SSIZE_T_MAX : *cap * 2;
+    void *p;
+    if (ncap < need)
+        ncap = need;
+    if ((size_t)ncap > (size_t)PY_SSIZE_T_MAX / elsize)
+        return -1;
+    if (*arr == inline_buf) {
+        p = PyMem_RawMalloc((size_t)ncap * elsize);
+        if (p != NULL)
+            memcpy(p, *arr, (size_t)*cap * elsize);
+    }
+    else {
+        p = PyMem_RawRealloc(*arr, (size_t)ncap * elsize);
+    }
+    if (p == NULL)
+        return -1;
+    *arr = p;
+    *cap = ncap;
+    return 0;
+}
+
+static inline Py_ssize_t
+an_new(an_state *st, int kind, Py_ssize_t x0, Py_ssize_t x1)
+{
+    an_item *it;
+    if (st->nitems == st->citems &&
+        an_grow((void **)&st->items, &st->citems, sizeof(an_item),
+                st->items_buf, st->nitems + 1) < 0)
+        return -1;
+    it = &st->items[st->nitems];
+    it->kind = (uint8_t)kind;
+    it->flags = it->bits = it->n = 0;
+    it->pending = 0;
+    it->x[0] = x0;
+    it->x[1] = x1;
+    it->x[2] = 0;
+    return st->nitems++;
+}
+
+static inline void
+an_use(an_state *st, Py_ssize_t i, int role)
+{
+    an_item *it;
+    if (i == 0)
+        return;
+    it = &st->items[i];
+    if (role == USE_OTHER)
+        it->pending++;
+    else if (role != USE_PIDPATH) {
+        it->bits |= (uint8_t)role;
+        it->flags |= AF_NONPID;
+    }
+}
+
+/* A placement into a container (counted as USE_OTHER) has another role. */
+static inline void
+an_reattr(an_state *st, Py_ssize_t i, int role)
+{
+    an_item *it;
+    if (i == 0)
+        return;
+    it = &st->items[i];
+    it->pending--;
+    if (role != USE_PIDPATH) {
+        it->bits |= (uint8_t)role;
+        it->flags |= AF_NONPID;
+    }
+}
+
+static inline void
+an_add_child(an_state *st, Py_ssize_t c, Py_ssize_t i)
+{
+    an_item *it;
+    an_use(st, i, USE_OTHER);
+    it = &st->items[c];
+    if (it->n < 3)
+        it->x[it->n] = i;
+    if (it->n < 4)
+        it->n++;
+}
+
+static int
+an_is_ascii(const unsigned char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i] & 0x80)
+            return 0;
+    return 1;
+}
+
+static int
+an_oid_ok(const an_state *st, const unsigned char *base, Py_ssize_t i)
+{
+    const an_item *it = &st->items[i];
+    if (it->kind == AK_UNI)
+        return an_is_ascii(base + it->x[0], it->x[1]);
+    return AK_IS_LIT(it->kind);
+}
+
+/* BINPERSID popped item p: recognise the reference shape and record it. */
+static int
+an_classify(an_state *st, const unsigned char *base, Py_ssize_t p, int which)
+{
+    Py_ssize_t a = -1, l = -1, d = -1, klass = -1;
+    int pk = PK_UNKNOWN;
+    an_item *it = &st->items[p];
+    an_pid *rec;
+
+    if (AK_IS_LIT(it->kind)) {
+        l = p;
+        pk = PK_OID;
+    }
+    else if (it->kind == AK_TUPLE) {
+        if (it->n == 2) {
+            l = it->x[0];
+            klass = it->x[1];
+            pk = PK_OID_CLASS;
+        }
+    }
+    else if (it->kind == AK_LIST && !(it->flags & AF_TAINT)) {
+        if (it->n == 1) {
+            l = it->x[0];
+            pk = PK_LEGACY;
+        }
+        else if (it->n == 2) {
+            const an_item *tag = &st->items[it->x[0]];
+            const an_item *t = &st->items[it->x[1]];
+            if (AK_IS_LIT(tag->kind) && tag->x[1] == 1 && t->kind == AK_TUPLE) {
+                unsigned char ch = base[tag->x[0]];
+                if (ch == 'w' && t->n == 1) {
+                    a = it->x[1];
+                    l = t->x[0];
+                    pk = PK_WEAK;
+                }
+                else if (ch == 'w' && t->n == 2) {
+                    a = it->x[1];
+                    l = t->x[0];
+                    d = t->x[1];
+                    pk = PK_WEAK;
+                }
+                else if (ch == 'n' && t->n == 2) {
+                    a = it->x[1];
+                    d = t->x[0];
+                    l = t->x[1];
+                    pk = PK_MULTI_OID;
+                }
+                else if (ch == 'm' && t->n == 3) {
+                    a = it->x[1];
+                    d = t->x[0];
+                    l = t->x[1];
+                    klass = t->x[2];
+                    pk = PK_MULTI;
+                }
+            }
+        }
+    }
+    if (pk != PK_UNKNOWN &&
+        (!an_oid_ok(st, base, l) ||
+         (d >= 0 && !AK_IS_LIT(st->items[d].kind))))
+        pk = PK_UNKNOWN;
+
+    if (st->npids == st->cpids &&
+        an_grow((void **)&st->pids, &st->cpids, sizeof(an_pid), st->pids_buf,
+                st->npids + 1) < 0)
+        return -1;
+    rec = &st->pids[st->npids++];
+    rec->which = (uint8_t)which;
+    rec->persid = 0;
+    if (pk == PK_UNKNOWN) {
+        an_use(st, p, USE_OTHER);
+        rec->kind = PK_UNKNOWN;
+        rec->p = p;
+        rec->a = rec->l = rec->d = -1;
+        rec->oid_off = -1;
+        rec->oid_len = 0;
+        return 0;
+    }
+    /* The pid itself is used in the pid role (nothing to count); the
+       placements on the path from it to the oid are re-attributed once per
+       container, as is a GLOBAL class part's placement. */
+    if (p != l && !(st->items[p].flags & AF_ATTR)) {
+        st->items[p].flags |= AF_ATTR;
+        an_reattr(st, a >= 0 ? a : l, USE_PIDPATH);
+        if (pk == PK_OID_CLASS && st->items[klass].kind == AK_GLOBAL)
+            an_reattr(st, klass, USE_PID_CLASS);
+    }
+    if (a >= 0 && !(st->items[a].flags & AF_ATTR)) {
+        st->items[a].flags |= AF_ATTR;
+        an_reattr(st, l, USE_PIDPATH);
+        if (pk == PK_MULTI && st->items[klass].kind == AK_GLOBAL)
+            an_reattr(st, klass, USE_PID_CLASS);
+    }
+    rec->kind = (uint8_t)pk;
+    rec->p = p;
+    rec->a = a;
+    rec->l = l;
+    rec->d = d;
+    rec->oid_off = st->items[l].x[0];
+    rec->oid_len = st->items[l].x[1];
+    return 0;
+}
+
+static int
+an_add_global(an_state *st, unsigned char op, Py_ssize_t off, Py_ssize_t end,
+              Py_ssize_t item, Py_ssize_t moff, Py_ssize_t mlen, int mmode,
+              Py_ssize_t noff, Py_ssize_t nlen, int nmode)
+{
+    an_global *g;
+    if (st->nglobals == st->cglobals &&
+        an_grow((void **)&st->globals, &st->cglobals, sizeof(an_global),
+                st->globals_buf, st->nglobals + 1) < 0)
+        return -1;
+    g = &st->globals[st->nglobals++];
+    g->op = op;
+    g->off = off;
+    g->end = end;
+    g->item = item;
+    g->moff = moff;
+    g->mlen = mlen;
+    g->mmode = (uint8_t)mmode;
+    g->noff = noff;
+    g->nlen = nlen;
+    g->nmode = (uint8_t)nmode;
+    return 0;
+}
+
+/* Parse [s, e) as plain decimal digits, saturating at INT64_MAX; -1 if
+ * empty or not digits. */
+static int64_t
+an_decimal(const unsigned char *s, const unsigned char *e)
+{
+    uint64_t v = 0;
+    int big = 0;
+    if (s == e)
+        return -1;
+    for (; s < e; s++) {
+        unsigned d = (unsigned)(*s - '0');
+        if (d > 9)
+            return -1;
+        if (!big) {
+            if (v > (UINT64_C(0x7fffffffffffffff) - d) / 10)
+                big = 1;
+            else
+                v = v * 10 + d;
+        }
+    }
+    return big ? INT64_MAX : (int64_t)v;
+}
+
+/* Is there a byte < 0x80 in [s, e) equal to c? */
+static inline int
+an_has(const unsigned char *s, const unsigned char *e, unsigned char c)
+{
+    return s < e && memchr(s, c, (size_t)(e - s)) != NULL;
+}
+
+static void
+an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
+{
+    const unsigned char *p = base;
+    const unsigned char *end = base + len;
+    skim_result *r = &st->r;
+    int64_t max_memo = -1, stores = 0;
+    int has_ext = 0, saw_binary = 0;
+
+#define AN_FAIL(status_)                                               \
+    do {                                                               \
+        r->status = (status_);                                         \
+        r->opcode = *op;                                               \
+        r->offset = op - base;                                         \
+        return;                                                        \
+    } while (0)
+#define AN_NOMEMORY()                                                  \
+    do {                                                               \
+        r->status = AN_NOMEM;                                          \
+        return;                                                        \
+    } while (0)
+#define FAIL_TRUNC(needed)                                             \
+    do {                                                               \
+        r->status = SKIM_TRUNCATED;                                    \
+        r->opcode = *op;                                               \
+        r->offset = op - base;                                         \
+        r->need = (uint64_t)(needed);                                  \
+        r->have = (uint64_t)(end - p);                                 \
+        return;                                                        \
+    } while (0)
+#define NEED(n)                                                        \
+    do {                                                               \
+        if ((size_t)(end - p) < (size_t)(n))                           \
+            FAIL_TRUNC(n);                                             \
+    } while (0)
+    /* One newline-terminated argument: [ls, le) then p past the newline. */
+#define READ_LINE(ls, le)                                              \
+    do {                                                               \
+        const unsigned char *nl_ =                                     \
+            memchr(p, '\n', (size_t)(end - p));                        \
+        if (nl_ == NULL)                                               \
+            FAIL_TRUNC(0);                                             \
+        (ls) = p;                                                      \
+        (le) = nl_;                                                    \
+        p = nl_ + 1;                                                   \
+    } while (0)
+#define PUSH(item_)                                                    \
+    do {                                                               \
+        Py_ssize_t it_ = (item_);                                      \
+        if (it_ < 0)                                                   \
+            AN_NOMEMORY();                                             \
+        if (st->sp == st->cstack &&                                    \
+            an_grow((void **)&st->stack, &st->cstack,                  \
+                    sizeof(Py_ssize_t), st->stack_buf, st->sp + 1) < 0)\
+            AN_NOMEMORY();                                             \
+        st->stack[st->sp++] = it_;                                     \
+    } while (0)
+#define NEED_STACK(k)                                                  \
+    do {                                                               \
+        if (st->sp < (k))                                              \
+            AN_FAIL(AN_UNDERFLOW);                                     \
+    } while (0)
+#define POP_MARK_TO(m)                                                 \
+    do {                                                               \
+        if (st->nmarks == 0)                                           \
+            AN_FAIL(AN_NO_MARK);                                       \
+        (m) = st->marks[--st->nmarks];                                 \
+    } while (0)
+
+    for (int which = 0; which < 2; which++) {
+        r->which = which + 1;
+        st->sp = 0;
+        st->nmarks = 0;
+        for (;;) {
+            const unsigned char *op, *ls, *le, *ls2, *le2;
+            uint64_t n;
+            int64_t idx;
+            Py_ssize_t m, x, t;
+
+            if (p >= end) {
+                r->status = SKIM_NO_STOP;
+                r->offset = len;
+                return;
+            }
+            op = p++;
+            switch (*op) {
+            case '(': case '.': case '0': case '2': case 'F': case 'I':
+            case 'L': case 'N': case 'P': case 'R': case 'S': case 'V':
+            case 'a': case 'b': case 'c': case 'd': case 'g': case 'i':
+            case 'l': case 'p': case 's': case 't':
+                break;
+            default:
+                saw_binary = 1;
+            }
+
+            switch (*op) {
+            case '.': /* STOP */
+                NEED_STACK(1);
+                x = st->stack[--st->sp];
+                if (which == 0) {
+                    an_item *v = &st->items[x];
+                    if (v->kind == AK_GLOBAL)
+                        an_use(st, x, USE_CLASS_META);
+                    else {
+                        an_use(st, x, USE_OTHER);
+                        if (v->kind == AK_TUPLE && v->n == 2 &&
+                            !(v->flags & AF_ATTR) &&
+                            st->items[v->x[0]].kind == AK_GLOBAL) {
+                            v->flags |= AF_ATTR;
+                            an_reattr(st, v->x[0], USE_CLASS_META);
+                        }
+                    }
+                    r->end1 = p - base;
+                }
+                else
+                    an_use(st, x, USE_OTHER);
+                goto next_pickle;
+
+            case '(': /* MARK */
+                if (st->nmarks == st->cmarks &&
+                    an_grow((void **)&st->marks, &st->cmarks,
+                            sizeof(Py_ssize_t), st->marks_buf,
+                            st->nmarks + 1) < 0)
+                    AN_NOMEMORY();
+                st->marks[st->nmarks++] = st->sp;
+                break;
+
+            /* Memo stores. */
+            case 'p': /* PUT */
+                READ_LINE(ls, le);
+                idx = an_decimal(ls, le);
+                if (idx < 0)
+                    AN_FAIL(SKIM_BAD_PUT);
+                goto store;
+            case 'q': /* BINPUT */
+                NEED(1);
+                idx = p[0];
+                p += 1;
+                goto store;
+            case 'r': /* LONG_BINPUT */
+                NEED(4);
+                idx = le32(p);
+                p += 4;
+                goto store;
+            case 0x94: /* MEMOIZE */
+                if (stores > max_memo)
+                    max_memo = stores;
+                idx = st->memo_len;
+                goto store_counted;
+            store:
+                if (idx > max_memo)
+                    max_memo = idx;
+            store_counted:
+                stores++;
+                if (idx > (int64_t)len) {
+                    st->index = idx;
+                    AN_FAIL(AN_MEMO_TOO_BIG);
+                }
+                NEED_STACK(1);
+                if (idx >= st->cmemo) {
+                    /* Double, but never beyond len + 1 entries. */
+                    Py_ssize_t old = st->cmemo;
+                    Py_ssize_t want = old > len / 2 ? len + 1 : old * 2;
+                    if (want < (Py_ssize_t)idx + 1)
+                        want = (Py_ssize_t)idx + 1;
+                    if (an_grow((void **)&st->memo, &st->cmemo,
+                                sizeof(Py_ssize_t), st->memo_buf, want) < 0)
+                        AN_NOMEMORY();
+                    for (Py_ssize_t i = old; i < st->cmemo; i++)
+                        st->memo[i] = -1;
+                }
+                if (st->memo[idx] < 0)
+                    st->memo_len++;
+                st->memo[idx] = st->stack[st->sp - 1];
+                break;
+
+            /* Memo fetches. */
+            case 'g': /* GET */
+                READ_LINE(ls, le);
+                idx = an_decimal(ls, le);
+                if (idx < 0)
+                    AN_FAIL(AN_BAD_GET);
+                goto fetch;
+            case 'h': /* BINGET */
+                NEED(1);
+                idx = p[0];
+                p += 1;
+                goto fetch;
+            case 'j': /* LONG_BINGET */
+                NEED(4);
+                idx = le32(p);
+                p += 4;
+            fetch:
+                if (idx >= st->cmemo || st->memo[idx] < 0) {
+                    st->index = idx;
+                    AN_FAIL(AN_MEMO_UNSET);
+                }
+                PUSH(st->memo[idx]);
+                break;
+
+            /* Constants and anonymous values. */
+            case 'N': case 0x88: case 0x89: case '}': case 0x8f:
+            case 0x97: /* NEXT_BUFFER */
+                PUSH(0);
+                break;
+            case 'I': case 'L': case 'F':
+                READ_LINE(ls, le);
+                PUSH(0);
+                break;
+            case 'K':
+                NEED(1);
+                p += 1;
+                PUSH(0);
+                break;
+            case 'M':
+                NEED(2);
+                p += 2;
+                PUSH(0);
+                break;
+            case 'J':
+                NEED(4);
+                p += 4;
+                PUSH(0);
+                break;
+            case 'G':
+                NEED(8);
+                p += 8;
+                PUSH(0);
+                break;
+            case 0x82: /* EXT1 */
+                NEED(1);
+                p += 1;
+                has_ext = 1;
+                PUSH(0);
+                break;
+            case 0x83: /* EXT2 */
+                NEED(2);
+                p += 2;
+                has_ext = 1;
+                PUSH(0);
+                break;
+            case 0x84: /* EXT4 */
+                NEED(4);
+                p += 4;
+                has_ext = 1;
+                PUSH(0);
+                break;
+
+            /* Counted literals. */
+            case 'U': case 'C': case 0x8c: case 0x8a:
+                NEED(1);
+                n = p[0];
+                p += 1;
+                goto counted;
+            case 'T': case 'B': case 'X': case 0x8b:
+                NEED(4);
+                n = le32(p);
+                p += 4;
+                goto counted;
+            case 0x8d: case 0x8e: case 0x96:
+                NEED(8);
+                n = le64(p);
+                p += 8;
+            counted:
+                if (n > (uint64_t)(end - p))
+                    FAIL_TRUNC(n);
+                {
+                    int k;
+                    switch (*op) {
+                    case 'C': case 'B': case 0x8e: k = AK_BYTES; break;
+                    case 'U': case 'T': k = AK_STR; break;
+                    case 0x8c: case 'X': case 0x8d: k = AK_UNI; break;
+                    default: k = AK_ANON; /* LONG1, LONG4, BYTEARRAY8 */
+                    }
+                    if (k == AK_ANON)
+                        PUSH(0);
+                    else
+                        PUSH(an_new(st, k, p - base, (Py_ssize_t)n));
+                }
+                p += n;
+                break;
+
+            /* Text literals. */
+            case 'S': { /* STRING: quoted; trailing blanks stripped */
+                const unsigned char *e;
+                READ_LINE(ls, le);
+                e = le;
+                while (e > ls && e[-1] <= ' ')
+                    e--;
+                if (e - ls > 1 && (ls[0] == '"' || ls[0] == '\'') &&
+                    e[-1] == ls[0] && !an_has(ls + 1, e - 1, '\\'))
+                    PUSH(an_new(st, AK_TSTR, ls + 1 - base, e - ls - 2));
+                else
+                    PUSH(0);
+                break;
+            }
+            case 'V': /* UNICODE: raw-unicode-escape */
+                READ_LINE(ls, le);
+                if (!an_has(ls, le, '\\'))
+                    PUSH(an_new(st, AK_TUNI, ls - base, le - ls));
+                else
+                    PUSH(0);
+                break;
+
+            /* Containers. */
+            case ')': /* EMPTY_TUPLE */
+                PUSH(an_new(st, AK_TUPLE, 0, 0));
+                break;
+            case ']': /* EMPTY_LIST */
+                PUSH(an_new(st, AK_LIST, 0, 0));
+                break;
+            case 0x85: case 0x86: case 0x87: { /* TUPLE1 TUPLE2 TUPLE3 */
+                Py_ssize_t k = *op - 0x84;
+                NEED_STACK(k);
+                t = an_new(st, AK_TUPLE, 0, 0);
+                if (t < 0)
+                    AN_NOMEMORY();
+                for (Py_ssize_t i = st->sp - k; i < st->sp; i++)
+                    an_add_child(st, t, st->stack[i]);
+                st->sp -= k;
+                PUSH(t);
+                break;
+            }
+            case 't': case 'l': case 0x91: case 'd':
+                /* TUPLE LIST FROZENSET DICT */
+                POP_MARK_TO(m);
+                if (m > st->sp) {
+                    if (*op != 'd') /* DICT: {} */
+                        AN_FAIL(AN_UNDERFLOW);
+                    PUSH(0);
+                    break;
+                }
+                if (*op == 't' || *op == 'l') {
+                    t = an_new(st, *op == 't' ? AK_TUPLE : AK_LIST, 0, 0);
+                    if (t < 0)
+                        AN_NOMEMORY();
+                    for (Py_ssize_t i = m; i < st->sp; i++)
+                        an_add_child(st, t, st->stack[i]);
+                }
+                else {
+                    t = 0;
+                    for (Py_ssize_t i = m; i < st->sp; i++)
+                        an_use(st, st->stack[i], USE_OTHER);
+                }
+                st->sp = m;
+                PUSH(t);
+                break;
+
+            /* Stack manipulation. */
+            case '0': /* POP */
+                if (st->nmarks > 0 && st->marks[st->nmarks - 1] == st->sp)
+                    st->nmarks--;
+                else if (st->sp > 0)
+                    st->sp--;
+                else
+                    AN_FAIL(AN_UNDERFLOW);
+                break;
+            case '1': /* POP_MARK */
+                POP_MARK_TO(m);
+                if (m < st->sp)
+                    st->sp = m;
+                break;
+            case '2': /* DUP */
+                NEED_STACK(1);
+                PUSH(st->stack[st->sp - 1]);
+                break;
+
+            /* Items into the object below them. */
+            case 'a': case 'e': case 's': case 'u': case 0x90: {
+                /* APPEND APPENDS SETITEM SETITEMS ADDITEMS */
+                Py_ssize_t target;
+                an_item *ti;
+                if (*op == 'a')
+                    x = st->sp - 1;
+                else if (*op == 's')
+                    x = st->sp - 2;
+                else
+                    POP_MARK_TO(x);
+                if (x > st->sp || x <= 0)
+                    AN_FAIL(AN_UNDERFLOW);
+                if (x == st->sp)
+                    break;
+                if (*op == 'u' && ((st->sp - x) & 1))
+                    AN_FAIL(AN_ODD);
+                target = st->stack[x - 1];
+                ti = &st->items[target];
+                if (ti->kind == AK_LIST && (*op == 'a' || *op == 'e')) {
+                    for (Py_ssize_t i = x; i < st->sp; i++)
+                        an_add_child(st, target, st->stack[i]);
+                }
+                else {
+                    an_use(st, target, USE_OTHER);
+                    if (ti->kind == AK_LIST)
+                        ti->flags |= AF_TAINT;
+                    for (Py_ssize_t i = x; i < st->sp; i++)
+                        an_use(st, st->stack[i], USE_OTHER);
+                }
+                st->sp = x;
+                break;
+            }
+            case 'b': { /* BUILD */
+                Py_ssize_t target;
+                NEED_STACK(2);
+                an_use(st, st->stack[--st->sp], USE_OTHER);
+                target = st->stack[st->sp - 1];
+                an_use(st, target, USE_OTHER);
+                if (st->items[target].kind == AK_LIST)
+                    st->items[target].flags |= AF_TAINT;
+                break;
+            }
+
+            /* Calls. */
+            case 'R': case 0x81: case 0x92: { /* REDUCE NEWOBJ NEWOBJ_EX */
+                Py_ssize_t k = *op == 0x92 ? 3 : 2;
+                NEED_STACK(k);
+                for (Py_ssize_t i = st->sp - k + 1; i < st->sp; i++)
+                    an_use(st, st->stack[i], USE_OTHER);
+                an_use(st, st->stack[st->sp - k],
+                       *op == 'R' ? USE_REDUCE : USE_NEWOBJ);
+                st->sp -= k;
+                PUSH(0);
+                break;
+            }
+            case 'o': /* OBJ: MARK cls args... */
+                POP_MARK_TO(m);
+                if (m >= st->sp)
+                    AN_FAIL(AN_UNDERFLOW);
+                an_use(st, st->stack[m], USE_INSTANTIATE);
+                for (Py_ssize_t i = m + 1; i < st->sp; i++)
+                    an_use(st, st->stack[i], USE_OTHER);
+                st->sp = m;
+                PUSH(0);
+                break;
+            case 'i': /* INST: MARK args... INST module name */
+                READ_LINE(ls, le);
+                READ_LINE(ls2, le2);
+                POP_MARK_TO(m);
+                if (m > st->sp)
+                    AN_FAIL(AN_UNDERFLOW);
+                if (an_add_global(st, 'i', op - base, p - base, -1,
+                                  ls - base, le - ls, DEC_UTF8,
+                                  ls2 - base, le2 - ls2, DEC_UTF8) < 0)
+                    AN_NOMEMORY();
+                for (Py_ssize_t i = m; i < st->sp; i++)
+                    an_use(st, st->stack[i], USE_OTHER);
+                st->sp = m;
+                PUSH(0);
+                break;
+            case 'c': /* GLOBAL */
+                READ_LINE(ls, le);
+                READ_LINE(ls2, le2);
+                t = an_new(st, AK_GLOBAL, st->nglobals, 0);
+                if (t < 0 ||
+                    an_add_global(st, 'c', op - base, p - base, t,
+                                  ls - base, le - ls, DEC_UTF8,
+                                  ls2 - base, le2 - ls2, DEC_UTF8) < 0)
+                    AN_NOMEMORY();
+                PUSH(t);
+                break;
+            case 0x93: { /* STACK_GLOBAL: module name */
+                Py_ssize_t off[2], ln[2];
+                int mode[2];
+                NEED_STACK(2);
+                st->has_sg = 1;
+                for (int j = 0; j < 2; j++) {
+                    Py_ssize_t i = st->stack[st->sp - 2 + j];
+                    const an_item *it = &st->items[i];
+                    an_use(st, i, USE_OTHER);
+                    if (AK_IS_LIT(it->kind) && it->kind != AK_BYTES) {
+                        off[j] = it->x[0];
+                        ln[j] = it->x[1];
+                        mode[j] = it->kind == AK_UNI ? DEC_UTF8 : DEC_LATIN1;
+                    }
+                    else {
+                        off[j] = -1;
+                        ln[j] = 0;
+                        mode[j] = DEC_UTF8;
+                    }
+                }
+                st->sp -= 2;
+                t = an_new(st, AK_GLOBAL, st->nglobals, 0);
+                if (t < 0 ||
+                    an_add_global(st, 0x93, op - base, p - base, t, off[0],
+                                  ln[0], mode[0], off[1], ln[1], mode[1]) < 0)
+                    AN_NOMEMORY();
+                PUSH(t);
+                break;
+            }
+
+            /* Persistent references. */
+            case 'Q': /* BINPERSID */
+                NEED_STACK(1);
+                if (an_classify(st, base, st->stack[--st->sp], which) < 0)
+                    AN_NOMEMORY();
+                PUSH(0);
+                break;
+            case 'P': { /* PERSID: the text is the oid */
+                an_pid *rec;
+                READ_LINE(ls, le);
+                if (st->npids == st->cpids &&
+                    an_grow((void **)&st->pids, &st->cpids, sizeof(an_pid),
+                            st->pids_buf, st->npids + 1) < 0)
+                    AN_NOMEMORY();
+                rec = &st->pids[st->npids++];
+                rec->kind = PK_OID;
+                rec->which = (uint8_t)which;
+                rec->persid = 1;
+                rec->p = rec->a = rec->l = rec->d = -1;
+                rec->oid_off = ls - base;
+                rec->oid_len = le - ls;
+                PUSH(0);
+                break;
+            }
+            case 0x98: /* READONLY_BUFFER */
+                NEED_STACK(1);
+                an_use(st, st->stack[--st->sp], USE_OTHER);
+                PUSH(0);
+                break;
+
+            /* No stack effect. */
+            case 0x80: /* PROTO */
+                NEED(1);
+                if (which == 0 && st->protocol < 0)
+                    st->protocol = p[0];
+                p += 1;
+                break;
+            case 0x95: /* FRAME: 8-byte length; the contents are opcodes */
+                NEED(8);
+                n = le64(p);
+                p += 8;
+                if (n > (uint64_t)(end - p))
+                    FAIL_TRUNC(n);
+                st->has_frame = 1;
+                break;
+
+            default:
+                r->status = SKIM_UNKNOWN_OPCODE;
+                r->opcode = *op;
+                r->offset = op - base;
+                return;
+            }
+        }
+    next_pickle:;
+    }
+    if (st->protocol < 0)
+        st->protocol = saw_binary ? 1 : 0;
+    r->max_memo = max_memo;
+    r->has_ext = has_ext;
+
+#undef AN_FAIL
+#undef AN_NOMEMORY
+#undef FAIL_TRUNC
+#undef NEED
+#undef READ_LINE
+#undef PUSH
+#undef NEED_STACK
+#undef POP_MARK_TO
+}
+
 #if PY_VERSION_HEX < 0x030A0000
 #error "pclasses._skim needs Python 3.10 or newer"
 #endif
@@ -457,12 +1455,333 @@ skim_skim(PyObject *module, PyObject *arg)
     return skim_result_tuple(&r);
 }
 
+typedef struct {
+    PyObject *analysis_type; /* a tuple subclass (pclasses.skim.Analysis) */
+    PyObject *pk_str[PK_COUNT];
+    PyObject *op_global, *op_inst, *op_stack_global;
+} skim_state;
+
+static PyObject *
+an_error(const an_state *st, Py_ssize_t len)
+{
+    const skim_result *r = &st->r;
+    const char *which = r->which == 1 ? "first" : "second";
+    switch (r->status) {
+    case AN_BAD_GET:
+        PyErr_Format(PyExc_ValueError,
+                     "malformed GET argument at offset %zd (%s pickle): "
+                     "not decimal digits",
+                     r->offset, which);
+        return NULL;
+    case AN_UNDERFLOW:
+        PyErr_Format(PyExc_ValueError,
+                     "stack underflow: opcode 0x%02x at offset %zd "
+                     "(%s pickle)",
+                     (unsigned)r->opcode, r->offset, which);
+        return NULL;
+    case AN_NO_MARK:
+        PyErr_Format(PyExc_ValueError,
+                     "no MARK: opcode 0x%02x at offset %zd (%s pickle)",
+                     (unsigned)r->opcode, r->offset, which);
+        return NULL;
+    case AN_ODD:
+        PyErr_Format(PyExc_ValueError,
+                     "odd number of items: opcode 0x%02x at offset %zd "
+                     "(%s pickle)",
+                     (unsigned)r->opcode, r->offset, which);
+        return NULL;
+    case AN_MEMO_UNSET:
+        PyErr_Format(PyExc_ValueError,
+                     "memo index %lld is not set at offset %zd (%s pickle)",
+                     (long long)st->index, r->offset, which);
+        return NULL;
+    case AN_MEMO_TOO_BIG:
+        PyErr_Format(PyExc_ValueError,
+                     "memo index %lld at offset %zd (%s pickle) is more "
+                     "than a %zd-byte record can fill",
+                     (long long)st->index, r->offset, which, len);
+        return NULL;
+    case AN_NOMEM:
+        return PyErr_NoMemory();
+    default:
+        return skim_error(r);
+    }
+}
+
+/* UTF-8 (falling back to latin-1) or latin-1. */
+static PyObject *
+an_decode(const unsigned char *base, Py_ssize_t off, Py_ssize_t n, int mode)
+{
+    if (mode == DEC_UTF8) {
+        PyObject *s = PyUnicode_DecodeUTF8((const char *)base + off, n, NULL);
+        if (s != NULL || !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            return s;
+        PyErr_Clear();
+    }
+    return PyUnicode_DecodeLatin1((const char *)base + off, n, NULL);
+}
+
+static inline int
+an_nonpid(const an_state *st, Py_ssize_t i)
+{
+    return i >= 0 &&
+           (st->items[i].pending > 0 || (st->items[i].flags & AF_NONPID));
+}
+
+/* Build a tuple (or an instance of the registered tuple subclass) of n new
+ * references; steals them, also on failure. */
+static PyObject *
+an_pack(PyTypeObject *type, PyObject **v, Py_ssize_t n)
+{
+    PyObject *t;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (v[i] == NULL) {
+            for (Py_ssize_t j = 0; j < n; j++)
+                Py_XDECREF(v[j]);
+            return NULL;
+        }
+    }
+    t = type == NULL ? PyTuple_New(n) : type->tp_alloc(type, n);
+    if (t == NULL) {
+        for (Py_ssize_t j = 0; j < n; j++)
+            Py_DECREF(v[j]);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(t, i, v[i]);
+    return t;
+}
+
+static PyObject *
+an_result(skim_state *ms, an_state *st, const unsigned char *base)
+{
+    PyObject *globals = NULL, *pids = NULL, *v[9];
+    int ok = !st->has_sg && !st->r.has_ext;
+
+    globals = PyList_New(st->nglobals);
+    if (globals == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < st->nglobals; i++) {
+        const an_global *g = &st->globals[i];
+        PyObject *f[6], *t;
+        long uses;
+        if (g->item < 0)
+            uses = USE_INSTANTIATE;
+        else
+            uses = st->items[g->item].bits |
+                   (st->items[g->item].pending > 0 ? USE_OTHER : 0);
+        f[0] = g->moff < 0 ? Py_NewRef(Py_None)
+                           : an_decode(base, g->moff, g->mlen, g->mmode);
+        f[1] = g->noff < 0 ? Py_NewRef(Py_None)
+                           : an_decode(base, g->noff, g->nlen, g->nmode);
+        f[2] = PyLong_FromSsize_t(g->off);
+        f[3] = PyLong_FromSsize_t(g->end);
+        f[4] = Py_NewRef(g->op == 'c'   ? ms->op_global
+                         : g->op == 'i' ? ms->op_inst
+                                        : ms->op_stack_global);
+        f[5] = PyLong_FromLong(uses);
+        t = an_pack(NULL, f, 6);
+        if (t == NULL)
+            goto error;
+        PyList_SET_ITEM(globals, i, t);
+    }
+
+    /* An oid literal is shared when anything on the path from any pid to
+       it (the literal, an inner tuple, the pid) has a use outside a pid:
+       then patching the literal changes more than references. */
+    for (Py_ssize_t i = 0; i < st->npids; i++) {
+        const an_pid *rec = &st->pids[i];
+        if (rec->kind != PK_UNKNOWN && !rec->persid &&
+            (an_nonpid(st, rec->p) || an_nonpid(st, rec->a) ||
+             an_nonpid(st, rec->l)))
+            st->items[rec->l].flags |= AF_DIRTY;
+    }
+    pids = PyList_New(st->npids);
+    if (pids == NULL)
+        goto error;
+    for (Py_ssize_t i = 0; i < st->npids; i++) {
+        const an_pid *rec = &st->pids[i];
+        PyObject *f[6], *t;
+        int shared = 0;
+        if (rec->kind == PK_UNKNOWN)
+            ok = 0;
+        else if (!rec->persid) {
+            int lk = st->items[rec->l].kind;
+            shared = (st->items[rec->l].flags & AF_DIRTY) != 0;
+            if (shared || (lk != AK_BYTES && lk != AK_STR))
+                ok = 0;
+        }
+        else
+            ok = 0;
+        f[0] = Py_NewRef(ms->pk_str[rec->kind]);
+        f[1] = PyLong_FromSsize_t(rec->oid_off);
+        f[2] = PyLong_FromSsize_t(rec->oid_len);
+        if (rec->d < 0)
+            f[3] = Py_NewRef(Py_None);
+        else {
+            const an_item *d = &st->items[rec->d];
+            f[3] = an_decode(base, d->x[0], d->x[1],
+                             d->kind == AK_UNI ? DEC_UTF8 : DEC_LATIN1);
+        }
+        f[4] = Py_NewRef(shared ? Py_True : Py_False);
+        f[5] = PyLong_FromLong(rec->which);
+        t = an_pack(NULL, f, 6);
+        if (t == NULL)
+            goto error;
+        PyList_SET_ITEM(pids, i, t);
+    }
+
+    v[0] = PyLong_FromSsize_t(st->r.end1);
+    v[1] = PyLong_FromLongLong((long long)st->r.max_memo);
+    v[2] = Py_NewRef(st->r.has_ext ? Py_True : Py_False);
+    v[3] = Py_NewRef(st->has_sg ? Py_True : Py_False);
+    v[4] = PyLong_FromLong(st->protocol);
+    v[5] = globals;
+    v[6] = pids;
+    v[7] = Py_NewRef(ok ? Py_True : Py_False);
+    v[8] = Py_NewRef(st->has_frame ? Py_True : Py_False);
+    return an_pack((PyTypeObject *)ms->analysis_type, v, 9);
+
+error:
+    Py_XDECREF(globals);
+    Py_XDECREF(pids);
+    return NULL;
+}
+
+PyDoc_STRVAR(analyze_doc,
+"analyze(data, /) -> (end1, max_memo, has_ext, has_stack_global, protocol,\n"
+"                     globals, pids, ok_to_patch, has_frame)\n"
+"\n"
+"Run an abstract pickle machine (nothing is called) over the two pickles\n"
+"of a ZODB record and report where its globals and persistent references\n"
+"sit in the bytes.  See pclasses.skim.analyze.  Raises ValueError, naming\n"
+"the byte offset, for what skim refuses, a memo index larger than\n"
+"len(data), a stack or mark underflow, and a GET of an unset memo index.");
+
+static PyObject *
+skim_analyze(PyObject *module, PyObject *arg)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    an_state st;
+    PyObject *result;
+    Py_buffer view;
+    const unsigned char *base;
+    Py_ssize_t len;
+    int have_view = 0;
+
+    if (PyBytes_CheckExact(arg)) {
+        base = (const unsigned char *)PyBytes_AS_STRING(arg);
+        len = PyBytes_GET_SIZE(arg);
+    }
+    else {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        have_view = 1;
+        base = (const unsigned char *)view.buf;
+        len = view.len;
+    }
+    an_init(&st);
+    /* Only immutable bytes are walked without the GIL. */
+    if (!have_view && len >= SKIM_NOGIL_THRESHOLD) {
+        Py_BEGIN_ALLOW_THREADS
+        an_walk(&st, base, len);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        an_walk(&st, base, len);
+    }
+    if (st.r.status != SKIM_OK)
+        result = an_error(&st, len);
+    else
+        result = an_result(ms, &st, base);
+    an_free(&st);
+    if (have_view)
+        PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *
+skim_set_analysis_type(PyObject *module, PyObject *arg)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    PyTypeObject *type = (PyTypeObject *)arg;
+    if (arg == Py_None) {
+        Py_CLEAR(ms->analysis_type);
+        Py_RETURN_NONE;
+    }
+    if (!PyType_Check(arg) || !PyType_IsSubtype(type, &PyTuple_Type) ||
+        type->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        type->tp_itemsize != PyTuple_Type.tp_itemsize ||
+        type->tp_alloc == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "expected a tuple subclass without extra fields "
+                        "(a namedtuple)");
+        return NULL;
+    }
+    Py_XSETREF(ms->analysis_type, Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef skim_methods[] = {
     {"skim", (PyCFunction)skim_skim, METH_O, skim_doc},
+    {"analyze", (PyCFunction)skim_analyze, METH_O, analyze_doc},
+    {"_set_analysis_type", (PyCFunction)skim_set_analysis_type, METH_O,
+     "Make analyze() return instances of this tuple subclass (None: plain "
+     "tuples)."},
     {NULL, NULL, 0, NULL}
 };
 
+static int
+skim_exec(PyObject *module)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    for (int i = 0; i < PK_COUNT; i++) {
+        ms->pk_str[i] = PyUnicode_InternFromString(pk_names[i]);
+        if (ms->pk_str[i] == NULL)
+            return -1;
+    }
+    ms->op_global = PyUnicode_InternFromString("global");
+    ms->op_inst = PyUnicode_InternFromString("inst");
+    ms->op_stack_global = PyUnicode_InternFromString("stack_global");
+    if (ms->op_global == NULL || ms->op_inst == NULL ||
+        ms->op_stack_global == NULL)
+        return -1;
+    return 0;
+}
+
+static int
+skim_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    if (ms == NULL)
+        return 0;
+    Py_VISIT(ms->analysis_type);
+    return 0;
+}
+
+static int
+skim_clear(PyObject *module)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    if (ms == NULL)
+        return 0;
+    Py_CLEAR(ms->analysis_type);
+    for (int i = 0; i < PK_COUNT; i++)
+        Py_CLEAR(ms->pk_str[i]);
+    Py_CLEAR(ms->op_global);
+    Py_CLEAR(ms->op_inst);
+    Py_CLEAR(ms->op_stack_global);
+    return 0;
+}
+
+static void
+skim_free(void *module)
+{
+    (void)skim_clear((PyObject *)module);
+}
+
 static PyModuleDef_Slot skim_slots[] = {
+    {Py_mod_exec, skim_exec},
 #ifdef Py_mod_multiple_interpreters
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
@@ -476,9 +1795,12 @@ static struct PyModuleDef skim_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "pclasses._skim",
     .m_doc = "C pre-scan of ZODB record opcode streams (see pclasses.skim).",
-    .m_size = 0,
+    .m_size = sizeof(skim_state),
     .m_methods = skim_methods,
     .m_slots = skim_slots,
+    .m_traverse = skim_traverse,
+    .m_clear = skim_clear,
+    .m_free = skim_free,
 };
 
 PyMODINIT_FUNC

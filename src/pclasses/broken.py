@@ -18,6 +18,7 @@ A name that resolves to nothing gets a *broken class*: a subclass of ZODB's
 from __future__ import annotations
 
 import copyreg
+import threading
 from typing import Any
 
 import ZODB.broken
@@ -28,12 +29,21 @@ __all__ = ["Broken", "PersistentBroken", "make_broken_class", "is_broken", "brok
            "missing_name"]
 
 
+#: Set while pclasses' writer pickles a record (see :mod:`pclasses.writer`):
+#: broken objects then reduce to their original form, which only that
+#: writer can pickle; anywhere else they reduce as ZODB's do (through
+#: ``ZODB.broken.rebuild``), so ``pickle.dumps`` of a broken object works.
+writing = threading.local()
+
+
 class _LosslessBroken(Broken):
     """Base of our broken classes (non-persistent instances)."""
 
     __pclasses_missing__: tuple[str, str] = ("", "")
 
     def __reduce_ex__(self, protocol: Any) -> Any:
+        if not getattr(writing, "active", False):
+            return Broken.__reduce__(self)
         d = self.__dict__
         state = d.get("__Broken_state__")
         initargs = d.get("__Broken_initargs__")
@@ -46,6 +56,9 @@ class _LosslessBroken(Broken):
         module, cname = type(self).__pclasses_missing__
         raise BrokenModified(f"cannot change broken object of {module}.{cname} "
                              "(its class is missing)")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
 
 
 class _LosslessPersistentBroken(PersistentBroken):

@@ -9,6 +9,7 @@ unreadable records are findings, not errors.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -295,6 +296,140 @@ def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_r
     if report.unreadable or report.skipped:
         click.echo(f"{len(report.unreadable)} unreadable, {len(report.skipped)} not rewritten "
                    "(see warnings)")
+
+
+@main.command("export")
+@click.argument("target")
+@click.argument("path_or_oid")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="The file to write.")
+@click.option("--format", "fmt", type=click.Choice(["pclasses", "zexp"]), default="pclasses",
+              show_default=True,
+              help="pclasses: manifest and digest; zexp: ZODB's own format (no manifest).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar (only on a terminal).")
+def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bool,
+               progress: bool) -> None:
+    """Export the subtree at PATH_OR_OID of TARGET to a file.
+
+    PATH_OR_OID is a path of keys (or attributes) from the root, such as
+    site/docs, or an oid such as 0x1a.  Every record reachable from it in
+    its database is written, with blobs; classes stored in the database are
+    never written (instances refer to them by guid), and cross-database
+    references are kept, not followed, and listed.  Nothing read is run.
+    TARGET is opened read-only.
+    """
+    import time
+
+    from .database import open as open_db
+    from .transfer import export_subtree, resolve_path
+
+    with _errors():
+        t0 = time.perf_counter()
+        db = open_db(target, _registry(True), read_only=True, create=False)
+        try:
+            conn = db.open()
+            obj = resolve_path(conn, path_or_oid)
+            name = None if path_or_oid.startswith("0x") else path_or_oid.strip("/").split("/")[-1]
+            with progress_bar("exporting", progress) as cb:
+                manifest = export_subtree(conn, obj, output, format=fmt, name=name or None,
+                                          progress=cb)
+            conn.close()
+        finally:
+            db.close()
+        seconds = time.perf_counter() - t0
+    summary = {
+        "records": manifest.record_count,
+        "bytes": os.path.getsize(output),
+        "classes": [c.to_dict() for c in manifest.classes],
+        "external_references": manifest.to_dict()["external_references"],
+        "blobs": manifest.blobs,
+        "seconds": round(seconds, 3),
+        "file": output,
+        "format": fmt,
+    }
+    if as_json:
+        _emit_json(summary)
+        return
+    click.echo(f"exported {summary['records']} records ({summary['bytes']} bytes, "
+               f"{manifest.blobs} blobs) to {output} in {seconds:.2f} s")
+    for c in manifest.classes:
+        extra = f" guid {c.guid}" if c.guid else ""
+        click.echo(f"  needs {c.module}.{c.name}: {c.kind}{extra}")
+    for ref in summary["external_references"]:
+        click.echo(f"  external reference to {ref['oid']} in database {ref['database']!r}")
+
+
+@main.command("import")
+@click.argument("target")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--into", default="/", show_default=True,
+              help="Path of the container that receives the imported object.")
+@click.option("--name", default=None,
+              help="Key in the container [default: the name the export recorded].")
+@click.option("--missing", type=click.Choice(["error", "broken"]), default="error",
+              show_default=True,
+              help="error: refuse when classes are missing; broken: import their objects as "
+                   "broken objects (reattached when the classes arrive).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar (only on a terminal).")
+def import_cmd(target: str, file: str, into: str, name: str | None, missing: str,
+               as_json: bool, progress: bool) -> None:
+    """Import an export FILE (pclasses format or ZODB .zexp) into TARGET.
+
+    Before anything is written, the file's digest and every class and global
+    its records name are checked against TARGET's registry and class table;
+    missing classes are listed (or, with --missing broken, imported as broken
+    objects).  Nothing in the file is run.  The imported object is stored
+    under --name in the container at --into, in one transaction.
+    """
+    import time
+
+    import transaction as txn
+
+    from .database import open as open_db
+    from .transfer import import_subtree, read_manifest, resolve_path
+
+    with _errors():
+        t0 = time.perf_counter()
+        db = open_db(target, _registry(True), create=False)
+        try:
+            tm = txn.TransactionManager()
+            conn = db.open(tm)
+            try:
+                container = resolve_path(conn, into)
+                with progress_bar("importing", progress) as cb:
+                    obj = import_subtree(conn, file, missing=missing, into=container,
+                                         name=name, progress=cb, savepoint=False)
+                tm.get().note(f"pclasses import {os.path.basename(file)}")
+                tm.commit()
+                oid = obj._p_oid
+            except BaseException:
+                tm.abort()
+                raise
+            finally:
+                conn.close()
+        finally:
+            db.close()
+        seconds = time.perf_counter() - t0
+        try:
+            manifest = read_manifest(file)
+            records, classes = manifest.record_count, [c.to_dict() for c in manifest.classes]
+            externals = manifest.to_dict()["external_references"]
+        except PClassesError:  # a .zexp file has no manifest
+            records, classes, externals = None, [], []
+    from ZODB.utils import oid_repr
+
+    summary = {"oid": oid_repr(oid), "records": records, "bytes": os.path.getsize(file),
+               "classes": classes, "external_references": externals,
+               "seconds": round(seconds, 3)}
+    if as_json:
+        _emit_json(summary)
+        return
+    click.echo(f"imported {records if records is not None else 'the'} records from {file} "
+               f"as {oid_repr(oid)} in {seconds:.2f} s")
 
 
 if __name__ == "__main__":  # pragma: no cover

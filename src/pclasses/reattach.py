@@ -25,6 +25,8 @@ A :class:`~pclasses.events.ClassReattached` event is published through
 from __future__ import annotations
 
 import gc
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,13 +53,20 @@ class ReattachReport:
 
     reattached: dict[str, int] = field(default_factory=dict)
     left_broken: dict[str, int] = field(default_factory=dict)
+    #: objects whose holders were made ghosts instead, so that they reload
+    #: with the real class (the objects already held stay broken)
+    reloaded: dict[str, int] = field(default_factory=dict)
+    #: objects another thread was loading: reattached in the background when
+    #: their load ends (a second event reports them)
+    pending: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(self.reattached.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reattached": dict(self.reattached), "left_broken": dict(self.left_broken)}
+        return {"reattached": dict(self.reattached), "left_broken": dict(self.left_broken),
+                "reloaded": dict(self.reloaded), "pending": dict(self.pending)}
 
 
 def _real(registry: ClassRegistry, connection: Any, pair: tuple[str, str]) -> Any:
@@ -88,27 +97,54 @@ def reattach(registry: ClassRegistry) -> ReattachReport:
 
     # Persistent broken objects, connection by connection (the class of a
     # database-resident class depends on the connection's class table).
+    loading: list[tuple[Any, Any, tuple[str, str]]] = []
+
+    def settle(obj: Any, connection: Any, pair: tuple[str, str]) -> None:
+        real = _real(registry, connection, pair)
+        if real is None:
+            return
+        if obj._p_changed:  # being loaded by another thread right now
+            loading.append((obj, connection, pair))
+            return
+        outcome = _swap_persistent(obj, real)
+        if outcome == "swapped":
+            classes[pair] = real
+            bump(report.reattached, pair)
+        elif outcome == "reloaded":
+            classes[pair] = real
+            bump(report.reloaded, pair)
+        else:
+            bump(report.left_broken, pair)
+
     def visit(connection: Any) -> None:
         cache = getattr(connection, "_cache", None)
         if cache is None:
             return
         for _oid, obj in list(cache.items()):
             pair = persistent.get(type(obj))
-            if pair is None:
-                continue
-            real = _real(registry, connection, pair)
-            if real is None:
-                continue
-            if _swap_persistent(obj, real):
-                classes[pair] = real
-                bump(report.reattached, pair)
-            else:
-                bump(report.left_broken, pair)
+            if pair is not None:
+                settle(obj, connection, pair)
 
     for db in registry.databases:
         connection_map = getattr(db, "_connectionMap", None)
         if connection_map is not None:
             connection_map(visit)
+    # Objects that were being loaded by other threads: let those loads
+    # finish, then reattach them; a load still running after a moment is
+    # left to a background thread that finishes the job when it ends.
+    for _attempt in range(10):
+        if not loading:
+            break
+        time.sleep(0.01)
+        waiting, loading[:] = list(loading), []
+        for obj, connection, pair in waiting:
+            if type(obj) in persistent:
+                settle(obj, connection, pair)
+    if loading:
+        for _obj, _connection, pair in loading:
+            bump(report.pending, pair)
+        threading.Thread(target=_finish_later, args=(registry, list(loading), persistent),
+                         name="pclasses-reattach", daemon=True).start()
 
     # Non-persistent broken objects, wherever loaded state holds them.
     resolved: dict[tuple[str, str], Any] = {}
@@ -121,21 +157,49 @@ def reattach(registry: ClassRegistry) -> ReattachReport:
         real = resolved[pair]
         if real is None:
             continue
-        if _swap_plain(obj, real):
+        outcome = _swap_plain(obj, real)
+        if outcome == "swapped":
             classes[pair] = real
             bump(report.reattached, pair)
+        elif outcome == "reloaded":
+            classes[pair] = real
+            bump(report.reloaded, pair)
         else:
             bump(report.left_broken, pair)
 
     for pair, real in classes.items():
-        zope.event.notify(ClassReattached(pair[0], pair[1], real,
-                                          report.reattached[f"{pair[0]}.{pair[1]}"]))
+        key = f"{pair[0]}.{pair[1]}"
+        count = report.reattached.get(key, 0) + report.reloaded.get(key, 0)
+        zope.event.notify(ClassReattached(pair[0], pair[1], real, count))
     return report
 
 
-def _swap_persistent(obj: Any, real: type) -> bool:
+def _finish_later(registry: ClassRegistry, loading: list[tuple[Any, Any, tuple[str, str]]],
+                  persistent: dict[type, tuple[str, str]], timeout: float = 60.0) -> None:
+    """Reattach objects once the loads other threads were doing have ended."""
+    done: dict[tuple[str, str], tuple[Any, int]] = {}
+    deadline = time.monotonic() + timeout
+    while loading and time.monotonic() < deadline:
+        time.sleep(0.01)
+        still = []
+        for obj, connection, pair in loading:
+            if type(obj) not in persistent:
+                continue  # someone else reattached it
+            if obj._p_changed:
+                still.append((obj, connection, pair))
+                continue
+            real = _real(registry, connection, pair)
+            if real is not None and _swap_persistent(obj, real) != "left":
+                done[pair] = (real, done.get(pair, (real, 0))[1] + 1)
+        loading = still
+    for pair, (real, count) in done.items():
+        zope.event.notify(ClassReattached(pair[0], pair[1], real, count))
+
+
+def _swap_persistent(obj: Any, real: type) -> str:
+    """``"swapped"``, ``"reloaded"`` (its holders were made ghosts) or ``"left"``."""
     if not isinstance(real, type) or not issubclass(real, Persistent):
-        return False
+        return "left"
     if obj._p_changed is not None:
         obj._p_invalidate()  # drop the broken state; the real class reloads it
     try:
@@ -147,25 +211,38 @@ def _swap_persistent(obj: Any, real: type) -> bool:
         try:
             del obj._p_jar._cache[obj._p_oid]
         except (KeyError, ValueError, TypeError, AttributeError):
-            return False
-        return _reload_holders(obj)
-    return True
+            return "left"
+        return "reloaded" if _reload_holders(obj) else "left"
+    return "swapped"
 
 
-def _swap_plain(obj: Any, real: type) -> bool:
+def _swap_plain(obj: Any, real: type) -> str:
+    """``"swapped"``, ``"reloaded"`` (its holder was made a ghost) or ``"left"``."""
     d = obj.__dict__
     state = d.get("__Broken_state__")
+    newargs = d.get("__Broken_newargs__") or ()
+    initargs = d.get("__Broken_initargs__")
+    # What the original load would have built before applying the state: a
+    # call of the class (REDUCE, INST, OBJ) or its __new__ with arguments.
+    fresh = None
+    if initargs is not None or newargs:
+        try:
+            fresh = real(*initargs) if initargs is not None else real.__new__(real, *newargs)
+        except Exception:
+            return "reloaded" if _reload_holders(obj) else "left"
     try:
         _set_class(obj, real)
     except TypeError:
-        return _reload_holders(obj)
+        return "reloaded" if _reload_holders(obj) else "left"
     d.clear()
+    if fresh is not None:
+        d.update(getattr(fresh, "__dict__", {}))
     if state is None:
-        return True
+        return "swapped"
     setstate = getattr(obj, "__setstate__", None)
     if setstate is not None and not _is_object_setstate(setstate):
         setstate(state)
-        return True
+        return "swapped"
     slots = None
     if isinstance(state, tuple) and len(state) == 2:
         state, slots = state
@@ -173,7 +250,7 @@ def _swap_plain(obj: Any, real: type) -> bool:
         obj.__dict__.update(state)
     for k, v in (slots or {}).items():
         setattr(obj, k, v)
-    return True
+    return "swapped"
 
 
 def _is_object_setstate(method: Any) -> bool:

@@ -41,6 +41,7 @@ from ZODB.utils import oid_repr
 from .census import Unreadable
 from .errors import PClassesError, RecordDecodeError
 from .records import global_occurrences, read_class
+from .skim import analyze, skim
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
 
@@ -71,6 +72,8 @@ class RepairReport:
     renamed: dict[str, int] = field(default_factory=dict)
     unreadable: list[Unreadable] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    #: the databases repaired (for a multi-database target)
+    databases: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class RepairReport:
             "renamed": dict(self.renamed),
             "unreadable": [u.to_dict() for u in self.unreadable],
             "skipped": [s.to_dict() for s in self.skipped],
+            "databases": list(self.databases),
         }
 
 
@@ -142,63 +146,91 @@ def rename_classes(
     rules = _rules(renames, registry)
     pattern = _candidate_pattern(rules)
     targets = _Targets(rules)
-    storage, close = _storage(storage_or_target, dry_run)
     report = RepairReport(dry_run)
+    storages, close = _storages(storage_or_target, dry_run)
     try:
-        if not dry_run and storage.isReadOnly():
-            raise RepairError("the storage is read-only; nothing was changed")
-        if pattern is None:
-            return report
-        total = count_records(storage)
-        batch: list[tuple[bytes, bytes, bytes]] = []
-        done = 0
-        if progress is not None:
-            progress(0, total)
-        for oid, tid, data in iter_current(storage):
-            done += 1
-            if progress is not None and not done % 4096:
-                progress(done, total)
-            if pattern.search(data) is None:
-                continue
-            try:
-                new = _rewrite(data, oid, targets, report)
-            except RecordDecodeError as exc:
-                report.unreadable.append(Unreadable(oid, exc.reason))
-                if warn is not None:
-                    warn(f"record {oid_repr(oid)} skipped: {exc.reason}")
-                continue
-            if new is None or new == data:
-                continue
-            report.changed += 1
-            if not dry_run:
-                batch.append((oid, tid, new))
-                if len(batch) >= batch_size:
-                    _commit(storage, batch)
-                    report.transactions += 1
-                    batch = []
-        if batch:
-            _commit(storage, batch)
-            report.transactions += 1
-        report.records = done
-        if progress is not None:
-            progress(done, total)
+        if not dry_run:
+            for name, storage in storages:
+                if storage.isReadOnly():
+                    where = f" (database {name!r})" if name else ""
+                    raise RepairError(f"the storage{where} is read-only; nothing was changed")
+        for name, storage in storages:
+            if name:
+                report.databases.append(name)
+            _rename_storage(storage, pattern, targets, report, dry_run, batch_size,
+                            progress, warn)
         for s in report.skipped:
             if warn is not None:
                 warn(f"record {oid_repr(s.oid)} not rewritten: {s.reason}")
         return report
     finally:
-        if close:
-            storage.close()
+        close()
 
 
-def _storage(target: Any, dry_run: bool) -> tuple[Any, bool]:
+def _rename_storage(storage: Any, pattern: re.Pattern[bytes] | None, targets: _Targets,
+                    report: RepairReport, dry_run: bool, batch_size: int,
+                    progress: Progress | None, warn: Callable[[str], None] | None) -> None:
+    if pattern is None:
+        return
+    total = count_records(storage)
+    batch: list[tuple[bytes, bytes, bytes]] = []
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    for oid, tid, data in iter_current(storage):
+        done += 1
+        if progress is not None and not done % 4096:
+            progress(done, total)
+        if pattern.search(data) is None:
+            try:  # still report records that cannot be read at all
+                skim(data)
+            except ValueError as exc:
+                report.unreadable.append(Unreadable(oid, str(exc)))
+                if warn is not None:
+                    warn(f"record {oid_repr(oid)} skipped: {exc}")
+            continue
+        try:
+            new = _rewrite(data, oid, targets, report)
+        except RecordDecodeError as exc:
+            report.unreadable.append(Unreadable(oid, exc.reason))
+            if warn is not None:
+                warn(f"record {oid_repr(oid)} skipped: {exc.reason}")
+            continue
+        if new is None or new == data:
+            continue
+        report.changed += 1
+        if not dry_run:
+            batch.append((oid, tid, new))
+            if len(batch) >= batch_size:
+                _commit(storage, batch)
+                report.transactions += 1
+                batch = []
+    if batch:
+        _commit(storage, batch)
+        report.transactions += 1
+    report.records += done
+    if progress is not None:
+        progress(done, total)
+
+
+def _storages(target: Any, dry_run: bool) -> tuple[list[tuple[str | None, Any]],
+                                                   Callable[[], None]]:
+    """Every storage of the target (each database of a multi-database)."""
     if hasattr(target, "load") and hasattr(target, "store"):
-        return target, False
+        return [(None, target)], lambda: None
     if hasattr(target, "storage"):  # a ZODB.DB
-        return target.storage, False
-    from .database import open_storage
+        dbs = getattr(target, "databases", None) or {None: target}
+        return [(n, d.storage) for n, d in sorted(dbs.items())], lambda: None
+    from .database import open as open_db
 
-    return open_storage(target, read_only=dry_run), True
+    db = open_db(target, read_only=dry_run, create=False)
+    dbs = sorted(db.databases.items())
+
+    def close() -> None:
+        for _name, each in dbs:
+            each.close()
+
+    return [(n, d.storage) for n, d in dbs], close
 
 
 class _Targets(dict):  # type: ignore[type-arg]
@@ -214,47 +246,60 @@ class _Targets(dict):  # type: ignore[type-arg]
 
 
 def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> bytes | None:
-    globs, clen = global_occurrences(data, oid)
-    counts: dict[tuple[str, str], int] = {}
-    for g in globs:
-        counts[g] = counts.get(g, 0) + 1
-    new = data
+    """The record with renamed globals, or ``None`` when nothing changes.
+
+    The record analyzer gives the exact byte range of every GLOBAL and INST
+    opcode, so only opcodes are rewritten, never text that looks like one.
+    """
+    try:
+        a = analyze(data)
+    except ValueError as exc:
+        raise RecordDecodeError(str(exc), oid=oid) from None
+    edits: list[tuple[int, int, bytes]] = []
     renamed_here: dict[tuple[str, str], tuple[str, str]] = {}
-    # Without STACK_GLOBAL (protocol 4) and EXT opcodes, every global the
-    # reader saw comes from exactly one GLOBAL/INST opcode whose bytes are
-    # the pattern; equal counts then prove no text was matched.  Otherwise
-    # (and for a new class pickle) the result is read back and checked.
-    verify = any(b in data for b in (b"\x93", b"\x82", b"\x83", b"\x84"))
-    for (module, name), n in counts.items():
+    for module, name, offset, end, opcode, _uses in a.globals:
+        if module is None or name is None:
+            continue
         target = rules[(module, name)]
         if target is None:
             continue
-        old_c = f"c{module}\n{name}\n".encode()
-        old_i = f"i{module}\n{name}\n".encode()
-        found = data.count(old_c) + data.count(old_i)
-        if found != n:
-            report.skipped.append(Skipped(oid, f"{module}.{name} is named {n} times but its "
-                                               f"opcode bytes occur {found} times"))
+        if opcode == "stack_global":
+            report.skipped.append(Skipped(oid, f"{module}.{name} is named by a protocol-4 "
+                                               "STACK_GLOBAL, which is not rewritten"))
             return None
-        new = new.replace(old_c, f"c{target[0]}\n{target[1]}\n".encode())
-        new = new.replace(old_i, f"i{target[0]}\n{target[1]}\n".encode())
+        op = "c" if opcode == "global" else "i"
+        edits.append((offset, end, f"{op}{target[0]}\n{target[1]}\n".encode()))
         renamed_here[(module, name)] = target
-    start = 2 if data[:1] == b"\x80" else 0
-    klass = read_class(data, oid) if data[start:start + 1] != b"c" else None
-    if klass is not None and klass.format in (3, 7) and klass.pair is not None:
-        target = rules[klass.pair]
-        if target is not None:
-            verify = True
-            if klass.format == 7:
-                report.skipped.append(Skipped(oid, "format-7 class metadata is not rewritten"))
-                return None
-            new = _format3(new, clen, target)
-            renamed_here[klass.pair] = target
+    new = data
+    if edits:
+        if a.has_frame:
+            report.skipped.append(Skipped(oid, "a framed (protocol 4) record is not rewritten"))
+            return None
+        parts = []
+        pos = 0
+        for start, stop, text in sorted(edits):
+            parts.append(data[pos:start])
+            parts.append(text)
+            pos = stop
+        parts.append(data[pos:])
+        new = b"".join(parts)
+    if not any(g[5] & 8 for g in a.globals):
+        klass = read_class(data, oid)
+        if klass.format in (3, 7) and klass.pair is not None:
+            target = rules[klass.pair]
+            if target is not None:
+                if klass.format == 7:
+                    report.skipped.append(Skipped(oid, "format-7 class metadata is not "
+                                                       "rewritten"))
+                    return None
+                new = _format3(new, a.end1, target)
+                if global_occurrences(new, oid)[0] != [
+                        renamed_here.get(g, g) for g in global_occurrences(data, oid)[0]]:
+                    report.skipped.append(Skipped(oid, "the rewritten record did not read "
+                                                       "back as expected"))
+                    return None
+                renamed_here[klass.pair] = target
     if not renamed_here:
-        return None
-    expected = [renamed_here.get(g, g) for g in globs]
-    if verify and global_occurrences(new, oid)[0] != expected:
-        report.skipped.append(Skipped(oid, "the rewritten record did not read back as expected"))
         return None
     for (module, name) in renamed_here:
         key = f"{module}.{name}"

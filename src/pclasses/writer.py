@@ -25,7 +25,7 @@ from ZODB.serialize import _oidtypes
 from zodbpickle import binary
 from ZODB.broken import PersistentBroken
 
-from .broken import missing_name
+from .broken import missing_name, writing
 
 __all__ = ["Connection", "serialize_with_broken"]
 
@@ -52,8 +52,10 @@ class _Pickler(pickle_3._Pickler):  # type: ignore[misc,name-defined]
 
 def _persistent_id(writer: Any) -> Any:
     """ZODB's ``persistent_id``, but a reference to a persistent broken object
-    keeps the ``(oid, class)`` form ZODB writes for ordinary classes (ZODB's
-    broken objects have ``__getnewargs__``, which would drop the class)."""
+    takes the form ZODB wrote for the original class: ``(oid, class)``, or a
+    bare oid when the class had ``__getnewargs__`` (its records carry
+    arguments, format 2).  ZODB's broken objects always have
+    ``__getnewargs__``, which would drop the class from every reference."""
     original = writer.persistent_id
 
     def persistent_id(obj: Any) -> Any:
@@ -63,10 +65,23 @@ def _persistent_id(writer: Any) -> Any:
             and obj._p_jar is writer._jar
             and missing_name(type(obj)) is not None
         ):
+            if _had_newargs(obj):
+                return binary(obj._p_oid)
             return binary(obj._p_oid), type(obj)
         return original(obj)
 
     return persistent_id
+
+
+def _had_newargs(obj: Any) -> bool:
+    """Whether the broken object's own record carries ``__getnewargs__``."""
+    from .records import read_class
+
+    try:
+        data, _serial = obj._p_jar._storage.load(obj._p_oid)
+        return read_class(data, obj._p_oid).format in (2, 7)
+    except Exception:
+        return False
 
 
 def serialize_with_broken(writer: Any, obj: Any) -> bytes:
@@ -96,6 +111,7 @@ def _patch(writer: Any) -> Any:
     writer._p.persistent_id = _persistent_id(writer)
 
     def serialize(obj: Any) -> bytes:
+        writing.active = True
         try:
             return original(obj)  # type: ignore[no-any-return]
         except Exception as exc:
@@ -105,6 +121,8 @@ def _patch(writer: Any) -> Any:
                 return serialize_with_broken(writer, obj)
             except Exception:
                 raise exc from None
+        finally:
+            writing.active = False
 
     writer.serialize = serialize
     return writer

@@ -23,9 +23,16 @@ from .classtable import ClassTable, class_table, guid_of
 from .census import Census, take_census
 from .database import open
 from .events import ClassReattached
-from .interfaces import IClassReattachedEvent
+from .interfaces import IClassReattachedEvent, ICrossDatabaseReferenceEvent
 from .inventory import BrokenReport, find_broken
 from .repair import RepairError, RepairReport, rename_classes
+from .xrefs import (
+    CrossDatabaseReference,
+    CrossDatabaseReferenceError,
+    XrefPolicy,
+    check_xrefs,
+    scan_xrefs,
+)
 from .transfer import (
     ExportFormatError,
     Manifest,
@@ -67,6 +74,12 @@ __all__ = [
     "find_broken",
     "ClassReattached",
     "IClassReattachedEvent",
+    "ICrossDatabaseReferenceEvent",
+    "CrossDatabaseReference",
+    "CrossDatabaseReferenceError",
+    "XrefPolicy",
+    "check_xrefs",
+    "scan_xrefs",
     "rename_classes",
     "export_subtree",
     "import_subtree",

@@ -432,5 +432,44 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
                f"as {oid_repr(oid)} in {seconds:.2f} s")
 
 
+@main.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def xrefs(target: str, as_json: bool) -> None:
+    """List the cross-database references stored in a multi-database.
+
+    TARGET is typically a ZConfig file with several <zodb NAME> sections.
+    References are read from the records (nothing is unpickled) and
+    grouped by source and target database and class, with counts; a
+    reference whose target record no longer exists (after a pack, for
+    example) is marked dangling, with the target oid.  The exit status is 0
+    whenever the databases could be scanned.
+    """
+    from ZODB.utils import oid_repr
+
+    from .database import open as open_db
+    from .xrefs import scan_xrefs
+
+    with _errors():
+        db = open_db(target, _registry(True), read_only=True, create=False)
+        try:
+            groups = scan_xrefs(db)
+            names = sorted(db.databases)
+        finally:
+            for each in set(db.databases.values()):
+                each.close()
+    if as_json:
+        _emit_json({"databases": names, "references": [g.to_dict() for g in groups]})
+        return
+    if not groups:
+        click.echo(f"no cross-database references in {', '.join(names)}")
+    for g in groups:
+        click.echo(f"{g.source_database} -> {g.target_database}: {g.count} x "
+                   f"{g.source_class} -> {g.target_class}")
+        for source, target_oid in g.dangling:
+            click.echo(f"  dangling: {oid_repr(source)} -> {oid_repr(target_oid)} "
+                       f"(no such record in {g.target_database!r})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -63,12 +63,15 @@ def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
     ``registry`` defaults to a new registry.  ``read_only`` opens storages
     read-only (a read-only FileStorage takes no lock, so it can be read
     while an application runs); ``create=False`` refuses to create a
-    FileStorage that does not exist yet.  Other keyword arguments go to
-    ``ZODB.DB``.  Raises :class:`~pclasses.errors.StorageOpenError` for a
+    FileStorage that does not exist yet.  ``check_xrefs=True`` switches the
+    cross-database reference seat belt on for every database of the target
+    (or give the names of the databases to switch; see
+    :mod:`pclasses.xrefs`).  Other keyword arguments go to ``ZODB.DB``.  Raises :class:`~pclasses.errors.StorageOpenError` for a
     missing, locked or corrupt storage or a target that cannot be read.
     """
     if registry is None:
         registry = ClassRegistry()
+    check = db_kwargs.pop("check_xrefs", False)
     text = os.fspath(target)
     kind = target_kind(text)
     try:
@@ -90,6 +93,13 @@ def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
     except Exception as exc:
         raise StorageOpenError(text, _reason(exc)) from exc
     registry.install(db)
+    if check:
+        from .xrefs import check_xrefs
+
+        names = None if check is True else list(check)
+        if names is None:
+            names = list(getattr(db, "databases", None) or {db.database_name: db})
+        check_xrefs(db, True, names)
     return db
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IClassReattachedEvent"]
+__all__ = ["IClassReattachedEvent", "ICrossDatabaseReferenceEvent"]
 
 
 class IClassReattachedEvent(Interface):
@@ -19,3 +19,18 @@ class IClassReattachedEvent(Interface):
     name = Attribute("The class name the records use")
     cls = Attribute("The class the objects are now instances of")
     count = Attribute("How many objects were reattached")
+
+
+class ICrossDatabaseReferenceEvent(Interface):
+    """An object about to be stored holds a reference into another database.
+
+    Published (when the source database's ``check_xrefs`` is on) for every
+    cross-database reference of every object a commit stores; a subscriber
+    vetoes by raising, which aborts the commit in every database.
+    """
+
+    source = Attribute("The persistent object whose record holds the reference "
+                       "(even when the reference sits in a non-persistent sub-object)")
+    target = Attribute("The referenced object (never activated by the check)")
+    source_database = Attribute("Name of the source object's database (str)")
+    target_database = Attribute("Name of the target object's database (str)")

@@ -106,23 +106,34 @@ def serialize_with_broken(writer: Any, obj: Any) -> bytes:
     return out.getvalue()
 
 
-def _patch(writer: Any) -> Any:
+def _patch(writer: Any, connection: Any) -> Any:
     original = writer.serialize
-    writer._p.persistent_id = _persistent_id(writer)
+    db = connection.db()
+    registry = getattr(db.classFactory, "registry", None)
+    if registry is not None and registry._broken_classes:
+        # Only needed when broken objects may be referenced: a Python-level
+        # persistent_id wrapper costs a call for every object pickled.
+        writer._p.persistent_id = _persistent_id(writer)
+    check = getattr(db, "check_xrefs", False)
+    if check:
+        from .xrefs import check_record
 
     def serialize(obj: Any) -> bytes:
         writing.active = True
         try:
-            return original(obj)  # type: ignore[no-any-return]
+            data = original(obj)
         except Exception as exc:
             if "pickl" not in type(exc).__name__.lower() and not isinstance(exc, TypeError):
                 raise
             try:
-                return serialize_with_broken(writer, obj)
+                data = serialize_with_broken(writer, obj)
             except Exception:
                 raise exc from None
         finally:
             writing.active = False
+        if check:
+            check_record(connection, obj, data)  # a veto raises and aborts the commit
+        return data  # type: ignore[no-any-return]
 
     writer.serialize = serialize
     return writer
@@ -132,7 +143,7 @@ class Connection(_connection_module.Connection):  # type: ignore[misc]
     """ZODB's Connection, able to store objects that hold broken objects."""
 
     def _store_objects(self, writer: Any, transaction: Any) -> Any:
-        return super()._store_objects(_patch(writer), transaction)
+        return super()._store_objects(_patch(writer, self), transaction)
 
     def _importDuringCommit(self, transaction: Any, f: Any, return_oid_list: Any) -> Any:  # noqa: N802
         # pclasses.import_subtree hands over a prepared importer (which has

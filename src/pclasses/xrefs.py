@@ -1,0 +1,350 @@
+"""The cross-database reference seat belt.
+
+In a multi-database, objects of one database can refer to objects of
+another.  Applications create such references by accident (moving instead
+of copying, a session object moved into the main database); they break when
+the target expires or is packed away.  ZODB only offers all or nothing
+(``xrefs=False``).
+
+With ``check_xrefs`` switched on for a database (:func:`check_xrefs`, or
+``pclasses.open(..., check_xrefs=True)``), every commit that stores an
+object of that database holding a cross-database reference publishes a
+:class:`CrossDatabaseReference` event (``ICrossDatabaseReferenceEvent``)
+through ``zope.event``, one per reference.  A subscriber vetoes by raising:
+the commit fails with that exception and the transaction is aborted in
+every database.  Ready-made subscribers: :class:`XrefPolicy`.
+
+Checking never wakes a ghost: the references come from the record just
+written (the C record analyzer finds them), and targets are taken from the
+target connection's cache (or as ghosts) by oid.  A record is only
+analysed when the name of another database occurs in its bytes, so records
+without cross-database references cost one substring search per database.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zope.event
+from zope.interface import implementer
+
+from .errors import PClassesError
+from .interfaces import ICrossDatabaseReferenceEvent
+
+__all__ = [
+    "CrossDatabaseReference",
+    "CrossDatabaseReferenceError",
+    "XrefPolicy",
+    "XrefRule",
+    "check_xrefs",
+    "check_record",
+    "scan_xrefs",
+]
+
+
+@implementer(ICrossDatabaseReferenceEvent)
+@dataclass
+class CrossDatabaseReference:
+    """An object of ``source_database`` about to be stored referring to ``target``."""
+
+    source: Any
+    target: Any
+    source_database: str
+    target_database: str
+    weak: bool = False
+
+    def __repr__(self) -> str:
+        from ZODB.utils import oid_repr
+
+        return (f"<CrossDatabaseReference {self.source_database}:"
+                f"{oid_repr(getattr(self.source, '_p_oid', None))} -> "
+                f"{self.target_database}:{oid_repr(getattr(self.target, '_p_oid', None))}>")
+
+
+class CrossDatabaseReferenceError(PClassesError, ValueError):
+    """A policy refused a cross-database reference (the commit is aborted)."""
+
+
+def check_xrefs(db: Any, enabled: bool = True, databases: Iterable[str] | None = None) -> None:
+    """Switch the seat belt on (or off) for ``db``.
+
+    ``databases`` names the databases of ``db``'s multi-database to switch
+    (default: ``db`` alone).  Each database's setting applies to the
+    references its own objects hold.  The database's connections must be
+    pclasses connections (a :class:`ClassRegistry` installed, as
+    :func:`pclasses.open` does); this installs one if needed.
+    """
+    from ZODB.Connection import Connection as ZODBConnection
+
+    from .writer import Connection
+
+    all_dbs = getattr(db, "databases", None) or {db.database_name: db}
+    chosen = [db] if databases is None else [all_dbs[name] for name in databases]
+    for each in chosen:
+        each.check_xrefs = bool(enabled)
+        if getattr(each, "klass", None) is ZODBConnection:
+            each.klass = Connection
+
+        def upgrade(conn: Any) -> None:
+            if type(conn) is ZODBConnection:
+                conn.__class__ = Connection
+
+        each._connectionMap(upgrade)
+
+
+def check_record(connection: Any, obj: Any, data: bytes) -> None:
+    """Publish an event for every cross-database reference in ``data``."""
+    db = connection.db()
+    others = [name for name in (getattr(db, "databases", None) or {})
+              if name != db.database_name]
+    if not others:
+        return
+    encoded = [name.encode("utf-8") for name in others]
+    if not any(name in data for name in encoded):
+        return
+    from .skim import analyze
+
+    for kind, off, length, database, _shared, _pi in analyze(data).pids:
+        if database is None or database == db.database_name:
+            continue
+        oid = data[off:off + length]
+        target_conn = connection.get_connection(database)
+        target = target_conn._cache.get(oid)
+        if target is None:
+            target = target_conn.get(oid)  # a ghost; nothing is activated
+        zope.event.notify(CrossDatabaseReference(obj, target, db.database_name, database,
+                                                 weak=kind == "weak"))
+
+
+# ---------------------------------------------------------------------------
+# Policies
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class XrefRule:
+    """``allow`` or deny references from ``source`` to ``target`` database.
+
+    Database names and class names (``module.Name``) are shell patterns
+    (``*`` matches all).
+    """
+
+    allow: bool
+    source: str = "*"
+    target: str = "*"
+    source_class: str = "*"
+    target_class: str = "*"
+
+    def matches(self, event: Any) -> bool:
+        return (
+            fnmatch.fnmatchcase(event.source_database, self.source)
+            and fnmatch.fnmatchcase(event.target_database, self.target)
+            and fnmatch.fnmatchcase(_dotted(event.source), self.source_class)
+            and fnmatch.fnmatchcase(_dotted(event.target), self.target_class)
+        )
+
+    def __str__(self) -> str:
+        text = f"{'allow' if self.allow else 'deny'} {self.source} -> {self.target}"
+        if self.source_class != "*":
+            text += f" source-class={self.source_class}"
+        if self.target_class != "*":
+            text += f" target-class={self.target_class}"
+        return text
+
+
+def _dotted(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+@dataclass
+class XrefPolicy:
+    """An ordered list of rules; the first rule that matches decides.
+
+    References no rule matches are allowed (``default=True``) or denied.
+    Call the policy with an event (it is a ``zope.event`` subscriber), or
+    :meth:`install` it.
+
+    >>> policy = XrefPolicy.parse("deny main -> session")
+    """
+
+    rules: list[XrefRule] = field(default_factory=list)
+    default: bool = True
+
+    def allow(self, source: str = "*", target: str = "*", *, source_class: str = "*",
+              target_class: str = "*") -> XrefPolicy:
+        self.rules.append(XrefRule(True, source, target, source_class, target_class))
+        return self
+
+    def deny(self, source: str = "*", target: str = "*", *, source_class: str = "*",
+             target_class: str = "*") -> XrefPolicy:
+        self.rules.append(XrefRule(False, source, target, source_class, target_class))
+        return self
+
+    def decide(self, event: Any) -> tuple[bool, XrefRule | None]:
+        for rule in self.rules:
+            if rule.matches(event):
+                return rule.allow, rule
+        return self.default, None
+
+    def __call__(self, event: Any) -> None:
+        if not ICrossDatabaseReferenceEvent.providedBy(event):
+            return
+        allowed, rule = self.decide(event)
+        if not allowed:
+            from ZODB.utils import oid_repr
+
+            why = f"rule '{rule}'" if rule is not None else "the default of the policy"
+            raise CrossDatabaseReferenceError(
+                f"cross-database reference refused by {why}: {_dotted(event.source)} "
+                f"{oid_repr(getattr(event.source, '_p_oid', None))} in "
+                f"{event.source_database!r} -> {_dotted(event.target)} "
+                f"{oid_repr(getattr(event.target, '_p_oid', None))} in "
+                f"{event.target_database!r}")
+
+    def install(self) -> XrefPolicy:
+        """Subscribe to ``zope.event`` (undo with :meth:`uninstall`)."""
+        if self not in zope.event.subscribers:
+            zope.event.subscribers.append(self)
+        return self
+
+    def uninstall(self) -> None:
+        while self in zope.event.subscribers:
+            zope.event.subscribers.remove(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    @classmethod
+    def parse(cls, text: str) -> XrefPolicy:
+        """Rules, one per line::
+
+            # main may not reference the session database
+            deny main -> session
+            allow * -> catalog target-class=myapp.index.*
+            default deny
+
+        ``source-class=`` and ``target-class=`` restrict a rule by class.
+        """
+        policy = cls()
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            words = line.split()
+            if words[0] == "default" and len(words) == 2 and words[1] in ("allow", "deny"):
+                policy.default = words[1] == "allow"
+                continue
+            if words[0] not in ("allow", "deny") or len(words) < 4 or words[2] != "->":
+                raise PClassesError(f"line {number}: expected 'allow|deny SOURCE -> TARGET "
+                                    f"[source-class=PATTERN] [target-class=PATTERN]', got "
+                                    f"{raw.strip()!r}")
+            options = {}
+            for word in words[4:]:
+                key, sep, value = word.partition("=")
+                if not sep or key not in ("source-class", "target-class"):
+                    raise PClassesError(f"line {number}: unknown option {word!r}")
+                options[key.replace("-", "_")] = value
+            policy.rules.append(XrefRule(words[0] == "allow", words[1], words[3], **options))
+        return policy
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> XrefPolicy:
+        with open(path, encoding="utf-8") as f:
+            return cls.parse(f.read())
+
+
+# ---------------------------------------------------------------------------
+# Inventory of existing references
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class XrefGroup:
+    """References from ``source_database`` to ``target_database`` by class."""
+
+    source_database: str
+    target_database: str
+    source_class: str
+    target_class: str
+    count: int = 0
+    dangling: list[tuple[bytes, bytes]] = field(default_factory=list)  # (source, target)
+
+    def to_dict(self) -> dict[str, Any]:
+        from ZODB.utils import oid_repr
+
+        return {
+            "source_database": self.source_database,
+            "target_database": self.target_database,
+            "source_class": self.source_class,
+            "target_class": self.target_class,
+            "count": self.count,
+            "dangling": [{"source": oid_repr(s), "target": oid_repr(t)}
+                         for s, t in self.dangling],
+        }
+
+
+def scan_xrefs(db: Any) -> list[XrefGroup]:
+    """Every cross-database reference stored in ``db``'s multi-database.
+
+    Read from the records with the record analyzer (nothing is unpickled);
+    a reference whose target record does not exist (after a pack, say) is
+    dangling.
+    """
+    from ZODB.POSException import POSKeyError
+
+    from .records import read_class
+    from .scan import iter_records
+    from .skim import analyze
+
+    dbs = getattr(db, "databases", None) or {db.database_name: db}
+    groups: dict[tuple[str, str, str, str], XrefGroup] = {}
+    target_classes: dict[tuple[str, bytes], str | None] = {}
+
+    def target_class(database: str, oid: bytes) -> str | None:
+        key = (database, oid)
+        if key not in target_classes:
+            other = dbs.get(database)
+            if other is None:
+                target_classes[key] = None
+            else:
+                try:
+                    data, _tid = other.storage.load(oid)
+                    target_classes[key] = read_class(data, oid).dotted
+                except (POSKeyError, KeyError):
+                    target_classes[key] = None
+                except PClassesError:
+                    target_classes[key] = "?"
+        return target_classes[key]
+
+    for name, each in sorted(dbs.items()):
+        others = [n.encode("utf-8") for n in dbs if n != name]
+        for oid, data in iter_records(each.storage):
+            if others and not any(o in data for o in others):
+                continue
+            try:
+                a = analyze(data)
+                source_class = read_class(data, oid).dotted
+            except (ValueError, PClassesError):
+                continue
+            for _kind, off, length, database, _shared, _pi in a.pids:
+                if database is None or database == name:
+                    continue
+                toid = data[off:off + length]
+                tclass = target_class(database, toid)
+                key = (name, database, source_class, tclass or "(missing)")
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = XrefGroup(*key)
+                group.count += 1
+                if tclass is None:
+                    group.dangling.append((oid, toid))
+    return sorted(groups.values(), key=lambda g: (g.source_database, g.target_database,
+                                                  g.source_class, g.target_class))

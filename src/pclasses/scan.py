@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -95,6 +96,52 @@ def _filestorage(
                         yield rec.oid, data
     finally:
         it.close()
+
+
+_DATA_HEADER = struct.Struct(">8s8sQQHQ")  # oid tid prev tloc vlen plen
+
+
+def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, bytes]],
+                                             Callable[[], bool], Callable[[], None]]:
+    """A fast ``load(oid) -> (data, tid)`` for the connection's view.
+
+    For a FileStorage whose latest transaction is inside the connection's
+    snapshot, records are read straight from the file at the positions the
+    index gives (about a third of the cost of a load through ZODB's MVCC
+    layer); anything unusual (a backpointer, an old version record) falls
+    back to the storage.  Returns ``(load, still_valid, close)``:
+    ``still_valid()`` is false when a transaction was committed meanwhile,
+    and the caller must then redo its work with ``connection._storage.load``.
+    Other storages get ``connection._storage.load`` and ``still_valid`` is
+    always true.
+    """
+    mvcc = connection._storage
+    base = getattr(connection.db(), "storage", None)
+    start = getattr(mvcc, "_start", None)
+    if not _is_filestorage(base) or start is None or base.lastTransaction() >= start:
+        return mvcc.load, lambda: True, lambda: None
+    last = base.lastTransaction()
+    f = open(base._file_name, "rb")  # noqa: SIM115
+    buckets = base._index._data.get
+    unpack = _DATA_HEADER.unpack
+    size = _DATA_HEADER.size
+    seek, read = f.seek, f.read
+
+    def load(oid: bytes) -> tuple[bytes, bytes]:
+        bucket = buckets(oid[:6])
+        p = bucket.get(oid[6:]) if bucket is not None else None
+        if p is None:
+            return mvcc.load(oid)  # type: ignore[no-any-return]  # raises POSKeyError
+        seek(int.from_bytes(p, "big"))
+        hoid, tid, _prev, _tloc, vlen, plen = unpack(read(size))
+        if hoid != oid or vlen or not plen:
+            return mvcc.load(oid)  # type: ignore[no-any-return]
+        return read(plen), tid
+
+    def still_valid() -> bool:
+        return base.lastTransaction() == last
+
+    return load, still_valid, f.close
 
 
 def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:

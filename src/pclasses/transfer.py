@@ -49,7 +49,6 @@ nothing in the file can run.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -295,6 +294,27 @@ def export_subtree(
     if registry is None:
         registry = getattr(connection.db().classFactory, "registry", None) or ClassRegistry()
     start = _resolve_start(connection, obj_or_oid)
+    from .scan import snapshot_loader
+
+    load, still_valid, close_loader = snapshot_loader(connection)
+    try:
+        manifest = _export(connection, start, file, format, registry, name, progress, load)
+        if still_valid():
+            return manifest
+    finally:
+        close_loader()
+    # A transaction was committed while we read straight from the file: do
+    # it again through the connection's snapshot.
+    if not isinstance(file, (str, os.PathLike)):
+        file.seek(0)
+        file.truncate()
+    return _export(connection, start, file, format, registry, name, progress,
+                   connection._storage.load)
+
+
+def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
+            registry: ClassRegistry, name: str | None, progress: Progress | None,
+            load: Callable[[bytes], tuple[bytes, bytes]]) -> Manifest:
     storage = connection._storage
     db_name = connection.db().database_name
     blob_storage = hasattr(storage, "loadBlob")
@@ -315,7 +335,7 @@ def export_subtree(
         while queue:
             oid = queue.popleft()
             try:
-                data, tid = storage.load(oid)
+                data, tid = load(oid)
             except KeyError:
                 continue  # a dangling reference in the source: it stays dangling
             a = _analyze(data, oid)
@@ -442,6 +462,7 @@ class _Reader:
 
     def __init__(self, f: Any) -> None:
         self.f = f
+        self.has_blobs = False
         f.seek(0)
         magic = f.read(len(MAGIC))
         if magic == MAGIC:
@@ -534,6 +555,7 @@ class _Reader:
                     raise ExportFormatError("blob without its record")
                 (n,) = struct.unpack(">Q", self._read(8, "blob header"))
                 last.blob = (f.tell(), n)
+                self.has_blobs = True
                 f.seek(n, 1)
             else:
                 raise ExportFormatError(f"unknown frame {tag!r} at byte {f.tell() - 1}")
@@ -556,6 +578,7 @@ class _Reader:
                 if f.read(len(_ZEXP_BLOB)) == _ZEXP_BLOB:
                     size = u64(self._read(8, "blob length"))
                     frame.blob = (f.tell(), size)
+                    self.has_blobs = True
                     f.seek(size, 1)
                 else:
                     f.seek(pos)
@@ -615,17 +638,13 @@ class _opened:
 
 @dataclass
 class _Plan:
-    """What the check pass learned; everything pass two needs besides the file."""
+    """The result of the check pass: rewritten records, ready to be stored."""
 
     reader: _Reader
-    oids: list[bytes]
-    oid_set: set[bytes]
-    root: bytes
-    class_oids: dict[bytes, bytes]  # source class-record oid -> target class oid
+    temp: Any  # frames of (new oid, rewritten record), see _prepare
+    root: bytes  # the new oid of the imported root object
     refused: set[tuple[str, str]]
     records: int = 0
-    #: every global the check pass saw; the store pass accepts no other
-    checked: frozenset[tuple[str, str]] = frozenset()
 
 
 def _check_globals(
@@ -668,83 +687,145 @@ def _is_broken_class(obj: Any) -> bool:
 
 def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
           progress: Progress | None) -> _Plan:
+    """Check everything and prepare every record, before anything is stored.
+
+    One pass over the file: each record is analysed (never unpickled),
+    checked, given a new oid, and written with its references' oid bytes
+    replaced to a temporary file that the store pass copies into the
+    storage.  New oids are taken from the storage as records and
+    references are met: a reference to an oid that is not in the file (a
+    weak reference out of the subtree, a dangling one) gets a fresh oid
+    nothing will be stored under.
+    """
     reader = _Reader(f)
     reader.verify()
-    oids: list[bytes] = []
-    oid_set: set[bytes] = set()
-    needs: dict[tuple[str, str], int] = {}
-    strong_targets: set[bytes] = set()
-    externals: set[str] = set()
-    n = 0
-    for frame in reader.frames():
-        if len(frame.oid) != 8:
-            raise ExportFormatError("malformed record header")
-        if frame.oid in oid_set:
-            raise ExportFormatError(f"record {oid_repr(frame.oid)} appears twice")
-        a = _analyze(frame.data, frame.oid)
-        if a.has_ext:
-            raise ExportFormatError(f"record {oid_repr(frame.oid)} uses pickle extension codes")
-        oids.append(frame.oid)
-        oid_set.add(frame.oid)
-        if a.has_stack_global:
-            raise ExportFormatError(f"record {oid_repr(frame.oid)} uses protocol-4 "
-                                    "globals, which import cannot rebind safely")
-        has_class_global = False
-        for g in a.globals:
-            key = (g[0], g[1])
-            uses = g[5]
-            if uses & 8:
-                has_class_global = True
-            old = needs.get(key)
-            if old is None or old | uses != old:
-                needs[key] = (old or 0) | uses
-        if not has_class_global:
-            pair = _record_class(frame.data, frame.oid, a)
-            if pair is not None:
-                needs[pair] = needs.get(pair, 0) | 8
-        for kind, off, length, database, shared, _pi in a.pids:
-            if kind == "unknown" or off < 0 or shared:
-                raise ExportFormatError(f"record {oid_repr(frame.oid)} has a reference that "
-                                        "cannot be rebound without unpickling")
-            if length != 8:
-                raise ExportFormatError(f"record {oid_repr(frame.oid)} has a malformed oid")
-            if database is not None:
-                externals.add(database)
-            elif kind != "weak":
-                strong_targets.add(frame.data[off:off + 8])
-        n += 1
-        if progress is not None and not n % 4096:
-            progress(n, None)
-    if not oids:
-        raise ExportFormatError("the file holds no records")
     manifest = reader.manifest
-    if manifest is not None and manifest.record_count != n:
-        raise ExportFormatError(f"the manifest says {manifest.record_count} records, the file "
-                                f"holds {n}")
-    missing_names, refused = _check_globals(needs, registry, connection, missing)
+    missing_names: list[str] = []
     # References to classes stored in the source database, rebound by guid.
-    class_oids: dict[bytes, bytes] = {}
     declared = manifest.class_references if manifest is not None else {}
-    for oid in sorted(strong_targets - oid_set):
-        if oid not in declared:
-            continue  # dangling in the source; stays dangling
-        guid, name = declared[oid]
+    mapping: dict[bytes, bytes] = {}
+    if declared:
         table = class_table(connection, create=False)
-        cls = table.get(guid) if table is not None else None
-        if cls is None or cls._p_oid is None:
-            missing_names.append(f"{GUID_PREFIX}{guid}.{name} (database-resident class, "
-                                 f"guid {guid})")
+        for oid, (guid, name) in sorted(declared.items()):
+            cls = table.get(guid) if table is not None else None
+            if cls is None or cls._p_oid is None:
+                missing_names.append(f"{GUID_PREFIX}{guid}.{name} (database-resident class, "
+                                     f"guid {guid})")
+            else:
+                mapping[oid] = cls._p_oid
+    new_oid = connection._storage.new_oid
+    seen: set[bytes] = set()
+    needs: dict[tuple[str, str], int] = {}
+    externals: set[str] = set()
+    temp = tempfile.TemporaryFile(prefix="pclasses-import-")
+    write = temp.write
+    pack = _RECORD_HEAD.pack
+    root = None
+    n = 0
+    try:
+        for frame in reader.frames():
+            oid, data = frame.oid, frame.data
+            if len(oid) != 8:
+                raise ExportFormatError("malformed record header")
+            if oid in seen:
+                raise ExportFormatError(f"record {oid_repr(oid)} appears twice")
+            if oid in declared:
+                raise ExportFormatError(f"record {oid_repr(oid)} is declared a class reference")
+            seen.add(oid)
+            a = _analyze(data, oid)
+            if a.has_ext:
+                raise ExportFormatError(f"record {oid_repr(oid)} uses pickle extension codes")
+            if a.has_stack_global:
+                raise ExportFormatError(f"record {oid_repr(oid)} uses protocol-4 globals, "
+                                        "which import cannot rebind safely")
+            has_class_global = False
+            for g in a.globals:
+                key = (g[0], g[1])
+                uses = g[5]
+                if uses & 8:
+                    has_class_global = True
+                old = needs.get(key)
+                if old is None or old | uses != old:
+                    needs[key] = (old or 0) | uses
+            if not has_class_global:
+                pair = _record_class(data, oid, a)
+                if pair is not None:
+                    needs[pair] = needs.get(pair, 0) | 8
+            out = None
+            for kind, off, length, database, shared, _pi in a.pids:
+                if kind == "unknown" or off < 0 or shared:
+                    raise ExportFormatError(f"record {oid_repr(oid)} has a reference that "
+                                            "cannot be rebound without unpickling")
+                if length != 8:
+                    raise ExportFormatError(f"record {oid_repr(oid)} has a malformed oid")
+                if database is not None:
+                    externals.add(database)
+                    continue  # the other database's oid stays
+                end = off + 8
+                target = data[off:end]
+                new = mapping.get(target)
+                if new is None:
+                    new = mapping[target] = new_oid()
+                if out is None:
+                    out = bytearray(data)
+                out[off:end] = new  # (several references may share one literal)
+            new = mapping.get(oid)
+            if new is None:
+                new = mapping[oid] = new_oid()
+            if root is None:
+                root = new
+            record = data if out is None else bytes(out)
+            write(b"R" + pack(new, len(record)))
+            write(record)
+            if frame.blob is not None:
+                write(b"B" + struct.pack(">QQ", *frame.blob))
+            n += 1
+            if progress is not None and not n % 4096:
+                progress(n, None)
+        if root is None:
+            raise ExportFormatError("the file holds no records")
+        if manifest is not None and manifest.record_count != n:
+            raise ExportFormatError(f"the manifest says {manifest.record_count} records, the "
+                                    f"file holds {n}")
+        more_missing, refused = _check_globals(needs, registry, connection, missing)
+        missing_names.extend(more_missing)
+        dbs = getattr(connection.db(), "databases", {}) or {}
+        for database in sorted(externals):
+            if database not in dbs:
+                missing_names.append(f"database {database!r} (cross-database references)")
+        if refused and missing == "error":
+            raise RefusedGlobalsError(sorted(f"{m}.{nm}" for m, nm in refused))
+        if missing_names and missing == "error":
+            raise MissingClassesError(missing_names)
+        write(b"E")
+        temp.flush()
+    except BaseException:
+        temp.close()
+        raise
+    return _Plan(reader, temp, root, refused, n)
+
+
+def _prepared_frames(plan: _Plan) -> Iterator[tuple[bytes, bytes, tuple[int, int] | None]]:
+    """``(new oid, record, blob)`` from the prepared temporary file."""
+    f = plan.temp
+    f.seek(0)
+    read = f.read
+    unpack = _RECORD_HEAD.unpack
+    pending = None
+    while True:
+        tag = read(1)
+        if tag == b"R":
+            if pending is not None:
+                yield pending
+            oid, n = unpack(read(12))
+            pending = (oid, read(n), None)
+        elif tag == b"B":
+            assert pending is not None
+            pending = (pending[0], pending[1], struct.unpack(">QQ", read(16)))
         else:
-            class_oids[oid] = cls._p_oid
-    dbs = getattr(connection.db(), "databases", {}) or {}
-    for database in sorted(externals):
-        if database not in dbs:
-            missing_names.append(f"database {database!r} (cross-database references)")
-    if refused and missing == "error":
-        raise RefusedGlobalsError(sorted(f"{m}.{n}" for m, n in refused))
-    if missing_names and missing == "error":
-        raise MissingClassesError(missing_names)
-    return _Plan(reader, oids, oid_set, oids[0], class_oids, refused, n, frozenset(needs))
+            if pending is not None:
+                yield pending
+            return
 
 
 def import_subtree(
@@ -793,29 +874,32 @@ def import_subtree(
                 raise TransferError("give a name to import into a container")
             if key in into:
                 raise TransferError(f"{key!r} already exists in the target container")
-        root_oid = connection._storage.new_oid()
         if savepoint:
             returned: list[bytes] = []
-            connection._import = (_Importer(plan, progress, root_oid), returned)
+            connection._import = (_Importer(plan, progress), returned)
             connection._register()
             connection.transaction_manager.get().savepoint(optimistic=True)
             obj = connection.get(returned[0])
         else:
-            obj = _root_ghost(connection, plan, root_oid)
-            plan.reader = _Reader(open(plan.reader.f.name, "rb")) if isinstance(  # noqa: SIM115
-                file, (str, os.PathLike)) else plan.reader
-            connection._import = (_Importer(plan, progress, root_oid, close=True), [])
+            obj = _root_ghost(connection, plan)
+            if plan.reader.has_blobs and isinstance(file, (str, os.PathLike)):
+                # Blobs are copied from the export file at commit time.
+                plan.reader = _Reader(open(plan.reader.f.name, "rb"))  # noqa: SIM115
+                close = True
+            else:
+                close = False
+            connection._import = (_Importer(plan, progress, close=close), [])
             connection._register()
     if into is not None:
         into[key] = obj
     return obj
 
 
-def _root_ghost(connection: Any, plan: _Plan, root_oid: bytes) -> Any:
+def _root_ghost(connection: Any, plan: _Plan) -> Any:
     """A ghost of the imported root, for a commit-time import."""
-    for frame in plan.reader.frames():
-        ghost = connection._reader.getGhost(frame.data)
-        connection._cache.new_ghost(root_oid, ghost)  # sets its oid and jar
+    for oid, data, _blob in _prepared_frames(plan):
+        ghost = connection._reader.getGhost(data)
+        connection._cache.new_ghost(oid, ghost)  # sets its oid and jar
         return ghost
     raise ExportFormatError("the file holds no records")
 
@@ -823,50 +907,38 @@ def _root_ghost(connection: Any, plan: _Plan, root_oid: bytes) -> Any:
 class _Importer:
     """What ``Connection._importDuringCommit`` receives for our imports."""
 
-    def __init__(self, plan: _Plan, progress: Progress | None, root_oid: bytes,
-                 close: bool = False) -> None:
+    def __init__(self, plan: _Plan, progress: Progress | None, close: bool = False) -> None:
         self.plan = plan
         self.progress = progress
-        self.root_oid = root_oid
         self.close = close
 
     def run(self, connection: Any, transaction: Any, returned: list[bytes]) -> None:
         try:
             self._run(connection, transaction, returned)
         finally:
+            self.plan.temp.close()
             if self.close:
                 self.plan.reader.f.close()
 
     def _run(self, connection: Any, transaction: Any, returned: list[bytes]) -> None:
         plan = self.plan
         storage = connection._storage
-        new_oid = storage.new_oid
-        mapping: dict[bytes, bytes] = {old: new_oid() for old in plan.oids[1:]}
-        mapping[plan.root] = self.root_oid
-        mapping.update(plan.class_oids)
-        dangling: dict[bytes, bytes] = {}
-        returned.append(mapping[plan.root])
+        store = storage.store
+        returned.append(plan.root)
+        refused = plan.refused
         tmpdir = None
         n = 0
-        expected = iter(plan.oids)
-        checked = plan.checked
         try:
-            for frame in plan.reader.frames():
-                a = _analyze(frame.data, frame.oid)
-                # The store pass reads the file again: it must be the file
-                # that was checked (same records, no unchecked globals).
-                if frame.oid != next(expected, None) or any(
-                        (g[0], g[1]) not in checked for g in a.globals):
-                    raise ExportFormatError("the export file changed after it was checked")
-                data = _rewrite(frame.data, a, mapping, dangling, new_oid, plan.refused)
-                oid = mapping[frame.oid]
-                if frame.blob is not None:
+            for oid, data, blob in _prepared_frames(plan):
+                if refused:
+                    data = _make_inert(data, oid, refused)
+                if blob is not None:
                     tmpdir = tmpdir or tempfile.mkdtemp(prefix="pclasses-import-")
                     path = os.path.join(tmpdir, oid.hex())
-                    plan.reader.blob_to(frame, path)
+                    plan.reader.blob_to(_Frame(oid, b"", blob), path)
                     storage.storeBlob(oid, None, data, path, "", transaction)
                 else:
-                    storage.store(oid, None, data, "", transaction)
+                    store(oid, None, data, "", transaction)
                 n += 1
                 if self.progress is not None and not n % 4096:
                     self.progress(n, plan.records)
@@ -875,37 +947,26 @@ class _Importer:
                 shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _rewrite(data: bytes, a: Any, mapping: dict[bytes, bytes], dangling: dict[bytes, bytes],
-             new_oid: Callable[[], bytes], refused: set[tuple[str, str]]) -> bytes:
-    edits: dict[int, tuple[int, bytes]] = {}
-    for kind, off, length, database, _shared, _pi in a.pids:
-        if database is not None or off in edits:
-            # Cross-database references keep the other database's oid; two
-            # references may share one oid literal (a BTree's first bucket).
-            continue
-        old = data[off:off + length]
-        new = mapping.get(old)
-        if new is None:
-            # A weak reference out of the subtree, or a dangling reference:
-            # point it at a fresh oid nothing will ever be stored under.
-            new = dangling.get(old)
-            if new is None:
-                new = dangling[old] = new_oid()
-        edits[off] = (off + length, new)
+def _make_inert(data: bytes, oid: bytes, refused: set[tuple[str, str]]) -> bytes:
+    """Rename refused globals to names that never import (missing="broken")."""
+    a = _analyze(data, oid)
+    edits = []
     for module, name, offset, end, opcode, _uses in a.globals:
         if (module, name) in refused:
             op = "c" if opcode == "global" else "i"
-            edits[offset] = (end, f"{op}{REFUSED_PREFIX}{module}\n{name}\n".encode())
+            edits.append((offset, end, f"{op}{REFUSED_PREFIX}{module}\n{name}\n".encode()))
     if not edits:
         return data
-    out = io.BytesIO()
+    if a.has_frame:
+        raise ExportFormatError(f"record {oid_repr(oid)}: a framed record cannot be made inert")
+    parts = []
     pos = 0
-    for start, (stop, new) in sorted(edits.items()):
-        out.write(data[pos:start])
-        out.write(new)
+    for start, stop, text in sorted(edits):
+        parts.append(data[pos:start])
+        parts.append(text)
         pos = stop
-    out.write(data[pos:])
-    return out.getvalue()
+    parts.append(data[pos:])
+    return b"".join(parts)
 
 
 def _writer_connection(connection: Any) -> None:

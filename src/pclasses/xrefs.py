@@ -49,7 +49,11 @@ __all__ = [
 @implementer(ICrossDatabaseReferenceEvent)
 @dataclass
 class CrossDatabaseReference:
-    """An object of ``source_database`` about to be stored referring to ``target``."""
+    """An object of ``source_database`` about to be stored referring to ``target``.
+
+    ``target`` is the referenced object (a ghost if it was not loaded), or
+    ``None`` for a weak reference whose target no longer exists.
+    """
 
     source: Any
     target: Any
@@ -83,6 +87,10 @@ def check_xrefs(db: Any, enabled: bool = True, databases: Iterable[str] | None =
     from .writer import Connection
 
     all_dbs = getattr(db, "databases", None) or {db.database_name: db}
+    unknown = [name for name in (databases or ()) if name not in all_dbs]
+    if unknown:
+        raise PClassesError(f"no database named {', '.join(map(repr, unknown))} in this "
+                            f"multi-database (it has {', '.join(map(repr, sorted(all_dbs)))})")
     chosen = [db] if databases is None else [all_dbs[name] for name in databases]
     for each in chosen:
         each.check_xrefs = bool(enabled)
@@ -115,7 +123,10 @@ def check_record(connection: Any, obj: Any, data: bytes) -> None:
         target_conn = connection.get_connection(database)
         target = target_conn._cache.get(oid)
         if target is None:
-            target = target_conn.get(oid)  # a ghost; nothing is activated
+            try:
+                target = target_conn.get(oid)  # a ghost; nothing is activated
+            except KeyError:  # POSKeyError: a weak reference whose target was packed away
+                target = None
         zope.event.notify(CrossDatabaseReference(obj, target, db.database_name, database,
                                                  weak=kind == "weak"))
 
@@ -140,6 +151,11 @@ class XrefRule:
     target_class: str = "*"
 
     def matches(self, event: Any) -> bool:
+        if event.target is None:
+            return self.target_class == "*" and fnmatch.fnmatchcase(
+                event.source_database, self.source) and fnmatch.fnmatchcase(
+                event.target_database, self.target) and fnmatch.fnmatchcase(
+                _dotted(event.source), self.source_class)
         return (
             fnmatch.fnmatchcase(event.source_database, self.source)
             and fnmatch.fnmatchcase(event.target_database, self.target)

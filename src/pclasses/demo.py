@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import transaction
+import ZODB
 import zope.event
 from ZODB.utils import oid_repr
 
@@ -77,6 +78,41 @@ def build(path: Path) -> None:
             sys.path.remove(tmp)
             for name in ("legacy_shop", "gone_addon"):
                 sys.modules.pop(name, None)
+
+
+def _seat_belt() -> None:
+    """A main and a session database; main may not refer into session."""
+    from persistent.mapping import PersistentMapping
+    from ZODB.MappingStorage import MappingStorage
+
+    dbs: dict[str, object] = {}
+    main_db = ZODB.DB(MappingStorage(), databases=dbs, database_name="main")
+    ZODB.DB(MappingStorage(), databases=dbs, database_name="session")
+    pclasses.ClassRegistry().install(main_db)
+    pclasses.check_xrefs(main_db, True, ["main", "session"])
+    policy = pclasses.XrefPolicy.parse("deny main -> session").install()
+    try:
+        tm = transaction.TransactionManager()
+        conn = main_db.open(tm)
+        cart = conn.get_connection("session").root()["cart"] = PersistentMapping(items=3)
+        tm.commit()
+        conn.root()["last_cart"] = cart  # the accident: main now points into session
+        try:
+            tm.commit()
+        except pclasses.CrossDatabaseReferenceError as exc:
+            tm.abort()
+            print(f"vetoed: {exc}")
+        print(f"nothing was stored: {'last_cart' not in conn.root()}")
+        conn.get_connection("session").root()["home"] = conn.root()  # allowed direction
+        tm.commit()
+        for group in pclasses.scan_xrefs(main_db):
+            print(f"  stored references {group.source_database} -> {group.target_database}: "
+                  f"{group.count}")
+        conn.close()
+    finally:
+        policy.uninstall()
+        for db in set(dbs.values()):
+            db.close()  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,9 +253,55 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  resident class {r.name} guid={r.guid} bases={r.bases} "
                   f"persistent instances={r.instances}")
         conn.close()
-        cdb.close()
 
-        _say("8. what the registry saw")
+        _say("8. export a subtree with database-resident classes, import it elsewhere")
+        with cdb.transaction() as conn:
+            root = conn.root()
+            if "shelf" not in root:  # a container of both kinds of instances
+                shelf = root["shelf"] = Folder("shelf")
+                shelf["note"] = root["note"]
+                shelf["tagged"] = root["tagged"]
+        export_file = var / "shelf.pclasses"
+        conn = cdb.open()
+        manifest = pclasses.export_subtree(conn, conn.root()["shelf"], export_file, name="shelf")
+        source_classes = {guid: cls for guid, cls in pclasses.class_table(conn).items()}
+        conn.close()
+        cdb.close()
+        print(f"exported {manifest.record_count} records to {export_file} "
+              f"({export_file.stat().st_size} bytes); the classes themselves stay behind:")
+        for need in manifest.classes:
+            print(f"  needs {need.module}.{need.name}: {need.kind}")
+        target_path = var / "demo-target.fs"
+        for suffix in ("", ".index", ".lock", ".tmp"):
+            Path(f"{target_path}{suffix}").unlink(missing_ok=True)
+        tdb = pclasses.open(target_path)
+        try:
+            with tdb.transaction() as tconn:
+                try:
+                    pclasses.import_subtree(tconn, export_file, into=tconn.root())
+                except pclasses.MissingClassesError as exc:
+                    print(f"import refused before writing anything: {len(exc.missing)} "
+                          "classes missing in the target")
+            with tdb.transaction() as tconn:  # the target gets the classes (same guids)
+                for guid, cls in source_classes.items():
+                    pclasses.define_class(tconn, cls.__name__, cls.__bases__,
+                                          {k: v for k, v in vars(cls).items()
+                                           if not k.startswith(("_", "__"))}, guid=guid)
+            with tdb.transaction() as tconn:
+                shelf = pclasses.import_subtree(tconn, export_file, into=tconn.root())
+                note, tag = shelf["note"], shelf["tagged"]["tag"]
+                table = pclasses.class_table(tconn)
+                print(f"imported as {oid_repr(shelf._p_oid)}: note.describe() -> "
+                      f"{note.describe()!r}; the note's class is the target's own: "
+                      f"{type(note) is table[NOTE_GUID]}, the tag's too: "
+                      f"{type(tag) is table[TAG_GUID]}")
+        finally:
+            tdb.close()
+
+        _say("9. the cross-database reference seat belt")
+        _seat_belt()
+
+        _say("10. what the registry saw")
         for rec in registry.broken():
             print(f"  broken {rec.module}.{rec.name}: {rec.count} lookups ({rec.error})")
     finally:

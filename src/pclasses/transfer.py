@@ -387,6 +387,11 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
         manifest.record_count = n
         manifest.external_references = sorted(externals)
         manifest.classes = _needs(needs, registry, connection)
+        listed = {(c.module, c.name) for c in manifest.classes}
+        for guid, cname in sorted(set(manifest.class_references.values())):
+            if (GUID_PREFIX + guid, cname) not in listed:  # plain instances' classes
+                manifest.classes.append(ClassNeed(GUID_PREFIX + guid, cname,
+                                                  "database-resident", guid))
         if format == "zexp":
             out.write(_ZEXP_END)
         else:

@@ -66,7 +66,8 @@ def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
     FileStorage that does not exist yet.  ``check_xrefs=True`` switches the
     cross-database reference seat belt on for every database of the target
     (or give the names of the databases to switch; see
-    :mod:`pclasses.xrefs`).  Other keyword arguments go to ``ZODB.DB``.  Raises :class:`~pclasses.errors.StorageOpenError` for a
+    :mod:`pclasses.xrefs`).  ``blob_dir`` goes to a FileStorage (a path
+    target).  Other keyword arguments go to ``ZODB.DB``.  Raises :class:`~pclasses.errors.StorageOpenError` for a
     missing, locked or corrupt storage or a target that cannot be read.
     """
     if registry is None:
@@ -80,7 +81,7 @@ def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
         elif kind == "zconfig":
             db = _open_zconfig(text, read_only, create, db_kwargs)
         else:
-            storage = _filestorage(text, read_only, create)
+            storage = _filestorage(text, read_only, create, db_kwargs.pop("blob_dir", None))
             try:
                 db = ZODB.DB(storage, **db_kwargs)
             except BaseException:
@@ -121,7 +122,7 @@ def open_storage(target: str | os.PathLike[str], *, read_only: bool = True) -> A
         raise StorageOpenError(text, _reason(exc)) from exc
 
 
-def _filestorage(path: str, read_only: bool, create: bool) -> Any:
+def _filestorage(path: str, read_only: bool, create: bool, blob_dir: str | None = None) -> Any:
     from ZODB.FileStorage import FileStorage
 
     _check_file(path, read_only, create)
@@ -132,6 +133,8 @@ def _filestorage(path: str, read_only: bool, create: bool) -> Any:
         if magic != b"FS21" and magic != b"FS30":
             raise StorageOpenError(path, f"not a FileStorage file (magic {magic!r})")
     try:
+        if blob_dir is not None:
+            return FileStorage(path, read_only=read_only, blob_dir=os.fspath(blob_dir))
         return FileStorage(path, read_only=read_only)
     except Exception as exc:
         raise StorageOpenError(path, _reason(exc)) from exc

@@ -116,9 +116,26 @@ ALLOWED_GLOBALS = frozenset({
     ("datetime", "timedelta"), ("datetime", "timezone"), ("datetime", "tzinfo"),
     ("decimal", "Decimal"),
     ("collections", "OrderedDict"), ("collections", "deque"),
+    # zope.interface declarations (``__provides__``) pickle as a call of this
+    # reconstructor, which only builds a declaration from interfaces.
+    ("zope.interface.declarations", "Provides"),
 })
 
 _USE_CALLED = 1 | 4  # REDUCE callable, INST/OBJ class
+_USE_ARGUMENT = 32  # passed as a value (e.g. to copyreg._reconstructor)
+_RECONSTRUCTORS = {("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor")}
+
+#: Top-level packages whose classes an imported record may not *call*
+#: (REDUCE, INST, OBJ, or as a ``copyreg._reconstructor`` argument, whose
+#: ``base.__init__`` runs): the standard library and the database and
+#: framework infrastructure, whose constructors open files, sockets and
+#: storages.  Application classes may be called, as their own
+#: ``__reduce__`` asks.
+_INFRASTRUCTURE = frozenset({
+    "ZODB", "ZEO", "persistent", "BTrees", "transaction", "zc", "zope", "ZConfig",
+    "zodbpickle", "zodburi", "relstorage", "pclasses", "pip", "setuptools",
+    "pkg_resources", "_pytest", "pytest", "hypothesis", "click", "rich",
+})
 _INTERNAL = ("oid", "oid_class", "legacy")
 #: The module refused globals are renamed under with ``missing="broken"``:
 #: not importable (the colon), so they load as inert broken objects.
@@ -213,8 +230,9 @@ class Manifest:
                 name=d.get("name"),
                 bytes=int(d.get("bytes", 0)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ExportFormatError(f"malformed manifest ({exc})") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
+                RecursionError) as exc:
+            raise ExportFormatError(f"malformed manifest ({type(exc).__name__})") from None
 
 
 # ---------------------------------------------------------------------------
@@ -468,6 +486,8 @@ class _Reader:
     def __init__(self, f: Any) -> None:
         self.f = f
         self.has_blobs = False
+        f.seek(0, 2)
+        self.size = f.tell()
         f.seek(0)
         magic = f.read(len(MAGIC))
         if magic == MAGIC:
@@ -481,10 +501,12 @@ class _Reader:
                                         f"(this pclasses reads version {VERSION})")
             (mlen,) = struct.unpack(">I", self._read(4, "manifest length"))
             try:
-                self.manifest: Manifest | None = Manifest.from_dict(
-                    json.loads(self._read(mlen, "manifest").decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ExportFormatError(f"malformed manifest ({exc})") from None
+                raw = json.loads(self._read(mlen, "manifest").decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                raise ExportFormatError(f"malformed manifest ({type(exc).__name__})") from None
+            if not isinstance(raw, dict):
+                raise ExportFormatError("malformed manifest (not an object)")
+            self.manifest: Manifest | None = Manifest.from_dict(raw)
             self.start = f.tell()
         elif magic[:4] == ZEXP_MAGIC:
             self.kind = "zexp"
@@ -494,6 +516,8 @@ class _Reader:
             raise ExportFormatError("not an export file (neither pclasses nor ZODB .zexp)")
 
     def _read(self, n: int, what: str) -> bytes:
+        if n > self.size - self.f.tell():
+            raise ExportFormatError(f"truncated file: {what} incomplete")
         data = self.f.read(n)
         if len(data) != n:
             raise ExportFormatError(f"truncated file: {what} incomplete")
@@ -559,6 +583,8 @@ class _Reader:
                 if last is None or last.blob is not None:
                     raise ExportFormatError("blob without its record")
                 (n,) = struct.unpack(">Q", self._read(8, "blob header"))
+                if n > self.size - f.tell():
+                    raise ExportFormatError("truncated file: blob incomplete")
                 last.blob = (f.tell(), n)
                 self.has_blobs = True
                 f.seek(n, 1)
@@ -582,6 +608,8 @@ class _Reader:
                 pos = f.tell()
                 if f.read(len(_ZEXP_BLOB)) == _ZEXP_BLOB:
                     size = u64(self._read(8, "blob length"))
+                    if size > self.size - f.tell():
+                        raise ExportFormatError("truncated .zexp file: blob incomplete")
                     frame.blob = (f.tell(), size)
                     self.has_blobs = True
                     f.seek(size, 1)
@@ -652,6 +680,11 @@ class _Plan:
     records: int = 0
 
 
+#: Marks a class passed as an argument in a record that also calls
+#: ``copyreg._reconstructor`` (set by the check pass, not by the analyzer).
+_CALLED_BY_RECONSTRUCTOR = 1 << 10
+
+
 def _check_globals(
     needs: dict[tuple[str, str], int], registry: ClassRegistry, connection: Any,
     missing: str,
@@ -679,7 +712,9 @@ def _check_globals(
         if not isinstance(target, type):
             refused.add((module, name))
             continue
-        if uses & _USE_CALLED and module.split(".")[0] in stdlib:
+        top = module.split(".")[0]
+        if uses & (_USE_CALLED | _CALLED_BY_RECONSTRUCTOR) and (
+                top in stdlib or top in _INFRASTRUCTURE):
             refused.add((module, name))  # e.g. subprocess.Popen(...) in a REDUCE
     return missing_names, refused
 
@@ -709,17 +744,43 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
     # References to classes stored in the source database, rebound by guid.
     declared = manifest.class_references if manifest is not None else {}
     mapping: dict[bytes, bytes] = {}
+    class_refs_missing: list[str] = []
     if declared:
         table = class_table(connection, create=False)
         for oid, (guid, name) in sorted(declared.items()):
             cls = table.get(guid) if table is not None else None
             if cls is None or cls._p_oid is None:
-                missing_names.append(f"{GUID_PREFIX}{guid}.{name} (database-resident class, "
-                                     f"guid {guid})")
+                class_refs_missing.append(f"{GUID_PREFIX}{guid}.{name} (database-resident "
+                                          f"class, guid {guid})")
             else:
                 mapping[oid] = cls._p_oid
+    missing_names.extend(class_refs_missing)
+    skip: set[bytes] = set()
+    if reader.kind == "zexp":
+        # ZODB's exportFile copies class records along; they are not
+        # imported but rebound by guid, as our own format does.
+        for frame in reader.frames():
+            a = _analyze(frame.data, frame.oid)
+            pair = _record_class(frame.data, frame.oid, a)
+            if pair == _CLASS_TABLE:
+                skip.add(frame.oid)
+            elif pair in _CLASS_METACLASSES:
+                skip.add(frame.oid)
+                info = _class_record_info(frame.data, frame.oid)
+                if info is None:
+                    raise ExportFormatError(f"class record {oid_repr(frame.oid)} has no guid")
+                table = class_table(connection, create=False)
+                cls = table.get(info[0]) if table is not None else None
+                if cls is None or cls._p_oid is None:
+                    class_refs_missing.append(f"{GUID_PREFIX}{info[0]}.{info[1]} "
+                                              f"(database-resident class, guid {info[0]})")
+                else:
+                    mapping[frame.oid] = cls._p_oid
+        missing_names.extend(class_refs_missing)
     new_oid = connection._storage.new_oid
     seen: set[bytes] = set()
+    #: referenced oids with no record (yet): dangling when the pass ends
+    pending: set[bytes] = set()
     needs: dict[tuple[str, str], int] = {}
     externals: set[str] = set()
     temp = tempfile.TemporaryFile(prefix="pclasses-import-")
@@ -737,18 +798,28 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
             if oid in declared:
                 raise ExportFormatError(f"record {oid_repr(oid)} is declared a class reference")
             seen.add(oid)
+            if oid in skip:
+                continue
             a = _analyze(data, oid)
             if a.has_ext:
                 raise ExportFormatError(f"record {oid_repr(oid)} uses pickle extension codes")
+            if a.protocol > 5 or not data.endswith(b"."):
+                raise ExportFormatError(f"record {oid_repr(oid)} is not a readable ZODB record")
             if a.has_stack_global:
                 raise ExportFormatError(f"record {oid_repr(oid)} uses protocol-4 globals, "
                                         "which import cannot rebind safely")
             has_class_global = False
+            reconstructs = False
+            for g in a.globals:
+                if (g[0], g[1]) in _RECONSTRUCTORS and g[5] & _USE_CALLED:
+                    reconstructs = True
             for g in a.globals:
                 key = (g[0], g[1])
                 uses = g[5]
                 if uses & 8:
                     has_class_global = True
+                if reconstructs and uses & _USE_ARGUMENT:
+                    uses |= _CALLED_BY_RECONSTRUCTOR
                 old = needs.get(key)
                 if old is None or old | uses != old:
                     needs[key] = (old or 0) | uses
@@ -771,12 +842,14 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
                 new = mapping.get(target)
                 if new is None:
                     new = mapping[target] = new_oid()
+                    pending.add(target)
                 if out is None:
                     out = bytearray(data)
                 out[off:end] = new  # (several references may share one literal)
             new = mapping.get(oid)
             if new is None:
                 new = mapping[oid] = new_oid()
+            pending.discard(oid)
             if root is None:
                 root = new
             record = data if out is None else bytes(out)
@@ -789,6 +862,13 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
                 progress(n, None)
         if root is None:
             raise ExportFormatError("the file holds no records")
+        if pending:
+            # References to oids not in the file (a weak reference out of the
+            # subtree, a reference that dangled in the source) were given
+            # fresh oids; after a reopen the storage could hand those out
+            # again, so they are pointed at an oid it never allocates.
+            temp = _redirect_dangling(temp, {mapping[o] for o in pending})
+            write = temp.write
         if manifest is not None and manifest.record_count != n:
             raise ExportFormatError(f"the manifest says {manifest.record_count} records, the "
                                     f"file holds {n}")
@@ -800,14 +880,57 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
                 missing_names.append(f"database {database!r} (cross-database references)")
         if refused and missing == "error":
             raise RefusedGlobalsError(sorted(f"{m}.{nm}" for m, nm in refused))
+        missing_names = list(dict.fromkeys(missing_names))
+        class_refs_missing = list(dict.fromkeys(class_refs_missing))
         if missing_names and missing == "error":
             raise MissingClassesError(missing_names)
+        if class_refs_missing:
+            # A plain instance of (or a reference to) a class stored in the
+            # source database needs that class record; without it there is
+            # nothing to import it as, not even a broken object.
+            raise MissingClassesError(class_refs_missing)
         write(b"E")
         temp.flush()
     except BaseException:
         temp.close()
         raise
     return _Plan(reader, temp, root, refused, n)
+
+
+#: Where dangling references point after an import: an oid no storage hands
+#: out (the last of the 2**64), so a dangling reference never lands on an
+#: unrelated object.
+NOWHERE = b"\xff" * 8
+
+
+def _redirect_dangling(temp: Any, fresh: set[bytes]) -> Any:
+    """Rewrite the prepared records: every fresh-but-unused oid -> NOWHERE."""
+    out = tempfile.TemporaryFile(prefix="pclasses-import-")
+    temp.seek(0)
+    read = temp.read
+    unpack = _RECORD_HEAD.unpack
+    pack = _RECORD_HEAD.pack
+    while True:
+        tag = read(1)
+        if tag == b"R":
+            oid, n = unpack(read(12))
+            data = read(n)
+            a = _ANALYZE(data)
+            buf = None
+            for _k, off, length, database, _s, _p in a.pids:
+                if database is None and data[off:off + length] in fresh:
+                    if buf is None:
+                        buf = bytearray(data)
+                    buf[off:off + length] = NOWHERE
+            record = data if buf is None else bytes(buf)
+            out.write(b"R" + pack(oid, len(record)))
+            out.write(record)
+        elif tag == b"B":
+            out.write(b"B" + read(16))
+        else:
+            break
+    temp.close()
+    return out
 
 
 def _prepared_frames(plan: _Plan) -> Iterator[tuple[bytes, bytes, tuple[int, int] | None]]:
@@ -955,6 +1078,20 @@ class _Importer:
 def _make_inert(data: bytes, oid: bytes, refused: set[tuple[str, str]]) -> bytes:
     """Rename refused globals to names that never import (missing="broken")."""
     a = _analyze(data, oid)
+    if not any(g[5] & 8 for g in a.globals):
+        pair = _record_class(data, oid, a)
+        if pair in refused:  # format 3/7 class metadata naming a refused global
+            from zodbpickle.pickle import dumps
+
+            from .records import read_class
+
+            if read_class(data, oid).format != 3:
+                raise ExportFormatError(f"record {oid_repr(oid)}: its class metadata names "
+                                        f"{pair[0]}.{pair[1]} with arguments")
+            proto = data[1] if data[0] == 0x80 else 1
+            meta = dumps(((REFUSED_PREFIX + pair[0], pair[1]), None), protocol=proto)
+            data = meta + data[a.end1:]
+            a = _analyze(data, oid)
     edits = []
     for module, name, offset, end, opcode, _uses in a.globals:
         if (module, name) in refused:

@@ -145,6 +145,12 @@ class Connection(_connection_module.Connection):  # type: ignore[misc]
     def _store_objects(self, writer: Any, transaction: Any) -> Any:
         return super()._store_objects(_patch(writer, self), transaction)
 
+    def abort(self, transaction: Any) -> Any:
+        # ZODB only forgets a pending import in tpc_abort; an import that
+        # waits for the commit (pclasses' savepoint=False) must go on abort.
+        self._import = None
+        return super().abort(transaction)
+
     def _importDuringCommit(self, transaction: Any, f: Any, return_oid_list: Any) -> Any:  # noqa: N802
         # pclasses.import_subtree hands over a prepared importer (which has
         # checked the whole file already); anything else is ZODB's own.

@@ -41,6 +41,7 @@ from ZODB.utils import oid_repr
 from .census import Unreadable
 from .errors import PClassesError, RecordDecodeError
 from .records import global_occurrences, read_class
+from .rewrite import FramedRecordError, rename_globals, replace_class_pickle
 from .skim import analyze, skim
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
@@ -255,34 +256,17 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
         a = analyze(data)
     except ValueError as exc:
         raise RecordDecodeError(str(exc), oid=oid) from None
-    edits: list[tuple[int, int, bytes]] = []
-    renamed_here: dict[tuple[str, str], tuple[str, str]] = {}
-    for module, name, offset, end, opcode, _uses in a.globals:
-        if module is None or name is None:
-            continue
-        target = rules[(module, name)]
-        if target is None:
-            continue
-        if opcode == "stack_global":
+    for module, name, _offset, _end, opcode, _uses in a.globals:
+        if opcode == "stack_global" and module is not None and name is not None \
+                and rules[(module, name)] is not None:
             report.skipped.append(Skipped(oid, f"{module}.{name} is named by a protocol-4 "
                                                "STACK_GLOBAL, which is not rewritten"))
             return None
-        op = "c" if opcode == "global" else "i"
-        edits.append((offset, end, f"{op}{target[0]}\n{target[1]}\n".encode()))
-        renamed_here[(module, name)] = target
-    new = data
-    if edits:
-        if a.has_frame:
-            report.skipped.append(Skipped(oid, "a framed (protocol 4) record is not rewritten"))
-            return None
-        parts = []
-        pos = 0
-        for start, stop, text in sorted(edits):
-            parts.append(data[pos:start])
-            parts.append(text)
-            pos = stop
-        parts.append(data[pos:])
-        new = b"".join(parts)
+    try:
+        new, renamed_here = rename_globals(data, a, lambda m, n: rules[(m, n)])
+    except FramedRecordError as exc:
+        report.skipped.append(Skipped(oid, str(exc)))
+        return None
     if not any(g[5] & 8 for g in a.globals):
         klass = read_class(data, oid)
         if klass.format in (3, 7) and klass.pair is not None:
@@ -292,7 +276,7 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
                     report.skipped.append(Skipped(oid, "format-7 class metadata is not "
                                                        "rewritten"))
                     return None
-                new = _format3(new, a.end1, target)
+                new = replace_class_pickle(new, a.end1, target)
                 if global_occurrences(new, oid)[0] != [
                         renamed_here.get(g, g) for g in global_occurrences(data, oid)[0]]:
                     report.skipped.append(Skipped(oid, "the rewritten record did not read "
@@ -305,14 +289,6 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
         key = f"{module}.{name}"
         report.renamed[key] = report.renamed.get(key, 0) + 1
     return new
-
-
-def _format3(data: bytes, clen: int, target: tuple[str, str]) -> bytes:
-    from zodbpickle.pickle import dumps
-
-    proto = data[1] if data[0] == 0x80 else 1
-    meta = dumps((target, None), protocol=proto)
-    return meta + data[clen:]
 
 
 def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:

@@ -1077,38 +1077,26 @@ class _Importer:
 
 def _make_inert(data: bytes, oid: bytes, refused: set[tuple[str, str]]) -> bytes:
     """Rename refused globals to names that never import (missing="broken")."""
+    from .rewrite import FramedRecordError, rename_globals, replace_class_pickle
+
     a = _analyze(data, oid)
     if not any(g[5] & 8 for g in a.globals):
         pair = _record_class(data, oid, a)
         if pair in refused:  # format 3/7 class metadata naming a refused global
-            from zodbpickle.pickle import dumps
-
             from .records import read_class
 
             if read_class(data, oid).format != 3:
                 raise ExportFormatError(f"record {oid_repr(oid)}: its class metadata names "
                                         f"{pair[0]}.{pair[1]} with arguments")
-            proto = data[1] if data[0] == 0x80 else 1
-            meta = dumps(((REFUSED_PREFIX + pair[0], pair[1]), None), protocol=proto)
-            data = meta + data[a.end1:]
+            data = replace_class_pickle(data, a.end1, (REFUSED_PREFIX + pair[0], pair[1]))
             a = _analyze(data, oid)
-    edits = []
-    for module, name, offset, end, opcode, _uses in a.globals:
-        if (module, name) in refused:
-            op = "c" if opcode == "global" else "i"
-            edits.append((offset, end, f"{op}{REFUSED_PREFIX}{module}\n{name}\n".encode()))
-    if not edits:
-        return data
-    if a.has_frame:
-        raise ExportFormatError(f"record {oid_repr(oid)}: a framed record cannot be made inert")
-    parts = []
-    pos = 0
-    for start, stop, text in sorted(edits):
-        parts.append(data[pos:start])
-        parts.append(text)
-        pos = stop
-    parts.append(data[pos:])
-    return b"".join(parts)
+    try:
+        new, _renamed = rename_globals(
+            data, a, lambda m, n: (REFUSED_PREFIX + m, n) if (m, n) in refused else None)
+    except FramedRecordError:
+        raise ExportFormatError(f"record {oid_repr(oid)}: a framed record cannot be made "
+                                "inert") from None
+    return new
 
 
 def _writer_connection(connection: Any) -> None:

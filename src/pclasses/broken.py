@@ -97,7 +97,10 @@ def missing_name(cls: Any) -> tuple[str, str] | None:
     """``(module, name)`` a broken class stands for, or ``None``."""
     if isinstance(cls, type) and issubclass(cls, Broken):
         pair = getattr(cls, "__pclasses_missing__", None)
-        if pair and pair != ("", ""):
+        # Only our own broken classes (and their persistent variants) stand
+        # for the name they carry; a class that merely *inherits* from one
+        # (a database-resident class whose base is missing) is itself.
+        if pair and pair == (cls.__module__, cls.__name__):
             return pair  # type: ignore[no-any-return]
         return (cls.__module__, cls.__name__)
     return None

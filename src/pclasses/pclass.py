@@ -39,7 +39,7 @@ class DuplicateGuidError(PClassesError, ValueError):
 
 
 #: Attributes Python itself caches on a class; setting them is not an edit.
-_CACHES = frozenset({"__slotnames__"})
+_CACHES = frozenset({"__slotnames__", "__Broken_Persistent__"})
 
 
 def _volatile(name: str) -> bool:

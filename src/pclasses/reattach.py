@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import zope.event
 from persistent import Persistent
 from ZODB.broken import Broken, PersistentBroken
+from ZODB.POSException import ConnectionStateError
 
 from .events import ClassReattached
 
@@ -70,7 +71,12 @@ class ReattachReport:
 
 
 def _real(registry: ClassRegistry, connection: Any, pair: tuple[str, str]) -> Any:
-    target = registry(connection, pair[0], pair[1])
+    try:
+        target = registry(connection, pair[0], pair[1])
+    except ConnectionStateError:
+        # An idle connection in the pool: database-resident classes cannot
+        # be looked up through it until it is opened again.
+        target = registry(None, pair[0], pair[1])
     if isinstance(target, type) and issubclass(target, Broken):
         return None
     return target

@@ -79,7 +79,9 @@ def _had_newargs(obj: Any) -> bool:
 
     try:
         data, _serial = obj._p_jar._storage.load(obj._p_oid)
-        return read_class(data, obj._p_oid).format in (2, 7)
+        # Formats 2 and 7 carry __getnewargs__; format 3 names an instance of
+        # a persistent class, whose references ZODB writes as bare oids too.
+        return read_class(data, obj._p_oid).format in (2, 3, 7)
     except Exception:
         return False
 

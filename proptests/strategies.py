@@ -4,6 +4,23 @@
 * :func:`graphs`: object graphs of persistent and plain objects, nested
   containers (PersistentMapping, PersistentList, OOBTree), shared
   references, cycles through persistent objects, and weak references.
+
+Richer graphs (issue #7), as descriptions built in a database:
+
+* :func:`builtin_values` (:data:`builtin_scalars`, :data:`transferable_scalars`):
+  values of every picklable builtin type, or of those subtree import accepts;
+* :func:`graph_specs`: a :class:`GraphSpec` describing persistent objects of
+  regular classes, PersistentMapping, PersistentList, OOBTree, IOBTree (one
+  or several buckets), blobs and instances of database-resident classes;
+  plain objects of regular and database-resident classes, shared and in
+  cycles; references, weak references and cross-database references (in
+  the two-database setup of :func:`write_zconfig`); :func:`build_graph`
+  makes the objects in a connection (:func:`ensure_residents` the classes);
+* :func:`graph_form`, :func:`assert_same_form`, :func:`assert_same_graph`:
+  structural graph equality (shape, sharing, classes by dotted name or
+  guid, values) that holds across connections and databases;
+* :class:`VanishingModule`: a module file of regular classes
+  (:data:`GRAPH_CLASSES_SOURCE`) that can vanish and come back.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import transaction
 import zodbpickle.pickle
 from hypothesis import HealthCheck, event, settings
@@ -768,8 +769,9 @@ class SystemMachine(RuleBasedStateMachine):
         return r
 
     def _check_file(self, path: str, model: DBState, key: str,
-                    objects: dict[str, ObjState] | None = None) -> None:
-        """A read-only view of ``path`` with a fresh registry agrees with the model."""
+                    objects: dict[str, ObjState] | None = None) -> set[tuple[str, str]]:
+        """A read-only view of ``path`` with a fresh registry agrees with the
+        model; returns the classes its records name that do not resolve."""
         objects = model.objects if objects is None else objects
         table = self._table_guids(model)
         registry = self._fresh_registry()
@@ -807,6 +809,7 @@ class SystemMachine(RuleBasedStateMachine):
             conn.close()
         finally:
             _close_db(db)
+        return expected
 
     def _check_object(self, conn: Any, obj: Any, state: ObjState, model: DBState,
                       table: set[str], name: str) -> None:
@@ -885,12 +888,18 @@ class SystemMachine(RuleBasedStateMachine):
     def files_agree_with_the_model(self) -> None:
         if self.db is None:
             return
-        self._check_file(self.path, self.committed, "objs")
+        expected = self._check_file(self.path, self.committed, "objs")
+        # the live database, through the registry in use, says the same
+        assert {(c.module, c.name) for c in pclasses.find_broken(self.db)} == expected
         if self.copies:
-            self._check_file(self.dst_path, DBState(), "copies", self.copies)
+            expected = self._check_file(self.dst_path, DBState(), "copies", self.copies)
+            assert {(c.module, c.name) for c in pclasses.find_broken(self.dst)} == expected
 
 
 _EXAMPLES = _profile_examples()
+
+#: the ``deep`` profile runs far longer than the suite's default timeout
+pytestmark = pytest.mark.timeout(300 if _EXAMPLES <= 100 else 3600)
 
 TestSystem = SystemMachine.TestCase
 TestSystem.settings = settings(

@@ -563,6 +563,11 @@ class SystemMachine(RuleBasedStateMachine):
                     model.classes[guid].name = op[2]
                 else:
                     model.classes[guid].in_table = op[2]
+            if any(op[0] == "table" and op[2] for op in pending["classes"]):
+                # classes put back in the table: reattach, as the guide says
+                self._synced(i)
+                self.registry.reattach()
+                self._check_live()
         self._synced(i)
 
     def _synced(self, i: int) -> None:
@@ -649,6 +654,20 @@ class SystemMachine(RuleBasedStateMachine):
         report = self.registry.reattach()
         event(f"reattach: {'some' if report.total else 'none'} reattached")
         self._check_live()
+
+    @rule(which=st.sampled_from(["source", "target"]))
+    def peek(self, which: str) -> None:
+        """Another thread reads every object in a connection of its own and
+        returns it to the pool: the idle connection keeps what it loaded."""
+        db, key = (self.db, "objs") if which == "source" else (self.dst, "copies")
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        try:
+            for obj in conn.root()[key].values():
+                obj._p_activate()
+        finally:
+            tm.abort()
+            conn.close()
 
     # -- export and import ----------------------------------------------------------
 
@@ -857,9 +876,17 @@ class SystemMachine(RuleBasedStateMachine):
             assert _dotted(type(p)) == presolves and p.w == w, where
 
     def _check_live(self) -> None:
-        """No object cached by a connection is broken while its class
-        resolves in that connection (live reattachment just happened)."""
-        for conn in self.conns:
+        """No object cached by a connection of either database, open or idle
+        in the pool, is broken while its class resolves (live reattachment
+        just happened).  An open connection resolves through its own view of
+        the class table; an idle one will see the committed table when it is
+        used again, so that is the table it is held to."""
+        committed_table = self._table_guids(self.committed)
+        connections: list[Any] = []
+        for db in (self.db, self.dst):
+            db._connectionMap(connections.append)
+        for conn in connections:
+            idle = conn.opened is None
             for _oid, obj in list(conn._cache.items()):
                 if isinstance(obj, type):
                     continue
@@ -871,10 +898,18 @@ class SystemMachine(RuleBasedStateMachine):
                         continue
                     module, name = missing_name(type(x))
                     event("live: a cached object is broken")
-                    target = self.registry(conn, module, name)
-                    assert isinstance(target, type) and issubclass(target, Broken), (
-                        f"{module}.{name} resolves to {target!r} but the object "
-                        f"{oid_repr(getattr(x, '_p_oid', None))} is still broken")
+                    if idle:
+                        table = committed_table if conn.db() is self.db else set()
+                        resolves = self.rules_model.resolve(module, name, table) is not None
+                        target = f"the model's {module}.{name}"
+                    else:
+                        target = self.registry(conn, module, name)
+                        resolves = not (isinstance(target, type)
+                                        and issubclass(target, Broken))
+                    assert not resolves, (
+                        f"{module}.{name} resolves ({target!r}) but the object "
+                        f"{oid_repr(getattr(x, '_p_oid', None))} is still broken in "
+                        f"{'an idle' if idle else 'an open'} connection")
 
     @invariant()
     def registry_agrees_with_the_model(self) -> None:

@@ -35,7 +35,7 @@ Import
 ------
 
 :func:`import_subtree` first reads the whole file: it checks the digest,
-the structure, and, with the C record analyzer (:func:`pclasses.skim.analyze`),
+the structure, and, with the C record analyzer (:func:`pclasses.record.analyze`),
 every global and persistent reference each record names; the manifest is
 never trusted.  Before anything is written it checks every class against
 the target's registry and class table, and refuses globals that are
@@ -81,7 +81,7 @@ __all__ = [
     "resolve_path",
 ]
 
-from .skim import analyze as _ANALYZE  # noqa: E402
+from .record.analyze import analyze as _ANALYZE  # noqa: E402
 
 MAGIC = b"PCLASSES-EXPORT\x00"
 VERSION = 1
@@ -289,7 +289,7 @@ def _record_class(data: bytes, oid: bytes, a: Any) -> tuple[str, str] | None:
     for g in a.globals:
         if g[5] & 8:
             return (g[0], g[1])
-    from .records import read_class
+    from .record.reader import read_class
 
     try:
         return read_class(data, oid).pair
@@ -299,7 +299,7 @@ def _record_class(data: bytes, oid: bytes, a: Any) -> tuple[str, str] | None:
 
 def _class_record_info(data: bytes, oid: bytes) -> tuple[str, str] | None:
     """``(guid, name)`` of a persistent-class record (read inertly)."""
-    from .records import read_record
+    from .record.reader import read_record
 
     info = read_record(data, oid)
     args = info.klass.args or ()
@@ -1102,13 +1102,13 @@ class _Importer:
 
 def _make_inert(data: bytes, oid: bytes, refused: set[tuple[str, str]]) -> bytes:
     """Rename refused globals to names that never import (missing="broken")."""
-    from .rewrite import FramedRecordError, rename_globals, replace_class_pickle
+    from .record.patch import FramedRecordError, rename_globals, replace_class_pickle
 
     a = _analyze(data, oid)
     if not any(g[5] & 8 for g in a.globals):
         pair = _record_class(data, oid, a)
         if pair in refused:  # format 3/7 class metadata naming a refused global
-            from .records import read_class
+            from .record.reader import read_class
 
             if read_class(data, oid).format != 3:
                 raise ExportFormatError(f"record {oid_repr(oid)}: its class metadata names "

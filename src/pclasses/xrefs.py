@@ -114,7 +114,7 @@ def check_record(connection: Any, obj: Any, data: bytes) -> None:
     encoded = [name.encode("utf-8") for name in others]
     if not any(name in data for name in encoded):
         return
-    from .skim import analyze
+    from .record.analyze import analyze
 
     for kind, off, length, database, _shared, _pi in analyze(data).pids:
         if database is None or database == db.database_name:
@@ -316,9 +316,9 @@ def scan_xrefs(db: Any) -> list[XrefGroup]:
     """
     from ZODB.POSException import POSKeyError
 
-    from .records import read_class
+    from .record.reader import read_class
     from .scan import iter_records
-    from .skim import analyze
+    from .record.analyze import analyze
 
     dbs = getattr(db, "databases", None) or {db.database_name: db}
     groups: dict[tuple[str, str, str, str], XrefGroup] = {}

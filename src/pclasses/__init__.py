@@ -33,22 +33,17 @@ from .xrefs import (
     check_xrefs,
     scan_xrefs,
 )
-from .transfer import (
-    ExportFormatError,
-    Manifest,
-    MissingClassesError,
-    RefusedGlobalsError,
-    TransferError,
-    export_subtree,
-    import_subtree,
-    read_manifest,
-)
+from .transfer import Manifest, export_subtree, import_subtree, read_manifest
 from .errors import (
     AliasCycleError,
+    ExportFormatError,
+    MissingClassesError,
     PClassesError,
     RecordDecodeError,
+    RefusedGlobalsError,
     RegistrationError,
     StorageOpenError,
+    TransferError,
 )
 from .methods import BrokenMethodError, MethodSourceError, method
 from .pclass import PersistentClass, define_class

@@ -36,10 +36,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ZODB.Connection import Connection as _ZODBConnection
-
 from .broken import make_broken_class
 from .classtable import is_guid_module, resolve_resident
+from .connection import install as install_connection
 from .errors import AliasCycleError, RegistrationError
 
 __all__ = ["ClassRegistry", "Resolution", "BrokenRecord", "EntryPointFailure"]
@@ -558,23 +557,21 @@ class ClassRegistry:
     def install(self, db: Any) -> Any:
         """Make this registry the class factory of ``db`` (a ``ZODB.DB``).
 
-        Every database of ``db``'s multi-database gets it.  Returns ``db``.
+        Every database of ``db``'s multi-database gets it, with the
+        package's connection class (:func:`pclasses.connection.install`).
+        Returns ``db``.
         """
-        from .writer import Connection as WriterConnection
-
         dbs = getattr(db, "databases", None) or {None: db}
         factory = self.class_factory
         for each in set(dbs.values()) | {db}:
             each.classFactory = factory
-            # Connections that can write records holding broken objects.
-            if getattr(each, "klass", None) is _ZODBConnection:
-                each.klass = WriterConnection
             # Connections already made (``DB()`` itself opens one to create
             # the root, and pools it) captured the old factory.
             connection_map = getattr(each, "_connectionMap", None)
             if connection_map is not None:
                 connection_map(lambda c: _set_factory(c, factory))
             self._databases.add(each)
+        install_connection(db)
         return db
 
     @property
@@ -659,10 +656,6 @@ def _set_factory(connection: Any, factory: Any) -> None:
     reader = getattr(connection, "_reader", None)
     if reader is not None:
         reader._factory = factory
-    if type(connection) is _ZODBConnection:
-        from .writer import Connection as WriterConnection
-
-        connection.__class__ = WriterConnection
 
 
 def _entry_points(group: str) -> list[Any]:

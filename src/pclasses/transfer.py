@@ -63,6 +63,7 @@ from typing import Any, BinaryIO
 from ZODB.utils import oid_repr, p64, repr_to_oid, u64
 
 from .classtable import GUID_PREFIX, class_table, is_guid_module
+from .connection import CommitImport
 from .errors import PClassesError
 from .registry import ClassRegistry
 from .scan import Progress
@@ -1056,7 +1057,7 @@ def _root_ghost(connection: Any, plan: _Plan) -> Any:
     raise ExportFormatError("the file holds no records")
 
 
-class _Importer:
+class _Importer(CommitImport):
     """What ``Connection._importDuringCommit`` receives for our imports."""
 
     def __init__(self, plan: _Plan, progress: Progress | None, close: bool = False) -> None:
@@ -1126,15 +1127,12 @@ def _make_inert(data: bytes, oid: bytes, refused: set[tuple[str, str]]) -> bytes
 
 def _writer_connection(connection: Any) -> None:
     """Make sure ``connection`` handles our imports during its commit."""
-    from ZODB.Connection import Connection as ZODBConnection
+    from .connection import install, is_installed
 
-    from .writer import Connection
-
-    if not isinstance(connection, Connection):
-        if type(connection) is not ZODBConnection:
-            raise TransferError("import needs a ZODB connection (or one made by a database "
-                                "opened with pclasses)")
-        connection.__class__ = Connection
+    install(connection.db())
+    if not is_installed(connection):
+        raise TransferError("import needs a ZODB connection (or one made by a database "
+                            "opened with pclasses)")
 
 
 def resolve_path(connection: Any, path: str) -> Any:

@@ -40,6 +40,7 @@ from .broken import make_broken_class
 from .classtable import is_guid_module, resolve_resident
 from .connection import install as install_connection
 from .errors import AliasCycleError, RegistrationError
+from .trust import Trust, as_trust, forget_installed
 
 __all__ = ["ClassRegistry", "Resolution", "BrokenRecord", "EntryPointFailure"]
 
@@ -93,9 +94,11 @@ class Resolution:
     """How a name resolves; returned by :meth:`ClassRegistry.explain`.
 
     ``how`` is one of ``"registered"``, ``"aliased"``, ``"imported"``,
-    ``"database-resident"``, ``"broken"``; ``chain`` the dotted names
-    followed (the first is the name asked for); ``target`` the object it
-    resolves to; ``error`` why it is broken.
+    ``"database-resident"``, ``"broken"``, and under :meth:`ClassRegistry.inspect`
+    also ``"not-imported"`` (the module exists at ``location`` but was not
+    run: not trusted); ``chain`` the dotted names followed (the first is the
+    name asked for); ``target`` the object it resolves to (``None`` when
+    not imported); ``error`` why it is broken.
     """
 
     module: str
@@ -106,6 +109,8 @@ class Resolution:
     error: str | None = None
     #: Depends on the connection's class table, so never cached globally.
     resident: bool = field(default=False, compare=False)
+    #: Where a module that was not imported was found.
+    location: str | None = None
 
     @property
     def resolved(self) -> str:
@@ -124,6 +129,8 @@ class Resolution:
             return f"{name}: broken ({self.error})"
         if self.how == "database-resident":
             return f"{name}: database-resident"
+        if self.how == "not-imported":
+            return f"{name}: not imported (module found at {self.location}; not trusted)"
         return f"{name}: {self.how}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +140,7 @@ class Resolution:
             "how": self.how,
             "chain": list(self.chain),
             "error": self.error,
+            "location": self.location,
         }
 
 
@@ -270,7 +278,8 @@ class ClassRegistry:
 
     # -- resolution ---------------------------------------------------------
 
-    def _resolve(self, connection: Any, module: str, name: str) -> Resolution:
+    def _resolve(self, connection: Any, module: str, name: str,
+                 trust: Trust | None = None) -> Resolution:
         asked = (module, name)
         if not isinstance(module, str) or not isinstance(name, str):
             return self._broken(asked, (f"{module}.{name}",), "names must be strings")
@@ -312,10 +321,19 @@ class ClassRegistry:
                                       res.error, resident=True)
                 return Resolution(asked[0], asked[1], "database-resident", tuple(chain), target,
                                   resident=True)
-        try:
-            target = _import(module, name)
-        except Exception as exc:  # ImportError, AttributeError, errors raised by the module
-            return self._broken(asked, tuple(chain), f"{type(exc).__name__}: {exc}")
+        if trust is not None:  # inspection: run no module code the data chooses
+            outcome = trust.load(module, name)
+            if outcome.kind == "broken":
+                return self._broken(asked, tuple(chain), outcome.error or "")
+            if outcome.kind == "not-imported":
+                return Resolution(asked[0], asked[1], "not-imported", tuple(chain), None,
+                                  location=outcome.location)
+            target = outcome.target
+        else:
+            try:
+                target = _import(module, name)
+            except Exception as exc:  # ImportError, AttributeError, errors raised by the module
+                return self._broken(asked, tuple(chain), f"{type(exc).__name__}: {exc}")
         how = "aliased" if aliased else "imported"
         return Resolution(asked[0], asked[1], how, tuple(chain), target)
 
@@ -341,8 +359,29 @@ class ClassRegistry:
         return Resolution(asked[0], asked[1], "broken", chain, cls, error)
 
     def explain(self, module: str, name: str, connection: Any = None) -> Resolution:
-        """Say how ``module.name`` resolves, with the chain followed."""
+        """Say how ``module.name`` resolves, with the chain followed.
+
+        This is the run-time resolution: modules are imported as ZODB's
+        class factory imports them.  Tools that read untrusted data use
+        :meth:`inspect`.
+        """
         return self._resolve(connection, module, name)
+
+    def inspect(self, module: str, name: str, connection: Any = None, *,
+                trust: Trust | Iterable[str] | None = None) -> Resolution:
+        """Say how ``module.name`` resolves without running module code the data chooses.
+
+        Registrations, aliases and database-resident classes resolve as at
+        run time; a module is imported only as :class:`pclasses.trust.Trust`
+        allows (already imported, an installed non-standard-library
+        distribution, or a package named in ``trust``).  Any other module is
+        located without being run: found, the name resolves
+        ``"not-imported"`` (not broken; ``location`` says where); not found,
+        broken.  Nothing raised by an import escapes (``SystemExit``
+        included): the name resolves broken with the error.  Nothing is
+        cached.
+        """
+        return self._resolve(connection, module, name, as_trust(trust))
 
     # -- registrations ------------------------------------------------------
 
@@ -514,6 +553,7 @@ class ClassRegistry:
             self._broken_cache.clear()
             self._chains.clear()
             importlib.invalidate_caches()
+            forget_installed()
         self._after_change()
 
     # -- live reattachment --------------------------------------------------

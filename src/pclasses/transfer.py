@@ -56,7 +56,7 @@ import struct
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -64,6 +64,7 @@ from ZODB.utils import oid_repr, p64, repr_to_oid, u64
 
 from .classtable import GUID_PREFIX, class_table, is_guid_module
 from .connection import CommitImport
+from .trust import Trust
 from .errors import PClassesError
 from .registry import ClassRegistry
 from .scan import Progress
@@ -171,7 +172,8 @@ class RefusedGlobalsError(TransferError, ValueError):
 @dataclass
 class ClassNeed:
     """A global the records name: ``kind`` is ``importable``,
-    ``database-resident`` (with ``guid``), ``broken`` or ``callable``."""
+    ``database-resident`` (with ``guid``), ``broken``, ``callable`` or
+    ``not-imported`` (its module exists but is not trusted, so it was not run)."""
 
     module: str
     name: str
@@ -323,12 +325,15 @@ def export_subtree(
     registry: ClassRegistry | None = None,
     name: str | None = None,
     progress: Progress | None = None,
+    trust: Trust | Iterable[str] | None = None,
 ) -> Manifest:
     """Write the subtree of ``obj_or_oid`` (an object of ``connection`` or an oid).
 
     ``file`` is a path or a binary file opened for writing.  ``format`` is
     ``"pclasses"`` (this package's format, with manifest and digest) or
-    ``"zexp"`` (ZODB's ``.zexp``).  Returns the :class:`Manifest`.
+    ``"zexp"`` (ZODB's ``.zexp``).  Returns the :class:`Manifest`.  The
+    manifest's class listing resolves names without running modules that
+    are not trusted (:mod:`pclasses.trust`; ``trust`` names more packages).
     """
     if format not in ("pclasses", "zexp"):
         raise TransferError(f"unknown export format {format!r} (pclasses or zexp)")
@@ -340,7 +345,8 @@ def export_subtree(
     load, still_valid, close_loader = snapshot_loader(connection)
     try:
         with _no_gc():
-            manifest = _export(connection, start, file, format, registry, name, progress, load)
+            manifest = _export(connection, start, file, format, registry, name, progress, load,
+                               trust)
         if still_valid():
             return manifest
     finally:
@@ -351,12 +357,13 @@ def export_subtree(
         file.seek(0)
         file.truncate()
     return _export(connection, start, file, format, registry, name, progress,
-                   connection._storage.load)
+                   connection._storage.load, trust)
 
 
 def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             registry: ClassRegistry, name: str | None, progress: Progress | None,
-            load: Callable[[bytes], tuple[bytes, bytes]]) -> Manifest:
+            load: Callable[[bytes], tuple[bytes, bytes]],
+            trust: Trust | Iterable[str] | None = None) -> Manifest:
     storage = connection._storage
     db_name = connection.db().database_name
     blob_storage = hasattr(storage, "loadBlob")
@@ -428,7 +435,7 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                 progress(n, None)
         manifest.record_count = n
         manifest.external_references = sorted(externals)
-        manifest.classes = _needs(needs, registry, connection)
+        manifest.classes = _needs(needs, registry, connection, trust)
         listed = {(c.module, c.name) for c in manifest.classes}
         for guid, cname in sorted(set(manifest.class_references.values())):
             if (GUID_PREFIX + guid, cname) not in listed:  # plain instances' classes
@@ -449,16 +456,16 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
 
 
 def _needs(needs: dict[tuple[str, str], int], registry: ClassRegistry,
-           connection: Any) -> list[ClassNeed]:
+           connection: Any, trust: Trust | Iterable[str] | None = None) -> list[ClassNeed]:
     result = []
     for (module, name), _uses in sorted(needs.items()):
         if is_guid_module(module):
             result.append(ClassNeed(module, name, "database-resident",
                                     module[len(GUID_PREFIX):]))
             continue
-        res = registry.explain(module, name, connection)
-        if res.how == "broken":
-            kind = "broken"
+        res = registry.inspect(module, name, connection, trust=trust)
+        if res.how in ("broken", "not-imported"):
+            kind = res.how
         elif isinstance(res.target, type):
             kind = "importable"
         else:
@@ -711,7 +718,7 @@ _CALLED_BY_RECONSTRUCTOR = 1 << 10
 
 def _check_globals(
     needs: dict[tuple[str, str], int], registry: ClassRegistry, connection: Any,
-    missing: str,
+    missing: str, trust: Trust | Iterable[str] | None = None,
 ) -> tuple[list[str], set[tuple[str, str]]]:
     missing_names: list[str] = []
     refused: set[tuple[str, str]] = set()
@@ -728,9 +735,13 @@ def _check_globals(
                 missing_names.append(f"{dotted} (database-resident class, guid "
                                      f"{module[len(GUID_PREFIX):]})")
             continue
-        res = registry.explain(module, name, connection)
+        res = registry.inspect(module, name, connection, trust=trust)
         if res.how == "broken":
             missing_names.append(dotted)
+            continue
+        if res.how == "not-imported":  # it exists, but judging it would run it
+            missing_names.append(f"{dotted} (module {res.chain[-1].rpartition('.')[0]} is "
+                                 "not trusted: not imported to check it; trust its package)")
             continue
         target = res.target
         if not isinstance(target, type):
@@ -750,7 +761,7 @@ def _is_broken_class(obj: Any) -> bool:
 
 
 def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
-          progress: Progress | None) -> _Plan:
+          progress: Progress | None, trust: Trust | Iterable[str] | None = None) -> _Plan:
     """Check everything and prepare every record, before anything is stored.
 
     One pass over the file: each record is analysed (never unpickled),
@@ -896,7 +907,7 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
         if manifest is not None and manifest.record_count != n:
             raise ExportFormatError(f"the manifest says {manifest.record_count} records, the "
                                     f"file holds {n}")
-        more_missing, refused = _check_globals(needs, registry, connection, missing)
+        more_missing, refused = _check_globals(needs, registry, connection, missing, trust)
         missing_names.extend(more_missing)
         dbs = getattr(connection.db(), "databases", {}) or {}
         for database in sorted(externals):
@@ -990,6 +1001,7 @@ def import_subtree(
     registry: ClassRegistry | None = None,
     progress: Progress | None = None,
     savepoint: bool = True,
+    trust: Trust | Iterable[str] | None = None,
 ) -> Any:
     """Import an export file (this package's format or ZODB's ``.zexp``).
 
@@ -1010,6 +1022,10 @@ def import_subtree(
     into the storage when the transaction commits, which saves copying
     every record twice; the returned object is then a ghost that can be
     stored in containers but not read until the commit.
+
+    The checks resolve names without running modules that are not trusted
+    (:mod:`pclasses.trust`; ``trust`` names more packages): a class whose
+    module exists but is not trusted counts as missing until trusted.
     """
     if missing not in ("error", "broken"):
         raise TransferError(f"missing must be 'error' or 'broken', not {missing!r}")
@@ -1020,7 +1036,7 @@ def import_subtree(
         raise TransferError("another import is pending in this transaction; commit it first")
     with _opened(file) as f:
         with _no_gc():
-            plan = _plan(connection, f, registry, missing, progress)
+            plan = _plan(connection, f, registry, missing, progress, trust)
         key = name or (plan.reader.manifest.name if plan.reader.manifest else None)
         if into is not None:
             if not key:

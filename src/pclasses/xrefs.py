@@ -306,12 +306,14 @@ class XrefGroup:
         }
 
 
-def scan_xrefs(db: Any) -> list[XrefGroup]:
+def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup]:
     """Every cross-database reference stored in ``db``'s multi-database.
 
     Read from the records with the record analyzer (nothing is unpickled);
     a reference whose target record does not exist (after a pack, say) is
-    dangling.
+    dangling.  Classes are named as the records spell them and never
+    resolved, so no module is imported whatever ``trust`` says (accepted
+    like the other inspection tools' option, see :mod:`pclasses.trust`).
     """
     from ZODB.POSException import POSKeyError
 

@@ -565,21 +565,41 @@ class ClassRegistry:
     def reattach(self) -> Any:
         """Turn broken objects whose class resolves now back into real ones.
 
-        Covers every connection of the installed databases, open or idle in
-        the pool; publishes a ``ClassReattached`` event per class.  Returns a
+        Every name that resolved broken is resolved again first (its module
+        import is retried, so an add-on reinstalled in the running process
+        is found without :meth:`refresh`).  Covers every connection of the
+        installed databases, open or idle in the pool; publishes a
+        ``ClassReattached`` event per class.  Returns a
         :class:`~pclasses.reattach.ReattachReport`.
         """
+        self._retry_broken()
+        return self._reattach()
+
+    def _reattach(self) -> Any:
         from .reattach import reattach
 
         return reattach(self)
+
+    def _retry_broken(self) -> None:
+        """Forget the cached broken resolutions, so the next lookup retries them."""
+        with self._lock:
+            if not self._broken_cache:
+                return
+            self._generation += 1
+            for key in list(self._broken_cache):
+                del self._broken_cache[key]
+                self._chains.pop(key, None)
+            importlib.invalidate_caches()
 
     def _broken_classes_snapshot(self) -> dict[Key, type]:
         with self._lock:
             return dict(self._broken_classes)
 
     def _after_change(self) -> None:
+        # The change itself dropped the affected cache entries: no retry of
+        # every other broken name here.
         if self.auto_reattach and self._broken_classes and self._databases:
-            self.reattach()
+            self._reattach()
 
     # -- broken tally -------------------------------------------------------
 

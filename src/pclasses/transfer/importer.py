@@ -20,16 +20,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ZODB.utils import oid_repr
 
 from ..classtable import GUID_PREFIX, class_table
+from ..connection import CommitImport
 from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
 from ..registry import ClassRegistry
 from ..scan import Progress
+from ..trust import Trust
 from ..skim import analyze as _ANALYZE
 from .format import END, Frame, Reader, blob_ref_frame, iter_frames, opened, record_frame
 from .policy import (
@@ -85,6 +87,7 @@ class _CheckPass:
     missing: str
     progress: Progress | None
     reader: Reader
+    trust: Trust | Iterable[str] | None = None
     #: old oid -> new oid (records, references, rebound class records)
     mapping: dict[bytes, bytes] = field(default_factory=dict)
     missing_names: list[str] = field(default_factory=list)
@@ -259,7 +262,7 @@ class _CheckPass:
         globals to make inert with ``missing="broken"``."""
         connection = self.connection
         more_missing, refused = check_globals(self.needs, self.registry, connection,
-                                              self.missing)
+                                              self.missing, self.trust)
         missing_names = self.missing_names + more_missing
         dbs = getattr(connection.db(), "databases", {}) or {}
         for database in sorted(self.externals):
@@ -339,6 +342,7 @@ def import_subtree(
     registry: ClassRegistry | None = None,
     progress: Progress | None = None,
     savepoint: bool = True,
+    trust: Trust | Iterable[str] | None = None,
 ) -> Any:
     """Import an export file (this package's format or ZODB's ``.zexp``).
 
@@ -359,6 +363,10 @@ def import_subtree(
     into the storage when the transaction commits, which saves copying
     every record twice; the returned object is then a ghost that can be
     stored in containers but not read until the commit.
+
+    The checks resolve names without running modules that are not trusted
+    (:mod:`pclasses.trust`; ``trust`` names more packages): a class whose
+    module exists but is not trusted counts as missing until trusted.
     """
     if missing not in ("error", "broken"):
         raise TransferError(f"missing must be 'error' or 'broken', not {missing!r}")
@@ -371,7 +379,7 @@ def import_subtree(
         with no_gc():
             reader = Reader(f)
             reader.verify()
-            plan = _CheckPass(connection, registry, missing, progress, reader).run()
+            plan = _CheckPass(connection, registry, missing, progress, reader, trust=trust).run()
         key = name or (plan.reader.manifest.name if plan.reader.manifest else None)
         if into is not None:
             if not key:
@@ -408,12 +416,8 @@ def _root_ghost(connection: Any, plan: _Plan) -> Any:
     raise ExportFormatError("the file holds no records")
 
 
-class _Importer:
+class _Importer(CommitImport):
     """What ``Connection._importDuringCommit`` receives for our imports."""
-
-    # pclasses.writer.Connection recognises the package's commit-time
-    # imports by this module name.
-    __module__ = "pclasses.transfer"
 
     def __init__(self, plan: _Plan, progress: Progress | None, close: bool = False) -> None:
         self.plan = plan
@@ -483,12 +487,9 @@ def _make_inert(data: bytes, oid: bytes, refused: set[tuple[str, str]]) -> bytes
 
 def _writer_connection(connection: Any) -> None:
     """Make sure ``connection`` handles our imports during its commit."""
-    from ZODB.Connection import Connection as ZODBConnection
+    from ..connection import install, is_installed
 
-    from ..writer import Connection
-
-    if not isinstance(connection, Connection):
-        if type(connection) is not ZODBConnection:
-            raise TransferError("import needs a ZODB connection (or one made by a database "
-                                "opened with pclasses)")
-        connection.__class__ = Connection
+    install(connection.db())
+    if not is_installed(connection):
+        raise TransferError("import needs a ZODB connection (or one made by a database "
+                            "opened with pclasses)")

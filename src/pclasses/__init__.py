@@ -45,10 +45,19 @@ from .transfer import (
 )
 from .errors import (
     AliasCycleError,
+    BrokenObjectModifiedError,
+    ClassNameError,
+    DuplicateGuidError,
+    FramedRecordError,
+    NotAGuidModuleError,
+    NotBrokenError,
     PClassesError,
     RecordDecodeError,
     RegistrationError,
+    ScanWorkerError,
     StorageOpenError,
+    UnknownDatabaseError,
+    XrefPolicySyntaxError,
 )
 from .methods import BrokenMethodError, MethodSourceError, method
 from .pclass import PersistentClass, define_class
@@ -104,4 +113,13 @@ __all__ = [
     "AliasCycleError",
     "RegistrationError",
     "StorageOpenError",
+    "FramedRecordError",
+    "NotAGuidModuleError",
+    "ClassNameError",
+    "DuplicateGuidError",
+    "BrokenObjectModifiedError",
+    "NotBrokenError",
+    "UnknownDatabaseError",
+    "XrefPolicySyntaxError",
+    "ScanWorkerError",
 ]

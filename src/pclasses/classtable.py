@@ -22,7 +22,7 @@ from persistent.mapping import PersistentMapping
 from ZODB.POSException import POSKeyError
 from ZODB.utils import z64
 
-from .errors import PClassesError, RegistrationError
+from .errors import NotAGuidModuleError, RegistrationError
 from .records import PersistentRef, read_record
 
 __all__ = [
@@ -73,7 +73,7 @@ def guid_of(cls_or_module: Any) -> str:
     """The guid of a database-resident class (or of its guid module)."""
     module = cls_or_module if isinstance(cls_or_module, str) else cls_or_module.__module__
     if not is_guid_module(module):
-        raise PClassesError(f"{module!r} is not a guid module")
+        raise NotAGuidModuleError(module)
     return module[len(GUID_PREFIX):]
 
 

@@ -27,15 +27,11 @@ from persistent import Persistent
 from ZODB.persistentclass import PersistentMetaClass, _p_MethodDescr, special_class_descrs
 
 from .classtable import class_table, guid_module
-from .errors import PClassesError
+from .errors import ClassNameError, DuplicateGuidError
 
 __all__ = ["PersistentClass", "define_class", "DuplicateGuidError"]
 
 _NAME_KEY = "__pclasses_name__"
-
-
-class DuplicateGuidError(PClassesError, ValueError):
-    """``define_class`` was given a guid the class table already holds."""
 
 
 #: Attributes Python itself caches on a class; setting them is not an edit.
@@ -126,13 +122,13 @@ def define_class(
     stored in the current transaction.
     """
     if not isinstance(name, str) or not name.isidentifier():
-        raise PClassesError(f"class name {name!r} is not an identifier")
+        raise ClassNameError(name)
     guid = str(uuid.uuid4()) if guid is None else guid
     module = guid_module(guid)
     table = class_table(connection)
     assert table is not None
     if guid in table:
-        raise DuplicateGuidError(f"the class table already holds guid {guid}")
+        raise DuplicateGuidError(guid)
     ns = dict(namespace or {})
     ns["__module__"] = module
     ns["__qualname__"] = name

@@ -38,7 +38,7 @@ __all__ = ["Broken", "PersistentBroken", "make_broken_class", "is_broken", "brok
 writing = threading.local()
 
 
-class _LosslessBroken(Broken):
+class _LosslessBroken(Broken):  # type: ignore[misc]  # ZODB is untyped
     """Base of our broken classes (non-persistent instances)."""
 
     __pclasses_missing__: tuple[str, str] = ("", "")
@@ -52,7 +52,7 @@ class _LosslessBroken(Broken):
         if initargs is not None:  # made by calling the class (INST/OBJ/REDUCE)
             return (type(self), tuple(initargs), state)
         newargs = d.get("__Broken_newargs__") or ()
-        return (copyreg.__newobj__, (type(self), *newargs), state)
+        return (copyreg.__newobj__, (type(self), *newargs), state)  # type: ignore[attr-defined]
 
     def __setattr__(self, name: str, value: Any) -> None:
         module, cname = type(self).__pclasses_missing__
@@ -62,7 +62,7 @@ class _LosslessBroken(Broken):
         self.__setattr__(name, None)
 
 
-class _LosslessPersistentBroken(PersistentBroken):
+class _LosslessPersistentBroken(PersistentBroken):  # type: ignore[misc]
     """Mixin of the persistent variants: refusals name class and oid."""
 
     def __setattr__(self, name: str, value: Any) -> None:

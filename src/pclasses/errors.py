@@ -200,7 +200,7 @@ class BrokenMethodError(PClassesError, RuntimeError):
                          f"its stored source failed to compile ({reason})")
 
 
-class BrokenObjectModifiedError(PClassesError, BrokenModified):
+class BrokenObjectModifiedError(PClassesError, BrokenModified):  # type: ignore[misc]
     """A broken object (its class is missing) was changed.
 
     Also ZODB's :class:`ZODB.broken.BrokenModified` (a ``TypeError``), which

@@ -50,7 +50,7 @@ def _cdict(cls: type) -> dict[str, Any]:
     }
 
 
-class PersistentClass(PersistentMetaClass):
+class PersistentClass(PersistentMetaClass):  # type: ignore[misc]  # ZODB is untyped
     """Metaclass of database-resident classes (rename and base changes allowed)."""
 
     # ZODB's metaclass treats every name starting with "_v" as volatile and
@@ -72,7 +72,7 @@ class PersistentClass(PersistentMetaClass):
         cdict.pop("__qualname__", None)
         return (cls.__bases__, cdict)
 
-    __getstate__ = _p_MethodDescr(__getstate__)  # type: ignore[assignment]
+    __getstate__ = _p_MethodDescr(__getstate__)
 
     def __setstate__(cls, state: tuple[tuple[type, ...], dict[str, Any]]) -> None:
         bases, cdict = state
@@ -98,7 +98,7 @@ class PersistentClass(PersistentMetaClass):
             type.__setattr__(cls, "_p_class_dict", saved)
         cls._p_changed = False
 
-    __setstate__ = _p_MethodDescr(__setstate__)  # type: ignore[assignment]
+    __setstate__ = _p_MethodDescr(__setstate__)
 
     def __repr__(cls) -> str:
         return f"<persistent class {cls.__name__} {cls.__module__}>"
@@ -134,4 +134,4 @@ def define_class(
     ns["__qualname__"] = name
     cls = PersistentClass(name, tuple(bases) or (Persistent,), ns)
     table[guid] = cls
-    return cls  # type: ignore[return-value]
+    return cls

@@ -24,7 +24,7 @@ from ZODB.utils import oid_repr
 from .errors import RecordDecodeError
 from .classtable import GUID_PREFIX, is_guid_module
 from .record.reader import GlobalRef, PersistentRef, read_class, read_record
-from .record.analyze import analyze
+from .record.analyze import Use, analyze
 from .registry import ClassRegistry, Resolution
 from .scan import Progress, map_records
 
@@ -178,7 +178,7 @@ class _Tally:
             for module, name, _off, _end, _op, uses in a.globals:
                 if module is None or name is None:
                     continue
-                if uses & 8 and pair is None:
+                if uses & Use.CLASS_META and pair is None:
                     pair = (module, name)
                 else:
                     names.append((module, name))

@@ -81,6 +81,7 @@ __all__ = [
     "resolve_path",
 ]
 
+from .record.analyze import Use  # noqa: E402
 from .record.analyze import analyze as _ANALYZE  # noqa: E402
 
 MAGIC = b"PCLASSES-EXPORT\x00"
@@ -121,8 +122,8 @@ ALLOWED_GLOBALS = frozenset({
     ("zope.interface.declarations", "Provides"),
 })
 
-_USE_CALLED = 1 | 4  # REDUCE callable, INST/OBJ class
-_USE_ARGUMENT = 32  # passed as a value (e.g. to copyreg._reconstructor)
+_USE_CALLED = Use.REDUCE | Use.INSTANTIATE  # REDUCE callable, INST/OBJ class
+_USE_ARGUMENT = Use.OTHER  # passed as a value (e.g. to copyreg._reconstructor)
 _RECONSTRUCTORS = {("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor")}
 
 #: Top-level packages whose classes an imported record may not *call*
@@ -287,8 +288,8 @@ def _record_class(data: bytes, oid: bytes, a: Any) -> tuple[str, str] | None:
     ``(module, name)`` strings of formats 3 and 7 (instances of
     database-resident classes); ``None`` for a persistent class reference."""
     for g in a.globals:
-        if g[5] & 8:
-            return (g[0], g[1])
+        if g.uses & Use.CLASS_META:
+            return (g.module, g.name)
     from .record.reader import read_class
 
     try:
@@ -393,10 +394,10 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             if pair == _CLASS_TABLE:
                 continue
             if pair is not None:
-                needs[pair] = needs.get(pair, 0) | 8
+                needs[pair] = needs.get(pair, 0) | Use.CLASS_META
             for g in a.globals:
-                key = (g[0], g[1])
-                needs[key] = needs.get(key, 0) | g[5]
+                key = (g.module, g.name)
+                needs[key] = needs.get(key, 0) | g.uses
             for kind, off, length, database, _shared, _pi in a.pids:
                 if kind == "unknown" or off < 0:
                     raise TransferError(f"record {oid_repr(oid)} holds a reference this "
@@ -834,12 +835,12 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
             has_class_global = False
             reconstructs = False
             for g in a.globals:
-                if (g[0], g[1]) in _RECONSTRUCTORS and g[5] & _USE_CALLED:
+                if (g.module, g.name) in _RECONSTRUCTORS and g.uses & _USE_CALLED:
                     reconstructs = True
             for g in a.globals:
-                key = (g[0], g[1])
-                uses = g[5]
-                if uses & 8:
+                key = (g.module, g.name)
+                uses = g.uses
+                if uses & Use.CLASS_META:
                     has_class_global = True
                 if reconstructs and uses & _USE_ARGUMENT:
                     uses |= _CALLED_BY_RECONSTRUCTOR
@@ -849,7 +850,7 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
             if not has_class_global:
                 pair = _record_class(data, oid, a)
                 if pair is not None:
-                    needs[pair] = needs.get(pair, 0) | 8
+                    needs[pair] = needs.get(pair, 0) | Use.CLASS_META
             out = None
             for kind, off, length, database, shared, _pi in a.pids:
                 if kind == "unknown" or off < 0 or shared:
@@ -1105,7 +1106,7 @@ def _make_inert(data: bytes, oid: bytes, refused: set[tuple[str, str]]) -> bytes
     from .record.patch import FramedRecordError, rename_globals, replace_class_pickle
 
     a = _analyze(data, oid)
-    if not any(g[5] & 8 for g in a.globals):
+    if not any(g.uses & Use.CLASS_META for g in a.globals):
         pair = _record_class(data, oid, a)
         if pair in refused:  # format 3/7 class metadata naming a refused global
             from .record.reader import read_class

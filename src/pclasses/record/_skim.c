@@ -450,7 +450,10 @@ enum {
 #define USE_CLASS_META 8
 #define USE_PID_CLASS 16
 #define USE_OTHER 32
-#define USE_PIDPATH 64 /* internal: the pid and the path to its oid */
+#define USE_BUILD_TARGET 64
+#define USE_ITEMS_TARGET 128
+#define USE_PIDPATH 256 /* internal: the pid and the path to its oid */
+#define USE_CACHE 256   /* Use members cached for bit sets below this */
 
 enum { DEC_UTF8 = 0, DEC_LATIN1 = 1 };
 
@@ -1456,10 +1459,29 @@ skim_skim(PyObject *module, PyObject *arg)
 }
 
 typedef struct {
-    PyObject *analysis_type; /* a tuple subclass (pclasses.skim.Analysis) */
-    PyObject *pk_str[PK_COUNT];
+    /* tuple subclasses (pclasses.record.analyze.Analysis, GlobalSite,
+       PidSite); NULL: plain tuples */
+    PyObject *analysis_type, *global_type, *pid_type;
+    PyObject *use_type;             /* Use (IntFlag); NULL: plain ints */
+    PyObject *use_cache[USE_CACHE]; /* Use members by value, filled lazily */
+    PyObject *pk_str[PK_COUNT];     /* EdgeKind members (or strings) */
     PyObject *op_global, *op_inst, *op_stack_global;
 } skim_state;
+
+/* The Use member for a bit set (a new reference). */
+static PyObject *
+an_use_obj(skim_state *ms, long uses)
+{
+    PyObject *u;
+    if (ms->use_type == NULL)
+        return PyLong_FromLong(uses);
+    if (uses >= 0 && uses < USE_CACHE && ms->use_cache[uses] != NULL)
+        return Py_NewRef(ms->use_cache[uses]);
+    u = PyObject_CallFunction(ms->use_type, "l", uses);
+    if (u != NULL && uses >= 0 && uses < USE_CACHE)
+        ms->use_cache[uses] = Py_NewRef(u);
+    return u;
+}
 
 static PyObject *
 an_error(const an_state *st, Py_ssize_t len)
@@ -1579,8 +1601,8 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
         f[4] = Py_NewRef(g->op == 'c'   ? ms->op_global
                          : g->op == 'i' ? ms->op_inst
                                         : ms->op_stack_global);
-        f[5] = PyLong_FromLong(uses);
-        t = an_pack(NULL, f, 6);
+        f[5] = an_use_obj(ms, uses);
+        t = an_pack((PyTypeObject *)ms->global_type, f, 6);
         if (t == NULL)
             goto error;
         PyList_SET_ITEM(globals, i, t);
@@ -1625,7 +1647,7 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
         }
         f[4] = Py_NewRef(shared ? Py_True : Py_False);
         f[5] = PyLong_FromLong(rec->which);
-        t = an_pack(NULL, f, 6);
+        t = an_pack((PyTypeObject *)ms->pid_type, f, 6);
         if (t == NULL)
             goto error;
         PyList_SET_ITEM(pids, i, t);
@@ -1700,34 +1722,85 @@ skim_analyze(PyObject *module, PyObject *arg)
     return result;
 }
 
-static PyObject *
-skim_set_analysis_type(PyObject *module, PyObject *arg)
+static int
+an_check_tuple_type(PyObject *arg, const char *what)
 {
-    skim_state *ms = (skim_state *)PyModule_GetState(module);
     PyTypeObject *type = (PyTypeObject *)arg;
-    if (arg == Py_None) {
-        Py_CLEAR(ms->analysis_type);
-        Py_RETURN_NONE;
-    }
     if (!PyType_Check(arg) || !PyType_IsSubtype(type, &PyTuple_Type) ||
         type->tp_basicsize != PyTuple_Type.tp_basicsize ||
         type->tp_itemsize != PyTuple_Type.tp_itemsize ||
         type->tp_alloc == NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "expected a tuple subclass without extra fields "
-                        "(a namedtuple)");
+        PyErr_Format(PyExc_TypeError,
+                     "%s: expected a tuple subclass without extra fields "
+                     "(a NamedTuple)", what);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+an_clear_types(skim_state *ms)
+{
+    Py_CLEAR(ms->analysis_type);
+    Py_CLEAR(ms->global_type);
+    Py_CLEAR(ms->pid_type);
+    Py_CLEAR(ms->use_type);
+    for (int i = 0; i < USE_CACHE; i++)
+        Py_CLEAR(ms->use_cache[i]);
+}
+
+static PyObject *
+skim_set_types(PyObject *module, PyObject *args)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    PyObject *analysis, *global, *pid, *use, *kinds;
+    if (!PyArg_ParseTuple(args, "OOOOO!:_set_types", &analysis, &global, &pid,
+                          &use, &PyTuple_Type, &kinds))
+        return NULL;
+    if (an_check_tuple_type(analysis, "analysis") < 0 ||
+        an_check_tuple_type(global, "global site") < 0 ||
+        an_check_tuple_type(pid, "pid site") < 0)
+        return NULL;
+    if (!PyCallable_Check(use)) {
+        PyErr_SetString(PyExc_TypeError, "use: expected a callable");
         return NULL;
     }
-    Py_XSETREF(ms->analysis_type, Py_NewRef(arg));
+    if (PyTuple_GET_SIZE(kinds) != PK_COUNT) {
+        PyErr_Format(PyExc_TypeError, "kinds: expected %d members",
+                     (int)PK_COUNT);
+        return NULL;
+    }
+    for (int i = 0; i < PK_COUNT; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kinds, i);
+        int eq;
+        if (!PyUnicode_Check(k)) {
+            PyErr_SetString(PyExc_TypeError, "kinds: expected strings");
+            return NULL;
+        }
+        eq = PyUnicode_CompareWithASCIIString(k, pk_names[i]);
+        if (eq != 0) {
+            PyErr_Format(PyExc_ValueError, "kinds[%d]: expected %s", i,
+                         pk_names[i]);
+            return NULL;
+        }
+    }
+    an_clear_types(ms);
+    ms->analysis_type = Py_NewRef(analysis);
+    ms->global_type = Py_NewRef(global);
+    ms->pid_type = Py_NewRef(pid);
+    ms->use_type = Py_NewRef(use);
+    for (int i = 0; i < PK_COUNT; i++)
+        Py_XSETREF(ms->pk_str[i], Py_NewRef(PyTuple_GET_ITEM(kinds, i)));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef skim_methods[] = {
     {"skim", (PyCFunction)skim_skim, METH_O, skim_doc},
     {"analyze", (PyCFunction)skim_analyze, METH_O, analyze_doc},
-    {"_set_analysis_type", (PyCFunction)skim_set_analysis_type, METH_O,
-     "Make analyze() return instances of this tuple subclass (None: plain "
-     "tuples)."},
+    {"_set_types", (PyCFunction)skim_set_types, METH_VARARGS,
+     "_set_types(Analysis, GlobalSite, PidSite, Use, kinds): the types\n"
+     "analyze() returns (NamedTuples, the Use flag type, the EdgeKind\n"
+     "members in the C order of reference kinds)."},
     {NULL, NULL, 0, NULL}
 };
 
@@ -1756,6 +1829,13 @@ skim_traverse(PyObject *module, visitproc visit, void *arg)
     if (ms == NULL)
         return 0;
     Py_VISIT(ms->analysis_type);
+    Py_VISIT(ms->global_type);
+    Py_VISIT(ms->pid_type);
+    Py_VISIT(ms->use_type);
+    for (int i = 0; i < USE_CACHE; i++)
+        Py_VISIT(ms->use_cache[i]);
+    for (int i = 0; i < PK_COUNT; i++)
+        Py_VISIT(ms->pk_str[i]);
     return 0;
 }
 
@@ -1765,7 +1845,7 @@ skim_clear(PyObject *module)
     skim_state *ms = (skim_state *)PyModule_GetState(module);
     if (ms == NULL)
         return 0;
-    Py_CLEAR(ms->analysis_type);
+    an_clear_types(ms);
     for (int i = 0; i < PK_COUNT; i++)
         Py_CLEAR(ms->pk_str[i]);
     Py_CLEAR(ms->op_global);

@@ -474,9 +474,9 @@ def test_uses_accumulate_through_the_memo(impl):
     data = b"\x80\x02cmod\nK\nq\x01.\x80\x02h\x01)Rh\x010N."
     got = impl(data)
     assert got.globals == [("mod", "K", 2, 9, "global", USE_CLASS_META | USE_REDUCE)]
-    # Used as a BUILD target and as a dict value: bit 32.
+    # Used as a BUILD target (BUILD_TARGET, also OTHER) and as a dict value.
     data = b"cmod\nK\nq\x01.h\x01}b}K\x01h\x01s."
-    assert impl(data).globals[0].uses == USE_CLASS_META | USE_OTHER
+    assert impl(data).globals[0].uses == USE_CLASS_META | USE_OTHER | Use.BUILD_TARGET
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -1058,6 +1058,10 @@ def test_c_returns_analysis():
         "pids",
         "ok_to_patch",
         "has_frame",
+        "pid_classes",
+        "class_pid",
+        "calls_non_global",
+        "calls_pid",
     )
     assert [type(g) for g in got.globals] == [GlobalSite] * len(got.globals)
     assert [type(p) for p in got.pids] == [PidSite]

@@ -81,7 +81,8 @@ __all__ = [
     "resolve_path",
 ]
 
-from .record.analyze import Use  # noqa: E402
+from .record.analyze import EdgeKind, Use  # noqa: E402
+from .record.edges import edges_of  # noqa: E402
 from .record.analyze import analyze as _ANALYZE  # noqa: E402
 
 MAGIC = b"PCLASSES-EXPORT\x00"
@@ -398,15 +399,15 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             for g in a.globals:
                 key = (g.module, g.name)
                 needs[key] = needs.get(key, 0) | g.uses
-            for kind, off, length, database, _shared, _pi in a.pids:
-                if kind == "unknown" or off < 0:
+            for e in edges_of(data, a):
+                if e.oid is None:
                     raise TransferError(f"record {oid_repr(oid)} holds a reference this "
                                         "tool cannot follow")
-                child = data[off:off + length]
-                if database is not None:
-                    externals[(database, child)] = None
+                child = e.oid
+                if e.database is not None:
+                    externals[(e.database, child)] = None
                     continue
-                if kind == "weak":
+                if e.kind is EdgeKind.WEAK:
                     continue  # weak targets travel only when strongly reachable
                 if child not in seen:
                     seen.add(child)
@@ -852,17 +853,17 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
                 if pair is not None:
                     needs[pair] = needs.get(pair, 0) | Use.CLASS_META
             out = None
-            for kind, off, length, database, shared, _pi in a.pids:
-                if kind == "unknown" or off < 0 or shared:
+            for e in edges_of(data, a):
+                if e.oid is None or e.shared:
                     raise ExportFormatError(f"record {oid_repr(oid)} has a reference that "
                                             "cannot be rebound without unpickling")
-                if length != 8:
+                if e.end - e.start != 8:
                     raise ExportFormatError(f"record {oid_repr(oid)} has a malformed oid")
-                if database is not None:
-                    externals.add(database)
+                if e.database is not None:
+                    externals.add(e.database)
                     continue  # the other database's oid stays
-                end = off + 8
-                target = data[off:end]
+                off, end = e.start, e.end
+                target = e.oid
                 new = mapping.get(target)
                 if new is None:
                     new = mapping[target] = new_oid()
@@ -941,11 +942,11 @@ def _redirect_dangling(temp: Any, fresh: set[bytes]) -> Any:
             data = read(n)
             a = _ANALYZE(data)
             buf = None
-            for _k, off, length, database, _s, _p in a.pids:
-                if database is None and data[off:off + length] in fresh:
+            for e in edges_of(data, a):
+                if e.database is None and e.oid in fresh:
                     if buf is None:
                         buf = bytearray(data)
-                    buf[off:off + length] = NOWHERE
+                    buf[e.start:e.end] = NOWHERE
             record = data if buf is None else bytes(buf)
             out.write(b"R" + pack(oid, len(record)))
             out.write(record)

@@ -437,6 +437,22 @@ class Analysis(NamedTuple):
     pids: list[PidSite]
     ok_to_patch: bool
     has_frame: bool
+    #: per entry of ``pids``: the class part of an ``oid_class`` / ``multi``
+    #: reference as ``(module, name)`` (a GLOBAL or a pair of string
+    #: literals), the index in ``pids`` of a persistent reference standing
+    #: for the class (a database-resident class), or ``None``
+    pid_classes: list[tuple[str | None, str | None] | int | None]
+    #: index in ``pids`` of the reference that is the record's class (class
+    #: metadata ``ref`` or ``(ref, args)``), else -1
+    class_pid: int
+    #: byte offsets of every REDUCE / NEWOBJ / NEWOBJ_EX / OBJ whose callable
+    #: is not a GLOBAL item (a call's result, a persistent reference, a
+    #: literal, a container, ...): empty for what ZODB writes for ordinary
+    #: classes
+    calls_non_global: list[int]
+    #: the subset of ``calls_non_global`` whose callable is a persistent
+    #: reference (instances of database-resident classes)
+    calls_pid: list[int]
 
 
 # Opcodes of protocol 0 (every other opcode is "binary", protocol 1+).
@@ -453,6 +469,7 @@ _TUNI = 5  # UNICODE whose text has no backslash
 _GLOBAL = 6
 _TUPLE = 7
 _LIST = 8
+_PREF = 9  # the result of a PERSID / BINPERSID (x0: its pid's index)
 # Item flags.
 _F_ATTR = 1  # the placements of this container's path children were re-attributed
 _F_NONPID = 2  # used in a role with a bit (1, 2, 4, 8, 16)
@@ -549,9 +566,12 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
     max_memo = -1
     # globals: [op, offset, end, item, mod_raw, mod_mode, name_raw, name_mode]
     globs: list[list[Any]] = []
-    # pids: [kind, which, P, A, L, D, oid_offset, oid_length, persid]
+    # pids: [kind, which, P, A, L, D, oid_offset, oid_length, persid, K]
     pids: list[list[Any]] = []
     has_ext = has_sg = has_frame = saw_binary = False
+    class_pid = -1
+    calls_ng: list[int] = []  # offsets of calls whose callable is not a GLOBAL
+    calls_pid: list[int] = []  # ... whose callable is a persistent reference
     proto = -1
     end1 = -1
     pos = 0
@@ -596,7 +616,7 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
             pk = "unknown"
         if pk == "unknown":
             use(p, USE_OTHER)
-            pids.append(["unknown", which, p, -1, -1, -1, -1, 0, False])
+            pids.append(["unknown", which, p, -1, -1, -1, -1, 0, False, -1])
             return
         # The pid itself is used in the pid role (nothing to count); the
         # placements on the path from it to the oid are re-attributed once
@@ -611,7 +631,7 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
             reattr(lo, _PIDPATH)
             if pk == "multi" and kind[klass] == _GLOBAL:
                 reattr(klass, USE_PID_CLASS)
-        pids.append([pk, which, p, a, lo, d, x0[lo], x1[lo], False])
+        pids.append([pk, which, p, a, lo, d, x0[lo], x1[lo], False, klass])
 
     for which in (0, 1):
         wname = _WHICH[which]
@@ -687,6 +707,10 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                     raise _machine_error("stack underflow", op, at, wname)
                 v = stack.pop()
                 if which == 0:
+                    if kind[v] == _PREF:
+                        class_pid = x0[v]
+                    elif kind[v] == _TUPLE and cnt[v] == 2 and kind[x0[v]] == _PREF:
+                        class_pid = x0[x0[v]]
                     if kind[v] == _GLOBAL:
                         use(v, USE_CLASS_META)
                     else:
@@ -825,6 +849,8 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                         add_child(target, i)
                 else:
                     use(target, USE_OTHER)
+                    if kind[target] == _GLOBAL:
+                        use(target, USE_ITEMS_TARGET)
                     if kind[target] == _LIST:
                         flags[target] |= _F_TAINT
                     for i in stack[x:]:
@@ -836,6 +862,8 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 use(stack.pop(), USE_OTHER)
                 target = stack[-1]
                 use(target, USE_OTHER)
+                if kind[target] == _GLOBAL:
+                    use(target, USE_BUILD_TARGET)
                 if kind[target] == _LIST:
                     flags[target] |= _F_TAINT
             elif op in (0x52, 0x81, 0x92):  # REDUCE NEWOBJ NEWOBJ_EX
@@ -844,7 +872,12 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                     raise _machine_error("stack underflow", op, at, wname)
                 for i in stack[1 - k :]:
                     use(i, USE_OTHER)
-                use(stack[-k], USE_REDUCE if op == 0x52 else USE_NEWOBJ)
+                c = stack[-k]
+                if kind[c] != _GLOBAL:
+                    calls_ng.append(at)
+                    if kind[c] == _PREF:
+                        calls_pid.append(at)
+                use(c, USE_REDUCE if op == 0x52 else USE_NEWOBJ)
                 del stack[-k:]
                 stack.append(0)
             elif op == 0x6F:  # OBJ: MARK cls args... -> obj
@@ -853,7 +886,12 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 m = marks.pop()
                 if m >= len(stack):
                     raise _machine_error("stack underflow", op, at, wname)
-                use(stack[m], USE_INSTANTIATE)
+                c = stack[m]
+                if kind[c] != _GLOBAL:
+                    calls_ng.append(at)
+                    if kind[c] == _PREF:
+                        calls_pid.append(at)
+                use(c, USE_INSTANTIATE)
                 for i in stack[m + 1 :]:
                     use(i, USE_OTHER)
                 del stack[m:]
@@ -914,12 +952,12 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 if not stack:
                     raise _machine_error("stack underflow", op, at, wname)
                 classify(stack.pop(), which)
-                stack.append(0)
+                stack.append(new(_PREF, len(pids) - 1))
             elif op == 0x50:  # PERSID: the text is the oid
                 pids.append(
-                    ["oid", which, -1, -1, -1, -1, start, arg_end - start, True]
+                    ["oid", which, -1, -1, -1, -1, start, arg_end - start, True, -1]
                 )
-                stack.append(0)
+                stack.append(new(_PREF, len(pids) - 1))
             elif op == 0x98:  # READONLY_BUFFER
                 if not stack:
                     raise _machine_error("stack underflow", op, at, wname)
@@ -962,12 +1000,31 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
     # patching the literal changes more than references.
     dirty = {
         lo
-        for pk, _w, p, a, lo, _d, _o, _n, persid in pids
+        for pk, _w, p, a, lo, _d, _o, _n, persid, _k in pids
         if pk != "unknown" and not persid and (nonpid(p) or nonpid(a) or nonpid(lo))
     }
     ok = not has_sg and not has_ext
+    def class_part(k: int) -> tuple[str | None, str | None] | int | None:
+        if k < 0:
+            return None
+        if kind[k] == _GLOBAL:
+            g = out_globals[x0[k]]
+            return (g.module, g.name)
+        if kind[k] == _PREF:
+            return x0[k]
+        if kind[k] == _TUPLE and cnt[k] == 2:
+            mi, ni = x0[k], x1[k]
+            if _STR <= kind[mi] <= _TUNI and _STR <= kind[ni] <= _TUNI:
+                return (
+                    _decode(lit(mi), _DEC_UTF8 if kind[mi] == _UNI else _DEC_LATIN1),
+                    _decode(lit(ni), _DEC_UTF8 if kind[ni] == _UNI else _DEC_LATIN1),
+                )
+        return None
+
     out_pids = []
-    for pk, which, _p, _a, lo, d, off, olen, persid in pids:
+    pid_classes = []
+    for pk, which, _p, _a, lo, d, off, olen, persid, kl in pids:
+        pid_classes.append(class_part(kl))
         if pk == "unknown":
             out_pids.append(PidSite(EdgeKind.UNKNOWN, -1, 0, None, False, which))
             ok = False
@@ -990,6 +1047,10 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
         out_pids,
         ok,
         has_frame,
+        pid_classes,
+        class_pid,
+        calls_ng,
+        calls_pid,
     )
 
 

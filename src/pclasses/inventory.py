@@ -20,7 +20,9 @@ from ZODB.utils import oid_repr, z64
 
 from .census import Unreadable, census_and_tally
 from .errors import RecordDecodeError
-from .record.reader import Inert, PersistentRef, read_record, scan_record
+from .record.analyze import EdgeKind
+from .record.edges import edges
+from .record.reader import Inert, PersistentRef, read_record
 from .registry import ClassRegistry
 from .scan import Progress, iter_records
 from .trust import Trust
@@ -283,17 +285,21 @@ def _search(value: Any, oid: bytes, btree: bool, top: bool = False) -> str | Non
     return None
 
 
+_STRONG_SAME_DB = (EdgeKind.OID, EdgeKind.OID_CLASS)
+
+
 def _all_referrers(storage: Any, wanted: set[bytes], classes: list[BrokenClass]) -> None:
     """Fill in every referrer of examples that have no path (one more pass)."""
     found: dict[bytes, list[bytes]] = {oid: [] for oid in wanted}
     for oid, data in iter_records(storage):
         try:
-            pids = scan_record(data, oid).pids
+            refs = edges(data, oid)
         except RecordDecodeError:
             continue
-        for p in pids:
-            c = p.__class__
-            child = p[0] if c is tuple else p if c is bytes else None
+        for e in refs:
+            if e.database is not None or e.kind not in _STRONG_SAME_DB:
+                continue
+            child = e.oid
             if child in found and oid not in found[child] and len(found[child]) < 10:
                 found[child].append(oid)
     for c in classes:

@@ -42,7 +42,7 @@ from .census import Unreadable
 from .errors import PClassesError, RecordDecodeError
 from .record.reader import global_occurrences, read_class
 from .record.patch import FramedRecordError, rename_globals, replace_class_pickle
-from .record.analyze import analyze, skim
+from .record.analyze import Use, analyze, skim
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
 
@@ -267,7 +267,7 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
     except FramedRecordError as exc:
         report.skipped.append(Skipped(oid, str(exc)))
         return None
-    if not any(g[5] & 8 for g in a.globals):
+    if not any(g.uses & Use.CLASS_META for g in a.globals):
         klass = read_class(data, oid)
         if klass.format in (3, 7) and klass.pair is not None:
             target = rules[klass.pair]

@@ -26,6 +26,7 @@ that became importable.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import sys
 import threading
@@ -192,13 +193,13 @@ class ClassRegistry:
         self._registered: dict[str, Any] = {}
         self._aliases: dict[str, str] = {}
         self._module_aliases: dict[str, str] = {}
-        # key -> (resolved object, module name, module object, attribute):
-        # connection-independent results only.  A hit is used only while
-        # ``sys.modules[module name]`` is still that module object and its
-        # ``attribute`` is still the object (so a module that left
-        # sys.modules, or was reloaded, is resolved again); module ``None``:
-        # a registration, always valid.
-        self._cache: dict[Key, tuple[Any, str, Any, str | None]] = {}
+        # key -> (resolved object, module name, module, module.__dict__,
+        # attribute): connection-independent results only.  A hit is used
+        # only while ``sys.modules[module name]`` is still that module and
+        # its ``attribute`` is still the object (so a module that left
+        # sys.modules, or was reloaded, is resolved again).  A registration
+        # is checked against ``builtins`` and a one-entry dict: always valid.
+        self._cache: dict[Key, tuple[Any, str, Any, Mapping[str, Any], str]] = {}
         # key -> chain of dotted names the resolution consulted
         self._chains: dict[Key, tuple[str, ...]] = {}
         # key -> broken class (kept across refreshes so identity is stable)
@@ -218,19 +219,18 @@ class ClassRegistry:
     # -- the factory -------------------------------------------------------
 
     def _make_factory(self) -> Callable[[Any, str, str], Any]:
-        cache_get = self._cache.get
-        modules_get = sys.modules.get
+        cache = self._cache
+        modules = sys.modules
         slow = self._lookup
 
         def class_factory(connection: Any, modulename: str, globalname: str) -> Any:
-            entry = cache_get((modulename, globalname))
-            if entry is not None:
-                target, source, module, attr = entry
-                if module is None or (
-                    modules_get(source) is module
-                    and (attr is None or getattr(module, attr, None) is target)
-                ):
+            # Subscriptions only (no calls): a miss anywhere is a KeyError.
+            try:
+                target, source, module, namespace, attr = cache[modulename, globalname]
+                if modules[source] is module and namespace[attr] is target:
                     return target
+            except KeyError:
+                pass
             return slow(connection, modulename, globalname)
 
         class_factory.registry = self  # type: ignore[attr-defined]
@@ -278,14 +278,15 @@ class ClassRegistry:
                                                    source[1])
                     self._chains[key] = res.chain
                 elif source is None:  # a registration
-                    self._cache[key] = (res.target, "", None, None)
+                    self._cache[key] = (res.target, "builtins", builtins, {"": res.target}, "")
                     self._chains[key] = res.chain
-                elif source[1] is not None:
+                elif source[1] is not None and "." not in source[2]:
+                    # (a dotted ``Outer.Inner`` is resolved each time: rare)
                     mod_name, mod, attr = source
-                    # a dotted name (``Outer.Inner``): the module is checked
-                    self._cache[key] = (res.target, mod_name, mod,
-                                        attr if "." not in attr else None)
-                    self._chains[key] = res.chain
+                    namespace = getattr(mod, "__dict__", None)
+                    if isinstance(namespace, dict):
+                        self._cache[key] = (res.target, mod_name, mod, namespace, attr)
+                        self._chains[key] = res.chain
         if res.how == "broken":
             self._note_broken(key, res.error)
         return res.target

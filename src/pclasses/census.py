@@ -1,7 +1,7 @@
 """Which classes a database's records name, and how each resolves.
 
 The census reads every current record with the C record analyzer of
-:mod:`pclasses.skim` (nothing is imported or called but what the registry
+:mod:`pclasses.record.analyze` (nothing is imported or called but what the registry
 resolves; records whose class is named by strings go through the safe
 record reader), counts
 
@@ -23,8 +23,8 @@ from ZODB.utils import oid_repr
 
 from .errors import RecordDecodeError
 from .classtable import GUID_PREFIX, is_guid_module
-from .records import GlobalRef, PersistentRef, read_class, read_record
-from .skim import analyze
+from .record.reader import GlobalRef, PersistentRef, read_class, read_record
+from .record.analyze import analyze
 from .registry import ClassRegistry, Resolution
 from .scan import Progress, map_records
 from .trust import Trust, as_trust

@@ -149,8 +149,8 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
     opened read-only; a read-only FileStorage takes no lock, so a live
     database can be inspected.
     """
-    from .database import open as open_db
     from .census import take_census
+    from .database import open as open_db
 
     with _errors():
         registry = _registry(entry_points)

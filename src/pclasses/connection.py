@@ -99,7 +99,7 @@ def _persistent_id(writer: Any) -> Any:
 
 def _had_newargs(obj: Any) -> bool:
     """Whether the broken object's own record carries ``__getnewargs__``."""
-    from .records import read_class
+    from .record.reader import read_class
 
     try:
         data, _serial = obj._p_jar._storage.load(obj._p_oid)

@@ -20,7 +20,7 @@ from ZODB.utils import oid_repr, z64
 
 from .census import Unreadable, census_and_tally
 from .errors import RecordDecodeError
-from .records import Inert, PersistentRef, read_record, scan_record
+from .record.reader import Inert, PersistentRef, read_record, scan_record
 from .registry import ClassRegistry
 from .scan import Progress, iter_records
 from .trust import Trust

@@ -24,6 +24,18 @@ left alone.
 
 Batches of records are committed as storage transactions; renaming is
 idempotent, so an interrupted run is resumed by running it again.
+
+Blobs
+-----
+
+A record that holds a blob keeps it.  On a storage that keeps blobs
+(``IBlobStorage``: FileStorage with a blob directory, ZEO, RelStorage), each
+rewritten record is asked for its committed blob file
+(``openCommittedBlobFile``: the storage, not the record's bytes, says
+whether there is one); a copy goes into the storage's temporary directory
+and is stored with the new record by ``storeBlob``, which takes ownership of
+the copy.  A storage that says it keeps blobs but has no blob directory here
+(a ZEO client without a blob cache) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -155,6 +167,7 @@ def rename_classes(
                 if storage.isReadOnly():
                     where = f" (database {name!r})" if name else ""
                     raise RepairError(f"the storage{where} is read-only; nothing was changed")
+                _check_blob_support(storage, name)
         for name, storage in storages:
             if name:
                 report.databases.append(name)
@@ -291,29 +304,94 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
     return new
 
 
+def _holds_blobs(storage: Any) -> bool:
+    """Whether records of ``storage`` may hold blobs (and must keep them)."""
+    from ZODB.interfaces import IBlobStorage
+
+    return bool(IBlobStorage.providedBy(storage))
+
+
+def _check_blob_support(storage: Any, name: str | None) -> None:
+    """Refuse up front a blob storage opened without a usable blob directory.
+
+    A ZEO client of a server with blobs, opened without a blob cache, says
+    it stores blobs but can neither read nor write one: a rewritten blob
+    record would lose its blob.
+    """
+    if not _holds_blobs(storage):
+        return
+    try:
+        directory = storage.temporaryDirectory()
+    except Exception:
+        directory = None
+    if not directory or not os.path.isdir(directory):
+        where = f" (database {name!r})" if name else ""
+        raise RepairError(f"the storage{where} holds blobs but was opened without a blob "
+                          "directory (give it one, e.g. blob_dir); nothing was changed")
+
+
+def _copy_blob(storage: Any, oid: bytes, tid: bytes, directory: str) -> str | None:
+    """A private copy of the blob ``(oid, tid)`` holds, in ``directory``, or
+    ``None`` when the record holds no blob.
+
+    ``storeBlob`` takes ownership of the file it is given (it moves it), so
+    the committed file itself is never handed over.
+    """
+    from ZODB.POSException import POSKeyError
+
+    try:
+        committed = storage.openCommittedBlobFile(oid, tid)
+    except POSKeyError:
+        return None
+    with committed:
+        fd, path = tempfile.mkstemp(prefix="pclasses-repair-", suffix=".blob", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(committed, out, 1 << 20)
+        except BaseException:
+            os.unlink(path)
+            raise
+    return path
+
+
 def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:
-    from ZODB.blob import is_blob_record
+    """Store ``batch`` (``(oid, serial, new data)``) in one storage transaction.
+
+    A record that holds a blob keeps it: a copy of its committed blob file
+    is stored with the new record (``storeBlob``), on every storage.  The
+    copies are made before the transaction starts.
+    """
     from ZODB.Connection import TransactionMetaData
 
     t = TransactionMetaData(user="pclasses", description="pclasses repair: rename classes")
-    tmpdir = None
-    storage.tpc_begin(t)
+    copies: dict[bytes, str] = {}
     try:
-        for oid, tid, data in batch:
-            if is_blob_record(data) and hasattr(storage, "loadBlob"):
-                tmpdir = tmpdir or tempfile.mkdtemp(prefix="pclasses-repair-")
-                copy = os.path.join(tmpdir, oid.hex())
-                shutil.copyfile(storage.loadBlob(oid, tid), copy)
-                storage.storeBlob(oid, tid, data, copy, "", t)
-            else:
-                storage.store(oid, tid, data, "", t)
-        storage.tpc_vote(t)
-        storage.tpc_finish(t)
+        if _holds_blobs(storage):
+            directory = storage.temporaryDirectory()
+            for oid, tid, _data in batch:
+                path = _copy_blob(storage, oid, tid, directory)
+                if path is not None:
+                    copies[oid] = path
+        storage.tpc_begin(t)
+        try:
+            for oid, tid, data in batch:
+                path = copies.pop(oid, None)
+                if path is None:
+                    storage.store(oid, tid, data, "", t)
+                else:  # the storage owns the file from here on
+                    storage.storeBlob(oid, tid, data, path, "", t)
+            storage.tpc_vote(t)
+            storage.tpc_finish(t)
+        except BaseException:
+            storage.tpc_abort(t)
+            raise
     except BaseException as exc:
-        storage.tpc_abort(t)
         raise RepairError(f"a batch failed and was rolled back ({type(exc).__name__}: {exc}); "
                           "batches committed before it stay repaired, run again to "
                           "continue") from exc
     finally:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        for path in copies.values():  # copies never handed to the storage
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

@@ -13,14 +13,29 @@ In the pickle protocols ZODB writes (1-3), a global is the GLOBAL opcode
 ``c<module>\\n<name>\\n`` (INST, ``i...``, for old-style instances) and no
 other opcode refers to byte offsets, so renaming is a byte substitution.
 A record is a candidate when a compiled pattern of every rule's source
-matches; the safe reader then counts how many GLOBAL/INST opcodes name each
-renamed global, and the substitution happens only when the bytes hold
-exactly that many occurrences (so text that merely looks like an opcode is
-never touched).  The rewritten record is read again and must name exactly
-the renamed globals.  Records of format 3 (``((module, name), None)``, a
-persistent class's instances) get a new class pickle.  A record that
-cannot be rewritten this way (protocol 4 STACK_GLOBAL, say) is reported and
-left alone.
+matches; the record analyzer (:func:`pclasses.skim.analyze`) then gives the
+exact byte range of every GLOBAL/INST opcode, and only those ranges are
+replaced (text that merely looks like an opcode is never touched).
+Records of format 3 (``((module, name), None)``, a persistent class's
+instances) get a new class pickle, cut at the split point of the rewritten
+bytes.  A record that cannot be rewritten this way (protocol 4
+STACK_GLOBAL, a framed record, format-7 metadata) is reported and left
+alone.
+
+Checked against meaning
+-----------------------
+
+Every rewritten record is checked to mean what the old one meant, except
+for the renamed globals: its inert tree (class and state, as the safe
+reader makes them) must equal the old one's.  A record whose class pickle
+was replaced is read again by the safe reader and the two trees are
+compared (:func:`pclasses.equivalence.differences`); a record whose
+GLOBAL/INST opcodes were replaced in place is analysed again by the C
+analyzer, which proves the same thing in about a microsecond
+(:func:`pclasses.equivalence.substitution_differences`: identical bytes
+elsewhere, each replacement parsing as exactly one opcode of the new name).
+A record that fails is reported as skipped, with the difference, and
+nothing is written for it.
 
 Batches of records are committed as storage transactions; renaming is
 idempotent, so an interrupted run is resumed by running it again.
@@ -52,9 +67,10 @@ from ZODB.utils import oid_repr
 
 from .census import Unreadable
 from .errors import PClassesError, RecordDecodeError
-from .records import global_occurrences, read_class
+from .equivalence import differences, substitution_differences
+from .records import read_class, read_record
 from .rewrite import FramedRecordError, rename_globals, replace_class_pickle
-from .skim import analyze, skim
+from .skim import USE_CLASS_META, analyze, skim
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
 
@@ -109,14 +125,24 @@ def parse_rename(text: str) -> tuple[str, str]:
     return old.strip(), new.strip()
 
 
+def _check_name(text: Any) -> None:
+    """A rename rule's names are printable text (a newline would end a GLOBAL)."""
+    if not isinstance(text, str) or not text.isprintable():
+        raise RepairError(f"a rename rule needs printable dotted names, got {text!r}")
+
+
 def _rules(renames: Mapping[str, str] | None, registry: ClassRegistry | None) -> ClassRegistry:
     rules = ClassRegistry()
     if registry is not None:
         for old, new in registry.aliases.items():
+            _check_name(new)
             rules.alias(old, new)
         for old, new in registry.module_aliases.items():
+            _check_name(new)
             rules.alias_module(old, new)
     for old, new in (renames or {}).items():
+        _check_name(old)
+        _check_name(new)
         if old.endswith(".*") and new.endswith(".*"):
             rules.alias_module(old[:-2], new[:-2])
         else:
@@ -264,6 +290,11 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
 
     The record analyzer gives the exact byte range of every GLOBAL and INST
     opcode, so only opcodes are rewritten, never text that looks like one.
+    A class named by strings (format 3) gets a new class pickle, cut from
+    the rewritten bytes at the split point found in those bytes.  The result
+    is then read again and must mean what the old record meant except for
+    the renamed globals (:func:`pclasses.equivalence.differences`);
+    otherwise the record is reported as skipped and nothing is written.
     """
     try:
         a = analyze(data)
@@ -280,7 +311,9 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
     except FramedRecordError as exc:
         report.skipped.append(Skipped(oid, str(exc)))
         return None
-    if not any(g[5] & 8 for g in a.globals):
+    expected = dict(renamed_here)
+    replaced_class = False
+    if not any(g[5] & USE_CLASS_META for g in a.globals):
         klass = read_class(data, oid)
         if klass.format in (3, 7) and klass.pair is not None:
             target = rules[klass.pair]
@@ -289,19 +322,50 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
                     report.skipped.append(Skipped(oid, "format-7 class metadata is not "
                                                        "rewritten"))
                     return None
-                new = replace_class_pickle(new, a.end1, target)
-                if global_occurrences(new, oid)[0] != [
-                        renamed_here.get(g, g) for g in global_occurrences(data, oid)[0]]:
-                    report.skipped.append(Skipped(oid, "the rewritten record did not read "
-                                                       "back as expected"))
+                try:
+                    split = skim(new)[0]
+                except ValueError as exc:
+                    report.skipped.append(Skipped(oid, f"the rewritten record does not "
+                                                       f"parse: {exc}"))
                     return None
-                renamed_here[klass.pair] = target
-    if not renamed_here:
+                new = replace_class_pickle(new, split, target)
+                expected[klass.pair] = target
+                replaced_class = True
+    if not expected:
         return None
-    for (module, name) in renamed_here:
+    if replaced_class:
+        reason = _meaning_changed(data, new, oid, expected)
+    else:
+        try:
+            reason = substitution_differences(data, a, new, analyze(new), expected)
+        except ValueError as exc:
+            reason = f"it does not parse: {exc}"
+    if reason is not None:
+        report.skipped.append(Skipped(oid, f"the rewritten record would not mean what the "
+                                           f"old one did ({reason}); not written"))
+        return None
+    for (module, name) in expected:
         key = f"{module}.{name}"
         report.renamed[key] = report.renamed.get(key, 0) + 1
     return new
+
+
+def _meaning_changed(old: bytes, new: bytes, oid: bytes,
+                     renamed: dict[tuple[str, str], tuple[str, str]]) -> str | None:
+    """What differs between the old record (with ``renamed`` applied) and the
+    new one, read by the safe reader; ``None`` when they mean the same."""
+    try:
+        before = read_record(old, oid)
+    except RecordDecodeError as exc:
+        return f"the old record does not read: {exc.reason}"
+    try:
+        after = read_record(new, oid)
+    except RecordDecodeError as exc:
+        return f"it does not read: {exc.reason}"
+    try:
+        return differences(before, after, renamed)
+    except (RecursionError, MemoryError):
+        return "too large or deep to compare"
 
 
 def _holds_blobs(storage: Any) -> bool:

@@ -5,7 +5,7 @@ before, except for the names it was asked to change.  Two checks, one for
 each way repair rewrites a record:
 
 :func:`differences` (any rewrite)
-    compares what the safe reader (:func:`pclasses.records.read_record`)
+    compares what the safe reader (:func:`pclasses.record.read_record`)
     makes of the old and the new bytes: the class metadata and the inert
     state tree, walked in step.  Globals of the old tree are first mapped
     through the renames; everything else must be equal, value for value and
@@ -36,7 +36,7 @@ from bisect import bisect_right
 from collections.abc import Mapping
 from typing import Any
 
-from .records import ClassRef, GlobalRef, Inert, PersistentRef, RecordInfo
+from .record import ClassRef, GlobalRef, Inert, PersistentRef, RecordInfo
 
 __all__ = ["differences", "substitution_differences"]
 
@@ -50,7 +50,7 @@ def differences(old: RecordInfo, new: RecordInfo, renamed: Mapping[Pair, Pair]) 
     """``None`` when ``new`` means ``old`` with the ``renamed`` globals, else
     what differs (a short description, for a report).
 
-    ``old`` and ``new`` come from :func:`~pclasses.records.read_record`.
+    ``old`` and ``new`` come from :func:`~pclasses.record.read_record`.
     ``renamed`` maps old ``(module, name)`` pairs to new ones; it applies to
     globals anywhere in the record and to the class named by strings in
     class metadata of formats 3 and 7.
@@ -177,7 +177,7 @@ def substitution_differences(old: bytes, old_analysis: Any, new: bytes, new_anal
     """``None`` when ``new`` is ``old`` with the GLOBAL/INST opcodes of the
     ``renamed`` globals replaced and nothing else changed, else what differs.
 
-    ``old_analysis`` and ``new_analysis`` are :func:`pclasses.skim.analyze`
+    ``old_analysis`` and ``new_analysis`` are :func:`pclasses.record.analyze`
     results of the two byte strings (see the module docstring for why this
     proves that both mean the same up to the renamed globals).
     """

@@ -13,7 +13,7 @@ In the pickle protocols ZODB writes (1-3), a global is the GLOBAL opcode
 ``c<module>\\n<name>\\n`` (INST, ``i...``, for old-style instances) and no
 other opcode refers to byte offsets, so renaming is a byte substitution.
 A record is a candidate when a compiled pattern of every rule's source
-matches; the record analyzer (:func:`pclasses.skim.analyze`) then gives the
+matches; the record analyzer (:func:`pclasses.record.analyze`) then gives the
 exact byte range of every GLOBAL/INST opcode, and only those ranges are
 replaced (text that merely looks like an opcode is never touched).
 Records of format 3 (``((module, name), None)``, a persistent class's
@@ -68,9 +68,16 @@ from ZODB.utils import oid_repr
 from .census import Unreadable
 from .errors import PClassesError, RecordDecodeError
 from .equivalence import differences, substitution_differences
-from .records import read_class, read_record
-from .rewrite import FramedRecordError, rename_globals, replace_class_pickle
-from .skim import USE_CLASS_META, analyze, skim
+from .record import (
+    FramedRecordError,
+    analyze,
+    read_class,
+    read_record,
+    rename_globals,
+    replace_class_pickle,
+    skim,
+)
+from .record.analyze import USE_CLASS_META
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
 

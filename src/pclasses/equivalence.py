@@ -199,7 +199,7 @@ def substitution_differences(old: bytes, old_analysis: Any, new: bytes, new_anal
         if m2 == m and n2 == n:
             if end2 - start2 != end - start:
                 return f"the global {m}.{n} at byte {start} changed length"
-            if op != "stack_global" and renamed.get((m, n), (m, n)) != (m, n):  # type: ignore[arg-type]
+            if op != "stack_global" and renamed.get((m, n), (m, n)) != (m, n):
                 return f"the global {m}.{n} at byte {start} was not renamed"
             continue
         if op == "stack_global" or m is None or n is None or renamed.get((m, n)) != (m2, n2):

@@ -66,7 +66,7 @@ from typing import Any
 from ZODB.utils import oid_repr
 
 from .census import Unreadable
-from .errors import PClassesError, RecordDecodeError
+from .errors import RecordDecodeError, RepairError
 from .equivalence import differences, substitution_differences
 from .record import (
     FramedRecordError,
@@ -82,10 +82,6 @@ from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
 
 __all__ = ["RepairError", "RepairReport", "rename_classes", "parse_rename"]
-
-
-class RepairError(PClassesError, RuntimeError):
-    """A repair could not start or could not go on."""
 
 
 @dataclass
@@ -199,7 +195,8 @@ def rename_classes(
             for name, storage in storages:
                 if storage.isReadOnly():
                     where = f" (database {name!r})" if name else ""
-                    raise RepairError(f"the storage{where} is read-only; nothing was changed")
+                    raise RepairError(f"the storage{where} is read-only; nothing was changed",
+                                      database=name)
                 _check_blob_support(storage, name)
         for name, storage in storages:
             if name:
@@ -398,7 +395,8 @@ def _check_blob_support(storage: Any, name: str | None) -> None:
     if not directory or not os.path.isdir(directory):
         where = f" (database {name!r})" if name else ""
         raise RepairError(f"the storage{where} holds blobs but was opened without a blob "
-                          "directory (give it one, e.g. blob_dir); nothing was changed")
+                          "directory (give it one, e.g. blob_dir); nothing was changed",
+                          database=name)
 
 
 def _copy_blob(storage: Any, oid: bytes, tid: bytes, directory: str) -> str | None:

@@ -49,6 +49,7 @@ __all__ = [
     "UnknownDatabaseError",
     "XrefPolicySyntaxError",
     "ScanWorkerError",
+    "RepairError",
 ]
 
 
@@ -326,3 +327,19 @@ class ScanWorkerError(PClassesError, RuntimeError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"a scanning worker process failed: {reason}")
+
+
+class RepairError(PClassesError, RuntimeError):
+    """An offline repair (:func:`pclasses.rename_classes`) could not start or go on.
+
+    When it could not start (a bad rule, a read-only storage, a blob storage
+    without a blob directory) nothing was changed.  When a batch failed, that
+    batch was rolled back; batches committed before it stay repaired, and
+    running the repair again continues (renaming is idempotent).
+    ``database`` names the database of a multi-database target the error
+    concerns, when there is one.
+    """
+
+    def __init__(self, message: str, *, database: str | None = None) -> None:
+        self.database = database
+        super().__init__(message)

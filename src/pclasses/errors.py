@@ -33,6 +33,10 @@ __all__ = [
     "AliasCycleError",
     "RegistrationError",
     "StorageOpenError",
+    "TransferError",
+    "ExportFormatError",
+    "MissingClassesError",
+    "RefusedGlobalsError",
     "FramedRecordError",
     "NotAGuidModuleError",
     "ClassNameError",
@@ -132,6 +136,47 @@ class StorageOpenError(PClassesError, OSError):
         super().__init__(f"cannot open {target}: {reason}")
 
 
+# -- transfer (export/import) ------------------------------------------------
+
+
+class TransferError(PClassesError):
+    """Export or import could not be done."""
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (type(self), (str(self),))
+
+
+class ExportFormatError(TransferError, ValueError):
+    """A damaged, truncated or foreign export file (nothing was imported)."""
+
+
+class MissingClassesError(TransferError, LookupError):
+    """Classes (or databases) the file needs are missing in the target.
+
+    ``missing`` lists them, each as a dotted name with a note.
+    """
+
+    def __init__(self, missing: Sequence[str]) -> None:
+        self.missing = list(missing)
+        super().__init__("missing in the target: " + ", ".join(self.missing))
+
+    def __reduce__(self) -> tuple[type, tuple[list[str]]]:  # type: ignore[override]
+        return (type(self), (self.missing,))
+
+
+class RefusedGlobalsError(TransferError, ValueError):
+    """The file's records name callables that import refuses to let run.
+
+    ``refused`` lists them as dotted names.
+    """
+
+    def __init__(self, refused: Sequence[str]) -> None:
+        self.refused = list(refused)
+        super().__init__("the file names globals that could run code when loaded: "
+                         + ", ".join(self.refused))
+
+    def __reduce__(self) -> tuple[type, tuple[list[str]]]:  # type: ignore[override]
+        return (type(self), (self.refused,))
 class FramedRecordError(PClassesError, ValueError):
     """The record is framed (protocol 4): its globals cannot change length."""
 

@@ -143,9 +143,6 @@ class StorageOpenError(PClassesError, OSError):
 class TransferError(PClassesError):
     """Export or import could not be done."""
 
-    def __reduce__(self) -> tuple[type, tuple[str]]:
-        return (type(self), (str(self),))
-
 
 class ExportFormatError(TransferError, ValueError):
     """A damaged, truncated or foreign export file (nothing was imported)."""
@@ -161,9 +158,6 @@ class MissingClassesError(TransferError, LookupError):
         self.missing = list(missing)
         super().__init__("missing in the target: " + ", ".join(self.missing))
 
-    def __reduce__(self) -> tuple[type, tuple[list[str]]]:  # type: ignore[override]
-        return (type(self), (self.missing,))
-
 
 class RefusedGlobalsError(TransferError, ValueError):
     """The file's records name callables that import refuses to let run.
@@ -176,8 +170,7 @@ class RefusedGlobalsError(TransferError, ValueError):
         super().__init__("the file names globals that could run code when loaded: "
                          + ", ".join(self.refused))
 
-    def __reduce__(self) -> tuple[type, tuple[list[str]]]:  # type: ignore[override]
-        return (type(self), (self.refused,))
+
 class FramedRecordError(PClassesError, ValueError):
     """The record is framed (protocol 4): its globals cannot change length."""
 

@@ -33,22 +33,26 @@ from .xrefs import (
     check_xrefs,
     scan_xrefs,
 )
-from .transfer import (
-    ExportFormatError,
-    Manifest,
-    MissingClassesError,
-    RefusedGlobalsError,
-    TransferError,
-    export_subtree,
-    import_subtree,
-    read_manifest,
-)
+from .transfer import Manifest, export_subtree, import_subtree, read_manifest
 from .errors import (
     AliasCycleError,
+    ExportFormatError,
+    MissingClassesError,
+    BrokenObjectModifiedError,
+    ClassNameError,
+    DuplicateGuidError,
+    FramedRecordError,
+    NotAGuidModuleError,
+    NotBrokenError,
     PClassesError,
     RecordDecodeError,
+    RefusedGlobalsError,
     RegistrationError,
+    ScanWorkerError,
     StorageOpenError,
+    TransferError,
+    UnknownDatabaseError,
+    XrefPolicySyntaxError,
 )
 from .methods import BrokenMethodError, MethodSourceError, method
 from .pclass import PersistentClass, define_class
@@ -104,4 +108,13 @@ __all__ = [
     "AliasCycleError",
     "RegistrationError",
     "StorageOpenError",
+    "FramedRecordError",
+    "NotAGuidModuleError",
+    "ClassNameError",
+    "DuplicateGuidError",
+    "BrokenObjectModifiedError",
+    "NotBrokenError",
+    "UnknownDatabaseError",
+    "XrefPolicySyntaxError",
+    "ScanWorkerError",
 ]

@@ -24,6 +24,8 @@ from ZODB.utils import oid_repr, p64, repr_to_oid
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import TransferError
+from ..record.analyze import EdgeKind, Use
+from ..record.edges import edges_of
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
@@ -39,8 +41,7 @@ from .format import (
     record_frame,
     write_file,
 )
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
-    record_class
+from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, record_class
 
 __all__ = ["export_subtree"]
 
@@ -142,19 +143,19 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             if pair == CLASS_TABLE:
                 continue
             if pair is not None:
-                needs[pair] = needs.get(pair, 0) | 8
+                needs[pair] = needs.get(pair, 0) | Use.CLASS_META
             for g in a.globals:
-                key = (g[0], g[1])
-                needs[key] = needs.get(key, 0) | g[5]
-            for kind, off, length, database, _shared, _pi in a.pids:
-                if kind == "unknown" or off < 0:
+                key = (g.module, g.name)
+                needs[key] = needs.get(key, 0) | g.uses
+            for e in edges_of(data, a):
+                if e.oid is None:
                     raise TransferError(f"record {oid_repr(oid)} holds a reference this "
                                         "tool cannot follow")
-                child = data[off:off + length]
-                if database is not None:
-                    externals[(database, child)] = None
+                child = e.oid
+                if e.database is not None:
+                    externals[(e.database, child)] = None
                     continue
-                if kind == "weak":
+                if e.kind is EdgeKind.WEAK:
                     continue  # weak targets travel only when strongly reachable
                 if child not in seen:
                     seen.add(child)

@@ -29,10 +29,12 @@ from ZODB.utils import oid_repr
 from ..classtable import GUID_PREFIX, class_table
 from ..connection import CommitImport
 from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
+from ..record.analyze import Use
+from ..record.analyze import analyze as _ANALYZE
+from ..record.edges import edges_of
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
-from ..skim import analyze as _ANALYZE
 from .format import END, Frame, Reader, blob_ref_frame, iter_frames, opened, record_frame
 from .policy import (
     CALLED_BY_RECONSTRUCTOR,
@@ -42,8 +44,7 @@ from .policy import (
     USE_CALLED,
     check_globals,
 )
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
-    record_class
+from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, record_class
 
 __all__ = ["import_subtree", "NOWHERE"]
 
@@ -216,12 +217,12 @@ class _CheckPass:
         has_class_global = False
         reconstructs = False
         for g in a.globals:
-            if (g[0], g[1]) in RECONSTRUCTORS and g[5] & USE_CALLED:
+            if (g.module, g.name) in RECONSTRUCTORS and g.uses & USE_CALLED:
                 reconstructs = True
         for g in a.globals:
-            key = (g[0], g[1])
-            uses = g[5]
-            if uses & 8:
+            key = (g.module, g.name)
+            uses = g.uses
+            if uses & Use.CLASS_META:
                 has_class_global = True
             if reconstructs and uses & USE_ARGUMENT:
                 uses |= CALLED_BY_RECONSTRUCTOR
@@ -231,23 +232,23 @@ class _CheckPass:
         if not has_class_global:
             pair = record_class(data, oid, a)
             if pair is not None:
-                needs[pair] = needs.get(pair, 0) | 8
+                needs[pair] = needs.get(pair, 0) | Use.CLASS_META
 
     def remap(self, data: bytes, oid: bytes, a: Any) -> bytes:
         """The record with every reference's oid bytes replaced by its new oid."""
         mapping = self.mapping
         out = None
-        for kind, off, length, database, shared, _pi in a.pids:
-            if kind == "unknown" or off < 0 or shared:
+        for e in edges_of(data, a):
+            if e.oid is None or e.shared:
                 raise ExportFormatError(f"record {oid_repr(oid)} has a reference that "
                                         "cannot be rebound without unpickling")
-            if length != 8:
+            if e.end - e.start != 8:
                 raise ExportFormatError(f"record {oid_repr(oid)} has a malformed oid")
-            if database is not None:
-                self.externals.add(database)
+            if e.database is not None:
+                self.externals.add(e.database)
                 continue  # the other database's oid stays
-            end = off + 8
-            target = data[off:end]
+            off, end = e.start, e.end
+            target = e.oid
             new = mapping.get(target)
             if new is None:
                 new = mapping[target] = self.connection._storage.new_oid()
@@ -304,11 +305,11 @@ def _redirect_dangling(temp: Any, fresh: set[bytes]) -> Any:
         data = frame.data
         a = _ANALYZE(data)
         buf = None
-        for _k, off, length, database, _s, _p in a.pids:
-            if database is None and data[off:off + length] in fresh:
+        for e in edges_of(data, a):
+            if e.database is None and e.oid in fresh:
                 if buf is None:
                     buf = bytearray(data)
-                buf[off:off + length] = NOWHERE
+                buf[e.start:e.end] = NOWHERE
         record = data if buf is None else bytes(buf)
         out.write(record_frame(frame.oid, record))
         out.write(record)
@@ -463,13 +464,13 @@ class _Importer(CommitImport):
 
 def _make_inert(data: bytes, oid: bytes, refused: set[tuple[str, str]]) -> bytes:
     """Rename refused globals to names that never import (missing="broken")."""
-    from ..rewrite import FramedRecordError, rename_globals, replace_class_pickle
+    from ..record.patch import FramedRecordError, rename_globals, replace_class_pickle
 
     a = analyze(data, oid)
-    if not any(g[5] & 8 for g in a.globals):
+    if not any(g.uses & Use.CLASS_META for g in a.globals):
         pair = record_class(data, oid, a)
         if pair in refused:  # format 3/7 class metadata naming a refused global
-            from ..records import read_class
+            from ..record.reader import read_class
 
             if read_class(data, oid).format != 3:
                 raise ExportFormatError(f"record {oid_repr(oid)}: its class metadata names "

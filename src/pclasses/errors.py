@@ -49,6 +49,7 @@ __all__ = [
     "UnknownDatabaseError",
     "XrefPolicySyntaxError",
     "ScanWorkerError",
+    "RepairError",
 ]
 
 
@@ -142,9 +143,6 @@ class StorageOpenError(PClassesError, OSError):
 class TransferError(PClassesError):
     """Export or import could not be done."""
 
-    def __reduce__(self) -> tuple[type, tuple[str]]:
-        return (type(self), (str(self),))
-
 
 class ExportFormatError(TransferError, ValueError):
     """A damaged, truncated or foreign export file (nothing was imported)."""
@@ -160,9 +158,6 @@ class MissingClassesError(TransferError, LookupError):
         self.missing = list(missing)
         super().__init__("missing in the target: " + ", ".join(self.missing))
 
-    def __reduce__(self) -> tuple[type, tuple[list[str]]]:  # type: ignore[override]
-        return (type(self), (self.missing,))
-
 
 class RefusedGlobalsError(TransferError, ValueError):
     """The file's records name callables that import refuses to let run.
@@ -175,8 +170,7 @@ class RefusedGlobalsError(TransferError, ValueError):
         super().__init__("the file names globals that could run code when loaded: "
                          + ", ".join(self.refused))
 
-    def __reduce__(self) -> tuple[type, tuple[list[str]]]:  # type: ignore[override]
-        return (type(self), (self.refused,))
+
 class FramedRecordError(PClassesError, ValueError):
     """The record is framed (protocol 4): its globals cannot change length."""
 
@@ -326,3 +320,19 @@ class ScanWorkerError(PClassesError, RuntimeError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"a scanning worker process failed: {reason}")
+
+
+class RepairError(PClassesError, RuntimeError):
+    """An offline repair (:func:`pclasses.rename_classes`) could not start or go on.
+
+    When it could not start (a bad rule, a read-only storage, a blob storage
+    without a blob directory) nothing was changed.  When a batch failed, that
+    batch was rolled back; batches committed before it stay repaired, and
+    running the repair again continues (renaming is idempotent).
+    ``database`` names the database of a multi-database target the error
+    concerns, when there is one.
+    """
+
+    def __init__(self, message: str, *, database: str | None = None) -> None:
+        self.database = database
+        super().__init__(message)

@@ -40,6 +40,8 @@ from .errors import (
     UnknownDatabaseError,
     XrefPolicySyntaxError,
 )
+from .record.analyze import EdgeKind
+from .record.edges import edges, edges_of
 from .interfaces import ICrossDatabaseReferenceEvent
 
 __all__ = [
@@ -113,12 +115,11 @@ def check_record(connection: Any, obj: Any, data: bytes) -> None:
     encoded = [name.encode("utf-8") for name in others]
     if not any(name in data for name in encoded):
         return
-    from .record.analyze import analyze
-
-    for kind, off, length, database, _shared, _pi in analyze(data).pids:
-        if database is None or database == db.database_name:
+    for e in edges(data):
+        database = e.database
+        if database is None or database == db.database_name or e.oid is None:
             continue
-        oid = data[off:off + length]
+        oid = e.oid
         target_conn = connection.get_connection(database)
         target = target_conn._cache.get(oid)
         if target is None:
@@ -127,7 +128,7 @@ def check_record(connection: Any, obj: Any, data: bytes) -> None:
             except KeyError:  # POSKeyError: a weak reference whose target was packed away
                 target = None
         zope.event.notify(CrossDatabaseReference(obj, target, db.database_name, database,
-                                                 weak=kind == "weak"))
+                                                 weak=e.kind is EdgeKind.WEAK))
 
 
 # ---------------------------------------------------------------------------
@@ -347,10 +348,11 @@ def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup
                 source_class = read_class(data, oid).dotted
             except (ValueError, PClassesError):
                 continue
-            for _kind, off, length, database, _shared, _pi in a.pids:
-                if database is None or database == name:
+            for e in edges_of(data, a):
+                database = e.database
+                if database is None or database == name or e.oid is None:
                     continue
-                toid = data[off:off + length]
+                toid = e.oid
                 tclass = target_class(database, toid)
                 key = (name, database, source_class, tclass or "(missing)")
                 group = groups.get(key)

@@ -422,12 +422,9 @@ def _precheck(data: bytes, oid: bytes | None) -> None:
     structural error (unknown opcode, truncation, missing STOP), a memo
     index larger than the record could ever fill (the C unpickler would
     allocate 16 bytes per index), and EXT opcodes while extension codes are
-    registered.  Without it, only the extension check runs.
+    registered.  Without it the pure-Python twin runs the same checks
+    (slower, but a user without a compiler is guarded the same way).
     """
-    if not HAVE_SKIM:
-        if _EXT_REGISTRY or _EXT_CACHE:
-            _guard_extensions(data, oid)
-        return
     try:
         _end1, max_memo, has_ext = _skim(data)
     except ValueError as exc:

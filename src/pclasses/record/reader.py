@@ -89,7 +89,6 @@ from typing import Any
 import zodbpickle.pickle as _zpickle
 
 from ..errors import RecordDecodeError
-from .analyze import HAVE_C as HAVE_SKIM
 from .analyze import skim as _skim
 
 __all__ = [

@@ -1093,3 +1093,17 @@ def test_printable_escapes_what_a_terminal_would_interpret(value, shown):
 
     assert printable(value) == shown
     _terminal_safe(printable(value))
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_import_of_a_file_that_cannot_be_read_exits_1(tmp_path, what):
+    """``pclasses import`` of a missing file or a directory is an error of the
+    input (exit 1, one line), not of the command line, and changes nothing."""
+    target = _empty_fs(tmp_path / "target.fs")
+    before = target.read_bytes()
+    bad = tmp_path / "missing.pclasses" if what == "missing" else tmp_path
+    result = CliRunner().invoke(main, ["import", str(target), str(bad)])
+    assert result.exit_code == EXIT_ERROR, result.output
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("pclasses: error: ")
+    assert target.read_bytes() == before

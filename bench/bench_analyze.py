@@ -30,8 +30,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
 
-    from pclasses import skim as skim_mod
-    from pclasses.records import scan_record
+    import importlib
+
+    skim_mod = importlib.import_module("pclasses.record.analyze")
+    from pclasses.record.reader import scan_record
 
     records = make_records(args.items)
     small = [d for d in records if len(d) < 300]
@@ -41,8 +43,10 @@ def main() -> None:
         if skim_mod.HAVE_C_ANALYZE:
             assert skim_mod.analyze_c(d) == got
         refs = scan_record(d).references
-        assert [p[0] for p in got.pids] == [r.kind for r in refs]
-        assert [d[p[1] : p[1] + p[2]] for p in got.pids] == [r.oid for r in refs]
+        assert [p.kind for p in got.pids] == [r.kind for r in refs]
+        assert [d[p.oid_start : p.oid_start + p.oid_length] for p in got.pids] == [
+            r.oid for r in refs
+        ]
 
     impls = {"analyze_python": skim_mod.analyze_py, "scan_record": scan_record}
     if skim_mod.HAVE_C_ANALYZE:

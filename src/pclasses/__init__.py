@@ -3,7 +3,7 @@
 The public API is re-exported here; the work happens in one module per
 concept (see ``design/ARCHITECTURE.md``):
 
-* :mod:`pclasses.records`: the safe record reader (never runs a pickle);
+* :mod:`pclasses.record.reader`: the safe record reader (never runs a pickle);
 * :mod:`pclasses.registry`: the class-factory registry;
 * :mod:`pclasses.classtable`: the per-database class table (guid -> class);
 * :mod:`pclasses.pclass`: persistent classes defined in the database;
@@ -38,16 +38,25 @@ from .errors import (
     AliasCycleError,
     ExportFormatError,
     MissingClassesError,
+    BrokenObjectModifiedError,
+    ClassNameError,
+    DuplicateGuidError,
+    FramedRecordError,
+    NotAGuidModuleError,
+    NotBrokenError,
     PClassesError,
     RecordDecodeError,
     RefusedGlobalsError,
     RegistrationError,
+    ScanWorkerError,
     StorageOpenError,
     TransferError,
+    UnknownDatabaseError,
+    XrefPolicySyntaxError,
 )
 from .methods import BrokenMethodError, MethodSourceError, method
 from .pclass import PersistentClass, define_class
-from .records import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
+from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
 from .registry import ClassRegistry, Resolution
 
 __all__ = [
@@ -99,4 +108,13 @@ __all__ = [
     "AliasCycleError",
     "RegistrationError",
     "StorageOpenError",
+    "FramedRecordError",
+    "NotAGuidModuleError",
+    "ClassNameError",
+    "DuplicateGuidError",
+    "BrokenObjectModifiedError",
+    "NotBrokenError",
+    "UnknownDatabaseError",
+    "XrefPolicySyntaxError",
+    "ScanWorkerError",
 ]

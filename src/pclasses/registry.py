@@ -26,6 +26,7 @@ that became importable.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import sys
 import threading
@@ -36,11 +37,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ZODB.Connection import Connection as _ZODBConnection
-
 from .broken import make_broken_class
 from .classtable import is_guid_module, resolve_resident
+from .connection import install as install_connection
 from .errors import AliasCycleError, RegistrationError
+from .trust import Trust, as_trust, forget_installed
 
 __all__ = ["ClassRegistry", "Resolution", "BrokenRecord", "EntryPointFailure"]
 
@@ -94,9 +95,11 @@ class Resolution:
     """How a name resolves; returned by :meth:`ClassRegistry.explain`.
 
     ``how`` is one of ``"registered"``, ``"aliased"``, ``"imported"``,
-    ``"database-resident"``, ``"broken"``; ``chain`` the dotted names
-    followed (the first is the name asked for); ``target`` the object it
-    resolves to; ``error`` why it is broken.
+    ``"database-resident"``, ``"broken"``, and under :meth:`ClassRegistry.inspect`
+    also ``"not-imported"`` (the module exists at ``location`` but was not
+    run: not trusted); ``chain`` the dotted names followed (the first is the
+    name asked for); ``target`` the object it resolves to (``None`` when
+    not imported); ``error`` why it is broken.
     """
 
     module: str
@@ -107,6 +110,11 @@ class Resolution:
     error: str | None = None
     #: Depends on the connection's class table, so never cached globally.
     resident: bool = field(default=False, compare=False)
+    #: Where a module that was not imported was found.
+    location: str | None = None
+    #: ``(module name, sys.modules entry, attribute)`` an import step
+    #: consulted (the registry's cache checks it is still current).
+    source: tuple[str, Any, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def resolved(self) -> str:
@@ -125,6 +133,8 @@ class Resolution:
             return f"{name}: broken ({self.error})"
         if self.how == "database-resident":
             return f"{name}: database-resident"
+        if self.how == "not-imported":
+            return f"{name}: not imported (module found at {self.location}; not trusted)"
         return f"{name}: {self.how}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +144,7 @@ class Resolution:
             "how": self.how,
             "chain": list(self.chain),
             "error": self.error,
+            "location": self.location,
         }
 
 
@@ -182,14 +193,21 @@ class ClassRegistry:
         self._registered: dict[str, Any] = {}
         self._aliases: dict[str, str] = {}
         self._module_aliases: dict[str, str] = {}
-        # key -> resolved object (connection-independent results only)
-        self._cache: dict[Key, Any] = {}
+        # key -> (resolved object, module name, module, module.__dict__,
+        # attribute): connection-independent results only.  A hit is used
+        # only while ``sys.modules[module name]`` is still that module and
+        # its ``attribute`` is still the object (so a module that left
+        # sys.modules, or was reloaded, is resolved again).  A registration
+        # is checked against ``builtins`` and a one-entry dict: always valid.
+        self._cache: dict[Key, tuple[Any, str, Any, Mapping[str, Any], str]] = {}
         # key -> chain of dotted names the resolution consulted
         self._chains: dict[Key, tuple[str, ...]] = {}
         # key -> broken class (kept across refreshes so identity is stable)
         self._broken_classes: dict[Key, type] = {}
-        # key -> (broken class, error) for names currently resolving broken
-        self._broken_cache: dict[Key, tuple[type, str]] = {}
+        # key -> (broken class, error, module name, sys.modules entry then)
+        # for names currently resolving broken; used while that entry of
+        # sys.modules is unchanged (a module imported since is retried)
+        self._broken_cache: dict[Key, tuple[type, str, str | None, Any]] = {}
         self._broken_seen: dict[Key, BrokenRecord] = {}
         self._generation = 0
         self._databases: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -202,23 +220,25 @@ class ClassRegistry:
 
     def _make_factory(self) -> Callable[[Any, str, str], Any]:
         cache = self._cache
+        modules = sys.modules
         slow = self._lookup
 
         def class_factory(connection: Any, modulename: str, globalname: str) -> Any:
+            # Subscriptions only (no calls): a miss anywhere is a KeyError.
             try:
-                return cache[modulename, globalname]
+                target, source, module, namespace, attr = cache[modulename, globalname]
+                if modules[source] is module and namespace[attr] is target:
+                    return target
             except KeyError:
-                return slow(connection, modulename, globalname)
+                pass
+            return slow(connection, modulename, globalname)
 
         class_factory.registry = self  # type: ignore[attr-defined]
         return class_factory
 
     def __call__(self, connection: Any, modulename: str, globalname: str) -> Any:
         """Return the class (or other global) ``modulename.globalname``."""
-        try:
-            return self._cache[modulename, globalname]
-        except KeyError:
-            return self._lookup(connection, modulename, globalname)
+        return self.class_factory(connection, modulename, globalname)
 
     def find_global(self, modulename: str, globalname: str) -> Any:
         """Resolve without a connection (database-resident names resolve broken)."""
@@ -238,7 +258,7 @@ class ClassRegistry:
             if target is not None:
                 return target
         hit = self._broken_cache.get(key)
-        if hit is not None:
+        if hit is not None and (hit[2] is None or sys.modules.get(hit[2]) is hit[3]):
             self._note_broken(key, hit[1])
             return hit[0]
         generation = self._generation
@@ -247,14 +267,26 @@ class ClassRegistry:
             if res.how == "broken":
                 self._note_broken(key, res.error)
             return res.target
+        source = res.source
         with self._lock:
             if generation == self._generation:
                 if res.how == "broken":
-                    self._broken_cache[key] = (res.target, res.error or "")
+                    if source is None:  # e.g. an alias cycle: not about a module
+                        self._broken_cache[key] = (res.target, res.error or "", None, None)
+                    else:
+                        self._broken_cache[key] = (res.target, res.error or "", source[0],
+                                                   source[1])
                     self._chains[key] = res.chain
-                else:
-                    self._cache[key] = res.target
+                elif source is None:  # a registration
+                    self._cache[key] = (res.target, "builtins", builtins, {"": res.target}, "")
                     self._chains[key] = res.chain
+                elif source[1] is not None and "." not in source[2]:
+                    # (a dotted ``Outer.Inner`` is resolved each time: rare)
+                    mod_name, mod, attr = source
+                    namespace = getattr(mod, "__dict__", None)
+                    if isinstance(namespace, dict):
+                        self._cache[key] = (res.target, mod_name, mod, namespace, attr)
+                        self._chains[key] = res.chain
         if res.how == "broken":
             self._note_broken(key, res.error)
         return res.target
@@ -271,7 +303,8 @@ class ClassRegistry:
 
     # -- resolution ---------------------------------------------------------
 
-    def _resolve(self, connection: Any, module: str, name: str) -> Resolution:
+    def _resolve(self, connection: Any, module: str, name: str,
+                 trust: Trust | None = None) -> Resolution:
         asked = (module, name)
         if not isinstance(module, str) or not isinstance(name, str):
             return self._broken(asked, (f"{module}.{name}",), "names must be strings")
@@ -313,12 +346,24 @@ class ClassRegistry:
                                       res.error, resident=True)
                 return Resolution(asked[0], asked[1], "database-resident", tuple(chain), target,
                                   resident=True)
-        try:
-            target = _import(module, name)
-        except Exception as exc:  # ImportError, AttributeError, errors raised by the module
-            return self._broken(asked, tuple(chain), f"{type(exc).__name__}: {exc}")
+        if trust is not None:  # inspection: run no module code the data chooses
+            outcome = trust.load(module, name)
+            if outcome.kind == "broken":
+                return self._broken(asked, tuple(chain), outcome.error or "")
+            if outcome.kind == "not-imported":
+                return Resolution(asked[0], asked[1], "not-imported", tuple(chain), None,
+                                  location=outcome.location)
+            target = outcome.target
+        else:
+            try:
+                target = _import(module, name)
+            except Exception as exc:  # ImportError, AttributeError, errors raised by the module
+                res = self._broken(asked, tuple(chain), f"{type(exc).__name__}: {exc}")
+                return Resolution(res.module, res.name, res.how, res.chain, res.target,
+                                  res.error, source=(module, sys.modules.get(module), name))
         how = "aliased" if aliased else "imported"
-        return Resolution(asked[0], asked[1], how, tuple(chain), target)
+        return Resolution(asked[0], asked[1], how, tuple(chain), target,
+                          source=(module, sys.modules.get(module), name))
 
     def _module_alias(self, module: str, name: str) -> str | None:
         maliases = self._module_aliases
@@ -342,8 +387,29 @@ class ClassRegistry:
         return Resolution(asked[0], asked[1], "broken", chain, cls, error)
 
     def explain(self, module: str, name: str, connection: Any = None) -> Resolution:
-        """Say how ``module.name`` resolves, with the chain followed."""
+        """Say how ``module.name`` resolves, with the chain followed.
+
+        This is the run-time resolution: modules are imported as ZODB's
+        class factory imports them.  Tools that read untrusted data use
+        :meth:`inspect`.
+        """
         return self._resolve(connection, module, name)
+
+    def inspect(self, module: str, name: str, connection: Any = None, *,
+                trust: Trust | Iterable[str] | None = None) -> Resolution:
+        """Say how ``module.name`` resolves without running module code the data chooses.
+
+        Registrations, aliases and database-resident classes resolve as at
+        run time; a module is imported only as :class:`pclasses.trust.Trust`
+        allows (already imported, an installed non-standard-library
+        distribution, or a package named in ``trust``).  Any other module is
+        located without being run: found, the name resolves
+        ``"not-imported"`` (not broken; ``location`` says where); not found,
+        broken.  Nothing raised by an import escapes (``SystemExit``
+        included): the name resolves broken with the error.  Nothing is
+        cached.
+        """
+        return self._resolve(connection, module, name, as_trust(trust))
 
     # -- registrations ------------------------------------------------------
 
@@ -515,6 +581,7 @@ class ClassRegistry:
             self._broken_cache.clear()
             self._chains.clear()
             importlib.invalidate_caches()
+            forget_installed()
         self._after_change()
 
     # -- live reattachment --------------------------------------------------
@@ -526,21 +593,41 @@ class ClassRegistry:
     def reattach(self) -> Any:
         """Turn broken objects whose class resolves now back into real ones.
 
-        Covers every connection of the installed databases, open or idle in
-        the pool; publishes a ``ClassReattached`` event per class.  Returns a
+        Every name that resolved broken is resolved again first (its module
+        import is retried, so an add-on reinstalled in the running process
+        is found without :meth:`refresh`).  Covers every connection of the
+        installed databases, open or idle in the pool; publishes a
+        ``ClassReattached`` event per class.  Returns a
         :class:`~pclasses.reattach.ReattachReport`.
         """
+        self._retry_broken()
+        return self._reattach()
+
+    def _reattach(self) -> Any:
         from .reattach import reattach
 
         return reattach(self)
+
+    def _retry_broken(self) -> None:
+        """Forget the cached broken resolutions, so the next lookup retries them."""
+        with self._lock:
+            if not self._broken_cache:
+                return
+            self._generation += 1
+            for key in list(self._broken_cache):
+                del self._broken_cache[key]
+                self._chains.pop(key, None)
+            importlib.invalidate_caches()
 
     def _broken_classes_snapshot(self) -> dict[Key, type]:
         with self._lock:
             return dict(self._broken_classes)
 
     def _after_change(self) -> None:
+        # The change itself dropped the affected cache entries: no retry of
+        # every other broken name here.
         if self.auto_reattach and self._broken_classes and self._databases:
-            self.reattach()
+            self._reattach()
 
     # -- broken tally -------------------------------------------------------
 
@@ -558,23 +645,21 @@ class ClassRegistry:
     def install(self, db: Any) -> Any:
         """Make this registry the class factory of ``db`` (a ``ZODB.DB``).
 
-        Every database of ``db``'s multi-database gets it.  Returns ``db``.
+        Every database of ``db``'s multi-database gets it, with the
+        package's connection class (:func:`pclasses.connection.install`).
+        Returns ``db``.
         """
-        from .writer import Connection as WriterConnection
-
         dbs = getattr(db, "databases", None) or {None: db}
         factory = self.class_factory
         for each in set(dbs.values()) | {db}:
             each.classFactory = factory
-            # Connections that can write records holding broken objects.
-            if getattr(each, "klass", None) is _ZODBConnection:
-                each.klass = WriterConnection
             # Connections already made (``DB()`` itself opens one to create
             # the root, and pools it) captured the old factory.
             connection_map = getattr(each, "_connectionMap", None)
             if connection_map is not None:
                 connection_map(lambda c: _set_factory(c, factory))
             self._databases.add(each)
+        install_connection(db)
         return db
 
     @property
@@ -659,10 +744,6 @@ def _set_factory(connection: Any, factory: Any) -> None:
     reader = getattr(connection, "_reader", None)
     if reader is not None:
         reader._factory = factory
-    if type(connection) is _ZODBConnection:
-        from .writer import Connection as WriterConnection
-
-        connection.__class__ = WriterConnection
 
 
 def _entry_points(group: str) -> list[Any]:

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
 from ZODB.utils import oid_repr, p64, repr_to_oid
@@ -26,6 +26,7 @@ from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import TransferError
 from ..registry import ClassRegistry
 from ..scan import Progress
+from ..trust import Trust
 from .format import (
     CHUNK,
     VERSION,
@@ -65,12 +66,15 @@ def export_subtree(
     registry: ClassRegistry | None = None,
     name: str | None = None,
     progress: Progress | None = None,
+    trust: Trust | Iterable[str] | None = None,
 ) -> Manifest:
     """Write the subtree of ``obj_or_oid`` (an object of ``connection`` or an oid).
 
     ``file`` is a path or a binary file opened for writing.  ``format`` is
     ``"pclasses"`` (this package's format, with manifest and digest) or
-    ``"zexp"`` (ZODB's ``.zexp``).  Returns the :class:`Manifest`.
+    ``"zexp"`` (ZODB's ``.zexp``).  Returns the :class:`Manifest`.  The
+    manifest's class listing resolves names without running modules that
+    are not trusted (:mod:`pclasses.trust`; ``trust`` names more packages).
     """
     if format not in ("pclasses", "zexp"):
         raise TransferError(f"unknown export format {format!r} (pclasses or zexp)")
@@ -82,7 +86,8 @@ def export_subtree(
     load, still_valid, close_loader = snapshot_loader(connection)
     try:
         with no_gc():
-            manifest = _export(connection, start, file, format, registry, name, progress, load)
+            manifest = _export(connection, start, file, format, registry, name, progress, load,
+                                   trust)
         if still_valid():
             return manifest
     finally:
@@ -93,12 +98,13 @@ def export_subtree(
         file.seek(0)
         file.truncate()
     return _export(connection, start, file, format, registry, name, progress,
-                   connection._storage.load)
+                   connection._storage.load, trust)
 
 
 def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             registry: ClassRegistry, name: str | None, progress: Progress | None,
-            load: Callable[[bytes], tuple[bytes, bytes]]) -> Manifest:
+            load: Callable[[bytes], tuple[bytes, bytes]],
+            trust: Trust | Iterable[str] | None = None) -> Manifest:
     storage = connection._storage
     db_name = connection.db().database_name
     blob_storage = hasattr(storage, "loadBlob")
@@ -168,7 +174,7 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                 progress(n, None)
         manifest.record_count = n
         manifest.external_references = sorted(externals)
-        manifest.classes = _needs(needs, registry, connection)
+        manifest.classes = _needs(needs, registry, connection, trust)
         listed = {(c.module, c.name) for c in manifest.classes}
         for guid, cname in sorted(set(manifest.class_references.values())):
             if (GUID_PREFIX + guid, cname) not in listed:  # plain instances' classes
@@ -189,16 +195,16 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
 
 
 def _needs(needs: dict[tuple[str, str], int], registry: ClassRegistry,
-           connection: Any) -> list[ClassNeed]:
+           connection: Any, trust: Trust | Iterable[str] | None = None) -> list[ClassNeed]:
     result = []
     for (module, name), _uses in sorted(needs.items()):
         if is_guid_module(module):
             result.append(ClassNeed(module, name, "database-resident",
                                     module[len(GUID_PREFIX):]))
             continue
-        res = registry.explain(module, name, connection)
-        if res.how == "broken":
-            kind = "broken"
+        res = registry.inspect(module, name, connection, trust=trust)
+        if res.how in ("broken", "not-imported"):
+            kind = res.how
         elif isinstance(res.target, type):
             kind = "importable"
         else:

@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, BinaryIO, Literal, overload
 
 from ZODB.utils import oid_repr
@@ -31,6 +32,7 @@ from ..classtable import GUID_PREFIX, class_table, is_guid_module
 from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
 from ..registry import ClassRegistry
 from ..scan import Progress
+from ..trust import Trust
 from .format import END, ClassNeed, Reader, blob_ref_frame, opened, record_frame
 from .policy import (
     CALLED_BY_RECONSTRUCTOR,
@@ -102,6 +104,7 @@ class CheckPass:
     missing: str
     progress: Progress | None
     reader: Reader
+    trust: Trust | Iterable[str] | None = None
     #: old oid -> new oid (records, references, rebound class records)
     mapping: dict[bytes, bytes] = field(default_factory=dict)
     missing_names: list[str] = field(default_factory=list)
@@ -297,7 +300,7 @@ class CheckPass:
 
     def _judge(self, key: tuple[str, str], uses: int) -> bool:
         missing, refused = check_globals({key: uses}, self.registry, self.connection,
-                                         self.missing)
+                                         self.missing, self.trust)
         if missing:
             self.missing_keys.add(key)
         self.missing_names.extend(missing)
@@ -513,14 +516,16 @@ def _check_structure(data: bytes, oid: bytes, a: Any) -> None:
 def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
-                   savepoint: bool = ..., report: Literal[False] = ...) -> Any: ...
+                   savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
+                   report: Literal[False] = ...) -> Any: ...
 
 
 @overload
 def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
-                   savepoint: bool = ..., report: Literal[True]) -> ImportReport: ...
+                   savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
+                   report: Literal[True]) -> ImportReport: ...
 
 
 def import_subtree(
@@ -533,6 +538,7 @@ def import_subtree(
     registry: ClassRegistry | None = None,
     progress: Progress | None = None,
     savepoint: bool = False,
+    trust: Trust | Iterable[str] | None = None,
     report: bool = False,
 ) -> Any:
     """Import an export file (this package's format or ZODB's ``.zexp``).
@@ -556,6 +562,10 @@ def import_subtree(
     several imports can wait in one transaction.  ``savepoint=True`` writes
     them into a savepoint at once instead, as ZODB's ``importFile`` does
     (every record is then copied twice).
+
+    The checks resolve names without running modules that are not trusted
+    (:mod:`pclasses.trust`; ``trust`` names more packages): a class whose
+    module exists but is not trusted counts as missing until trusted.
     """
     t0 = time.perf_counter()
     if missing not in ("error", "broken"):
@@ -568,7 +578,7 @@ def import_subtree(
         with no_gc():
             reader = Reader(f)
             reader.verify()
-            plan = CheckPass(connection, registry, missing, progress, reader).run()
+            plan = CheckPass(connection, registry, missing, progress, reader, trust=trust).run()
         try:
             key = name or (reader.manifest.name if reader.manifest else None)
             if into is not None:
@@ -602,12 +612,9 @@ def import_subtree(
 
 def _writer_connection(connection: Any) -> None:
     """Make sure ``connection`` handles our imports during its commit."""
-    from ZODB.Connection import Connection as ZODBConnection
+    from ..connection import install, is_installed
 
-    from ..writer import Connection
-
-    if not isinstance(connection, Connection):
-        if type(connection) is not ZODBConnection:
-            raise TransferError("import needs a ZODB connection (or one made by a database "
-                                "opened with pclasses)")
-        connection.__class__ = Connection
+    install(connection.db())
+    if not is_installed(connection):
+        raise TransferError("import needs a ZODB connection (or one made by a database "
+                            "opened with pclasses)")

@@ -12,10 +12,12 @@ packages may not be *called*.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..registry import ClassRegistry
+from ..trust import Trust
 
 __all__ = ["ALLOWED_GLOBALS", "REFUSED_PREFIX", "CALLED_BY_RECONSTRUCTOR", "RECONSTRUCTORS",
            "USE_CALLED", "USE_ARGUMENT", "check_globals"]
@@ -69,7 +71,7 @@ REFUSED_PREFIX = "pclasses-refused:"
 
 def check_globals(
     needs: dict[tuple[str, str], int], registry: ClassRegistry, connection: Any,
-    missing: str,
+    missing: str, trust: Trust | Iterable[str] | None = None,
 ) -> tuple[list[str], set[tuple[str, str]]]:
     """``(missing class names, refused globals)`` for the globals ``needs``
     maps to their uses (the analyzer's flags, plus
@@ -89,9 +91,13 @@ def check_globals(
                 missing_names.append(f"{dotted} (database-resident class, guid "
                                      f"{module[len(GUID_PREFIX):]})")
             continue
-        res = registry.explain(module, name, connection)
+        res = registry.inspect(module, name, connection, trust=trust)
         if res.how == "broken":
             missing_names.append(dotted)
+            continue
+        if res.how == "not-imported":  # it exists, but judging it would run it
+            missing_names.append(f"{dotted} (module {res.chain[-1].rpartition('.')[0]} is "
+                                 "not trusted: not imported to check it; trust its package)")
             continue
         target = res.target
         if not isinstance(target, type):

@@ -25,6 +25,7 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import oid_repr, z64
 from zope.interface import directlyProvides, providedBy
 
+from ..connection import CommitImport
 from ..errors import ExportFormatError, TransferError
 from .format import Reader
 from .reports import ImportReport
@@ -58,12 +59,8 @@ def pending_import(connection: Any) -> PendingImports:
     return PendingImports()
 
 
-class PendingImports:
+class PendingImports(CommitImport):
     """What ``Connection._importDuringCommit`` receives for our imports."""
-
-    # pclasses.writer.Connection recognises the package's commit-time
-    # imports by this module name.
-    __module__ = "pclasses.transfer"
 
     def __init__(self) -> None:
         self.plans: list[tuple[Plan, bool]] = []

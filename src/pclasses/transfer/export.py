@@ -24,8 +24,6 @@ from ZODB.utils import oid_repr, p64, repr_to_oid
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import TransferError
-from ..record.analyze import EdgeKind, Use
-from ..record.edges import edges_of
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
@@ -41,7 +39,8 @@ from .format import (
     record_frame,
     write_file,
 )
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, record_class
+from .records import BLOB_CLASS, CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
+    record_class
 
 __all__ = ["export_subtree"]
 
@@ -109,7 +108,6 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
     storage = connection._storage
     db_name = connection.db().database_name
     blob_storage = hasattr(storage, "loadBlob")
-    from ZODB.blob import is_blob_record
 
     manifest = Manifest(VERSION, db_name, start, 0, name=name)
     needs: dict[tuple[str, str], int] = {}
@@ -143,19 +141,19 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             if pair == CLASS_TABLE:
                 continue
             if pair is not None:
-                needs[pair] = needs.get(pair, 0) | Use.CLASS_META
+                needs[pair] = needs.get(pair, 0) | 8
             for g in a.globals:
-                key = (g.module, g.name)
-                needs[key] = needs.get(key, 0) | g.uses
-            for e in edges_of(data, a):
-                if e.oid is None:
+                key = (g[0], g[1])
+                needs[key] = needs.get(key, 0) | g[5]
+            for kind, off, length, database, _shared, _pi in a.pids:
+                if kind == "unknown" or off < 0:
                     raise TransferError(f"record {oid_repr(oid)} holds a reference this "
                                         "tool cannot follow")
-                child = e.oid
-                if e.database is not None:
-                    externals[(e.database, child)] = None
+                child = data[off:off + length]
+                if database is not None:
+                    externals[(database, child)] = None
                     continue
-                if e.kind is EdgeKind.WEAK:
+                if kind == "weak":
                     continue  # weak targets travel only when strongly reachable
                 if child not in seen:
                     seen.add(child)
@@ -165,7 +163,7 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             else:
                 body.write(record_frame(oid, data) + data)
             n += 1
-            if blob_storage and is_blob_record(data):
+            if pair == BLOB_CLASS and blob_storage:
                 path = storage.loadBlob(oid, tid)
                 size = os.path.getsize(path)
                 body.write(ZEXP_BLOB + p64(size) if format == "zexp" else blob_frame(size))

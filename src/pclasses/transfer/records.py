@@ -17,13 +17,15 @@ from ..errors import ExportFormatError, PClassesError
 from ..record.analyze import Use
 from ..record.analyze import analyze as _ANALYZE
 
-__all__ = ["CLASS_METACLASSES", "CLASS_TABLE", "analyze", "record_class", "class_record_info",
+__all__ = ["BLOB_CLASS", "CLASS_METACLASSES", "CLASS_TABLE", "analyze", "record_class", "class_record_info",
            "no_gc"]
 
 #: Class-metadata globals of class records (never exported).
 CLASS_METACLASSES = {("pclasses.pclass", "PersistentClass"),
                      ("ZODB.persistentclass", "PersistentMetaClass")}
 CLASS_TABLE = ("pclasses.classtable", "ClassTable")
+#: The class of blob records (ZODB's ``is_blob_record`` asks for exactly it).
+BLOB_CLASS = ("ZODB.blob", "Blob")
 
 
 def analyze(data: bytes, oid: bytes) -> Any:

@@ -24,6 +24,7 @@ from ZODB.utils import oid_repr, p64, repr_to_oid
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import TransferError
+from ..record.edges import EdgeKind, edges_of
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
@@ -143,17 +144,17 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             if pair is not None:
                 needs[pair] = needs.get(pair, 0) | 8
             for g in a.globals:
-                key = (g[0], g[1])
-                needs[key] = needs.get(key, 0) | g[5]
-            for kind, off, length, database, _shared, _pi in a.pids:
-                if kind == "unknown" or off < 0:
+                key = (g.module, g.name)
+                needs[key] = needs.get(key, 0) | int(g.uses)  # type: ignore[index]
+            for e in edges_of(data, a) if a.pids else ():
+                child = e.oid
+                if child is None:
                     raise TransferError(f"record {oid_repr(oid)} holds a reference this "
                                         "tool cannot follow")
-                child = data[off:off + length]
-                if database is not None:
-                    externals[(database, child)] = None
+                if e.database is not None:
+                    externals[(e.database, child)] = None
                     continue
-                if kind == "weak":
+                if e.kind is EdgeKind.WEAK:
                     continue  # weak targets travel only when strongly reachable
                 if child not in seen:
                     seen.add(child)

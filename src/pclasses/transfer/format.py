@@ -237,7 +237,7 @@ def write_file(out: Any, body: Any, manifest: Manifest) -> None:
     body.write(END)
     body.flush()
     manifest.bytes = 0
-    head = json.dumps(manifest.to_dict(), sort_keys=True).encode()
+    head = json.dumps(Manifest.to_dict(manifest), sort_keys=True).encode()
     write(MAGIC + struct.pack(">H", VERSION) + struct.pack(">I", len(head)) + head)
     body.seek(0)
     while True:

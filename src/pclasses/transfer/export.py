@@ -149,7 +149,9 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             trust: Trust | Iterable[str] | None = None) -> Manifest:
     storage = connection._storage
     db_name = connection.db().database_name
-    blob_storage = hasattr(storage, "loadBlob")
+    from ZODB.interfaces import IBlobStorage
+
+    blob_storage = IBlobStorage.providedBy(storage)
 
     t0 = time.perf_counter()
     manifest = ExportReport(VERSION, db_name, start, 0, name=name, format=format,
@@ -212,7 +214,12 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             else:
                 body.write(record_frame(oid, data) + data)
             n += 1
-            if pair == BLOB_CLASS and blob_storage:
+            if pair == BLOB_CLASS:
+                if not blob_storage:
+                    raise TransferError(
+                        f"record {oid_repr(oid)} holds a blob, and the database was opened "
+                        "without its blob directory (give its blob directory, --blob-dir on "
+                        "the command line)")
                 path = _blob_file(storage, oid, tid)
                 size = os.path.getsize(path)
                 body.write(ZEXP_BLOB + p64(size) if format == "zexp" else blob_frame(size))

@@ -392,7 +392,7 @@ class CheckPass:
         """
         b = analyze(new, oid)
         if not refused:
-            if b != a:
+            if b != a or not _same_outside(old, _oid_ranges(a), new, _oid_ranges(b)):
                 raise self._changed(oid, "meaning")
             return b
 
@@ -415,6 +415,12 @@ class CheckPass:
             now = new[q.oid_start:q.oid_start + 8]
             if now != (was if p.database is not None else self.mapping.get(was)):
                 raise self._changed(oid, "references")
+        renamed_a = [(g.start, g.end) for g in a.globals if (g.module, g.name) in refused]
+        renamed_b = [(h.start, h.end) for g, h in zip(a.globals, b.globals)
+                     if (g.module, g.name) in refused]
+        if not _same_outside(old, sorted(_oid_ranges(a) + renamed_a), new,
+                             sorted(_oid_ranges(b) + renamed_b)):
+            raise self._changed(oid, "meaning")
         return b
 
     @staticmethod
@@ -501,6 +507,27 @@ class CheckPass:
                 kind = "importable"
             out.append(ClassNeed(module, name, kind, guid))
         return out
+
+
+def _oid_ranges(a: Analysis) -> list[tuple[int, int]]:
+    return [(p.oid_start, p.oid_start + p.oid_length) for p in a.pids]
+
+
+def _same_outside(old: bytes, old_edits: list[tuple[int, int]], new: bytes,
+                  new_edits: list[tuple[int, int]]) -> bool:
+    """Whether ``old`` and ``new`` hold the same bytes outside their edited
+    ranges (matched in order)."""
+    if len(old_edits) != len(new_edits):
+        return False
+    i = j = 0
+    for (a0, a1), (b0, b1) in zip(old_edits, new_edits):
+        if a0 < i or b0 < j:  # overlapping ranges (one literal, several references)
+            i, j = max(i, a1), max(j, b1)
+            continue
+        if old[i:a0] != new[j:b0]:
+            return False
+        i, j = a1, b1
+    return old[i:] == new[j:]
 
 
 def _check_structure(data: bytes, oid: bytes, a: Any) -> None:

@@ -19,7 +19,6 @@ import pickletools
 import random
 import subprocess
 import sys
-import time
 import types
 
 import pytest

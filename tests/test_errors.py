@@ -60,6 +60,14 @@ SAMPLES: dict[str, object] = {
     "list[str]": ["a.B", "c.D", "a.B"],
     "tuple[str, ...]": ("a.B", "c.D"),
     "Iterable[str]": ["a.B", "c.D"],
+    "Sequence[bytes]": [b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02"],
+    "list[bytes]": [b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02"],
+    "Mapping[str, str]": {"a.B": "c.D"},
+    "dict[str, str]": {"a.B": "c.D"},
+    "float": 1.5,
+    "bool": True,
+    "Any": "anything",
+    "object | None": "anything",
 }
 
 

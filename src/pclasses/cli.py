@@ -488,7 +488,7 @@ def _default_import_name(file: str) -> str:
 
 @main.command("import")
 @click.argument("target")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path())  # a missing file is an error (exit 1), not usage
 @click.option("--into", default="/", show_default=True,
               help="Path of the container that receives the imported object.")
 @click.option("--name", default=None,

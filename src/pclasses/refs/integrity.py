@@ -39,7 +39,9 @@ def effective_mode(registry: RefRegistry, ref_id: str) -> str:
     if mode is not None:
         return mode  # type: ignore[no-any-return]
     desc = declared.get(ref_id)
-    return desc.mode if desc is not None else "always"
+    if desc is not None:
+        return desc.mode  # type: ignore[no-any-return]
+    return registry.code_modes.get(ref_id, "always")  # type: ignore[no-any-return]
 
 
 def resolve_id(registry: RefRegistry, jar: Any, rid: str, name: str | None = None) -> Any:
@@ -124,6 +126,9 @@ def link(registry: RefRegistry, rid: str, key: str, ref_id: str, name: str,
     notify(ReferenceAdded(source, name, key, ref_id))  # a veto raises here
     if ref_id not in registry.names:
         registry.names[ref_id] = name
+    desc = declared.get(ref_id)
+    if desc is not None and registry.code_modes.get(ref_id) != desc.mode:
+        registry.code_modes[ref_id] = desc.mode
     registry.add_link(rid, ref_id, database_name(source._p_jar), source._p_oid)
 
 

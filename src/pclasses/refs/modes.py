@@ -137,7 +137,8 @@ def set_ref_mode(connection: Any, ref: Any, mode: str, fix: str | None = None,
     for link in stale:
         registry.drop_link(*link)
     desc = declared.get(ref_id)
-    if desc is not None and desc.mode == mode:
+    code_mode = desc.mode if desc is not None else registry.code_modes.get(ref_id)
+    if code_mode == mode:
         registry.modes.pop(ref_id, None)
     else:
         registry.modes[ref_id] = mode

@@ -12,7 +12,9 @@ registry's oid.  It holds
   oid)`` held by a source, in every mode;
 * ``by_ref``: the same links ordered by ref id first (mode changes);
 * ``names``: ref id -> attribute name;
-* ``modes``: ref id -> mode set at run time (overrides the code's mode).
+* ``modes``: ref id -> mode set at run time (overrides the code's mode);
+* ``code_modes``: ref id -> the mode the code declares, as last seen (so
+  tools that do not import the application know it).
 
 Reference ids are derived from the target's oid when it is first
 referenced (its hex oid, with a ``.n`` suffix if taken), never from a
@@ -55,6 +57,7 @@ class RefRegistry(Persistent):
         self.keys = KeyTree()
         self.names = KeyTree()
         self.modes = KeyTree()
+        self.code_modes = KeyTree()
         self.links = OOTreeSet()
         self.by_ref = OOTreeSet()
 

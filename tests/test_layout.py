@@ -32,6 +32,8 @@ FROZEN = [
     "pclasses.refs.registry.RefRegistry",
     "pclasses.refs.trees.KeyTree",
     "pclasses.refs.trees.KeyBucket",
+    "pclasses.refs.trees.KeySet",
+    "pclasses.refs.trees.KeySetBucket",
     "pclasses.refs.folder.Folder",
     "pclasses.refs.descriptor.Ref",
     "pclasses.refs.descriptor.RefSet",

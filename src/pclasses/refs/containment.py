@@ -89,7 +89,9 @@ def place(container: Any, name: str, obj: Any) -> Any:
     if jar is not None:
         if getattr(obj, "_p_jar", None) is None and hasattr(obj, "_p_oid"):
             jar.add(obj)
-        registry = jar.__dict__.get("_pclasses_refreg") or registry_of(jar, create=False)
+        # The registry is made with the first placement, so that writers
+        # referencing targets later never race to create it in the root.
+        registry = jar.__dict__.get("_pclasses_refreg") or registry_of(jar)
         if registry is not None and registry.keys:
             try:
                 key = _child_key(container_key(container)[1], name)

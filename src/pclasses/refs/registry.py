@@ -29,13 +29,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from BTrees.OOBTree import OOTreeSet
 from persistent import Persistent
 from ZODB.POSException import POSKeyError
 from ZODB.utils import u64, z64
 
 from ..record.reader import PersistentRef, read_record
-from .trees import KeyTree
+from .trees import KeySet, KeyTree
 
 __all__ = ["REGISTRY_KEY", "STATE_KEY", "RefRegistry", "registry_of", "new_reference_id",
            "subtree_range"]
@@ -58,8 +57,8 @@ class RefRegistry(Persistent):
         self.names = KeyTree()
         self.modes = KeyTree()
         self.code_modes = KeyTree()
-        self.links = OOTreeSet()
-        self.by_ref = OOTreeSet()
+        self.links = KeySet()
+        self.by_ref = KeySet()
 
     def __repr__(self) -> str:
         return f"<RefRegistry with {len(self.ids)} reference ids>"

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from BTrees.Interfaces import BTreesConflictError
-from BTrees.OOBTree import OOBTree, OOBucket
+from BTrees.OOBTree import OOBTree, OOBucket, OOSet, OOTreeSet
 
-__all__ = ["KeyTree", "KeyBucket"]
+__all__ = ["KeyTree", "KeyBucket", "KeySet", "KeySetBucket"]
 
 _MISSING = object()
 
@@ -51,6 +51,25 @@ def _merge_flat(old: tuple[Any, ...], s1: tuple[Any, ...], s2: tuple[Any, ...]) 
     return tuple(out)
 
 
+def _merge_set(old: tuple[Any, ...], s1: tuple[Any, ...], s2: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Three-way merge of set bucket keys: additions and removals of both."""
+    o, a, b = set(old), set(s1), set(s2)
+    merged = (o & a & b) | (a - o) | (b - o)
+    if not merged:
+        raise BTreesConflictError(-1, -1, -1, 12)
+    return tuple(sorted(merged))
+
+
+def _resolve_bucket(merge: Any, old: Any, s1: Any, s2: Any) -> Any:
+    if old is None or s1 is None or s2 is None:
+        raise BTreesConflictError(-1, -1, -1, 12)
+    if len(old) != len(s1) or len(s1) != len(s2):
+        raise BTreesConflictError(-1, -1, -1, 12)
+    if len(s1) > 1 and not (s1[1] == s2[1] == old[1]):
+        raise BTreesConflictError(-1, -1, -1, 12)
+    return (merge(old[0], s1[0], s2[0]),) + tuple(s1[1:])
+
+
 class KeyBucket(OOBucket):  # type: ignore[misc]
     """A bucket of :class:`KeyTree`."""
 
@@ -58,13 +77,7 @@ class KeyBucket(OOBucket):  # type: ignore[misc]
         try:
             return super()._p_resolveConflict(old, s1, s2)
         except BTreesConflictError:
-            if old is None or s1 is None or s2 is None:
-                raise
-            if len(old) != len(s1) or len(s1) != len(s2):
-                raise
-            if len(s1) > 1 and not (s1[1] == s2[1] == old[1]):
-                raise
-            return (_merge_flat(old[0], s1[0], s2[0]),) + tuple(s1[1:])
+            return _resolve_bucket(_merge_flat, old, s1, s2)
 
 
 class KeyTree(OOBTree):  # type: ignore[misc]
@@ -96,3 +109,29 @@ def _inline(state: Any) -> Any:
     if not isinstance(flat, tuple):
         return _MISSING
     return flat
+
+
+class KeySetBucket(OOSet):  # type: ignore[misc]
+    """A bucket of :class:`KeySet`."""
+
+    def _p_resolveConflict(self, old: Any, s1: Any, s2: Any) -> Any:  # noqa: N802
+        try:
+            return super()._p_resolveConflict(old, s1, s2)
+        except BTreesConflictError:
+            return _resolve_bucket(_merge_set, old, s1, s2)
+
+
+class KeySet(OOTreeSet):  # type: ignore[misc]
+    """An OOTreeSet whose concurrent first inserts (into an empty or
+    one-bucket set) merge."""
+
+    _bucket_type = KeySetBucket
+
+    def _p_resolveConflict(self, old: Any, s1: Any, s2: Any) -> Any:  # noqa: N802
+        try:
+            return super()._p_resolveConflict(old, s1, s2)
+        except BTreesConflictError:
+            inline = [_inline(s) for s in (old, s1, s2)]
+            if any(i is _MISSING for i in inline):
+                raise
+            return (((_merge_set(*inline),),),)

@@ -14,7 +14,13 @@ from typing import Any
 
 from ..errors import ReferentialIntegrityError
 from .events import KeyChanged, notify
-from .integrity import blockers, database_name, defer_check, effective_mode
+from .integrity import (
+    blockers,
+    database_name,
+    defer_check,
+    has_links_of,
+    ref_ids_in_modes,
+)
 from .location import child, is_key_root, join_key, locate, parent_of, unwrap
 from .registry import registry_of
 
@@ -126,16 +132,11 @@ def remove(container: Any, name: str) -> Any:
                     raise ReferentialIntegrityError(breaches, f"removing {key}")
                 for rid, ref_id, database, oid in stale:
                     registry.drop_link(rid, ref_id, database, oid)
+                commit_refs = ref_ids_in_modes(registry, ("commit",))
                 for _key, rid in rids:
-                    commit = False
-                    any_link = False
-                    for _rid, ref_id, _db, _oid in registry.links_of(rid):
-                        any_link = True
-                        if effective_mode(registry, ref_id) == "commit":
-                            commit = True
-                    if not any_link:
+                    if not registry.has_links(rid):
                         registry.forget(rid)
-                    elif commit:
+                    elif commit_refs and has_links_of(registry, rid, commit_refs):
                         defer_check(registry, jar, rid)
                 registry.bump()
     raw_del(container, name)

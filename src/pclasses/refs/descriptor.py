@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, MutableSet
 from typing import Any
 
-from ..errors import ReferentialIntegrityError, Breach, UnlocatedError
+from ZODB.utils import z64
+
+from ..errors import Breach, ReferentialIntegrityError, UnlocatedError
 from .integrity import (
     check_mode,
     database_name,
@@ -153,7 +155,7 @@ class Ref:
                                  f"declare Ref(database={database_name(jar)!r})")
         self._ensure_source(inst, jar)
         mode = effective_mode(registry, self.id)  # type: ignore[arg-type]
-        if mode == "always" and resolve(jar, key) is not target:
+        if mode == "always" and not _resolves_to(registry, jar, key, rid, target):
             raise ReferentialIntegrityError(
                 [Breach(key, self.name or "", self.id or "", database_name(inst._p_jar),
                         inst._p_oid, inst._p_jar)], "assigning an unresolvable target")
@@ -188,6 +190,18 @@ class Ref:
 
 
 _DELETE = object()
+
+
+def _resolves_to(registry: RefRegistry, jar: Any, key: str, rid: str, target: Any) -> bool:
+    """Whether ``key`` resolves to ``target`` (the resolved-target cache first)."""
+    cache = registry.cache()
+    if cache.get(rid) is target:
+        return True
+    if resolve(jar, key) is target:
+        if target._p_serial != z64:  # objects new in this transaction may be aborted
+            cache[rid] = target
+        return True
+    return False
 
 
 class RefSet(Ref):

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from ZODB.utils import z64
+
 from ..errors import Breach, DanglingReferenceError, ReferentialIntegrityError, UnlocatedError
 from .events import ReferenceAdded, ReferenceRemoved, notify
 from .location import describe, locate, resolve
 from .registry import RefRegistry, registry_of
 
-__all__ = ["MODES", "declared", "effective_mode", "resolve_id", "target_id", "link", "unlink",
+__all__ = ["MODES", "ref_ids_in_modes", "has_links_of", "declared", "effective_mode", "resolve_id", "target_id", "link", "unlink",
            "source_status", "blockers", "defer_check", "database_name", "check_mode"]
 
 MODES = ("none", "always", "commit")
 #: ref id -> descriptor, for every Ref/RefSet the process has seen.
 declared: dict[str, Any] = {}
 #: At most this many breaches are collected before refusing.
-BREACH_LIMIT = 20
+BREACH_LIMIT = 5
 
 
 def check_mode(mode: str) -> str:
@@ -56,7 +58,8 @@ def resolve_id(registry: RefRegistry, jar: Any, rid: str, name: str | None = Non
     obj = resolve(jar, key)
     if obj is None:
         raise DanglingReferenceError(key, rid, name)
-    cache[rid] = obj
+    if obj._p_serial != z64:  # objects new in this transaction may be aborted
+        cache[rid] = obj
     return obj
 
 
@@ -98,27 +101,46 @@ def source_status(registry: RefRegistry, jar: Any, database: str, oid: bytes,
     return "alive"
 
 
+def ref_ids_in_modes(registry: RefRegistry, modes: tuple[str, ...]) -> list[str]:
+    """The ref ids (references known to the registry) whose mode is in ``modes``."""
+    return [ref_id for ref_id in registry.names if effective_mode(registry, ref_id) in modes]
+
+
 def blockers(registry: RefRegistry, jar: Any, rids: list[tuple[str, str]], within: str | None,
-             modes: tuple[str, ...] = ("always",)) -> tuple[list[Breach], list[Any]]:
+             modes: tuple[str, ...] = ("always",),
+             limit: int = BREACH_LIMIT) -> tuple[list[Breach], list[Any]]:
     """Breaches of removing the targets ``(key, rid)``: links of a mode in
     ``modes`` from live sources outside ``within``.  Also returns the stale
-    links met on the way (sources gone)."""
+    links met on the way (sources gone).  Only the links of references in
+    those modes are read (a range scan each), and the search stops after
+    ``limit`` breaches: the cost does not grow with the number of referrers."""
     breaches: list[Breach] = []
     stale: list[Any] = []
+    ref_ids = ref_ids_in_modes(registry, modes)
+    if not ref_ids:
+        return breaches, stale
     for key, rid in rids:
-        for link in registry.links.keys(min=(rid,), max=(rid + "\x00",), excludemax=True):
-            _rid, ref_id, database, oid = link
-            if effective_mode(registry, ref_id) not in modes:
-                continue
-            status = source_status(registry, jar, database, oid, within)
-            if status == "gone":
-                stale.append(link)
-            elif status == "alive":
-                breaches.append(Breach(key, registry.names.get(ref_id, ref_id), ref_id,
-                                       database, oid, jar))
-                if len(breaches) >= BREACH_LIMIT:
-                    return breaches, stale
+        for ref_id in ref_ids:
+            for link in registry.links.keys(min=(rid, ref_id), max=(rid, ref_id + "\x00"),
+                                            excludemax=True):
+                _rid, _ref_id, database, oid = link
+                status = source_status(registry, jar, database, oid, within)
+                if status == "gone":
+                    stale.append(link)
+                elif status == "alive":
+                    breaches.append(Breach(key, registry.names.get(ref_id, ref_id), ref_id,
+                                           database, oid, jar))
+                    if len(breaches) >= limit:
+                        return breaches, stale
     return breaches, stale
+
+
+def has_links_of(registry: RefRegistry, rid: str, ref_ids: list[str]) -> bool:
+    for ref_id in ref_ids:
+        for _ in registry.links.keys(min=(rid, ref_id), max=(rid, ref_id + "\x00"),
+                                     excludemax=True):
+            return True
+    return False
 
 
 def link(registry: RefRegistry, rid: str, key: str, ref_id: str, name: str,

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from persistent import Persistent
+from ZODB.Connection import RootConvenience
 from ZODB.utils import z64
 
 from ..errors import UnlocatedError
@@ -72,9 +73,8 @@ def key_root(connection: Any) -> Any:
 
 def unwrap(container: Any) -> Any:
     """ZODB's ``conn.root()`` wraps the root mapping; use the mapping."""
-    inner = getattr(container, "__dict__", {}).get("_root")
-    if inner is not None and type(container).__name__ == "RootConvenience":
-        return inner
+    if type(container) is RootConvenience:
+        return container.__dict__["_root"]
     return container
 
 
@@ -112,6 +112,16 @@ def locate(obj: Any) -> tuple[Any, str]:
     names: list[str] = []
     cur = obj
     for _ in range(MAX_DEPTH):
+        # the common case inline: __parent__/__name__, no locators
+        parent = None if _locators else getattr(cur, "__parent__", None)
+        if parent is not None and cur._p_oid != z64:
+            name = getattr(cur, "__name__", None)
+            if name != APPLICATION and isinstance(name, str) and name and "/" not in name:
+                if type(parent) is RootConvenience:
+                    parent = parent.__dict__["_root"]
+                names.append(name)
+                cur = parent
+                continue
         if is_key_root(cur):
             break
         found = parent_of(cur)
@@ -130,10 +140,13 @@ def locate(obj: Any) -> tuple[Any, str]:
         cur = parent
     else:
         raise UnlocatedError(describe(obj), "its chain of parents does not end")
-    jar = _jar_of(obj, cur)
+    jar = obj._p_jar
     if jar is None:
-        raise UnlocatedError(describe(obj), "its container is not in a database")
-    return jar, join_key(reversed(names))
+        jar = _jar_of(obj, cur)
+        if jar is None:
+            raise UnlocatedError(describe(obj), "its container is not in a database")
+    names.reverse()
+    return jar, "/" + "/".join(names)
 
 
 def _physical_path(obj: Any) -> list[str] | None:

@@ -486,7 +486,7 @@ def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bo
 
 @main.command("import")
 @click.argument("target")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path())  # a missing file is an error (exit 1), not usage
 @click.option("--into", default="/", show_default=True,
               help="Path of the container that receives the imported object.")
 @click.option("--name", default=None,

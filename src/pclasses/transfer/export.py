@@ -39,7 +39,7 @@ from .format import (
     record_frame,
     write_file,
 )
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
+from .records import BLOB_CLASS, CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
     record_class
 
 __all__ = ["export_subtree"]
@@ -108,7 +108,6 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
     storage = connection._storage
     db_name = connection.db().database_name
     blob_storage = hasattr(storage, "loadBlob")
-    from ZODB.blob import is_blob_record
 
     manifest = Manifest(VERSION, db_name, start, 0, name=name)
     needs: dict[tuple[str, str], int] = {}
@@ -164,7 +163,7 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             else:
                 body.write(record_frame(oid, data) + data)
             n += 1
-            if blob_storage and is_blob_record(data):
+            if pair == BLOB_CLASS and blob_storage:
                 path = storage.loadBlob(oid, tid)
                 size = os.path.getsize(path)
                 body.write(ZEXP_BLOB + p64(size) if format == "zexp" else blob_frame(size))

@@ -150,6 +150,8 @@ class Frame:
     oid: bytes
     data: bytes
     blob: tuple[int, int] | None = None
+    #: the analyzer's findings when the reader needed them already (.zexp)
+    analysis: Any = None
 
 
 def record_frame(oid: bytes, data: bytes) -> bytes:
@@ -334,7 +336,11 @@ class Reader:
             yield frame
 
     def _zexp_frames(self) -> Iterator[Frame]:
-        from ZODB.blob import is_blob_record
+        # Which records have a blob after them: ZODB asks an unpickler
+        # (``is_blob_record``); we ask the record analyzer, which runs the
+        # package's guards (pre-scan, lengths, limits) before anything else
+        # looks at the record, and keep its findings for the check pass.
+        from .records import BLOB_CLASS, analyze, record_class
 
         f = self.f
         while True:
@@ -346,7 +352,8 @@ class Reader:
             n = u64(head[8:])
             data = self._read(n, "record")
             frame = Frame(head[:8], data)
-            if is_blob_record(data):
+            frame.analysis = a = analyze(data, frame.oid)
+            if b"ZODB.blob" in data and record_class(data, frame.oid, a) == BLOB_CLASS:
                 pos = f.tell()
                 if f.read(len(ZEXP_BLOB)) == ZEXP_BLOB:
                     size = u64(self._read(8, "blob length"))

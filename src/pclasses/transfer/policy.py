@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..classtable import GUID_PREFIX, is_guid_module
+from ..record.analyze import Use
 from ..registry import ClassRegistry
 from ..trust import Trust
 
@@ -46,8 +47,8 @@ ALLOWED_GLOBALS = frozenset({
     ("zope.interface.declarations", "Provides"),
 })
 
-USE_CALLED = 1 | 4  # REDUCE callable, INST/OBJ class
-USE_ARGUMENT = 32  # passed as a value (e.g. to copyreg._reconstructor)
+USE_CALLED = Use.REDUCE | Use.INSTANTIATE  # REDUCE callable, INST/OBJ class
+USE_ARGUMENT = Use.OTHER  # passed as a value (e.g. to copyreg._reconstructor)
 RECONSTRUCTORS = {("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor")}
 #: Marks a class passed as an argument in a record that also calls
 #: ``copyreg._reconstructor`` (set by the check pass, not by the analyzer).

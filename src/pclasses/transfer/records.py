@@ -14,15 +14,18 @@ from ZODB.utils import oid_repr
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import ExportFormatError, PClassesError
-from ..skim import analyze as _ANALYZE
+from ..record.analyze import Use
+from ..record.analyze import analyze as _ANALYZE
 
-__all__ = ["CLASS_METACLASSES", "CLASS_TABLE", "analyze", "record_class", "class_record_info",
+__all__ = ["BLOB_CLASS", "CLASS_METACLASSES", "CLASS_TABLE", "analyze", "record_class", "class_record_info",
            "no_gc"]
 
 #: Class-metadata globals of class records (never exported).
 CLASS_METACLASSES = {("pclasses.pclass", "PersistentClass"),
                      ("ZODB.persistentclass", "PersistentMetaClass")}
 CLASS_TABLE = ("pclasses.classtable", "ClassTable")
+#: The class of blob records (ZODB's ``is_blob_record`` asks for exactly it).
+BLOB_CLASS = ("ZODB.blob", "Blob")
 
 
 def analyze(data: bytes, oid: bytes) -> Any:
@@ -39,9 +42,9 @@ def record_class(data: bytes, oid: bytes, a: Any) -> tuple[str, str] | None:
     ``(module, name)`` strings of formats 3 and 7 (instances of
     database-resident classes); ``None`` for a persistent class reference."""
     for g in a.globals:
-        if g[5] & 8:
-            return (g[0], g[1])
-    from ..records import read_class
+        if g.uses & Use.CLASS_META:
+            return (g.module, g.name)
+    from ..record.reader import read_class
 
     try:
         return read_class(data, oid).pair
@@ -51,7 +54,7 @@ def record_class(data: bytes, oid: bytes, a: Any) -> tuple[str, str] | None:
 
 def class_record_info(data: bytes, oid: bytes) -> tuple[str, str] | None:
     """``(guid, name)`` of a persistent-class record (read inertly)."""
-    from ..records import read_record
+    from ..record.reader import read_record
 
     info = read_record(data, oid)
     args = info.klass.args or ()

@@ -57,6 +57,7 @@ from .errors import (
     ReferentialIntegrityError,
     DanglingReferenceError,
     UnlocatedError,
+    MissingReferencesError,
 )
 from .refs import (
     Folder,
@@ -144,6 +145,7 @@ __all__ = [
     "ReferentialIntegrityError",
     "DanglingReferenceError",
     "UnlocatedError",
+    "MissingReferencesError",
     "Ref",
     "RefSet",
     "Folder",

@@ -54,6 +54,7 @@ __all__ = [
     "ReferentialIntegrityError",
     "DanglingReferenceError",
     "UnlocatedError",
+    "MissingReferencesError",
 ]
 
 
@@ -432,3 +433,14 @@ class UnlocatedError(PClassesError, TypeError):
         self.target = target
         self.reason = reason
         super().__init__(f"{target} has no location: {reason}")
+
+
+class MissingReferencesError(TransferError, LookupError):
+    """An import would leave always-mode references dangling: their
+    ``keys`` do not resolve in the target database.  Nothing was written."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = list(keys)
+        super().__init__(f"the import refers to keys the target database lacks: "
+                         f"{', '.join(self.keys)} (import with references='dangling' "
+                         "to accept that)")

@@ -70,11 +70,14 @@ def _set_location(obj: Any, parent: Any, name: str | None) -> None:
 
 
 def _is_placed(obj: Any) -> bool:
-    found = parent_of(obj)
-    if found is None:
+    try:
+        found = parent_of(obj)
+        if found is None:
+            return False
+        parent, name = found
+        return child(parent, name) is obj
+    except KeyError:  # a __parent__ that does not load (an imported object's)
         return False
-    parent, name = found
-    return child(parent, name) is obj
 
 
 def place(container: Any, name: str, obj: Any) -> Any:

@@ -17,8 +17,8 @@ registry's oid.  It holds
   tools that do not import the application know it).
 
 Reference ids are derived from the target's oid when it is first
-referenced (its hex oid, with a ``.n`` suffix if taken), never from a
-counter: two writers referencing the same new target insert the same
+referenced (the registry's random ``token`` and the hex oid, with a ``.n``
+suffix if taken), never from a counter: two writers referencing the same new target insert the same
 entries, which :class:`~pclasses.refs.trees.KeyTree` merges.  The registry
 object itself is "bumped" (rewritten unchanged) whenever a key stops
 meaning what it meant (remove, move, replace), which invalidates every
@@ -51,7 +51,14 @@ _CONN_ATTR = "_pclasses_refreg"
 class RefRegistry(Persistent):
     """The reference registry of one database (see the module docstring)."""
 
+    #: A random prefix of this database's reference ids, so that ids stay
+    #: unique when subtrees move between databases (export/import).
+    token = ""
+
     def __init__(self) -> None:
+        import secrets
+
+        self.token = secrets.token_hex(3)
         self.ids = KeyTree()
         self.keys = KeyTree()
         self.names = KeyTree()
@@ -157,7 +164,7 @@ def new_reference_id(registry: RefRegistry, oid: bytes | None) -> str:
 
         base = "r" + secrets.token_hex(8)
     else:
-        base = format(u64(oid), "x")
+        base = registry.token + format(u64(oid), "x")
     rid, n = base, 0
     while rid in registry.ids:
         n += 1

@@ -98,8 +98,18 @@ class Manifest:
     blobs: int = 0
     name: str | None = None
     bytes: int = 0
+    #: the intrinsic references the subtree holds (pclasses.refs.transfer)
+    references: list[dict[str, Any]] = field(default_factory=list)
+    #: the key of the exported root object, when it has one
+    references_root: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._to_dict()
+        if not self.references:  # listed only when the subtree holds references
+            del d["references"], d["references_root"]
+        return d
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
             "source_database": self.source_database,
@@ -113,6 +123,8 @@ class Manifest:
             "blobs": self.blobs,
             "name": self.name,
             "bytes": self.bytes,
+            "references": self.references,
+            "references_root": self.references_root,
         }
 
     @classmethod
@@ -132,6 +144,8 @@ class Manifest:
                 blobs=int(d.get("blobs", 0)),
                 name=d.get("name"),
                 bytes=int(d.get("bytes", 0)),
+                references=[dict(r) for r in d.get("references", [])],
+                references_root=d.get("references_root"),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
                 RecursionError) as exc:

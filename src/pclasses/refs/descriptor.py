@@ -149,6 +149,21 @@ class Ref:
             target_jar.add(inst)
 
     def _rid_for(self, inst: Any, target: Any) -> tuple[RefRegistry, Any, str, str]:
+        # Fast path: the target's location, cached under the registry's token
+        # (any move/remove/replace changes the token) and checked against ids
+        # (an aborted transaction rolls ids back).
+        jar = getattr(target, "_p_jar", None)
+        if jar is not None and inst._p_jar is not None:
+            registry = jar.__dict__.get("_pclasses_refreg")
+            cached = target.__dict__.get("_v_pclasses_loc")
+            if (cached is not None and registry is not None
+                    and cached[0] is registry.__dict__.get("_v_token")
+                    and registry.ids.get(cached[2]) == cached[1]
+                    and (self.database is None) == (jar is inst._p_jar)):
+                key, rid = cached[1], cached[2]
+                if effective_mode(registry, self.id) == "commit":  # type: ignore[arg-type]
+                    defer_check(registry, jar, rid)
+                return registry, jar, key, rid
         registry, jar, key, rid = target_id(target, self.database)
         if self.database is None and inst._p_jar is not None and inst._p_jar is not jar:
             raise UnlocatedError(describe(target), f"it is in database {database_name(jar)!r}; "
@@ -161,6 +176,9 @@ class Ref:
                         inst._p_oid, inst._p_jar)], "assigning an unresolvable target")
         if mode == "commit":
             defer_check(registry, jar, rid)
+        if (target._p_serial != z64 and self.database is None) and (
+                mode == "always" or _resolves_to(registry, jar, key, rid, target)):
+            target._v_pclasses_loc = (registry.location_token(), key, rid)
         return registry, jar, key, rid
 
     def __set__(self, inst: Any, value: Any) -> None:

@@ -80,9 +80,18 @@ class RefRegistry(Persistent):
             self._v_cache = cache
             return cache
 
+    def location_token(self) -> object:
+        """A volatile token that stays the same while no key changes meaning
+        (targets cache their location under it)."""
+        token = self.__dict__.get("_v_token")
+        if token is None:
+            token = self._v_token = object()
+        return token
+
     def bump(self) -> None:
         """Keys changed meaning: drop every connection's resolved targets."""
         self.__dict__.pop("_v_cache", None)
+        self.__dict__.pop("_v_token", None)
         self._p_changed = True
 
     def _p_resolveConflict(self, old: Any, saved: Any, new: Any) -> Any:  # noqa: N802

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ZODB.broken import BrokenModified
+from ZODB.POSException import POSKeyError
 
 __all__ = [
     "PClassesError",
@@ -50,6 +51,10 @@ __all__ = [
     "XrefPolicySyntaxError",
     "ScanWorkerError",
     "RepairError",
+    "ReferentialIntegrityError",
+    "DanglingReferenceError",
+    "UnlocatedError",
+    "MissingReferencesError",
 ]
 
 
@@ -336,3 +341,106 @@ class RepairError(PClassesError, RuntimeError):
     def __init__(self, message: str, *, database: str | None = None) -> None:
         self.database = database
         super().__init__(message)
+
+
+class Breach:
+    """One referrer that blocks a change: the link from ``source`` (its
+    attribute ``name``, reference ``ref_id``) to the target at ``key``.
+
+    ``database`` and ``oid`` name the source; :attr:`source` loads it through
+    the connection the breach was found with (``None`` once pickled).
+    """
+
+    __slots__ = ("key", "name", "ref_id", "database", "oid", "_jar")
+
+    def __init__(self, key: str, name: str, ref_id: str, database: str, oid: bytes,
+                 jar: Any = None) -> None:
+        self.key = key
+        self.name = name
+        self.ref_id = ref_id
+        self.database = database
+        self.oid = oid
+        self._jar = jar
+
+    @property
+    def source(self) -> Any:
+        """The referring object, loaded on access."""
+        if self._jar is None:
+            return None
+        jar = self._jar
+        if self.database and jar.db().database_name != self.database:
+            jar = jar.get_connection(self.database)
+        return jar.get(self.oid)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.key, self.name, self.ref_id, self.database, self.oid)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Breach, self._fields())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Breach) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"<Breach {self.ref_id} of {_oid_text(self.oid)} in {self.database!r} "
+                f"-> {self.key!r}>")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name, "ref_id": self.ref_id,
+                "database": self.database, "oid_repr": _oid_text(self.oid)}
+
+
+class ReferentialIntegrityError(PClassesError, ValueError):
+    """A change would leave (or left, at commit) a reference dangling.
+
+    ``breaches`` lists the referrers that block, each a :class:`Breach`
+    with ``source``, ``name`` and ``key``; ``action`` says what was refused.
+    """
+
+    def __init__(self, breaches: Sequence[Breach], action: str = "change") -> None:
+        self.breaches = list(breaches)
+        self.action = action
+        shown = ", ".join(f"{_oid_text(b.oid)}.{b.name} -> {b.key}" for b in self.breaches[:5])
+        more = f" and {len(self.breaches) - 5} more" if len(self.breaches) > 5 else ""
+        keys = sorted({b.key for b in self.breaches})
+        super().__init__(f"{action} refused: {', '.join(keys)} still referenced "
+                         f"by {shown}{more}")
+
+
+class DanglingReferenceError(PClassesError, POSKeyError):
+    """A reference whose target is gone: nothing is at its ``key`` (``None``
+    when the reference id itself is unknown).  ``reference_id`` is the
+    stored id, ``name`` the attribute read."""
+
+    def __init__(self, key: str | None, reference_id: str, name: str | None = None) -> None:
+        self.key = key
+        self.reference_id = reference_id
+        self.name = name
+        where = f"key {key!r}" if key is not None else f"reference id {reference_id!r}"
+        attr = f"{name}: " if name else ""
+        super().__init__(f"{attr}dangling reference: nothing at {where}")
+
+
+class UnlocatedError(PClassesError, TypeError):
+    """An object without a canonical location was used as a reference
+    target (not placed yet, or not persistent).  ``target`` describes it,
+    ``reason`` says what is missing."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        self.target = target
+        self.reason = reason
+        super().__init__(f"{target} has no location: {reason}")
+
+
+class MissingReferencesError(TransferError, LookupError):
+    """An import would leave always-mode references dangling: their
+    ``keys`` do not resolve in the target database.  Nothing was written."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = list(keys)
+        super().__init__(f"the import refers to keys the target database lacks: "
+                         f"{', '.join(self.keys)} (import with references='dangling' "
+                         "to accept that)")

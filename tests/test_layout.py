@@ -29,6 +29,8 @@ FROZEN = [
     "pclasses.demo_models.Product",
     "pclasses.demo_models.Stamp",
     "pclasses.demo_models.Widget",
+    "pclasses.tree.handle.DatabaseHandle",
+    "pclasses.tree.reference.RemoteReference",
 ]
 
 #: Strings stored in records: (module, attribute, value).
@@ -36,6 +38,8 @@ FROZEN_STRINGS = [
     ("pclasses.classtable", "GUID_PREFIX", "*"),
     ("pclasses.classtable", "TABLE_KEY", "__pclasses_class_table__"),
     ("pclasses.pclass", "_NAME_KEY", "__pclasses_name__"),
+    ("pclasses.tree.handle", "HANDLES_KEY", "pclasses.databases"),
+    ("pclasses.tree.pins", "PINS_KEY", "pclasses.pins"),
 ]
 
 DECISIONS = Path(__file__).resolve().parent.parent / "design" / "decisions.md"

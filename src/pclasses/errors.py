@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ZODB.broken import BrokenModified
+from ZODB.POSException import POSKeyError
 
 __all__ = [
     "PClassesError",
@@ -50,6 +51,10 @@ __all__ = [
     "XrefPolicySyntaxError",
     "ScanWorkerError",
     "RepairError",
+    "DatabaseUnavailableError",
+    "DanglingReferenceError",
+    "UnreachableReferenceError",
+    "DuplicateHandleError",
 ]
 
 
@@ -336,3 +341,55 @@ class RepairError(PClassesError, RuntimeError):
     def __init__(self, message: str, *, database: str | None = None) -> None:
         self.database = database
         super().__init__(message)
+
+
+# -- trees of databases (issue 14) ---------------------------------------------
+
+
+class DatabaseUnavailableError(PClassesError, OSError):
+    """The database a handle stands for cannot be opened (missing file, ZEO
+    server down, bad URI).  ``name`` is the handle's (and database's) name,
+    ``target`` what it opens, ``reason`` why it could not."""
+
+    def __init__(self, name: str, target: str, reason: str) -> None:
+        self.name = name
+        self.target = target
+        self.reason = reason
+        super().__init__(f"database {name!r} ({target}) is unavailable: {reason}")
+
+
+class DanglingReferenceError(PClassesError, POSKeyError):
+    """A reference whose target is gone (packed away, deleted) was used.
+
+    ``database_name`` and ``oid`` name the target, ``klass`` its class as the
+    reference recorded it (dotted text, or ``None``).  Also ZODB's
+    ``POSKeyError`` (hence a ``KeyError``)."""
+
+    def __init__(self, database_name: str, oid: bytes, klass: str | None = None) -> None:
+        self.database_name = database_name
+        self.oid = oid
+        self.klass = klass
+        what = f" ({klass})" if klass else ""
+        super().__init__(f"the target {_oid_text(oid)}{what} of a reference into database "
+                         f"{database_name!r} is gone")
+
+
+class UnreachableReferenceError(PClassesError, ValueError):
+    """``get_reference(source, target)``: the target's database is not
+    downstream of the source's in the tree of databases.  ``source_database``
+    and ``target_database`` name them."""
+
+    def __init__(self, source_database: str, target_database: str) -> None:
+        self.source_database = source_database
+        self.target_database = target_database
+        super().__init__(f"database {target_database!r} cannot be reached from database "
+                         f"{source_database!r} by following database handles")
+
+
+class DuplicateHandleError(PClassesError, ValueError):
+    """A database handle named ``name`` already exists in this tree of
+    databases (handle names are unique in a tree)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a database named {name!r} already exists in this tree of databases")

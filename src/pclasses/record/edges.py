@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from ..errors import RecordDecodeError
 from .analyze import Analysis, EdgeKind, analyze
+from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites
 
 __all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record"]
 
@@ -39,6 +40,9 @@ class Edge(NamedTuple):
     pickle: int
     #: patching the oid literal would change more than references
     shared: bool
+    #: ``remote`` edges only: the oid of the database handle the reference
+    #: goes through (see :class:`pclasses.record.remote.RemoteSite`)
+    via: bytes | None = None
 
     @property
     def is_weak(self) -> bool:
@@ -56,6 +60,22 @@ def analyze_record(data: bytes, oid: bytes | None = None) -> Analysis:
         return analyze(data)
     except ValueError as exc:
         raise RecordDecodeError(str(exc), oid=oid) from None
+
+
+def _remote_edges(data: bytes, a: Analysis) -> list[Edge]:
+    if MARKER not in data:
+        return []
+    if not any(g.module == REMOTE_MODULE and g.name == REMOTE_NAME for g in a.globals):
+        return []
+    out = []
+    for site in remote_sites(data):
+        klass: tuple[str | None, str | None] | None = None
+        if site.klass:
+            module, _, name = site.klass.rpartition(".")
+            klass = (module or None, name)
+        out.append(Edge(EdgeKind.REMOTE, site.oid, site.database, klass, None, -1, -1,
+                        site.pickle, False, site.via))
+    return out
 
 
 def edges_of(data: bytes, a: Analysis) -> list[Edge]:
@@ -86,6 +106,8 @@ def edges_of(data: bytes, a: Analysis) -> list[Edge]:
             Edge(p.kind, target, p.database, klass, klass_oid, p.oid_start, end, p.pickle,
                  p.shared)
         )
+    # A remote reference always holds a persistent reference (to its handle).
+    out.extend(_remote_edges(data, a))
     return out
 
 
@@ -94,7 +116,10 @@ def edges(data: bytes, oid: bytes | None = None) -> list[Edge]:
 
     A reference nested in another's class part (an instance of a
     database-resident class referred to with its class) comes first, as
-    ``ZODB.serialize.referencesf`` lists it.  Raises
+    ``ZODB.serialize.referencesf`` lists it.  Remote references of a tree of
+    databases (kind ``remote``, no byte range, ``via`` the handle's oid)
+    follow all persistent references, innermost first; the reference to
+    their handle is among the persistent ones.  Raises
     :class:`~pclasses.errors.RecordDecodeError` for bytes that are not a
     record the analyzer can walk.
     """

@@ -62,9 +62,12 @@ from .errors import (
     DanglingReferenceError,
     DatabaseUnavailableError,
     DuplicateHandleError,
+    GarbageCollectionRefusedError,
     UnreachableReferenceError,
 )
 from .tree import (
+    check_refs,
+    collect_garbage,
     Dangling,
     DatabaseHandle,
     RemoteAttribute,
@@ -144,4 +147,7 @@ __all__ = [
     "DanglingReferenceError",
     "UnreachableReferenceError",
     "DuplicateHandleError",
+    "GarbageCollectionRefusedError",
+    "check_refs",
+    "collect_garbage",
 ]

@@ -55,6 +55,7 @@ __all__ = [
     "DanglingReferenceError",
     "UnreachableReferenceError",
     "DuplicateHandleError",
+    "GarbageCollectionRefusedError",
 ]
 
 
@@ -393,3 +394,14 @@ class DuplicateHandleError(PClassesError, ValueError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"a database named {name!r} already exists in this tree of databases")
+
+
+class GarbageCollectionRefusedError(PClassesError, RuntimeError):
+    """``collect_garbage(apply=True)`` refused to delete anything because of
+    database ``database``: ``reason`` says why (a storage that collects
+    garbage on pack by itself, a database that cannot be opened)."""
+
+    def __init__(self, database: str, reason: str) -> None:
+        self.database = database
+        self.reason = reason
+        super().__init__(f"garbage collection refused for database {database!r}: {reason}")

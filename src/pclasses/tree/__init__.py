@@ -17,6 +17,8 @@ One concept per module:
 
 from __future__ import annotations
 
+from .check import RefsReport, check_refs
+from .gc import GcReport, collect_garbage
 from .dangling import Dangling, is_dangling
 from .handle import DatabaseHandle
 from .opening import open
@@ -24,6 +26,10 @@ from .reference import RemoteAttribute, RemoteReference, get_reference
 from .tree import Tree, tree_of
 
 __all__ = [
+    "GcReport",
+    "RefsReport",
+    "check_refs",
+    "collect_garbage",
     "DatabaseHandle",
     "Dangling",
     "RemoteAttribute",

@@ -54,6 +54,8 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
         #: names added in this process: their database may be created
         self.creatable: set[str] = set()
         self.unreachable: set[str] = set()
+        #: open children read-only whatever their handles say (inspection)
+        self.force_read_only = False
 
     # -- learning handles -----------------------------------------------------
 
@@ -132,8 +134,9 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
                 self.registry = ClassRegistry()
             kwargs = dict(info.options)
             try:
-                db = open_db(info.target, self.registry, read_only=info.read_only,
-                             create=info.name in self.creatable and not info.read_only, databases=self,
+                db = open_db(info.target, self.registry, read_only=info.read_only or self.force_read_only,
+                             create=(info.name in self.creatable and not info.read_only
+                                     and not self.force_read_only), databases=self,
                              database_name=info.name, **kwargs)
             except DatabaseUnavailableError:
                 raise

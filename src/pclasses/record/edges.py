@@ -15,7 +15,7 @@ from ..errors import RecordDecodeError
 from .analyze import Analysis, EdgeKind, analyze
 from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites
 
-__all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record"]
+__all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record", "targets"]
 
 
 class Edge(NamedTuple):
@@ -124,3 +124,19 @@ def edges(data: bytes, oid: bytes | None = None) -> list[Edge]:
     record the analyzer can walk.
     """
     return edges_of(data, analyze_record(data, oid))
+
+
+def targets(data: bytes, oid: bytes | None = None) -> list[tuple[EdgeKind, bytes, str | None]]:
+    """``(kind, target oid, target database or None)`` of every reference of
+    ``data`` with a known target: :func:`edges` without class parts and byte
+    ranges, for walks over whole databases (reference checks, gc)."""
+    a = analyze_record(data, oid)
+    sites = a.pids
+    if not sites:
+        return []
+    out = [(p.kind, data[p.oid_start:p.oid_start + p.oid_length], p.database)
+           for p in sites if p.oid_start >= 0]
+    if MARKER in data:
+        out.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a)
+                   if e.oid is not None)
+    return out

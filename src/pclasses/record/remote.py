@@ -65,9 +65,9 @@ def _pid_oid(pid: Any) -> bytes | None:
     return None
 
 
-def _walk(stream: io.BytesIO, which: int, out: list[RemoteSite]) -> None:
+def _walk(stream: io.BytesIO, which: int, out: list[RemoteSite],
+          memo: dict[int, Any]) -> None:
     stack: list[Any] = []
-    memo: dict[int, Any] = {}
     for op, arg, _pos in pickletools.genops(stream):
         name = op.name
         if name == "STOP":
@@ -168,15 +168,156 @@ def _reduce(func: Any, args: Any, which: int, out: list[RemoteSite]) -> Any:
     return _OPAQUE
 
 
-def remote_sites(data: bytes) -> list[RemoteSite]:
-    """Every remote reference in the record ``data``, innermost first."""
+class _Unsupported(Exception):
+    """An opcode the fast walker does not know: the record goes to :func:`_walk`."""
+
+
+_U32 = int.from_bytes
+
+
+def _fast(data: bytes, out: list[RemoteSite]) -> None:
+    """:func:`_walk` for the opcodes ZODB's pickler writes (protocols 1-3),
+    both pickles; raises :class:`_Unsupported` for anything else."""
+    n = len(data)
+    i = 0
+    which = 0
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+    push = stack.append
+    pop = stack.pop
+    while i < n:
+        op = data[i]
+        i += 1
+        if op == 0x71:  # BINPUT
+            memo[data[i]] = stack[-1] if stack else _OPAQUE
+            i += 1
+        elif op == 0x68:  # BINGET
+            push(memo.get(data[i], _OPAQUE))
+            i += 1
+        elif op == 0x28:  # MARK
+            push(_MARK)
+        elif op == 0x8C or op == 0x43 or op == 0x55:  # SHORT_BINUNICODE/BYTES/STRING
+            ln = data[i]
+            raw = data[i + 1:i + 1 + ln]
+            i += 1 + ln
+            if op == 0x8C:
+                try:
+                    push(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    push(_OPAQUE)
+            else:
+                push(bytes(raw))
+        elif op == 0x58 or op == 0x42 or op == 0x54:  # BINUNICODE/BINBYTES/BINSTRING
+            ln = _U32(data[i:i + 4], "little")
+            raw = data[i + 4:i + 4 + ln]
+            i += 4 + ln
+            if op == 0x58:
+                try:
+                    push(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    push(_OPAQUE)
+            else:
+                push(bytes(raw))
+        elif op == 0x4B:  # BININT1
+            push(_OPAQUE)
+            i += 1
+        elif op == 0x4D:  # BININT2
+            push(_OPAQUE)
+            i += 2
+        elif op == 0x4A:  # BININT
+            push(_OPAQUE)
+            i += 4
+        elif op == 0x47:  # BINFLOAT
+            push(_OPAQUE)
+            i += 8
+        elif op == 0x8A:  # LONG1
+            push(_OPAQUE)
+            i += 1 + data[i]
+        elif op == 0x63:  # GLOBAL
+            j = data.index(b"\n", i)
+            k = data.index(b"\n", j + 1)
+            try:
+                push(_Global(data[i:j].decode("utf-8"), data[j + 1:k].decode("utf-8")))
+            except UnicodeDecodeError:
+                push(_OPAQUE)
+            i = k + 1
+        elif op == 0x51:  # BINPERSID
+            push(_Pid(pop() if stack else None))
+        elif op == 0x52:  # REDUCE
+            args = pop() if stack else None
+            func = pop() if stack else None
+            push(_reduce(func, args, which, out))
+        elif op == 0x85 or op == 0x86 or op == 0x87:  # TUPLE1-3
+            k = op - 0x84
+            items = tuple(stack[-k:])
+            del stack[-k:]
+            push(items)
+        elif op == 0x74:  # TUPLE
+            push(tuple(_pop_mark(stack)))
+        elif op == 0x29:  # EMPTY_TUPLE
+            push(())
+        elif op == 0x4E:  # NONE
+            push(None)
+        elif op == 0x7D or op == 0x5D or op == 0x88 or op == 0x89:  # {} [] True False
+            push(_OPAQUE)
+        elif op == 0x75 or op == 0x65:  # SETITEMS, APPENDS
+            _pop_mark(stack)
+        elif op == 0x73:  # SETITEM
+            del stack[-2:]
+        elif op == 0x61:  # APPEND
+            if stack:
+                pop()
+        elif op == 0x62:  # BUILD
+            if stack:
+                pop()
+        elif op == 0x81:  # NEWOBJ
+            del stack[-2:]
+            push(_OPAQUE)
+        elif op == 0x64 or op == 0x6C:  # DICT, LIST
+            _pop_mark(stack)
+            push(_OPAQUE)
+        elif op == 0x72:  # LONG_BINPUT
+            memo[_U32(data[i:i + 4], "little")] = stack[-1] if stack else _OPAQUE
+            i += 4
+        elif op == 0x6A:  # LONG_BINGET
+            push(memo.get(_U32(data[i:i + 4], "little"), _OPAQUE))
+            i += 4
+        elif op == 0x80:  # PROTO
+            i += 1
+        elif op == 0x2E:  # STOP
+            if which == 1:
+                return
+            which = 1
+            stack.clear()
+            # the memo is shared by both pickles (one unpickler in ZODB)
+        elif op == 0x30:  # POP
+            if stack:
+                pop()
+        elif op == 0x32:  # DUP
+            push(stack[-1] if stack else _OPAQUE)
+        else:
+            raise _Unsupported(op)
+
+
+def remote_sites(data: bytes, *, fast: bool = True) -> list[RemoteSite]:
+    """Every remote reference in the record ``data``, innermost first.
+
+    A fast walker handles the opcodes ZODB writes; any other record (or
+    ``fast=False``) goes through :func:`pickletools.genops`."""
     out: list[RemoteSite] = []
+    if fast:
+        try:
+            _fast(bytes(data), out)
+            return out
+        except (_Unsupported, IndexError, ValueError):
+            out = []
     stream = io.BytesIO(data)
+    memo: dict[int, Any] = {}
     for which in (0, 1):
         if stream.tell() >= len(data):
             break
         try:
-            _walk(stream, which, out)
+            _walk(stream, which, out, memo)
         except (ValueError, IndexError, EOFError):
             break
     return out

@@ -70,10 +70,23 @@ def gc_on_pack(storage: Any) -> bool:
     return bool(getattr(options, "pack_gc", False))  # RelStorage
 
 
-def _all_oids(storage: Any) -> list[bytes]:
+def _candidates(storage: Any, reached: set[bytes]) -> list[bytes]:
+    """Oids of ``storage``'s objects that exist and were not reached."""
+    index = getattr(storage, "_index", None)
+    if index is not None and hasattr(storage, "_file_name"):
+        out = []
+        for oid in index.keys():  # FileStorage: the index, no record read
+            if oid in reached:
+                continue
+            try:
+                storage.load(oid)
+            except POSKeyError:
+                continue  # deleted
+            out.append(oid)
+        return out
     from ..scan import iter_records
 
-    return [oid for oid, _data in iter_records(storage)]
+    return [oid for oid, _data in iter_records(storage) if oid not in reached]
 
 
 def _pins(db: Any) -> dict[bytes, Any]:
@@ -156,8 +169,7 @@ def collect_garbage(db: Any, days: float = 1, apply: bool = False, *,
         _drop_pins(databases, report.stale_pins)
         w = walk(databases, unavailable, follow_weak=False)
     cutoff = time.time() - days * 86400.0
-    candidates = {name: [oid for oid in _all_oids(each.storage)
-                         if oid not in w.reached[name]]
+    candidates = {name: _candidates(each.storage, w.reached[name])
                   for name, each in databases.items()}
     if days > 0:
         roots = []

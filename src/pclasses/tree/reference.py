@@ -33,7 +33,7 @@ __all__ = ["RemoteReference", "RemoteAttribute", "get_reference"]
 class RemoteReference:
     """A reference to object ``oid`` of database ``database_name`` through ``via``."""
 
-    __slots__ = ("via", "oid", "klass", "database_name", "_hit")
+    __slots__ = ("via", "oid", "klass", "database_name", "_hit", "_top")
 
     via: Any
     oid: bytes
@@ -51,6 +51,10 @@ class RemoteReference:
         s(self, "klass", klass)
         s(self, "database_name", database_name)
         s(self, "_hit", None)
+        top = via
+        while type(top) is RemoteReference:
+            top = top.via
+        s(self, "_top", top)  # the handle stored in the source's database
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("a RemoteReference is immutable")
@@ -91,14 +95,9 @@ class RemoteReference:
         :class:`~pclasses.errors.DanglingReferenceError` instead."""
         hit = self._hit
         if hit is not None:
-            conn, obj = hit
-            via = self.via
-            while type(via) is RemoteReference:
-                via = via.via
-            jar = via._p_jar
-            # Warm path: same connection group, connection still open.
-            if (jar is not None and jar.connections.get(self.database_name) is conn
-                    and conn.opened is not None):
+            # Warm: the same connection group (the top handle's jar), still open.
+            jar, conn, obj = hit
+            if self._top._p_jar is jar and conn.opened is not None:
                 if ghost or obj._p_changed is not None:
                     return obj
                 try:
@@ -115,7 +114,7 @@ class RemoteReference:
             if strict:
                 raise DanglingReferenceError(self.database_name, self.oid, self.klass) from None
             return Dangling(self.database_name, self.oid, self.klass)
-        object.__setattr__(self, "_hit", (conn, obj))
+        object.__setattr__(self, "_hit", (self._top._p_jar, conn, obj))
         return obj
 
 

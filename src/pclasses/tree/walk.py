@@ -18,7 +18,7 @@ from ZODB.utils import z64
 
 from ..errors import DatabaseUnavailableError, PClassesError
 from ..record.analyze import EdgeKind
-from ..record.edges import edges
+from ..record.edges import targets
 from .databases import databases_of
 
 __all__ = ["open_all", "Walk", "walk", "FORMS"]
@@ -84,19 +84,29 @@ def walk(databases: dict[str, Any], unavailable: Iterable[str] = (), *,
     oids not to follow (still counted as reached).
     """
     out = Walk()
-    unavailable = set(unavailable)
-    storages = {name: db.storage for name, db in databases.items()}
+    storages = {name: _Loader(db.storage) for name, db in databases.items()}
+    try:
+        return _walk(out, storages, set(unavailable), follow_weak, roots, skip or {})
+    finally:
+        for loader in storages.values():
+            loader.close()
+
+
+def _walk(out: Walk, storages: dict[str, Any], unavailable: set[str], follow_weak: bool,
+          roots: Iterable[tuple[str, bytes]], skip: dict[str, set[bytes]]) -> Walk:
     reached = out.reached
     for name in storages:
         reached[name] = set()
     # (database, oid, referring database, referring oid, form)
     stack: list[tuple[Any, ...]] = [(name, z64, None, None, "") for name in sorted(storages)]
     stack.extend((n, o, None, None, "") for n, o in roots)
-    skip = skip or {}
     dangling = out.dangling
     missing: set[tuple[str, bytes]] = set()
+    remote_targets = out.remote_targets
+    push = stack.append
+    pop = stack.pop
     while stack:
-        name, oid, source, soid, form = stack.pop()
+        name, oid, source, soid, form = pop()
         seen = reached[name]
         if oid in seen:
             continue
@@ -111,28 +121,26 @@ def walk(databases: dict[str, Any], unavailable: Iterable[str] = (), *,
         if oid in skip.get(name, ()):
             continue
         try:
-            found = edges(data, oid)
+            found = targets(data, oid)
         except PClassesError as exc:
             out.unreadable.append((name, oid, str(exc)))
             continue
-        for e in found:
-            toid = e.oid
-            if toid is None:
-                continue
-            form = _FORM.get(e.kind)
+        out.references += len(found)
+        for kind, toid, database in found:
+            form = _FORM.get(kind)
             if form is None:
                 continue
-            target = e.database or name
-            out.references += 1
+            target = database or name
             if form == "remote":
-                out.remote_targets.setdefault(target, set()).add(toid)
-            if target not in storages:
+                remote_targets.setdefault(target, set()).add(toid)
+            tseen = reached.get(target)
+            if tseen is None:
                 reason = "unavailable" if target in unavailable else "unknown-database"
                 dangling.append((name, oid, target, toid, form, reason))
                 continue
-            if toid in reached[target]:
+            if toid in tseen:
                 continue
-            if (target, toid) in missing:
+            if missing and (target, toid) in missing:
                 dangling.append((name, oid, target, toid, form, "missing"))
                 continue
             if form == "weak" and not follow_weak:
@@ -140,8 +148,51 @@ def walk(databases: dict[str, Any], unavailable: Iterable[str] = (), *,
                     missing.add((target, toid))
                     dangling.append((name, oid, target, toid, form, "missing"))
                 continue
-            stack.append((target, toid, name, oid, form))
+            push((target, toid, name, oid, form))
     return out
+
+
+class _Loader:
+    """``load(oid) -> (data, tid)`` of a storage; a FileStorage is read
+    straight from its file at the positions its index gives (the databases
+    are open for this walk, read-only or not written meanwhile), anything
+    unusual (a backpointer, a deletion) through the storage."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+        self.load = storage.load
+        index = getattr(storage, "_index", None)
+        name = getattr(storage, "_file_name", None)
+        data = getattr(index, "_data", None)
+        if data is None or name is None:
+            return
+        import struct
+
+        f = open(name, "rb")  # noqa: SIM115 - closed with the storage's file
+        header = struct.Struct(">8s8sQQHQ")  # oid tid prev tloc vlen plen
+        unpack, size = header.unpack, header.size
+        buckets = data.get
+        seek, read = f.seek, f.read
+        slow = storage.load
+        self._file = f
+
+        def load(oid: bytes) -> tuple[bytes, bytes]:
+            bucket = buckets(oid[:6])
+            p = bucket.get(oid[6:]) if bucket is not None else None
+            if p is None:
+                return slow(oid)  # type: ignore[no-any-return]  # POSKeyError
+            seek(int.from_bytes(p, "big"))
+            hoid, tid, _prev, _tloc, vlen, plen = unpack(read(size))
+            if hoid != oid or vlen or not plen:
+                return slow(oid)  # type: ignore[no-any-return]
+            return read(plen), tid
+
+        self.load = load
+
+    def close(self) -> None:
+        f = getattr(self, "_file", None)
+        if f is not None:
+            f.close()
 
 
 def _exists(storage: Any, oid: bytes) -> bool:

@@ -266,3 +266,34 @@ def test_dangling_placeholder_for_zodb_multi_references(tmp_path):
     assert pclasses.is_dangling(d) and d.database_name == "a" and d.oid == oid
     conn.close()
     pclasses.tree_of(db).close()
+
+
+def test_child_on_a_real_zeo_server(tmp_path, zeo_uri):
+    """A child served by ZEO: written through its handle in one commit with
+    the root, reached lazily through a remote reference after reopening, and
+    counted by refs-check."""
+    root_path = tmp_path / "root.fs"
+    db = pclasses.open(root_path, tree=True)
+    tree = pclasses.tree_of(db)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    src = conn.root()["src"] = Node("src")
+    conn.add(src)
+    hz = tree.add(conn, "zeo", zeo_uri)
+    remote = hz.root()["remote"] = Node("on zeo")
+    tm.commit()
+    src.ref = pclasses.get_reference(src, remote)
+    tm.commit()
+    conn.close()
+    tree.close()
+    db = pclasses.open(root_path, tree=True)
+    tree = pclasses.tree_of(db)
+    conn = db.open()
+    src = conn.root()["src"]
+    assert tree.opened == {db.database_name}
+    assert src.ref().name == "on zeo"
+    assert "zeo" in tree.opened
+    conn.close()
+    report = pclasses.check_refs(db)
+    tree.close()
+    assert report.ok and report.objects["zeo"] >= 2

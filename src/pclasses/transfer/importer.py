@@ -44,6 +44,9 @@ from .policy import (
 )
 from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
     record_class
+from ..record import Analysis
+from ..record.analyze import Use
+from ..record.edges import EdgeKind
 from .reports import ImportReport
 from .store import Plan, pending_import, root_ghost
 
@@ -73,6 +76,8 @@ def _binary_literal(data: bytes, off: int) -> bool:
         return True
     return off >= 9 and data[off - 9] == 0x8E and data[off - 8:off] == b"\x08" + bytes(7)
 
+
+_CLASS_META = int(Use.CLASS_META)
 
 #: SHORT_BINBYTES / SHORT_BINSTRING of 8 bytes: the usual oid literal.
 _SHORT_BINARY = frozenset({b"C\x08", b"U\x08"})
@@ -227,9 +232,10 @@ class CheckPass:
             start = pos + _FRAME_HEAD
             if expect:
                 for p, q in zip(a.pids, a2.pids):
-                    waiting = expect.get(p[1])
+                    waiting = expect.get(p.oid_start)
                     if waiting is not None:
-                        forward.setdefault(waiting[0], []).append((start + q[1], waiting[1]))
+                        forward.setdefault(waiting[0], []).append(
+                            (start + q.oid_start, waiting[1]))
             write(record_frame(new, record))
             write(record)
             pos = start + len(record)
@@ -272,13 +278,13 @@ class CheckPass:
         refused_here: set[tuple[str, str]] = set()
         reconstructs = False
         for g in a.globals:
-            if (g[0], g[1]) in RECONSTRUCTORS and g[5] & USE_CALLED:
+            if (g.module, g.name) in RECONSTRUCTORS and int(g.uses) & USE_CALLED:
                 reconstructs = True
         pair = None
         for g in a.globals:
-            key = (g[0], g[1])
-            uses = g[5]
-            if uses & 8 and pair is None:
+            key: tuple[str, str] = (g.module, g.name)  # type: ignore[assignment]
+            uses = int(g.uses)  # (IntFlag operators are slow)
+            if uses & _CLASS_META and pair is None:
                 pair = key
             if reconstructs and uses & USE_ARGUMENT:
                 uses |= CALLED_BY_RECONSTRUCTOR
@@ -312,10 +318,9 @@ class CheckPass:
                              refused: frozenset[tuple[str, str]]) -> tuple[bytes, Any]:
         """Format 3/7 class metadata naming a refused global, renamed (a new
         class pickle, so the record is analysed again)."""
-        if pair not in refused or any(g[5] & 8 for g in a.globals):
+        if pair not in refused or any(int(g.uses) & _CLASS_META for g in a.globals):
             return data, a
-        from ..records import read_class
-        from ..rewrite import replace_class_pickle
+        from ..record import read_class, replace_class_pickle
 
         if read_class(data, oid).format != 3:
             raise ExportFormatError(f"record {oid_repr(oid)}: its class metadata names "
@@ -334,9 +339,11 @@ class CheckPass:
         bound = self.bound
         out = None
         expect: dict[int, tuple[bytes, bool]] = {}
-        for kind, off, length, database, shared, _pi in a.pids:
-            if kind == "unknown" or off < 0 or shared or length != 8:
-                if length != 8 and kind != "unknown" and off >= 0 and not shared:
+        for site in a.pids:
+            off, length, database = site.oid_start, site.oid_length, site.database
+            if site.kind is EdgeKind.UNKNOWN or off < 0 or site.shared or length != 8:
+                if length != 8 and site.kind is not EdgeKind.UNKNOWN and off >= 0 and \
+                        not site.shared:
                     raise ExportFormatError(f"record {oid_repr(oid)} has a malformed oid")
                 raise ExportFormatError(f"record {oid_repr(oid)} has a reference that "
                                         "cannot be rebound without unpickling")
@@ -363,7 +370,7 @@ class CheckPass:
     def make_inert(self, record: bytes, oid: bytes, a: Any,
                    refused: frozenset[tuple[str, str]]) -> bytes:
         """Rename refused globals to names that never import (missing="broken")."""
-        from ..rewrite import FramedRecordError, rename_globals
+        from ..record import FramedRecordError, rename_globals
 
         try:
             new, _renamed = rename_globals(
@@ -385,7 +392,7 @@ class CheckPass:
         """
         b = analyze(new, oid)
         if not refused:
-            if b != a:
+            if b != a or not _same_outside(old, _oid_ranges(a), new, _oid_ranges(b)):
                 raise self._changed(oid, "meaning")
             return b
 
@@ -395,19 +402,25 @@ class CheckPass:
         if len(b.globals) != len(a.globals):
             raise self._changed(oid, "globals")
         for g, h in zip(a.globals, b.globals):
-            key = (g[0], g[1])
-            want = (REFUSED_PREFIX + key[0], key[1]) if key in refused else key
-            if (h[0], h[1]) != want or h[4] != g[4] or h[5] != g[5]:
+            key = (g.module, g.name)
+            want = (REFUSED_PREFIX + str(g.module), g.name) if key in refused else key
+            if (h.module, h.name) != want or h.opcode != g.opcode or h.uses != g.uses:
                 raise self._changed(oid, "globals")
         if len(b.pids) != len(a.pids):
             raise self._changed(oid, "references")
         for p, q in zip(a.pids, b.pids):
-            if (p[0], p[2], p[3], p[4], p[5]) != (q[0], q[2], q[3], q[4], q[5]):
+            if p._replace(oid_start=0) != q._replace(oid_start=0):
                 raise self._changed(oid, "references")
-            was = old[p[1]:p[1] + 8]
-            now = new[q[1]:q[1] + 8]
-            if now != (was if p[3] is not None else self.mapping.get(was)):
+            was = old[p.oid_start:p.oid_start + 8]
+            now = new[q.oid_start:q.oid_start + 8]
+            if now != (was if p.database is not None else self.mapping.get(was)):
                 raise self._changed(oid, "references")
+        renamed_a = [(g.start, g.end) for g in a.globals if (g.module, g.name) in refused]
+        renamed_b = [(h.start, h.end) for g, h in zip(a.globals, b.globals)
+                     if (g.module, g.name) in refused]
+        if not _same_outside(old, sorted(_oid_ranges(a) + renamed_a), new,
+                             sorted(_oid_ranges(b) + renamed_b)):
+            raise self._changed(oid, "meaning")
         return b
 
     @staticmethod
@@ -494,6 +507,27 @@ class CheckPass:
                 kind = "importable"
             out.append(ClassNeed(module, name, kind, guid))
         return out
+
+
+def _oid_ranges(a: Analysis) -> list[tuple[int, int]]:
+    return [(p.oid_start, p.oid_start + p.oid_length) for p in a.pids]
+
+
+def _same_outside(old: bytes, old_edits: list[tuple[int, int]], new: bytes,
+                  new_edits: list[tuple[int, int]]) -> bool:
+    """Whether ``old`` and ``new`` hold the same bytes outside their edited
+    ranges (matched in order)."""
+    if len(old_edits) != len(new_edits):
+        return False
+    i = j = 0
+    for (a0, a1), (b0, b1) in zip(old_edits, new_edits):
+        if a0 < i or b0 < j:  # overlapping ranges (one literal, several references)
+            i, j = max(i, a1), max(j, b1)
+            continue
+        if old[i:a0] != new[j:b0]:
+            return False
+        i, j = a1, b1
+    return old[i:] == new[j:]
 
 
 def _check_structure(data: bytes, oid: bytes, a: Any) -> None:

@@ -14,8 +14,9 @@ from ZODB.utils import oid_repr
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import ExportFormatError, PClassesError
+from ..record import Analysis, read_class, read_record
 from ..record.analyze import Use
-from ..record.analyze import analyze as _ANALYZE
+from ..record import analyze as _ANALYZE
 
 __all__ = ["BLOB_CLASS", "CLASS_METACLASSES", "CLASS_TABLE", "analyze", "record_class", "class_record_info",
            "no_gc"]
@@ -24,11 +25,12 @@ __all__ = ["BLOB_CLASS", "CLASS_METACLASSES", "CLASS_TABLE", "analyze", "record_
 CLASS_METACLASSES = {("pclasses.pclass", "PersistentClass"),
                      ("ZODB.persistentclass", "PersistentMetaClass")}
 CLASS_TABLE = ("pclasses.classtable", "ClassTable")
+_CLASS_META = int(Use.CLASS_META)
 #: The class of blob records (ZODB's ``is_blob_record`` asks for exactly it).
 BLOB_CLASS = ("ZODB.blob", "Blob")
 
 
-def analyze(data: bytes, oid: bytes) -> Any:
+def analyze(data: bytes, oid: bytes) -> Analysis:
     """The analyzer's findings for one record; unreadable -> ExportFormatError."""
     try:
         return _ANALYZE(data)
@@ -37,15 +39,13 @@ def analyze(data: bytes, oid: bytes) -> Any:
                                 f"({exc})") from None
 
 
-def record_class(data: bytes, oid: bytes, a: Any) -> tuple[str, str] | None:
+def record_class(data: bytes, oid: bytes, a: Analysis) -> tuple[str, str] | None:
     """The record's class by name: its class-metadata GLOBAL, or the
     ``(module, name)`` strings of formats 3 and 7 (instances of
     database-resident classes); ``None`` for a persistent class reference."""
     for g in a.globals:
-        if g.uses & Use.CLASS_META:
-            return (g.module, g.name)
-    from ..record.reader import read_class
-
+        if int(g.uses) & _CLASS_META:  # (int: IntFlag operators are slow)
+            return (g.module, g.name)  # type: ignore[return-value]
     try:
         return read_class(data, oid).pair
     except PClassesError as exc:
@@ -54,8 +54,6 @@ def record_class(data: bytes, oid: bytes, a: Any) -> tuple[str, str] | None:
 
 def class_record_info(data: bytes, oid: bytes) -> tuple[str, str] | None:
     """``(guid, name)`` of a persistent-class record (read inertly)."""
-    from ..record.reader import read_record
-
     info = read_record(data, oid)
     args = info.klass.args or ()
     name = args[0] if args and isinstance(args[0], str) else "?"

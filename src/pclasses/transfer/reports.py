@@ -17,8 +17,9 @@ class ExportReport(Manifest):
     """The manifest of the written file plus what the export did.
 
     It *is* the file's :class:`Manifest` (``export_subtree`` has always
-    returned one), with ``file`` (the path, when one was given), ``format``
-    and ``seconds``; ``bytes`` is the size of the written file.
+    returned one, and ``to_dict()`` stays the manifest's), with ``file``
+    (the path, when one was given), ``format`` and ``seconds``; ``bytes``
+    is the size of the written file.  ``to_dict(report=True)`` adds them.
     """
 
     file: str | None = None
@@ -29,10 +30,11 @@ class ExportReport(Manifest):
     def records(self) -> int:
         return self.record_count
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, report: bool = False) -> dict[str, Any]:
         d = Manifest.to_dict(self)
-        d.update({"records": self.record_count, "file": self.file, "format": self.format,
-                  "seconds": round(self.seconds, 3)})
+        if report:
+            d.update({"records": self.record_count, "file": self.file, "format": self.format,
+                      "seconds": round(self.seconds, 3)})
         return d
 
 

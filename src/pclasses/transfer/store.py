@@ -245,7 +245,7 @@ def root_ghost(connection: Any, plan: Plan) -> Any:
     the root's (prepared, checked) record names: its class metadata is read
     by the inert reader and the class comes from the target (its class
     factory, or its class table for a database-resident class)."""
-    from ..records import read_class
+    from ..record import read_class
 
     cached = connection._cache.get(plan.root)
     if cached is not None:

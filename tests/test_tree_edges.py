@@ -112,3 +112,46 @@ def test_seat_belt_vetoes_a_remote_reference_without_opening_anything(tmp_path):
     assert "copy" not in conn.root()
     conn.close()
     db.close()
+
+
+def test_fast_remote_walker_agrees_with_genops(tmp_path):
+    """The fast walker and the pickletools.genops walker find the same remote
+    references in every record of a tree (memoized strings included)."""
+    from ZODB.FileStorage import FileStorage
+
+    from pclasses.record.remote import remote_sites
+
+    paths, ids = build(tmp_path)
+    db = pclasses.open(paths[0], tree=True)
+    tree = pclasses.tree_of(db)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    src = conn.root()["src"]
+    fresh = [pclasses.get_reference(src, src.a()), pclasses.get_reference(src, src.b())]
+    src.many = [src.a, src.b, src.a, {"k": src.b}, fresh]  # shared objects, equal strings
+    tm.commit()
+    conn.close()
+    tree.close()
+    fs = FileStorage(str(paths[0]), read_only=True)
+    try:
+        data, _ = fs.load(ids["src"])
+    finally:
+        fs.close()
+    fast = remote_sites(data)
+    slow = remote_sites(data, fast=False)
+    assert fast == slow and len(fast) == 6
+
+
+def test_remote_walker_never_runs_hostile_records(tmp_path):
+    """A hostile record naming os.system around the remote global is only
+    read: no marker file appears."""
+    import pickle
+
+    from pclasses.record.remote import remote_sites
+
+    marker = tmp_path / "pwned"
+    payload = (b"\x80\x02cpclasses.tree.reference\nRemoteReference\nq\x00.\x80\x02cos\nsystem\n"
+               + pickle.dumps(f"touch {marker}", 2)[2:-1] + b"\x85R.")
+    remote_sites(payload)
+    remote_sites(payload, fast=False)
+    assert not marker.exists()

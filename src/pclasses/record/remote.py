@@ -141,13 +141,14 @@ def _walk(stream: io.BytesIO, which: int, out: list[RemoteSite],
 
 
 def _pop_mark(stack: list[Any]) -> list[Any]:
-    for i in range(len(stack) - 1, -1, -1):
-        if stack[i] is _MARK:
-            items = stack[i + 1:]
-            del stack[i:]
-            return items
-    items = stack[:]
-    stack.clear()
+    try:
+        i = len(stack) - 1 - stack[::-1].index(_MARK)
+    except ValueError:
+        items = stack[:]
+        stack.clear()
+        return items
+    items = stack[i + 1:]
+    del stack[i:]
     return items
 
 
@@ -175,6 +176,27 @@ class _Unsupported(Exception):
 _U32 = int.from_bytes
 
 
+# Opcode -> (category, argument size) for the fast walker; categories are
+# tested in order of frequency in ZODB records.
+_PUT1, _STR1, _MARK_, _GET1, _SKIP, _GLOBAL, _PERSID, _REDUCE, _TUPLEN, _TUPLE, \
+    _CONST, _POPMARK, _POPMARK_PUSH, _POP2, _POP1, _NEWOBJ, _STR4, _PUT4, _GET4, \
+    _STOP, _DUP, _LONG1, _NONE, _EMPTY_TUPLE = range(24)
+_OPS: dict[int, tuple[int, int]] = {
+    0x71: (_PUT1, 1), 0x8C: (_STR1, 0), 0x43: (_STR1, 0), 0x55: (_STR1, 0),
+    0x28: (_MARK_, 0), 0x68: (_GET1, 1), 0x4B: (_SKIP, 1), 0x4D: (_SKIP, 2),
+    0x4A: (_SKIP, 4), 0x47: (_SKIP, 8), 0x80: (_SKIP, 1), 0x63: (_GLOBAL, 0),
+    0x51: (_PERSID, 0), 0x52: (_REDUCE, 0), 0x85: (_TUPLEN, 1), 0x86: (_TUPLEN, 2),
+    0x87: (_TUPLEN, 3), 0x74: (_TUPLE, 0), 0x7D: (_CONST, 0), 0x5D: (_CONST, 0),
+    0x88: (_CONST, 0), 0x89: (_CONST, 0), 0x75: (_POPMARK, 0), 0x65: (_POPMARK, 0),
+    0x64: (_POPMARK_PUSH, 0), 0x6C: (_POPMARK_PUSH, 0), 0x73: (_POP2, 0),
+    0x61: (_POP1, 0), 0x62: (_POP1, 0), 0x30: (_POP1, 0), 0x81: (_NEWOBJ, 0),
+    0x58: (_STR4, 0), 0x42: (_STR4, 0), 0x54: (_STR4, 0), 0x72: (_PUT4, 4),
+    0x6A: (_GET4, 4), 0x2E: (_STOP, 0), 0x32: (_DUP, 0), 0x8A: (_LONG1, 0),
+    0x4E: (_NONE, 0), 0x29: (_EMPTY_TUPLE, 0),
+}
+_TEXT_OPS = frozenset({0x8C, 0x58})
+
+
 def _fast(data: bytes, out: list[RemoteSite]) -> None:
     """:func:`_walk` for the opcodes ZODB's pickler writes (protocols 1-3),
     both pickles; raises :class:`_Unsupported` for anything else."""
@@ -185,118 +207,98 @@ def _fast(data: bytes, out: list[RemoteSite]) -> None:
     memo: dict[int, Any] = {}
     push = stack.append
     pop = stack.pop
+    ops = _OPS.get
+    opaque = _OPAQUE
     while i < n:
         op = data[i]
         i += 1
-        if op == 0x71:  # BINPUT
-            memo[data[i]] = stack[-1] if stack else _OPAQUE
+        entry = ops(op)
+        if entry is None:
+            raise _Unsupported(op)
+        cat, size = entry
+        if cat == _PUT1:
+            memo[data[i]] = stack[-1] if stack else opaque
             i += 1
-        elif op == 0x68:  # BINGET
-            push(memo.get(data[i], _OPAQUE))
-            i += 1
-        elif op == 0x28:  # MARK
+        elif cat == _STR1 or cat == _STR4:
+            if cat == _STR1:
+                ln = data[i]
+                i += 1
+            else:
+                ln = _U32(data[i:i + 4], "little")
+                i += 4
+            raw = data[i:i + ln]
+            i += ln
+            if op in _TEXT_OPS:
+                try:
+                    push(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    push(opaque)
+            else:
+                push(raw)
+        elif cat == _MARK_:
             push(_MARK)
-        elif op == 0x8C or op == 0x43 or op == 0x55:  # SHORT_BINUNICODE/BYTES/STRING
-            ln = data[i]
-            raw = data[i + 1:i + 1 + ln]
-            i += 1 + ln
-            if op == 0x8C:
-                try:
-                    push(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    push(_OPAQUE)
-            else:
-                push(bytes(raw))
-        elif op == 0x58 or op == 0x42 or op == 0x54:  # BINUNICODE/BINBYTES/BINSTRING
-            ln = _U32(data[i:i + 4], "little")
-            raw = data[i + 4:i + 4 + ln]
-            i += 4 + ln
-            if op == 0x58:
-                try:
-                    push(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    push(_OPAQUE)
-            else:
-                push(bytes(raw))
-        elif op == 0x4B:  # BININT1
-            push(_OPAQUE)
+        elif cat == _GET1:
+            push(memo.get(data[i], opaque))
             i += 1
-        elif op == 0x4D:  # BININT2
-            push(_OPAQUE)
-            i += 2
-        elif op == 0x4A:  # BININT
-            push(_OPAQUE)
-            i += 4
-        elif op == 0x47:  # BINFLOAT
-            push(_OPAQUE)
-            i += 8
-        elif op == 0x8A:  # LONG1
-            push(_OPAQUE)
-            i += 1 + data[i]
-        elif op == 0x63:  # GLOBAL
+        elif cat == _SKIP:
+            if op != 0x80:
+                push(opaque)
+            i += size
+        elif cat == _GLOBAL:
             j = data.index(b"\n", i)
             k = data.index(b"\n", j + 1)
             try:
                 push(_Global(data[i:j].decode("utf-8"), data[j + 1:k].decode("utf-8")))
             except UnicodeDecodeError:
-                push(_OPAQUE)
+                push(opaque)
             i = k + 1
-        elif op == 0x51:  # BINPERSID
+        elif cat == _PERSID:
             push(_Pid(pop() if stack else None))
-        elif op == 0x52:  # REDUCE
+        elif cat == _REDUCE:
             args = pop() if stack else None
             func = pop() if stack else None
             push(_reduce(func, args, which, out))
-        elif op == 0x85 or op == 0x86 or op == 0x87:  # TUPLE1-3
-            k = op - 0x84
-            items = tuple(stack[-k:])
-            del stack[-k:]
+        elif cat == _TUPLEN:
+            items = tuple(stack[-size:])
+            del stack[-size:]
             push(items)
-        elif op == 0x74:  # TUPLE
+        elif cat == _TUPLE:
             push(tuple(_pop_mark(stack)))
-        elif op == 0x29:  # EMPTY_TUPLE
-            push(())
-        elif op == 0x4E:  # NONE
-            push(None)
-        elif op == 0x7D or op == 0x5D or op == 0x88 or op == 0x89:  # {} [] True False
-            push(_OPAQUE)
-        elif op == 0x75 or op == 0x65:  # SETITEMS, APPENDS
+        elif cat == _CONST:
+            push(opaque)
+        elif cat == _POPMARK:
             _pop_mark(stack)
-        elif op == 0x73:  # SETITEM
+        elif cat == _POPMARK_PUSH:
+            _pop_mark(stack)
+            push(opaque)
+        elif cat == _POP2:
             del stack[-2:]
-        elif op == 0x61:  # APPEND
+        elif cat == _POP1:
             if stack:
                 pop()
-        elif op == 0x62:  # BUILD
-            if stack:
-                pop()
-        elif op == 0x81:  # NEWOBJ
+        elif cat == _NEWOBJ:
             del stack[-2:]
-            push(_OPAQUE)
-        elif op == 0x64 or op == 0x6C:  # DICT, LIST
-            _pop_mark(stack)
-            push(_OPAQUE)
-        elif op == 0x72:  # LONG_BINPUT
-            memo[_U32(data[i:i + 4], "little")] = stack[-1] if stack else _OPAQUE
+            push(opaque)
+        elif cat == _PUT4:
+            memo[_U32(data[i:i + 4], "little")] = stack[-1] if stack else opaque
             i += 4
-        elif op == 0x6A:  # LONG_BINGET
-            push(memo.get(_U32(data[i:i + 4], "little"), _OPAQUE))
+        elif cat == _GET4:
+            push(memo.get(_U32(data[i:i + 4], "little"), opaque))
             i += 4
-        elif op == 0x80:  # PROTO
-            i += 1
-        elif op == 0x2E:  # STOP
+        elif cat == _STOP:
             if which == 1:
                 return
             which = 1
-            stack.clear()
-            # the memo is shared by both pickles (one unpickler in ZODB)
-        elif op == 0x30:  # POP
-            if stack:
-                pop()
-        elif op == 0x32:  # DUP
-            push(stack[-1] if stack else _OPAQUE)
-        else:
-            raise _Unsupported(op)
+            stack.clear()  # the memo is shared by both pickles (one unpickler)
+        elif cat == _DUP:
+            push(stack[-1] if stack else opaque)
+        elif cat == _LONG1:
+            push(opaque)
+            i += 1 + data[i]
+        elif cat == _NONE:
+            push(None)
+        else:  # _EMPTY_TUPLE
+            push(())
 
 
 def remote_sites(data: bytes, *, fast: bool = True) -> list[RemoteSite]:

@@ -166,30 +166,42 @@ class _Loader:
         data = getattr(index, "_data", None)
         if data is None or name is None:
             return
+        import mmap
         import struct
 
-        f = open(name, "rb")  # noqa: SIM115 - closed with the storage's file
+        f = open(name, "rb")  # noqa: SIM115 - closed by close()
+        try:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # an empty file
+            f.close()
+            return
         header = struct.Struct(">8s8sQQHQ")  # oid tid prev tloc vlen plen
-        unpack, size = header.unpack, header.size
+        unpack, size = header.unpack_from, header.size
         buckets = data.get
-        seek, read = f.seek, f.read
         slow = storage.load
+        end = len(mm)
         self._file = f
+        self._mm = mm
 
         def load(oid: bytes) -> tuple[bytes, bytes]:
             bucket = buckets(oid[:6])
             p = bucket.get(oid[6:]) if bucket is not None else None
             if p is None:
                 return slow(oid)  # type: ignore[no-any-return]  # POSKeyError
-            seek(int.from_bytes(p, "big"))
-            hoid, tid, _prev, _tloc, vlen, plen = unpack(read(size))
-            if hoid != oid or vlen or not plen:
+            pos = int.from_bytes(p, "big")
+            if pos + size > end:  # written after the map was made
                 return slow(oid)  # type: ignore[no-any-return]
-            return read(plen), tid
+            hoid, tid, _prev, _tloc, vlen, plen = unpack(mm, pos)
+            if hoid != oid or vlen or not plen or pos + size + plen > end:
+                return slow(oid)  # type: ignore[no-any-return]
+            return mm[pos + size:pos + size + plen], tid
 
         self.load = load
 
     def close(self) -> None:
+        mm = getattr(self, "_mm", None)
+        if mm is not None:
+            mm.close()
         f = getattr(self, "_file", None)
         if f is not None:
             f.close()

@@ -195,7 +195,7 @@ def test_remote_attribute_and_dangling_target(tmp_path):
     assert pclasses.is_dangling(d) and not d
     assert (d.database_name, d.oid, d.klass) == ("a", gone._p_oid, "tree_models.Node")
     with pytest.raises(pclasses.DanglingReferenceError) as info:
-        d.name
+        _ = d.name
     assert isinstance(info.value, POSKeyError)
     with pytest.raises(pclasses.DanglingReferenceError):
         h.__dict__["target"](strict=True)

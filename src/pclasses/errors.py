@@ -359,7 +359,7 @@ class DatabaseUnavailableError(PClassesError, OSError):
         super().__init__(f"database {name!r} ({target}) is unavailable: {reason}")
 
 
-class DanglingReferenceError(PClassesError, POSKeyError):
+class DanglingReferenceError(PClassesError, POSKeyError):  # type: ignore[misc]
     """A reference whose target is gone (packed away, deleted) was used.
 
     ``database_name`` and ``oid`` name the target, ``klass`` its class as the

@@ -382,7 +382,7 @@ def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup
                 toid = e.oid
                 if e.kind is EdgeKind.REMOTE and not dict.__contains__(dbs, database):
                     # a remote reference into a database not open: as recorded
-                    tclass = ".".join(p for p in e.klass if p) if e.klass else "?"
+                    tclass: str | None = ".".join(p for p in e.klass if p) if e.klass else "?"
                 else:
                     tclass = target_class(database, toid)
                 key = (name, database, source_class, tclass or "(missing)")

@@ -68,8 +68,9 @@ def _pid_oid(pid: Any) -> bytes | None:
 def _walk(stream: io.BytesIO, which: int, out: list[RemoteSite],
           memo: dict[int, Any]) -> None:
     stack: list[Any] = []
-    for op, arg, _pos in pickletools.genops(stream):
+    for op, raw_arg, _pos in pickletools.genops(stream):
         name = op.name
+        arg: Any = raw_arg
         if name == "STOP":
             return
         if name == "MARK":
@@ -90,10 +91,10 @@ def _walk(stream: io.BytesIO, which: int, out: list[RemoteSite],
                 stack.append(_Global(module, gname))
                 continue
         if name == "STACK_GLOBAL":
-            gname = stack.pop() if stack else None
-            module = stack.pop() if stack else None
-            stack.append(_Global(module, gname) if isinstance(module, str)
-                         and isinstance(gname, str) else _OPAQUE)
+            sname = stack.pop() if stack else None
+            smodule = stack.pop() if stack else None
+            stack.append(_Global(smodule, sname) if isinstance(smodule, str)
+                         and isinstance(sname, str) else _OPAQUE)
             continue
         if name == "BINPERSID":
             stack.append(_Pid(stack.pop() if stack else None))

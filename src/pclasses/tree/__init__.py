@@ -18,8 +18,8 @@ One concept per module:
 from __future__ import annotations
 
 from .check import RefsReport, check_refs
-from .gc import GcReport, collect_garbage
 from .dangling import Dangling, is_dangling
+from .gc import GcReport, collect_garbage
 from .handle import DatabaseHandle
 from .opening import open
 from .reference import RemoteAttribute, RemoteReference, get_reference

@@ -33,6 +33,10 @@ class Dangling:
 
     __slots__ = ("database_name", "oid", "klass")
 
+    database_name: str
+    oid: bytes
+    klass: str | None
+
     def __init__(self, database_name: str, oid: bytes, klass: str | None = None) -> None:
         object.__setattr__(self, "database_name", database_name)
         object.__setattr__(self, "oid", oid)
@@ -56,7 +60,7 @@ class Dangling:
 
     def __eq__(self, other: object) -> bool:
         return (type(other) is Dangling and (self.database_name, self.oid)
-                == (other.database_name, other.oid))  # type: ignore[attr-defined]
+                == (other.database_name, other.oid))
 
     def __hash__(self) -> int:
         return hash((Dangling, self.database_name, self.oid))

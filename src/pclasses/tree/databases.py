@@ -94,7 +94,8 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
             info = self.known.get(name)
             if info is not None:
                 return info
-            closed = [i for n, i in sorted(self.known.items()) if not dict.__contains__(self, n) and n not in self.unreachable]
+            closed = [i for n, i in sorted(self.known.items())
+                      if not dict.__contains__(self, n) and n not in self.unreachable]
             if not closed:
                 return None
             for each in closed:
@@ -134,7 +135,8 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
                 self.registry = ClassRegistry()
             kwargs = dict(info.options)
             try:
-                db = open_db(info.target, self.registry, read_only=info.read_only or self.force_read_only,
+                read_only = info.read_only or self.force_read_only
+                db = open_db(info.target, self.registry, read_only=read_only,
                              create=(info.name in self.creatable and not info.read_only
                                      and not self.force_read_only), databases=self,
                              database_name=info.name, **kwargs)

@@ -172,7 +172,7 @@ def collect_garbage(db: Any, days: float = 1, apply: bool = False, *,
     candidates = {name: _candidates(each.storage, w.reached[name])
                   for name, each in databases.items()}
     if days > 0:
-        roots = []
+        roots: list[tuple[str, bytes]] = []
         for name, oids in candidates.items():
             recent = _recent(databases[name].storage, oids, cutoff)
             report.recent[name] = len(recent)

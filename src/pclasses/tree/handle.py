@@ -26,7 +26,7 @@ __all__ = ["DatabaseHandle", "HANDLES_KEY"]
 HANDLES_KEY = "pclasses.databases"
 
 
-class DatabaseHandle(Persistent):
+class DatabaseHandle(Persistent):  # type: ignore[misc]
     """A persistent stand-in for the database ``name`` opened from ``target``.
 
     ``read_only`` opens the child read-only; ``pin=True`` makes remote

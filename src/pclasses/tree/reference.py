@@ -39,6 +39,8 @@ class RemoteReference:
     oid: bytes
     klass: str | None
     database_name: str
+    _hit: tuple[Any, Any, Any] | None
+    _top: Any
 
     def __init__(self, via: Any, oid: bytes, klass: str | None, database_name: str) -> None:
         if not isinstance(oid, bytes):

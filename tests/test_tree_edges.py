@@ -140,6 +140,9 @@ def test_fast_remote_walker_agrees_with_genops(tmp_path):
     fast = remote_sites(data)
     slow = remote_sites(data, fast=False)
     assert fast == slow and len(fast) == 6
+    # edges() walks from the first remote global of the state pickle
+    got = [(e.oid, e.klass, e.database, e.via) for e in edges(data) if e.kind is EdgeKind.REMOTE]
+    assert got == [(s.oid, tuple(s.klass.rsplit(".", 1)), s.database, s.via) for s in slow]
 
 
 def test_remote_walker_never_runs_hostile_records(tmp_path):

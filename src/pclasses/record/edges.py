@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import RecordDecodeError
-from .analyze import Analysis, EdgeKind, analyze
+from .analyze import Analysis, EdgeKind, Use, analyze
 from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites
 
 __all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record", "targets"]
@@ -65,10 +65,20 @@ def analyze_record(data: bytes, oid: bytes | None = None) -> Analysis:
 def _remote_edges(data: bytes, a: Analysis) -> list[Edge]:
     if MARKER not in data:
         return []
-    if not any(g.module == REMOTE_MODULE and g.name == REMOTE_NAME for g in a.globals):
+    first = None
+    meta_end = -1
+    for g in a.globals:
+        if g.uses & Use.CLASS_META:
+            meta_end = g.end
+        elif first is None and g.module == REMOTE_MODULE and g.name == REMOTE_NAME:
+            first = g
+    if first is None:
         return []
+    # Records ZODB writes name their class with a GLOBAL first: a remote
+    # reference after it is in the state pickle, where the walk may begin.
+    start = first.start if first.opcode == "global" and 0 <= meta_end < first.start else 0
     out = []
-    for site in remote_sites(data):
+    for site in remote_sites(data, start=start):
         klass: tuple[str | None, str | None] | None = None
         if site.klass:
             module, _, name = site.klass.rpartition(".")

@@ -55,6 +55,8 @@ class _Global(NamedTuple):
 
 _OPAQUE = object()
 _MARK = object()
+#: a memo entry set before a partial walk started (see :func:`remote_sites`)
+_UNKNOWN = object()
 
 
 def _pid_oid(pid: Any) -> bytes | None:
@@ -154,8 +156,12 @@ def _pop_mark(stack: list[Any]) -> list[Any]:
 
 
 def _reduce(func: Any, args: Any, which: int, out: list[RemoteSite]) -> Any:
+    if func is _UNKNOWN:
+        raise _Unsupported(-1)  # possibly our global, defined before the walk started
     if (type(func) is _Global and func.module == REMOTE_MODULE and func.name == REMOTE_NAME
             and type(args) is tuple and len(args) == 4):
+        if any(x is _UNKNOWN for x in args):
+            raise _Unsupported(-1)  # an argument memoized before the walk started
         via, oid, klass, database = args
         if (isinstance(oid, bytes) and isinstance(database, str)
                 and (klass is None or isinstance(klass, str))):
@@ -198,18 +204,20 @@ _OPS: dict[int, tuple[int, int]] = {
 _TEXT_OPS = frozenset({0x8C, 0x58})
 
 
-def _fast(data: bytes, out: list[RemoteSite]) -> None:
+def _fast(data: bytes, out: list[RemoteSite], start: int = 0) -> None:
     """:func:`_walk` for the opcodes ZODB's pickler writes (protocols 1-3),
-    both pickles; raises :class:`_Unsupported` for anything else."""
+    both pickles, or the state pickle from ``start`` on (memo entries set
+    before it are unknown); raises :class:`_Unsupported` for anything else."""
     n = len(data)
-    i = 0
-    which = 0
+    i = start
+    which = 1 if start else 0
     stack: list[Any] = []
     memo: dict[int, Any] = {}
     push = stack.append
     pop = stack.pop
     ops = _OPS.get
     opaque = _OPAQUE
+    missing = _UNKNOWN if start else _OPAQUE
     while i < n:
         op = data[i]
         i += 1
@@ -239,7 +247,7 @@ def _fast(data: bytes, out: list[RemoteSite]) -> None:
         elif cat == _MARK_:
             push(_MARK)
         elif cat == _GET1:
-            push(memo.get(data[i], opaque))
+            push(memo.get(data[i], missing))
             i += 1
         elif cat == _SKIP:
             if op != 0x80:
@@ -284,7 +292,7 @@ def _fast(data: bytes, out: list[RemoteSite]) -> None:
             memo[_U32(data[i:i + 4], "little")] = stack[-1] if stack else opaque
             i += 4
         elif cat == _GET4:
-            push(memo.get(_U32(data[i:i + 4], "little"), opaque))
+            push(memo.get(_U32(data[i:i + 4], "little"), missing))
             i += 4
         elif cat == _STOP:
             if which == 1:
@@ -302,15 +310,25 @@ def _fast(data: bytes, out: list[RemoteSite]) -> None:
             push(())
 
 
-def remote_sites(data: bytes, *, fast: bool = True) -> list[RemoteSite]:
+def remote_sites(data: bytes, *, fast: bool = True, start: int = 0) -> list[RemoteSite]:
     """Every remote reference in the record ``data``, innermost first.
 
     A fast walker handles the opcodes ZODB writes; any other record (or
-    ``fast=False``) goes through :func:`pickletools.genops`."""
+    ``fast=False``) goes through :func:`pickletools.genops`.  ``start``, the
+    offset of the first GLOBAL of ``RemoteReference`` in the state pickle,
+    lets the fast walker begin there (a record whose references need memo
+    entries set earlier is walked again from the beginning)."""
     out: list[RemoteSite] = []
+    data = bytes(data)
     if fast:
+        if start:
+            try:
+                _fast(data, out, start)
+                return out
+            except (_Unsupported, IndexError, ValueError):
+                out = []
         try:
-            _fast(bytes(data), out)
+            _fast(data, out)
             return out
         except (_Unsupported, IndexError, ValueError):
             out = []

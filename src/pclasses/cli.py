@@ -521,15 +521,9 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
     import transaction as txn
 
     from .database import open as open_db
-    from .transfer import import_subtree, read_manifest, resolve_path
+    from .transfer import import_subtree, resolve_path
 
     with _errors():
-        if name is None:
-            try:
-                recorded = read_manifest(file).name
-            except PClassesError:  # a .zexp file (no manifest), or a bad file
-                recorded = None
-            name = recorded or _default_import_name(file)
         db = open_db(target, _registry(True), create=False, blob_dir=blob_dir)
         try:
             tm = txn.TransactionManager()
@@ -538,7 +532,8 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
                 container = resolve_path(conn, into)
                 with progress_bar("importing", progress) as cb:
                     report = import_subtree(conn, file, missing=missing, into=container,
-                                            name=name, progress=cb, trust=trust, report=True)
+                                            name=name, progress=cb, trust=trust, report=True,
+                                            default_name=_default_import_name(file))
                 tm.get().note(f"pclasses import {os.path.basename(file)}")
                 tm.commit()
             except BaseException:

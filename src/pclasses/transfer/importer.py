@@ -569,7 +569,8 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
-                   report: Literal[False] = ..., references: str = ...) -> Any: ...
+                   default_name: str | None = ..., report: Literal[False] = ...,
+                   references: str = ...) -> Any: ...
 
 
 @overload
@@ -577,7 +578,8 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
-                   report: Literal[True], references: str = ...) -> ImportReport: ...
+                   default_name: str | None = ..., report: Literal[True],
+                   references: str = ...) -> ImportReport: ...
 
 
 def import_subtree(
@@ -591,6 +593,7 @@ def import_subtree(
     progress: Progress | None = None,
     savepoint: bool = False,
     trust: Trust | Iterable[str] | None = None,
+    default_name: str | None = None,
     report: bool = False,
     references: str = "error",
 ) -> Any:
@@ -605,7 +608,7 @@ def import_subtree(
     refused globals into inert broken data.  The records are then stored in
     the caller's transaction under new oids; abort leaves the target as it
     was.  ``into`` (a mapping) receives the imported object under ``name``
-    (default: the manifest's name).  Returns the imported root object, or
+    (default: the manifest's name, else ``default_name``).  Returns the imported root object, or
     with ``report=True`` an :class:`~pclasses.transfer.reports.ImportReport`
     whose ``object`` it is.
 
@@ -639,7 +642,7 @@ def import_subtree(
             reader.verify()
             plan = CheckPass(connection, registry, missing, progress, reader, trust=trust).run()
         try:
-            key = name or (reader.manifest.name if reader.manifest else None)
+            key = name or (reader.manifest.name if reader.manifest else None) or default_name
             if into is not None:
                 if not key:
                     raise TransferError("give a name to import into a container")

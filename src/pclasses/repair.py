@@ -156,15 +156,19 @@ def _rules(renames: Mapping[str, str] | None, registry: ClassRegistry | None) ->
 
 
 def _candidate_pattern(rules: ClassRegistry) -> re.Pattern[bytes] | None:
-    parts = []
+    """Bytes every record that may name a renamed global contains.
+
+    A GLOBAL/INST opcode holds ``<module>\\n<name>\\n``; class metadata of
+    format 3 (instances of persistent classes) holds the module as a string
+    literal; so the module name (or module prefix) is what a candidate holds.
+    """
+    parts = set()
     for old in rules.aliases:
-        module, _, name = old.rpartition(".")
-        parts.append(re.escape(f"{module}\n{name}\n".encode()))
-    for old in rules.module_aliases:
-        parts.append(re.escape(old.encode()) + rb"[.\n]")
+        parts.add(old.rpartition(".")[0])
+    parts.update(rules.module_aliases)
     if not parts:
         return None
-    return re.compile(rb"[ci](?:" + b"|".join(parts) + rb")")
+    return re.compile(b"|".join(re.escape(p.encode()) for p in sorted(parts)))
 
 
 def rename_classes(
@@ -354,8 +358,8 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
     else:
         reason = substitution_differences(data, a, new, expected)
     if reason is not None:
-        report.skipped.append(Skipped(oid, f"the rewritten record would not mean what the "
-                                           f"old one did ({reason}); not written"))
+        report.skipped.append(Skipped(oid, f"the rewritten record would not provably mean "
+                                           f"what the old one did ({reason}); not written"))
         return None
     counts = rules.counts
     for pair in expected:
@@ -363,10 +367,25 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
     return new
 
 
+#: Container-building opcodes a record compared by its trees may hold: a
+#: tuple nested deeper than the C stack allows crashes the interpreter when it
+#: is hashed as a dict key, so a record that might nest that deep is refused.
+_MAX_NESTING = 20_000
+_CONTAINER_OPS = tuple(bytes([op]) for op in b"()]}ltd\x85\x86\x87\x8f\x91")
+
+
+def _nesting_bound(data: bytes) -> int:
+    """An upper bound of how deep the values of ``data`` can nest (each
+    level needs one container-building opcode byte)."""
+    return sum(data.count(op) for op in _CONTAINER_OPS)
+
+
 def _meaning_changed(old: bytes, new: bytes, oid: bytes,
                      renamed: dict[tuple[str, str], tuple[str, str]]) -> str | None:
     """What differs between the old record (with ``renamed`` applied) and the
     new one, read by the safe reader; ``None`` when they mean the same."""
+    if _nesting_bound(old) > _MAX_NESTING:
+        return "too deeply nested to compare safely"
     try:
         before = read_record(old, oid)
     except RecordDecodeError as exc:

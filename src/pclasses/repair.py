@@ -66,6 +66,7 @@ from typing import Any
 from ZODB.utils import oid_repr
 
 from .census import Unreadable
+from ._nesting import may_nest_too_deep
 from .errors import RecordDecodeError, RepairError
 from .equivalence import differences, substitution_differences
 from .record import (
@@ -367,24 +368,11 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
     return new
 
 
-#: Container-building opcodes a record compared by its trees may hold: a
-#: tuple nested deeper than the C stack allows crashes the interpreter when it
-#: is hashed as a dict key, so a record that might nest that deep is refused.
-_MAX_NESTING = 20_000
-_CONTAINER_OPS = tuple(bytes([op]) for op in b"()]}ltd\x85\x86\x87\x8f\x91")
-
-
-def _nesting_bound(data: bytes) -> int:
-    """An upper bound of how deep the values of ``data`` can nest (each
-    level needs one container-building opcode byte)."""
-    return sum(data.count(op) for op in _CONTAINER_OPS)
-
-
 def _meaning_changed(old: bytes, new: bytes, oid: bytes,
                      renamed: dict[tuple[str, str], tuple[str, str]]) -> str | None:
     """What differs between the old record (with ``renamed`` applied) and the
     new one, read by the safe reader; ``None`` when they mean the same."""
-    if _nesting_bound(old) > _MAX_NESTING:
+    if may_nest_too_deep(old) or may_nest_too_deep(new):
         return "too deeply nested to compare safely"
     try:
         before = read_record(old, oid)

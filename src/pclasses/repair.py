@@ -12,8 +12,9 @@ How a record is rewritten
 In the pickle protocols ZODB writes (1-3), a global is the GLOBAL opcode
 ``c<module>\\n<name>\\n`` (INST, ``i...``, for old-style instances) and no
 other opcode refers to byte offsets, so renaming is a byte substitution.
-A record is a candidate when a compiled pattern of every rule's source
-matches; the record analyzer (:func:`pclasses.record.analyze`) then gives the
+A record is a candidate when it holds the module name (or module prefix)
+of a rule's source, as GLOBAL opcodes and format-3 class metadata do; the
+record analyzer (:func:`pclasses.record.analyze`) then gives the
 exact byte range of every GLOBAL/INST opcode, and only those ranges are
 replaced (text that merely looks like an opcode is never touched).
 Records of format 3 (``((module, name), None)``, a persistent class's
@@ -29,12 +30,14 @@ Every rewritten record is checked to mean what the old one meant, except
 for the renamed globals: its inert tree (class and state, as the safe
 reader makes them) must equal the old one's.  A record whose class pickle
 was replaced is read again by the safe reader and the two trees are
-compared (:func:`pclasses.equivalence.differences`); a record whose
-GLOBAL/INST opcodes were replaced in place is analysed again by the C
-analyzer, which proves the same thing in about a microsecond
+compared (:func:`pclasses.equivalence.differences`; a record that might
+nest too deeply to unpickle safely is not compared, so not rewritten); a
+record whose GLOBAL/INST opcodes were replaced in place is proven to mean
+the same in about a microsecond
 (:func:`pclasses.equivalence.substitution_differences`: identical bytes
-elsewhere, each replacement parsing as exactly one opcode of the new name).
-A record that fails is reported as skipped, with the difference, and
+elsewhere, each replacement exactly one well-formed opcode of the new name,
+and the C pre-scan walks the new bytes with the split point where it
+belongs).  A record that fails is reported as skipped, with the reason, and
 nothing is written for it.
 
 Batches of records are committed as storage transactions; renaming is
@@ -89,6 +92,9 @@ _CLASS_META = int(Use.CLASS_META)
 
 @dataclass
 class Skipped:
+    """A candidate record that was left as it was, and why (``reason`` may
+    quote names from the record as they are stored: render it escaped)."""
+
     oid: bytes
     reason: str
 
@@ -309,9 +315,9 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
     opcode, so only opcodes are rewritten, never text that looks like one.
     A class named by strings (format 3) gets a new class pickle, cut from
     the rewritten bytes at the split point found in those bytes.  The result
-    is then read again and must mean what the old record meant except for
-    the renamed globals (:func:`pclasses.equivalence.differences`);
-    otherwise the record is reported as skipped and nothing is written.
+    must then mean what the old record meant except for the renamed globals
+    (see "Checked against meaning" above); otherwise the record is reported
+    as skipped and nothing is written.
     """
     try:
         a = analyze(data)

@@ -19,29 +19,17 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .broken import broken_state, is_broken
-from .classtable import ClassTable, class_table, guid_of
 from .census import Census, take_census
+from .classtable import ClassTable, class_table, guid_of
 from .database import open
-from .events import ClassReattached
-from .interfaces import IClassReattachedEvent, ICrossDatabaseReferenceEvent
-from .inventory import BrokenReport, find_broken
-from .repair import RepairError, RepairReport, rename_classes
-from .xrefs import (
-    CrossDatabaseReference,
-    CrossDatabaseReferenceError,
-    XrefPolicy,
-    check_xrefs,
-    scan_xrefs,
-)
-from .transfer import Manifest, export_subtree, import_subtree, read_manifest
 from .errors import (
     AliasCycleError,
-    ExportFormatError,
-    MissingClassesError,
     BrokenObjectModifiedError,
     ClassNameError,
     DuplicateGuidError,
+    ExportFormatError,
     FramedRecordError,
+    MissingClassesError,
     NotAGuidModuleError,
     NotBrokenError,
     PClassesError,
@@ -54,10 +42,22 @@ from .errors import (
     UnknownDatabaseError,
     XrefPolicySyntaxError,
 )
+from .events import ClassReattached
+from .interfaces import IClassReattachedEvent, ICrossDatabaseReferenceEvent
+from .inventory import BrokenReport, find_broken
 from .methods import BrokenMethodError, MethodSourceError, method
 from .pclass import PersistentClass, define_class
 from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
 from .registry import ClassRegistry, Resolution
+from .repair import RepairError, RepairReport, rename_classes
+from .transfer import Manifest, export_subtree, import_subtree, read_manifest
+from .xrefs import (
+    CrossDatabaseReference,
+    CrossDatabaseReferenceError,
+    XrefPolicy,
+    check_xrefs,
+    scan_xrefs,
+)
 
 __all__ = [
     "__version__",

@@ -66,8 +66,8 @@ from typing import Any
 from ZODB.utils import oid_repr
 
 from .census import Unreadable
-from .errors import RecordDecodeError, RepairError
 from .equivalence import differences, substitution_differences
+from .errors import RecordDecodeError, RepairError
 from .record import (
     FramedRecordError,
     analyze,

@@ -29,7 +29,6 @@ from ..record.edges import EdgeKind, edges_of
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
-from .reports import ExportReport
 from .format import (
     CHUNK,
     VERSION,
@@ -37,13 +36,20 @@ from .format import (
     ZEXP_END,
     ZEXP_MAGIC,
     ClassNeed,
-    Manifest,
     blob_frame,
     record_frame,
     write_file,
 )
-from .records import BLOB_CLASS, CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
-    record_class
+from .records import (
+    BLOB_CLASS,
+    CLASS_METACLASSES,
+    CLASS_TABLE,
+    analyze,
+    class_record_info,
+    no_gc,
+    record_class,
+)
+from .reports import ExportReport
 
 __all__ = ["export_subtree"]
 
@@ -52,7 +58,8 @@ def _resolve_start(connection: Any, obj_or_oid: Any) -> bytes:
     if isinstance(obj_or_oid, bytes):
         return obj_or_oid
     if isinstance(obj_or_oid, str):
-        return repr_to_oid(obj_or_oid)
+        oid_of_text: bytes = repr_to_oid(obj_or_oid)
+        return oid_of_text
     oid = getattr(obj_or_oid, "_p_oid", None)
     from persistent import Persistent
 
@@ -146,7 +153,7 @@ def _export_once(connection: Any, start: bytes, file: Any, format: str,  # noqa:
 def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             registry: ClassRegistry, name: str | None, progress: Progress | None,
             load: Callable[[bytes], tuple[bytes, bytes]],
-            trust: Trust | Iterable[str] | None = None) -> Manifest:
+            trust: Trust | Iterable[str] | None = None) -> ExportReport:
     storage = connection._storage
     db_name = connection.db().database_name
     from ZODB.interfaces import IBlobStorage
@@ -194,8 +201,8 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             if pair is not None:
                 needs[pair] = needs.get(pair, 0) | 8
             for g in a.globals:
-                key = (g.module, g.name)
-                needs[key] = needs.get(key, 0) | int(g.uses)  # type: ignore[index]
+                key: Any = (g.module, g.name)
+                needs[key] = needs.get(key, 0) | int(g.uses)
             for e in edges_of(data, a) if a.pids else ():
                 child = e.oid
                 if child is None:

@@ -11,6 +11,8 @@ concept (see ``design/ARCHITECTURE.md``):
 * :mod:`pclasses.broken`: broken classes and objects;
 * :mod:`pclasses.database`: opening targets (paths, ZConfig, zodburi);
 * :mod:`pclasses.census`: which classes the records name;
+* :mod:`pclasses.refs`: intrinsic references with integrity (``Ref``, ``Folder``...);
+* :mod:`pclasses.tree`: trees of databases, remote references, cross-database gc;
 * :mod:`pclasses.cli`: the command line.
 """
 
@@ -21,25 +23,32 @@ __version__ = "0.1.0"
 from .broken import broken_state, is_broken
 from .census import Census, take_census
 from .classtable import ClassTable, class_table, guid_of
-from .database import open
 from .errors import (
     AliasCycleError,
     BrokenObjectModifiedError,
     ClassNameError,
+    DanglingReferenceError,
+    DatabaseUnavailableError,
     DuplicateGuidError,
+    DuplicateHandleError,
     ExportFormatError,
     FramedRecordError,
+    GarbageCollectionRefusedError,
     MissingClassesError,
+    MissingReferencesError,
     NotAGuidModuleError,
     NotBrokenError,
     PClassesError,
     RecordDecodeError,
+    ReferentialIntegrityError,
     RefusedGlobalsError,
     RegistrationError,
     ScanWorkerError,
     StorageOpenError,
     TransferError,
     UnknownDatabaseError,
+    UnlocatedError,
+    UnreachableReferenceError,
     XrefPolicySyntaxError,
 )
 from .events import ClassReattached
@@ -48,9 +57,41 @@ from .inventory import BrokenReport, find_broken
 from .methods import BrokenMethodError, MethodSourceError, method
 from .pclass import PersistentClass, define_class
 from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
+from .refs import (
+    Folder,
+    KeyChanged,
+    Ref,
+    ReferenceAdded,
+    ReferenceRemoved,
+    RefModeChanged,
+    RefSet,
+    TargetReplaced,
+    is_referenced,
+    move,
+    place,
+    references,
+    referrers,
+    rekey,
+    remove,
+    rename,
+    replace_target,
+    set_ref_mode,
+)
 from .registry import ClassRegistry, Resolution
 from .repair import RepairError, RepairReport, rename_classes
 from .transfer import Manifest, export_subtree, import_subtree, read_manifest
+from .tree import (
+    Dangling,
+    DatabaseHandle,
+    RemoteAttribute,
+    RemoteReference,
+    check_refs,
+    collect_garbage,
+    get_reference,
+    is_dangling,
+    open,
+    tree_of,
+)
 from .xrefs import (
     CrossDatabaseReference,
     CrossDatabaseReferenceError,
@@ -117,4 +158,39 @@ __all__ = [
     "UnknownDatabaseError",
     "XrefPolicySyntaxError",
     "ScanWorkerError",
+    "ReferentialIntegrityError",
+    "DanglingReferenceError",
+    "UnlocatedError",
+    "MissingReferencesError",
+    "Ref",
+    "RefSet",
+    "Folder",
+    "place",
+    "remove",
+    "move",
+    "rename",
+    "rekey",
+    "replace_target",
+    "set_ref_mode",
+    "referrers",
+    "is_referenced",
+    "references",
+    "ReferenceAdded",
+    "ReferenceRemoved",
+    "KeyChanged",
+    "TargetReplaced",
+    "RefModeChanged",
+    "DatabaseHandle",
+    "tree_of",
+    "get_reference",
+    "RemoteReference",
+    "RemoteAttribute",
+    "Dangling",
+    "is_dangling",
+    "DatabaseUnavailableError",
+    "UnreachableReferenceError",
+    "DuplicateHandleError",
+    "GarbageCollectionRefusedError",
+    "check_refs",
+    "collect_garbage",
 ]

@@ -45,7 +45,15 @@ from .policy import (
     USE_CALLED,
     check_globals,
 )
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, record_class
+from .records import (
+    CLASS_METACLASSES,
+    CLASS_TABLE,
+    HANDLE_REFERENCE,
+    analyze,
+    class_record_info,
+    no_gc,
+    record_class,
+)
 from .reports import ImportReport
 from .store import Plan, pending_import, root_ghost
 
@@ -156,7 +164,24 @@ class CheckPass:
             return
         table = class_table(self.connection, create=False)
         for oid, (guid, name) in sorted(declared.items()):
+            if guid == HANDLE_REFERENCE:
+                self._bind_handle(oid, name)
+                continue
             self._bind_class(oid, guid, name, table)
+
+    def _bind_handle(self, oid: bytes, name: str) -> None:
+        """A database handle the records refer to (remote references): the
+        target database's handle of that name, or a missing name."""
+        from ..tree.handle import HANDLES_KEY
+
+        root = self.connection.root()
+        handles = root.get(HANDLES_KEY) if hasattr(root, "get") else None
+        handle = handles.get(name) if handles is not None else None
+        if handle is None or handle._p_oid is None:
+            self.class_refs_missing.append(f"database handle {name!r} (remote references)")
+            return
+        self.mapping[oid] = handle._p_oid
+        self.bound.add(oid)
 
     def _bind_class(self, oid: bytes, guid: str, name: str, table: Any) -> bytes | None:
         cls = table.get(guid) if table is not None else None
@@ -550,7 +575,7 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
-                   report: Literal[False] = ...) -> Any: ...
+                   report: Literal[False] = ..., references: str = ...) -> Any: ...
 
 
 @overload
@@ -558,7 +583,7 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
-                   report: Literal[True]) -> ImportReport: ...
+                   report: Literal[True], references: str = ...) -> ImportReport: ...
 
 
 def import_subtree(
@@ -573,6 +598,7 @@ def import_subtree(
     savepoint: bool = False,
     trust: Trust | Iterable[str] | None = None,
     report: bool = False,
+    references: str = "error",
 ) -> Any:
     """Import an export file (this package's format or ZODB's ``.zexp``).
 
@@ -599,6 +625,12 @@ def import_subtree(
     The checks resolve names without running modules that are not trusted
     (:mod:`pclasses.trust`; ``trust`` names more packages): a class whose
     module exists but is not trusted counts as missing until trusted.
+
+    Intrinsic references (:mod:`pclasses.refs`) the records hold are
+    registered in the target: internal ones re-rooted under the new
+    location; external keys of always-mode references must resolve there
+    (:class:`~pclasses.errors.MissingReferencesError`, nothing written)
+    unless ``references="dangling"``.
     """
     t0 = time.perf_counter()
     if missing not in ("error", "broken"):
@@ -619,6 +651,9 @@ def import_subtree(
                     raise TransferError("give a name to import into a container")
                 if key in into:
                     raise TransferError(f"{key!r} already exists in the target container")
+            from ..refs.transfer import import_references
+
+            import_references(connection, plan, reader.manifest, into, key, references)
             own_reader = bool(plan.blobs) and isinstance(file, (str, os.PathLike))
             if own_reader:
                 # The store pass copies blobs from the export file after this

@@ -84,7 +84,7 @@ def bench_reads_and_assign(tmp: Path) -> dict:
     t0, t1 = targets
 
     def assign(n):
-        for i in range(n // 2):
+        for _i in range(n // 2):
             src.ref = t1
             src.ref = t0
 
@@ -179,7 +179,6 @@ def bench_commit(tmp: Path, n: int, rounds: int) -> dict:
 
 def bench_verify(n: int) -> dict:
     from _common import build_storage
-
     from pclasses.refs.verify import verify_refs
     from pclasses.xrefs import scan_xrefs
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import transaction
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from persistent import Persistent
 from ZODB import DB
 from ZODB.FileStorage import FileStorage

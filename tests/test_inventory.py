@@ -499,7 +499,8 @@ def test_progress_callback(kept_importable: World):
     calls: list[tuple[int, int | None]] = []
     storage = FileStorage(str(kept_importable.path), read_only=True)
     try:
-        rep = pclasses.find_broken(storage, progress=lambda done, total: calls.append((done, total)))
+        rep = pclasses.find_broken(storage,
+                                   progress=lambda done, total: calls.append((done, total)))
     finally:
         storage.close()
     assert calls
@@ -929,7 +930,8 @@ def test_cli_multi_database_zconfig(tmp_path: Path):
             db.close()
     conf = tmp_path / "multi.conf"
     conf.write_text("".join(
-        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n  </filestorage>\n</zodb>\n"
+        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n"
+        "  </filestorage>\n</zodb>\n"
         for n in ("one", "two")))
     result = run_cli("broken", str(conf), "--json", env=cli_env())
     assert result.returncode == 0, result.stderr

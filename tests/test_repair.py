@@ -1171,7 +1171,8 @@ def test_multi_database_zconfig_repairs_every_database(tmp_path: Path):
             db.close()
     conf = tmp_path / "multi.conf"
     conf.write_text("".join(
-        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n  </filestorage>\n</zodb>\n"
+        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n"
+        "  </filestorage>\n</zodb>\n"
         for n in ("one", "two")))
     pclasses.rename_classes(str(conf), {f"{old}.Thing": f"{new}.Thing"})
     for name in ("one", "two"):

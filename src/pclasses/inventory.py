@@ -405,6 +405,6 @@ def _all_referrers(storage: Any, wanted: set[bytes], classes: list[BrokenClass])
             if child in found and oid not in found[child] and len(found[child]) < 10:
                 found[child].append(oid)
     for c in classes:
-        for e in c.examples:
-            if e.path is None:
-                e.referrers = found.get(e.oid, e.referrers)
+        for example in c.examples:
+            if example.path is None:
+                example.referrers = found.get(example.oid, example.referrers)

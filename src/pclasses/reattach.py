@@ -155,9 +155,10 @@ def reattach(registry: ClassRegistry) -> ReattachReport:
     # Non-persistent broken objects, wherever loaded state holds them.
     resolved: dict[tuple[str, str], Any] = {}
     for obj in gc.get_objects():
-        pair = plain.get(type(obj))
-        if pair is None:
+        found = plain.get(type(obj))
+        if found is None:
             continue
+        pair = found
         if pair not in resolved:
             resolved[pair] = _real(registry, None, pair)
         real = resolved[pair]

@@ -70,8 +70,8 @@ from ZODB.utils import oid_repr
 
 from .census import Unreadable
 from ._nesting import may_nest_too_deep
-from .errors import RecordDecodeError, RepairError
 from .equivalence import differences, substitution_differences
+from .errors import RecordDecodeError, RepairError
 from .record import (
     FramedRecordError,
     analyze,

@@ -48,12 +48,13 @@ STATE_KEY = "__pclasses_refs__"
 _CONN_ATTR = "_pclasses_refreg"
 
 
-class RefRegistry(Persistent):
+class RefRegistry(Persistent):  # type: ignore[misc]  # persistent is untyped
     """The reference registry of one database (see the module docstring)."""
 
     #: A random prefix of this database's reference ids, so that ids stay
     #: unique when subtrees move between databases (export/import).
     token = ""
+    _v_cache: dict[str, Any]
 
     def __init__(self) -> None:
         import secrets
@@ -74,7 +75,7 @@ class RefRegistry(Persistent):
 
     def cache(self) -> dict[str, Any]:
         try:
-            return self._v_cache  # type: ignore[no-any-return]
+            return self._v_cache
         except AttributeError:
             cache: dict[str, Any] = {}
             self._v_cache = cache

@@ -22,14 +22,17 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal, overload
 
 from ZODB.utils import oid_repr
 
 from ..classtable import GUID_PREFIX, class_table, is_guid_module
 from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
+from ..record import Analysis
+from ..record.analyze import Use
+from ..record.edges import EdgeKind
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
@@ -42,12 +45,15 @@ from .policy import (
     USE_CALLED,
     check_globals,
 )
-from .records import HANDLE_REFERENCE
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
-    record_class
-from ..record import Analysis
-from ..record.analyze import Use
-from ..record.edges import EdgeKind
+from .records import (
+    CLASS_METACLASSES,
+    CLASS_TABLE,
+    HANDLE_REFERENCE,
+    analyze,
+    class_record_info,
+    no_gc,
+    record_class,
+)
 from .reports import ImportReport
 from .store import Plan, pending_import, root_ghost
 
@@ -300,7 +306,7 @@ class CheckPass:
                 reconstructs = True
         pair = None
         for g in a.globals:
-            key: tuple[str, str] = (g.module, g.name)  # type: ignore[assignment]
+            key: tuple[str, str] = (g.module, g.name)
             uses = int(g.uses)  # (IntFlag operators are slow)
             if uses & _CLASS_META and pair is None:
                 pair = key
@@ -396,7 +402,7 @@ class CheckPass:
         except FramedRecordError:
             raise ExportFormatError(f"record {oid_repr(oid)}: a framed record cannot be made "
                                     "inert") from None
-        return new  # type: ignore[no-any-return]
+        return new
 
     def recheck(self, old: bytes, a: Any, new: bytes, oid: bytes,
                 refused: frozenset[tuple[str, str]]) -> Any:

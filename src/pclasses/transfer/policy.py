@@ -82,7 +82,7 @@ def check_globals(
     :data:`CALLED_BY_RECONSTRUCTOR`)."""
     missing_names: list[str] = []
     refused: set[tuple[str, str]] = set()
-    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    stdlib: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
     for (module, name), uses in sorted(needs.items()):
         dotted = f"{module}.{name}"
         if (module, name) in ALLOWED_GLOBALS:

@@ -618,7 +618,8 @@ def xrefs(target: str, as_json: bool, trust: tuple[str, ...], blob_dir: str | No
               help="Set the effective mode (none, always, commit) of the reference REF "
                    "(its id as --json shows it); repeatable.  Tightening refuses if a link "
                    "dangles unless --fix null/remove.")
-@click.option("--dry-run", is_flag=True, help="Report what --fix or --mode would do; write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Report what --fix or --mode would do; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 def refs(target: str, key: str | None, verify: bool, fix: str | None, modes: tuple[str, ...],
          dry_run: bool, as_json: bool) -> None:

@@ -410,7 +410,7 @@ class ReferentialIntegrityError(PClassesError, ValueError):
                          f"by {shown}{more}")
 
 
-class DanglingReferenceError(PClassesError, POSKeyError):
+class DanglingReferenceError(PClassesError, POSKeyError):  # type: ignore[misc]
     """A reference whose target is gone: nothing is at its ``key`` (``None``
     when the reference id itself is unknown).  ``reference_id`` is the
     stored id, ``name`` the attribute read."""

@@ -37,6 +37,8 @@ FROZEN = [
     "pclasses.refs.folder.Folder",
     "pclasses.refs.descriptor.Ref",
     "pclasses.refs.descriptor.RefSet",
+    "pclasses.tree.handle.DatabaseHandle",
+    "pclasses.tree.reference.RemoteReference",
 ]
 
 #: Strings stored in records: (module, attribute, value).
@@ -46,6 +48,8 @@ FROZEN_STRINGS = [
     ("pclasses.pclass", "_NAME_KEY", "__pclasses_name__"),
     ("pclasses.refs.registry", "REGISTRY_KEY", "__pclasses_refs__"),
     ("pclasses.refs.registry", "STATE_KEY", "__pclasses_refs__"),
+    ("pclasses.tree.handle", "HANDLES_KEY", "pclasses.databases"),
+    ("pclasses.tree.pins", "PINS_KEY", "pclasses.pins"),
 ]
 
 DECISIONS = Path(__file__).resolve().parent.parent / "design" / "decisions.md"

@@ -12,6 +12,7 @@ concept (see ``design/ARCHITECTURE.md``):
 * :mod:`pclasses.database`: opening targets (paths, ZConfig, zodburi);
 * :mod:`pclasses.census`: which classes the records name;
 * :mod:`pclasses.refs`: intrinsic references with integrity (``Ref``, ``Folder``...);
+* :mod:`pclasses.tree`: trees of databases, remote references, cross-database gc;
 * :mod:`pclasses.cli`: the command line.
 """
 
@@ -22,7 +23,6 @@ __version__ = "0.1.0"
 from .broken import broken_state, is_broken
 from .classtable import ClassTable, class_table, guid_of
 from .census import Census, take_census
-from .database import open
 from .events import ClassReattached
 from .interfaces import IClassReattachedEvent, ICrossDatabaseReferenceEvent
 from .inventory import BrokenReport, find_broken
@@ -83,6 +83,25 @@ from .methods import BrokenMethodError, MethodSourceError, method
 from .pclass import PersistentClass, define_class
 from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
 from .registry import ClassRegistry, Resolution
+from .errors import (
+    DanglingReferenceError,
+    DatabaseUnavailableError,
+    DuplicateHandleError,
+    GarbageCollectionRefusedError,
+    UnreachableReferenceError,
+)
+from .tree import (
+    check_refs,
+    collect_garbage,
+    Dangling,
+    DatabaseHandle,
+    RemoteAttribute,
+    RemoteReference,
+    get_reference,
+    is_dangling,
+    open,
+    tree_of,
+)
 
 __all__ = [
     "__version__",
@@ -164,4 +183,17 @@ __all__ = [
     "KeyChanged",
     "TargetReplaced",
     "RefModeChanged",
+    "DatabaseHandle",
+    "tree_of",
+    "get_reference",
+    "RemoteReference",
+    "RemoteAttribute",
+    "Dangling",
+    "is_dangling",
+    "DatabaseUnavailableError",
+    "UnreachableReferenceError",
+    "DuplicateHandleError",
+    "GarbageCollectionRefusedError",
+    "check_refs",
+    "collect_garbage",
 ]

@@ -39,6 +39,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 #: A check (``pclasses refs --verify``) found problems that remain.
 EXIT_PROBLEMS = 3
+#: ``refs-check`` ran and found dangling references.
+EXIT_DANGLING = EXIT_PROBLEMS
 
 #: Set to ``1`` to see the traceback of an error.
 DEBUG_ENV = "PCLASSES_DEBUG"
@@ -724,6 +726,118 @@ def _render_refs(result: dict[str, Any]) -> None:
                  f"{printable(p['ref_id'])} -> {printable(p['key'])}{fixed}")
         _out(f"{report['records']} records, {report['links']} links, "
              f"{len(report['problems'])} problems, {report['remaining']} remaining")
+
+
+def _open_tree(target: str, read_only: bool) -> Any:
+    from .tree.opening import open as open_tree
+
+    return open_tree(target, _registry(True), tree=True, read_only=read_only, create=False)
+
+
+def _close_tree(db: Any) -> None:
+    from .tree import tree_of
+
+    tree_of(db).close()
+
+
+@main.command("refs-check")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@click.option("--referrers", is_flag=True,
+              help="Group dangling references by target, listing every referrer.")
+def refs_check(target: str, as_json: bool, referrers: bool) -> None:
+    """Check the references of every database of a tree or multi-database.
+
+    TARGET is the root database of a tree (its database handles name the
+    others) or a ZConfig file with several <zodb NAME> sections.  Every
+    reference form (plain, m, n, weak, remote) is followed from the roots
+    with the record engine; nothing is unpickled.  Exit status 0 when
+    nothing dangles, 3 when something does, 1 when the check could not run.
+    """
+    from ZODB.utils import oid_repr
+
+    from .tree import check_refs
+
+    db = _open_tree(target, True)
+    try:
+        report = check_refs(db)
+    finally:
+        _close_tree(db)
+    data = report.to_dict()
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    if referrers:
+        for d in data["dangling"]:
+            groups.setdefault((d["target_database"], d["target_oid"]), []).append(d)
+        data["referrers"] = [
+            {"target_database": db_name, "target_oid": oid, "reason": items[0]["reason"],
+             "referrers": [{"source_database": i["source_database"],
+                            "source_oid": i["source_oid"], "form": i["form"]} for i in items]}
+            for (db_name, oid), items in sorted(groups.items())]
+    if as_json:
+        _emit_json(data)
+    else:
+        for name, why in sorted(report.unavailable.items()):
+            _warn(f"database {name!r} is unavailable: {why}")
+        _out(f"checked {len(report.databases)} databases "
+             f"({', '.join(report.databases)}): "
+             f"{sum(report.objects.values())} objects, {report.references} references")
+        if referrers:
+            for (db_name, oid), items in sorted(groups.items()):
+                _out(f"dangling {db_name}:{oid} ({items[0]['reason']}), referred to by:")
+                for i in items:
+                    _out(f"  {i['source_database']}:{i['source_oid']} ({i['form']})")
+        else:
+            for d in report.dangling:
+                _out(f"dangling: {d.source_database}:{oid_repr(d.source_oid)} -> "
+                     f"{d.target_database}:{oid_repr(d.target_oid)} ({d.form}, {d.reason})")
+        if report.ok:
+            _out("no dangling references")
+    if not report.ok:
+        raise click.exceptions.Exit(EXIT_DANGLING)
+
+
+@main.command("gc")
+@click.argument("target")
+@click.option("--days", type=float, default=1.0, show_default=True,
+              help="Keep objects written in the last N days (0: no grace period).")
+@click.option("--apply", "apply_", is_flag=True, help="Delete the garbage (default: dry run).")
+@click.option("--force", is_flag=True,
+              help="Go on even when a storage collects garbage on pack by itself.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: bool) -> None:
+    """Find objects unreachable from the roots of a whole tree of databases.
+
+    Plain, m, n and remote references keep objects alive, weak references do
+    not.  A dry run unless --apply, which deletes the garbage through the
+    storage API (FileStorage, ZEO, RelStorage) and drops pins no reference
+    holds any more; it refuses storages that collect garbage on pack by
+    themselves unless --force.
+    """
+    from ZODB.utils import oid_repr
+
+    from .tree import collect_garbage
+
+    if days < 0:
+        _fail("--days must be 0 or more")
+    db = _open_tree(target, not apply_)
+    try:
+        report = collect_garbage(db, days=days, apply=apply_, force=force)
+    finally:
+        _close_tree(db)
+    if as_json:
+        _emit_json(report.to_dict())
+        return
+    for name, why in sorted(report.unavailable.items()):
+        _warn(f"database {name!r} is unavailable: {why}")
+    verb = "deleted" if report.applied else "garbage (dry run, --apply deletes)"
+    for name, oids in sorted(report.garbage.items()):
+        _out(f"{name}: {len(oids)} {verb}")
+        for oid in oids[:20]:
+            _out(f"  {oid_repr(oid)}")
+        if len(oids) > 20:
+            _out(f"  ... and {len(oids) - 20} more")
+        for oid in report.stale_pins.get(name, []):
+            _out(f"  stale pin {oid_repr(oid)}{' (dropped)' if report.applied else ''}")
 
 
 if __name__ == "__main__":  # pragma: no cover

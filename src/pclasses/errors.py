@@ -55,6 +55,10 @@ __all__ = [
     "DanglingReferenceError",
     "UnlocatedError",
     "MissingReferencesError",
+    "DatabaseUnavailableError",
+    "UnreachableReferenceError",
+    "DuplicateHandleError",
+    "GarbageCollectionRefusedError",
 ]
 
 
@@ -410,19 +414,6 @@ class ReferentialIntegrityError(PClassesError, ValueError):
                          f"by {shown}{more}")
 
 
-class DanglingReferenceError(PClassesError, POSKeyError):  # type: ignore[misc]
-    """A reference whose target is gone: nothing is at its ``key`` (``None``
-    when the reference id itself is unknown).  ``reference_id`` is the
-    stored id, ``name`` the attribute read."""
-
-    def __init__(self, key: str | None, reference_id: str, name: str | None = None) -> None:
-        self.key = key
-        self.reference_id = reference_id
-        self.name = name
-        where = f"key {key!r}" if key is not None else f"reference id {reference_id!r}"
-        attr = f"{name}: " if name else ""
-        super().__init__(f"{attr}dangling reference: nothing at {where}")
-
 
 class UnlocatedError(PClassesError, TypeError):
     """An object without a canonical location was used as a reference
@@ -444,3 +435,86 @@ class MissingReferencesError(TransferError, LookupError):
         super().__init__(f"the import refers to keys the target database lacks: "
                          f"{', '.join(self.keys)} (import with references='dangling' "
                          "to accept that)")
+# -- trees of databases (issue 14) ---------------------------------------------
+
+
+class DatabaseUnavailableError(PClassesError, OSError):
+    """The database a handle stands for cannot be opened (missing file, ZEO
+    server down, bad URI).  ``name`` is the handle's (and database's) name,
+    ``target`` what it opens, ``reason`` why it could not."""
+
+    def __init__(self, name: str, target: str, reason: str) -> None:
+        self.name = name
+        self.target = target
+        self.reason = reason
+        super().__init__(f"database {name!r} ({target}) is unavailable: {reason}")
+
+
+
+class UnreachableReferenceError(PClassesError, ValueError):
+    """``get_reference(source, target)``: the target's database is not
+    downstream of the source's in the tree of databases.  ``source_database``
+    and ``target_database`` name them."""
+
+    def __init__(self, source_database: str, target_database: str) -> None:
+        self.source_database = source_database
+        self.target_database = target_database
+        super().__init__(f"database {target_database!r} cannot be reached from database "
+                         f"{source_database!r} by following database handles")
+
+
+class DuplicateHandleError(PClassesError, ValueError):
+    """A database handle named ``name`` already exists in this tree of
+    databases (handle names are unique in a tree)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a database named {name!r} already exists in this tree of databases")
+
+
+class GarbageCollectionRefusedError(PClassesError, RuntimeError):
+    """``collect_garbage(apply=True)`` refused to delete anything because of
+    database ``database``: ``reason`` says why (a storage that collects
+    garbage on pack by itself, a database that cannot be opened)."""
+
+    def __init__(self, database: str, reason: str) -> None:
+        self.database = database
+        self.reason = reason
+        super().__init__(f"garbage collection refused for database {database!r}: {reason}")
+
+
+class DanglingReferenceError(PClassesError, POSKeyError):  # type: ignore[misc]
+    """A reference whose target is gone was used.
+
+    One class for every kind of reference the package makes (also ZODB's
+    ``POSKeyError``, hence a ``KeyError``/``LookupError``):
+
+    * an intrinsic reference (:class:`pclasses.Ref`): ``key`` is the key
+      nothing is at (``None`` when the reference id itself is unknown),
+      ``reference_id`` the stored id, ``name`` the attribute read;
+    * a remote reference or a cross-database reference in a tree of
+      databases: ``database_name`` and ``oid`` name the target, ``klass`` its
+      class as the reference recorded it (dotted text, or ``None``).
+
+    Fields that do not apply are ``None``.
+    """
+
+    def __init__(self, *, key: str | None = None, reference_id: str | None = None,
+                 name: str | None = None, database_name: str | None = None,
+                 oid: bytes | None = None, klass: str | None = None) -> None:
+        self.key = key
+        self.reference_id = reference_id
+        self.name = name
+        self.database_name = database_name
+        self.oid = oid
+        self.klass = klass
+        if oid is not None:
+            what = f" ({klass})" if klass else ""
+            message = (f"the target {_oid_text(oid)}{what} of a reference into database "
+                       f"{database_name!r} is gone")
+        else:
+            where = f"key {key!r}" if key is not None else f"reference id {reference_id!r}"
+            message = f"dangling reference: nothing at {where}"
+        if name:
+            message = f"{name}: {message}"
+        super().__init__(message)

@@ -55,10 +55,10 @@ def resolve_id(registry: RefRegistry, jar: Any, rid: str, name: str | None = Non
         return obj
     key = registry.ids.get(rid)
     if key is None:
-        raise DanglingReferenceError(None, rid, name)
+        raise DanglingReferenceError(key=None, reference_id=rid, name=name)
     obj = resolve(jar, key)
     if obj is None:
-        raise DanglingReferenceError(key, rid, name)
+        raise DanglingReferenceError(key=key, reference_id=rid, name=name)
     if obj._p_serial != z64:  # objects new in this transaction may be aborted
         cache[rid] = obj
     return obj

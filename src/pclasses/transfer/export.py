@@ -32,6 +32,7 @@ from ..refs.transfer import MARK as REFS_MARK
 from ..refs.transfer import container_oid, export_references
 from ..trust import Trust
 from .reports import ExportReport
+from .records import HANDLE_CLASS, HANDLE_REFERENCE, handle_name
 from .format import (
     CHUNK,
     VERSION,
@@ -197,6 +198,11 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                 continue
             if pair == CLASS_TABLE:
                 continue
+            if pair == HANDLE_CLASS and oid != start:
+                # A database handle stays where it is: references to it are
+                # rebound by name to the target tree's handle (remote references).
+                manifest.class_references[oid] = (HANDLE_REFERENCE, handle_name(data, oid))
+                continue
             if pair is not None:
                 needs[pair] = needs.get(pair, 0) | 8
             if REFS_MARK in data:
@@ -244,6 +250,8 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
         manifest.classes = _needs(needs, registry, connection, trust)
         listed = {(c.module, c.name) for c in manifest.classes}
         for guid, cname in sorted(set(manifest.class_references.values())):
+            if guid == HANDLE_REFERENCE:
+                continue
             if (GUID_PREFIX + guid, cname) not in listed:  # plain instances' classes
                 manifest.classes.append(ClassNeed(GUID_PREFIX + guid, cname,
                                                   "database-resident", guid))

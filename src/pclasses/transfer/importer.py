@@ -42,6 +42,7 @@ from .policy import (
     USE_CALLED,
     check_globals,
 )
+from .records import HANDLE_REFERENCE
 from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
     record_class
 from ..record import Analysis
@@ -157,7 +158,24 @@ class CheckPass:
             return
         table = class_table(self.connection, create=False)
         for oid, (guid, name) in sorted(declared.items()):
+            if guid == HANDLE_REFERENCE:
+                self._bind_handle(oid, name)
+                continue
             self._bind_class(oid, guid, name, table)
+
+    def _bind_handle(self, oid: bytes, name: str) -> None:
+        """A database handle the records refer to (remote references): the
+        target database's handle of that name, or a missing name."""
+        from ..tree.handle import HANDLES_KEY
+
+        root = self.connection.root()
+        handles = root.get(HANDLES_KEY) if hasattr(root, "get") else None
+        handle = handles.get(name) if handles is not None else None
+        if handle is None or handle._p_oid is None:
+            self.class_refs_missing.append(f"database handle {name!r} (remote references)")
+            return
+        self.mapping[oid] = handle._p_oid
+        self.bound.add(oid)
 
     def _bind_class(self, oid: bytes, guid: str, name: str, table: Any) -> bytes | None:
         cls = table.get(guid) if table is not None else None

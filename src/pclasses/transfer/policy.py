@@ -45,6 +45,9 @@ ALLOWED_GLOBALS = frozenset({
     # zope.interface declarations (``__provides__``) pickle as a call of this
     # reconstructor, which only builds a declaration from interfaces.
     ("zope.interface.declarations", "Provides"),
+    # A remote reference of a tree of databases (pclasses.tree.reference):
+    # its constructor only checks and keeps its four arguments.
+    ("pclasses.tree.reference", "RemoteReference"),
 })
 
 USE_CALLED = Use.REDUCE | Use.INSTANTIATE  # REDUCE callable, INST/OBJ class

@@ -99,11 +99,11 @@ def main() -> None:
 
         def plain_read(n):
             for _ in range(n):
-                plain.ref
+                _ = plain.ref
 
         def read(n):
             for _ in range(n):
-                src.ref
+                _ = src.ref
 
         def assign(n):
             for _ in range(n // 2):

@@ -214,7 +214,7 @@ class RefsMachine(RuleBasedStateMachine):
             return
         for name in SOURCES:
             try:
-                self.src(name).r  # never a DanglingReferenceError
+                _ = self.src(name).r  # never a DanglingReferenceError
             except AttributeError:
                 pass
 

@@ -68,8 +68,8 @@ from typing import Any
 
 from ZODB.utils import oid_repr
 
-from .census import Unreadable
 from ._nesting import may_nest_too_deep
+from .census import Unreadable
 from .equivalence import differences, substitution_differences
 from .errors import RecordDecodeError, RepairError
 from .record import (

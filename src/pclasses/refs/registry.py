@@ -48,13 +48,14 @@ STATE_KEY = "__pclasses_refs__"
 _CONN_ATTR = "_pclasses_refreg"
 
 
-class RefRegistry(Persistent):  # type: ignore[misc]  # persistent is untyped
+class RefRegistry(Persistent):  # type: ignore[misc]
     """The reference registry of one database (see the module docstring)."""
+
+    _v_cache: dict[str, Any]
 
     #: A random prefix of this database's reference ids, so that ids stay
     #: unique when subtrees move between databases (export/import).
     token = ""
-    _v_cache: dict[str, Any]
 
     def __init__(self) -> None:
         import secrets

@@ -150,8 +150,8 @@ def import_references(connection: Any, plan: Any, manifest: Any, into: Any, name
                 if not isinstance(rid, str) or (rid, database or None) in targets:
                     continue
                 entry = listed.get((rid, database or None))
-                key: Any = entry["key"] if entry else None
-                if entry and entry["internal"] and old_root is not None:
+                key = entry["key"] if entry else None
+                if entry and entry["internal"] and old_root is not None and key is not None:
                     key = (new_root + key[len(old_root):]) if new_root is not None else None
                 elif key is not None:
                     conn = connection.get_connection(database) if database else connection
@@ -166,7 +166,8 @@ def import_references(connection: Any, plan: Any, manifest: Any, into: Any, name
         for ref_key, value in refs.items():
             ref_id, _, database = ref_key.partition("@")
             conn = connection.get_connection(database) if database else connection
-            registry: Any = registry_of(conn)
+            registry = registry_of(conn)
+            assert registry is not None
             if ref_id not in registry.names:
                 registry.names[ref_id] = ref_id.rpartition(".")[2]
             for rid in (value if isinstance(value, tuple) else (value,)):

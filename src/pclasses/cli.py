@@ -372,11 +372,18 @@ def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bo
               show_default=True,
               help="error: refuse when classes are missing; broken: import their objects as "
                    "broken objects (reattached when the classes arrive).")
+@click.option("--allow-code", is_flag=True,
+              help="Also import objects whose state becomes code when loaded (source "
+                   "methods, persistent classes); only for files you trust.")
+@click.option("--strict", "strict", multiple=True, metavar="PKG",
+              help="Allow only classes of package PKG (repeatable) besides plain data "
+                   "types; see docs/security.md.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar (only on a terminal).")
 def import_cmd(target: str, file: str, into: str, name: str | None, missing: str,
-               as_json: bool, progress: bool) -> None:
+               allow_code: bool, strict: tuple[str, ...], as_json: bool,
+               progress: bool) -> None:
     """Import an export FILE (pclasses format or ZODB .zexp) into TARGET.
 
     Before anything is written, the file's digest and every class and global
@@ -402,7 +409,8 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
                 container = resolve_path(conn, into)
                 with progress_bar("importing", progress) as cb:
                     obj = import_subtree(conn, file, missing=missing, into=container,
-                                         name=name, progress=cb, savepoint=False)
+                                         name=name, progress=cb, savepoint=False,
+                                         allow_code=allow_code, strict=strict or None)
                 tm.get().note(f"pclasses import {os.path.basename(file)}")
                 tm.commit()
                 oid = obj._p_oid

@@ -710,36 +710,46 @@ _CALLED_BY_RECONSTRUCTOR = 1 << 10
 
 def _check_globals(
     needs: dict[tuple[str, str], int], registry: ClassRegistry, connection: Any,
-    missing: str,
+    missing: str, policy: Any = None,
 ) -> tuple[list[str], set[tuple[str, str]]]:
-    missing_names: list[str] = []
-    refused: set[tuple[str, str]] = set()
-    stdlib = getattr(sys, "stdlib_module_names", frozenset())
-    for (module, name), uses in sorted(needs.items()):
-        dotted = f"{module}.{name}"
-        if (module, name) in ALLOWED_GLOBALS:
-            continue
-        if module.startswith(REFUSED_PREFIX):
-            continue  # already made inert by an earlier import
-        if is_guid_module(module):
-            if registry(connection, module, name) is None or _is_broken_class(
-                    registry(connection, module, name)):
-                missing_names.append(f"{dotted} (database-resident class, guid "
-                                     f"{module[len(GUID_PREFIX):]})")
-            continue
+    """Judge the globals with the import policy (:mod:`pclasses.allowlist`)."""
+    from .allowlist import DEFAULT_POLICY, check_globals
+
+    def resolve(module: str, name: str) -> tuple[bool, Any]:
         res = registry.explain(module, name, connection)
-        if res.how == "broken":
-            missing_names.append(dotted)
-            continue
-        target = res.target
-        if not isinstance(target, type):
-            refused.add((module, name))
-            continue
-        top = module.split(".")[0]
-        if uses & (_USE_CALLED | _CALLED_BY_RECONSTRUCTOR) and (
-                top in stdlib or top in _INFRASTRUCTURE):
-            refused.add((module, name))  # e.g. subprocess.Popen(...) in a REDUCE
-    return missing_names, refused
+        return res.how != "broken", res.target
+
+    def resident(module: str, name: str) -> bool:
+        cls = registry(connection, module, name)
+        return cls is not None and not _is_broken_class(cls)
+
+    verdict = check_globals(needs, resolve, resident, policy or DEFAULT_POLICY)
+    return verdict.missing, set(verdict.refused)
+
+
+def _call_facts(data: bytes, oid: bytes, a: Any) -> Any:
+    from .allowlist import record_facts
+
+    try:
+        return record_facts(data, a)
+    except ValueError as exc:
+        raise ExportFormatError(f"record {oid_repr(oid)} is not a readable ZODB record "
+                                f"({exc})") from None
+
+
+def _pid_classes(data: bytes, oid: bytes, a: Any) -> list[tuple[str, str]]:
+    """Class names (strings or globals) of the record's ``(oid, class)`` references."""
+    if not any(p[0] in ("oid_class", "multi") for p in a.pids):
+        return []
+    from .records import scan_record
+
+    try:
+        refs = scan_record(data, oid).references
+    except PClassesError as exc:
+        raise ExportFormatError(str(exc)) from None
+    return [(r.klass.module, r.klass.name) for r in refs
+            if r.klass is not None and r.klass.module is not None
+            and r.klass.name is not None]
 
 
 def _is_broken_class(obj: Any) -> bool:
@@ -749,7 +759,7 @@ def _is_broken_class(obj: Any) -> bool:
 
 
 def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
-          progress: Progress | None) -> _Plan:
+          progress: Progress | None, policy: Any = None) -> _Plan:
     """Check everything and prepare every record, before anything is stored.
 
     One pass over the file: each record is analysed (never unpickled),
@@ -806,6 +816,8 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
     pending: set[bytes] = set()
     needs: dict[tuple[str, str], int] = {}
     externals: set[str] = set()
+    shapes: list[str] = []  # call shapes no renaming makes inert
+    pid_classes: set[tuple[str, str]] = set()
     temp = tempfile.TemporaryFile(prefix="pclasses-import-")
     write = temp.write
     pack = _RECORD_HEAD.pack
@@ -831,6 +843,14 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
             if a.has_stack_global:
                 raise ExportFormatError(f"record {oid_repr(oid)} uses protocol-4 globals, "
                                         "which import cannot rebind safely")
+            facts = _call_facts(data, oid, a)
+            shapes.extend(f"record {oid_repr(oid)}: {p}" for p in facts.problems)
+            for target in facts.pid_calls:
+                # A plain instance of a database-resident class: its class
+                # must be a class reference rebound to the target's table.
+                if target is None or not (target in declared or target in skip):
+                    shapes.append(f"record {oid_repr(oid)}: a call of a persistent object "
+                                  "that is not a class reference")
             has_class_global = False
             reconstructs = False
             for g in a.globals:
@@ -850,6 +870,9 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
                 pair = _record_class(data, oid, a)
                 if pair is not None:
                     needs[pair] = needs.get(pair, 0) | 8
+            for pair in _pid_classes(data, oid, a):
+                pid_classes.add(pair)
+                needs[pair] = needs.get(pair, 0) | 16
             out = None
             for kind, off, length, database, shared, _pi in a.pids:
                 if kind == "unknown" or off < 0 or shared:
@@ -895,8 +918,12 @@ def _plan(connection: Any, f: Any, registry: ClassRegistry, missing: str,
         if manifest is not None and manifest.record_count != n:
             raise ExportFormatError(f"the manifest says {manifest.record_count} records, the "
                                     f"file holds {n}")
-        more_missing, refused = _check_globals(needs, registry, connection, missing)
+        more_missing, refused = _check_globals(needs, registry, connection, missing, policy)
         missing_names.extend(more_missing)
+        if shapes or refused & pid_classes:
+            # Neither a computed callable nor a class named by strings in a
+            # reference can be renamed away: refused even with "broken".
+            raise RefusedGlobalsError(sorted(f"{m}.{nm}" for m, nm in refused) + shapes)
         dbs = getattr(connection.db(), "databases", {}) or {}
         for database in sorted(externals):
             if database not in dbs:
@@ -989,6 +1016,8 @@ def import_subtree(
     registry: ClassRegistry | None = None,
     progress: Progress | None = None,
     savepoint: bool = True,
+    allow_code: bool = False,
+    strict: Any = None,
 ) -> Any:
     """Import an export file (this package's format or ZODB's ``.zexp``).
 
@@ -1009,7 +1038,17 @@ def import_subtree(
     into the storage when the transaction commits, which saves copying
     every record twice; the returned object is then a ghost that can be
     stored in containers but not read until the commit.
+
+    What the records may name is decided by :mod:`pclasses.allowlist`:
+    ``allow_code=True`` also admits classes that turn state into code
+    (source methods, persistent classes); ``strict`` (package names) admits
+    only classes of those packages besides plain data types.
     """
+    from .allowlist import ImportPolicy
+
+    policy = ImportPolicy(allow_code=bool(allow_code),
+                          strict=strict if strict is None or isinstance(strict, str)
+                          else tuple(strict))
     if missing not in ("error", "broken"):
         raise TransferError(f"missing must be 'error' or 'broken', not {missing!r}")
     if registry is None:
@@ -1019,7 +1058,7 @@ def import_subtree(
         raise TransferError("another import is pending in this transaction; commit it first")
     with _opened(file) as f:
         with _no_gc():
-            plan = _plan(connection, f, registry, missing, progress)
+            plan = _plan(connection, f, registry, missing, progress, policy)
         key = name or (plan.reader.manifest.name if plan.reader.manifest else None)
         if into is not None:
             if not key:

@@ -16,6 +16,7 @@ import os
 import pickle
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ from pclasses.errors import PClassesError
 from pclasses.methods import SourceMethod
 from pclasses.pclass import PersistentClass
 
-from conftest import write_module
+
+
+def write_module(directory: Path, name: str, source: str) -> None:
+    (directory / f"{name}.py").write_text(textwrap.dedent(source))
 
 
 class AppThing(Persistent):
@@ -81,6 +85,13 @@ def test_application_classes_are_allowed():
     assert A.judge(AppThing, A.USE_CLASS_META) is None
     assert A.judge(AppPlain, A.USE_REDUCE) is None
     assert A.judge(AppPlain, A.USE_NEWOBJ | A.USE_OTHER) is None
+
+
+def test_a_records_class_must_be_persistent():
+    """A record whose class metadata names a plain class (or a data type) is
+    refused: ZODB could only fail on it, or call a constructor it never meant to."""
+    assert "not persistent" in (A.judge(AppPlain, A.USE_CLASS_META) or "")
+    assert "not persistent" in (A.judge(set, A.USE_CLASS_META) or "x")
 
 
 @pytest.mark.parametrize("obj", [os.system, eval, exec, compile, getattr, open,

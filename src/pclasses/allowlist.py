@@ -323,6 +323,11 @@ DEFAULT_POLICY = ImportPolicy()
 
 def judge(target: Any, uses: int, policy: ImportPolicy = DEFAULT_POLICY) -> str | None:
     """Why the object ``target`` may not be named with ``uses``, or None when it may."""
+    if uses & USE_CLASS_META and not (isinstance(target, type) and _is_persistent_class(target)):
+        # ZODB makes a record's object with ``klass.__new__`` and puts it in
+        # its cache: anything but a persistent class fails there, or runs a
+        # constructor ZODB never meant to call.
+        return "a record's class that is not persistent"
     if id(target) in DATA_TYPES and DATA_TYPES[id(target)] is target:
         return None
     if id(target) in HELPERS and HELPERS[id(target)] is target:
@@ -351,6 +356,12 @@ def judge(target: Any, uses: int, policy: ImportPolicy = DEFAULT_POLICY) -> str 
         if not _under(module, policy.strict):
             return f"not in the strict packages ({target.__module__})"
     return None
+
+
+def _is_persistent_class(cls: type) -> bool:
+    from persistent import Persistent
+
+    return issubclass(cls, (Persistent, type))
 
 
 def _is_interface(obj: Any) -> bool:

@@ -1,9 +1,9 @@
 """Build configuration that pyproject.toml cannot express: the optional C extension.
 
 Everything else (metadata, dependencies, packages) lives in pyproject.toml.
-``pclasses._skim`` is a speed-up only: ``optional=True`` makes setuptools
+``pclasses.record._skim`` is a speed-up only: ``optional=True`` makes setuptools
 warn and carry on when it cannot be compiled (no compiler, no Python
-headers), and ``pclasses.skim`` then falls back to its pure-Python twin.
+headers), and ``pclasses.record.analyze`` then falls back to its pure-Python twin.
 """
 
 from setuptools import Extension, setup
@@ -11,8 +11,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "pclasses._skim",
-            sources=["src/pclasses/_skim.c"],
+            "pclasses.record._skim",
+            sources=["src/pclasses/record/_skim.c"],
             optional=True,
         )
     ],

@@ -78,8 +78,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
 
-    from pclasses import skim as skim_mod
-    from pclasses.records import scan_record
+    import importlib
+
+    skim_mod = importlib.import_module("pclasses.record.analyze")
+    from pclasses.record.reader import scan_record
 
     records = make_records(args.items)
     small = [d for d in records if len(d) < 300]

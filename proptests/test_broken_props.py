@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from persistent.mapping import PersistentMapping
 
 import pclasses
-from pclasses.records import GlobalRef, Inert, PersistentRef, read_record, split_record
+from pclasses.record.reader import GlobalRef, Inert, PersistentRef, read_record, split_record
 from strategies import values
 
 SOURCE = """

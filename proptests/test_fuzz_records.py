@@ -46,7 +46,8 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 
 import pclasses
-from pclasses import allowlist, records, skim
+from pclasses import records, skim
+from pclasses.transfer import policy as allowlist
 from pclasses.errors import PClassesError
 
 DEEP = os.environ.get("PCLASSES_HYPOTHESIS_PROFILE") == "deep"

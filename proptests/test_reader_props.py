@@ -9,7 +9,7 @@ from ZODB.MappingStorage import MappingStorage
 from ZODB.serialize import get_refs, referencesf
 from ZODB.utils import get_pickle_metadata
 
-from pclasses.records import read_class, read_record, scan_record
+from pclasses.record.reader import read_class, read_record, scan_record
 from pclasses.scan import iter_records
 
 from strategies import graphs

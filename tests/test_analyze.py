@@ -1,9 +1,9 @@
-"""The abstract pickle machine (:func:`pclasses.skim.analyze`): where things sit.
+"""The abstract pickle machine (:func:`pclasses.record.analyze`): where things sit.
 
 Every result check runs against both implementations (the C one is skipped
 when the optional extension was not built).  The references are the
-project's safe reader (:func:`pclasses.records.scan_record` for persistent
-references, :func:`pclasses.records.global_occurrences` for globals) and,
+project's safe reader (:func:`pclasses.record.scan_record` for persistent
+references, :func:`pclasses.record.global_occurrences` for globals) and,
 for protocols 0-5, a real :class:`pickle.Unpickler` whose ``persistent_load``
 collects what it is given.
 """
@@ -11,6 +11,7 @@ collects what it is given.
 from __future__ import annotations
 
 import datetime
+import importlib
 import io
 import pickle
 import pickletools
@@ -33,9 +34,9 @@ from persistent.mapping import PersistentMapping
 from persistent.wref import WeakRef
 from ZODB.MappingStorage import MappingStorage
 
-from pclasses import skim as skim_mod
-from pclasses.records import global_occurrences, scan_record
-from pclasses.skim import (
+skim_mod = importlib.import_module("pclasses.record.analyze")
+from pclasses.record.reader import global_occurrences, scan_record
+from pclasses.record.analyze import (
     HAVE_C_ANALYZE,
     USE_CLASS_META,
     USE_INSTANTIATE,
@@ -53,7 +54,7 @@ IMPLS = [
     pytest.param(
         skim_mod.analyze_c,
         id="c",
-        marks=pytest.mark.skipif(not HAVE_C_ANALYZE, reason="pclasses._skim not built"),
+        marks=pytest.mark.skipif(not HAVE_C_ANALYZE, reason="pclasses.record._skim not built"),
     ),
 ]
 
@@ -822,7 +823,7 @@ def test_every_truncated_prefix_raises(impl, zodb_records):
 def test_truncated_prefixes_same_message(zodb_records):
     """C and Python raise the same message for each truncated prefix."""
     if not HAVE_C_ANALYZE:
-        pytest.skip("pclasses._skim not built")
+        pytest.skip("pclasses.record._skim not built")
     data = max(zodb_records, key=len)
     for k in range(0, len(data), 7):
         assert outcome(skim_mod.analyze_c, data[:k]) == outcome(analyze_py, data[:k])
@@ -1033,8 +1034,8 @@ def test_bytes_like_inputs(impl):
 def test_c_returns_analysis():
     """The C analyze returns Analysis named tuples equal to the Python twin's."""
     if not HAVE_C_ANALYZE:
-        pytest.skip("pclasses._skim not built")
-    from pclasses import _skim
+        pytest.skip("pclasses.record._skim not built")
+    from pclasses.record import _skim
 
     assert skim_mod.analyze is _skim.analyze
     data = record(Thing, {"r": Ref(["w", (b"12345678", "db")])}, persistent_id=ref_pid)
@@ -1058,8 +1059,8 @@ def test_c_returns_analysis():
 def test_fallback_without_extension():
     """Without pclasses._skim, analyze is the pure-Python twin."""
     code = (
-        "import sys; sys.modules['pclasses._skim'] = None\n"
-        "import pclasses.skim as s\n"
+        "import sys; sys.modules['pclasses.record._skim'] = None\n"
+        "import pclasses.record.analyze; s = sys.modules['pclasses.record.analyze']\n"
         "assert s.HAVE_C_ANALYZE is False and s.analyze_c is None\n"
         "assert s.analyze is s.analyze_py\n"
         "print(tuple(s.analyze(b'N.\\x80\\x03C\\x01xQ.')))\n"
@@ -1073,7 +1074,7 @@ def test_fallback_without_extension():
     )
 
 
-@pytest.mark.skipif(not HAVE_C_ANALYZE, reason="pclasses._skim not built")
+@pytest.mark.skipif(not HAVE_C_ANALYZE, reason="pclasses.record._skim not built")
 def test_c_analyze_is_cheap_per_record(zodb_records):
     """The C analyze takes under 5 µs a small record (bench/bench_analyze.py: ~0.7)."""
     sample = [d for d in zodb_records if len(d) < 400] * 50

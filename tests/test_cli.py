@@ -313,11 +313,17 @@ def test_census_never_imports_missing_modules_in_process(sample_fs):
 
 
 def test_census_in_process_with_module_importable(sample_importable):
+    """An importable module the operator trusts resolves ok; untrusted, it is
+    found but not imported (so not broken) and its code never runs."""
     sample = sample_importable
     storage = FileStorage(str(sample.path), read_only=True)
     try:
         registry = pclasses.ClassRegistry()
         census = pclasses.take_census(storage, registry, jobs=1)
+        status = {(c.module, c.name): c.status for c in census.classes}
+        assert status[sample.item] == "not-imported" and status[sample.gone] == "broken"
+        assert sample.module not in sys.modules
+        census = pclasses.take_census(storage, registry, jobs=1, trust=[sample.module])
         assert_census_matches(census, storage)
         status = {(c.module, c.name): c.status for c in census.classes}
         assert status[sample.item] == "ok" and status[sample.gone] == "broken"

@@ -132,6 +132,9 @@ class Case:
     modules: dict[str, str] | None = None
     #: a phrase the refusal must contain (the shape that was refused)
     says: str = ""
+    #: packages the import is told to trust (so their modules are imported
+    #: and the objects judged); untrusted modules are never imported
+    trust: tuple[str, ...] = ()
 
 
 def in_pm(frag: Callable[[Path], bytes], proto: int = 3) -> Callable[[Path], bytes]:
@@ -287,7 +290,30 @@ def _reexport_function(m: Path) -> bytes:
 GADGETS = """
     from subprocess import Popen as Runner
     from os import system as run
+    from pclasses.methods import SourceMethod as Method
 """
+
+#: a module whose import alone runs the payload
+SIDE_EFFECT = """
+    import pathlib
+    pathlib.Path(MARKER_PATH).touch()
+
+    class Thing:
+        pass
+"""
+
+
+def _pid_pair_side(m: Path) -> bytes:
+    return b"(" + B(p64(99)) + b"(" + U("h6_side") + U("Thing") + b"ttQ"
+
+
+def _meta_side(m: Path) -> bytes:
+    return b"\x80\x03" + G("h6_side", "Thing") + b"." + pm_state({"fine": U("ok")})
+
+
+def _reexport_method(m: Path) -> bytes:
+    return _source_method(m).replace(G("pclasses.methods", "SourceMethod"),
+                                     G("h6_gadgets", "Method"))
 
 
 CASES: dict[str, Case] = {
@@ -336,12 +362,22 @@ CASES: dict[str, Case] = {
         in_pm(_pid_pair_system), ("os.system",)),
     "call of a persistent object": Case(in_pm(_pid_called), (),
                                         says="a call of a persistent object"),
-    "third-party module re-exporting Popen": Case(
+    "third-party module re-exporting Popen (trusted: judged by the object)": Case(
+        in_pm(_reexport), ("h6_gadgets.Runner",), live_frag(_reexport),
+        {"h6_gadgets": GADGETS}, says="subprocess.Popen", trust=("h6_gadgets",)),
+    "third-party module re-exporting os.system (trusted: judged by the object)": Case(
+        in_pm(_reexport_function), ("h6_gadgets.run",), live_frag(_reexport_function),
+        {"h6_gadgets": GADGETS}, trust=("h6_gadgets",)),
+    "third-party module re-exporting SourceMethod (trusted: judged by the object)": Case(
+        in_pm(_reexport_method), ("h6_gadgets.Method",), live_frag(_reexport_method),
+        {"h6_gadgets": GADGETS}, trust=("h6_gadgets",)),
+    "third-party module re-exporting Popen (not trusted: never imported)": Case(
         in_pm(_reexport), ("h6_gadgets.Runner",), live_frag(_reexport),
         {"h6_gadgets": GADGETS}),
-    "third-party module re-exporting os.system": Case(
-        in_pm(_reexport_function), ("h6_gadgets.run",), live_frag(_reexport_function),
-        {"h6_gadgets": GADGETS}),
+    "persistent reference class part naming a side-effect module": Case(
+        in_pm(_pid_pair_side), ("h6_side.Thing",), modules={"h6_side": SIDE_EFFECT}),
+    "class metadata naming a side-effect module": Case(
+        _meta_side, ("h6_side.Thing",), modules={"h6_side": SIDE_EFFECT}),
 }
 
 
@@ -500,7 +536,7 @@ def base_export(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def _setup(case: Case, tmp_path: Path, mods: Path) -> tuple[Path, Path]:
     marker = tmp_path / "MARKER"
     for name, source in (case.modules or {}).items():
-        write_module(mods, name, source)
+        write_module(mods, name, source.replace("MARKER_PATH", repr(str(marker))))
     target = tmp_path / "target.fs"
     make_target(target)
     return marker, target
@@ -540,8 +576,10 @@ def test_api_refuses_or_stores_inert(name, fmt, base_export, tmp_path, modules_d
     db = pclasses.open(str(target))
     try:
         conn = db.open()
+        trust = list(case.trust) or None
         with pytest.raises(PClassesError) as info:
-            pclasses.import_subtree(conn, io.BytesIO(data), into=conn.root(), name="x")
+            pclasses.import_subtree(conn, io.BytesIO(data), into=conn.root(), name="x",
+                                    trust=trust)
         for n in case.names:
             assert n in str(info.value), (n, str(info.value))
         if fmt == "pclasses":
@@ -549,7 +587,7 @@ def test_api_refuses_or_stores_inert(name, fmt, base_export, tmp_path, modules_d
         transaction.commit()  # whatever the import left pending would be written now
         try:
             pclasses.import_subtree(conn, io.BytesIO(data), into=conn.root(), name="y",
-                                    missing="broken")
+                                    missing="broken", trust=trust)
             transaction.commit()
             stored = True
         except PClassesError:
@@ -576,7 +614,8 @@ def test_cli_refuses_with_one_line(name, base_export, tmp_path, modules_dir):
     path = tmp_path / "hostile.pcx"
     path.write_bytes(hostile_file(base_export, case.record(marker)))
     before = state_of(target)
-    line = assert_one_line_error(run_cli("import", str(target), str(path),
+    trust = [arg for pkg in case.trust for arg in ("--trust", pkg)]
+    line = assert_one_line_error(run_cli("import", str(target), str(path), *trust,
                                          extra_path=modules_dir))
     for n in case.names:
         assert n in line

@@ -43,7 +43,7 @@ from pclasses.classtable import TABLE_KEY
 from pclasses.errors import PClassesError, RegistrationError
 from pclasses.methods import SourceMethod
 from pclasses.pclass import DuplicateGuidError
-from pclasses.records import GlobalRef, Inert, PersistentRef
+from pclasses.record.reader import GlobalRef, Inert, PersistentRef
 
 # ---------------------------------------------------------------------------
 # Importable helpers (records name them by module and name)

@@ -1,4 +1,4 @@
-"""Claims about pclasses.records on records written by ZODB itself.
+"""Claims about pclasses.record.reader on records written by ZODB itself.
 
 Every record here is either written by ZODB's real writer (committed through
 a real ``ZODB.DB``) or built by hand with zodbpickle's pickler in exactly the
@@ -25,7 +25,7 @@ from ZODB.serialize import get_refs, referencesf
 from ZODB.utils import get_pickle_metadata, p64, z64
 
 from pclasses.errors import PClassesError, RecordDecodeError
-from pclasses.records import (
+from pclasses.record.reader import (
     ClassRef,
     PersistentRef,
     Reference,

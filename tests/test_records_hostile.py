@@ -31,7 +31,7 @@ from persistent.wref import WeakRef
 from ZODB.MappingStorage import MappingStorage
 
 from pclasses.errors import RecordDecodeError
-from pclasses.records import Inert, read_class, read_record, scan_record
+from pclasses.record.reader import Inert, read_class, read_record, scan_record
 
 PROBE = "pclasses_hostile_probe_xyz"
 READERS = (scan_record, read_record, read_class)
@@ -534,7 +534,7 @@ def test_memo_index_beyond_the_machine_is_refused():
     """A LONG_BINPUT to memo index 2**32-1 (a 64 GB memo) fails at once as RecordDecodeError."""
     script = textwrap.dedent(
         """
-        from pclasses.records import scan_record
+        from pclasses.record.reader import scan_record
         from pclasses.errors import RecordDecodeError
         rec = (b"\\x80\\x03cpkg\\nK\\n." + b"\\x80\\x03}r"
                + (2**32 - 1).to_bytes(4, "little") + b".")
@@ -760,7 +760,7 @@ def test_memo_index_the_machine_could_allocate_is_refused_without_allocating(ind
     script = textwrap.dedent(
         f"""
         import resource
-        from pclasses.records import scan_record, read_record, read_class
+        from pclasses.record.reader import scan_record, read_record, read_class
         from pclasses.errors import RecordDecodeError
         rec = (b"\\x80\\x03cpkg\\nK\\n." + b"\\x80\\x03}}r"
                + ({index}).to_bytes(4, "little") + b".")

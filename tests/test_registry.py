@@ -1039,3 +1039,29 @@ def test_install_covers_every_database_of_a_multidatabase():
     finally:
         one.close()
         two.close()
+
+
+def test_reattach_alone_retries_the_import_of_a_reinstalled_module(stored_db, mods):
+    """An add-on removed and then reinstalled in the running process: its
+    broken objects turn back into real ones by ``registry.reattach()`` alone,
+    without ``refresh()``, with their stored state."""
+    fs_path, old, _ = stored_db
+    registry = ClassRegistry()
+    db = pclasses.open(fs_path, registry)
+    try:
+        conn = db.open()
+        item = conn.root()["item"]
+        assert pclasses.is_broken(item)
+        plain_holder = conn.root()["map"]
+        assert pclasses.is_broken(plain_holder["plain"])
+        mods.write(old, MODEL_SOURCE)  # the add-on is installed again
+        report = registry.reattach()
+        models = sys.modules[old]
+        assert type(item) is models.Item
+        assert (item.x, item.label) == (21, "twenty-one")
+        assert type(plain_holder["plain"]) is models.Plain
+        assert report.total >= 1
+        assert registry(conn, old, "Item") is models.Item
+        conn.close()
+    finally:
+        db.close()

@@ -1,4 +1,4 @@
-"""The opcode pre-scan (:mod:`pclasses.skim`): C and Python agree with pickletools.
+"""The opcode pre-scan (:mod:`pclasses.record.analyze`): C and Python agree with pickletools.
 
 Every result check runs against both implementations (the C one is skipped
 when the optional extension was not built).  The reference for ``end1`` and
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copyreg
 import datetime
 import decimal
+import importlib
 import io
 import pickle
 import pickletools
@@ -31,16 +32,16 @@ from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 from ZODB.MappingStorage import MappingStorage
 
-from pclasses import skim as skim_mod
-from pclasses.records import scan_record
-from pclasses.skim import HAVE_C, MAX_INDEX, skim_py
+skim_mod = importlib.import_module("pclasses.record.analyze")
+from pclasses.record.reader import scan_record
+from pclasses.record.analyze import HAVE_C, MAX_INDEX, skim_py
 
 IMPLS = [
     pytest.param(skim_py, id="py"),
     pytest.param(
         skim_mod.skim_c,
         id="c",
-        marks=pytest.mark.skipif(not HAVE_C, reason="pclasses._skim not built"),
+        marks=pytest.mark.skipif(not HAVE_C, reason="pclasses.record._skim not built"),
     ),
 ]
 
@@ -421,7 +422,7 @@ def test_every_truncated_prefix_raises(impl, zodb_records):
 def test_truncated_prefixes_same_message(zodb_records):
     """C and Python raise the same message for each truncated prefix."""
     if not HAVE_C:
-        pytest.skip("pclasses._skim not built")
+        pytest.skip("pclasses.record._skim not built")
     data = max(zodb_records, key=len)
     for k in range(len(data)):
         assert outcome(skim_mod.skim_c, data[:k]) == outcome(skim_py, data[:k])
@@ -539,8 +540,8 @@ def test_ext_opcodes_detected(impl):
 def test_fallback_without_extension():
     """Without pclasses._skim, skim is the pure-Python twin and HAVE_C is False."""
     code = (
-        "import sys; sys.modules['pclasses._skim'] = None\n"
-        "import pclasses.skim as s\n"
+        "import sys; sys.modules['pclasses.record._skim'] = None\n"
+        "import pclasses.record.analyze; s = sys.modules['pclasses.record.analyze']\n"
         "assert s.HAVE_C is False and s.skim_c is None and s.skim is s.skim_py\n"
         "print(s.skim(b'N.Nq\\x07.'))\n"
     )
@@ -553,11 +554,14 @@ def test_fallback_without_extension():
 def test_have_c_matches_extension():
     """HAVE_C is True exactly when pclasses._skim imports; skim is then the C one."""
     try:
-        from pclasses import _skim
+        from pclasses.record import _skim
     except ImportError:
         assert not HAVE_C
     else:
-        assert HAVE_C and skim_mod.skim is _skim.skim
+        if skim_mod.PURE_PYTHON:  # PCLASSES_PURE_PYTHON=1 forces the twin
+            assert not HAVE_C and skim_mod.skim is skim_py
+        else:
+            assert HAVE_C and skim_mod.skim is _skim.skim
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -606,7 +610,7 @@ def test_16mb_text_record_is_quick(impl, text_record):
         assert elapsed < 0.5, elapsed
 
 
-@pytest.mark.skipif(not HAVE_C, reason="pclasses._skim not built")
+@pytest.mark.skipif(not HAVE_C, reason="pclasses.record._skim not built")
 def test_c_skim_is_cheap_per_record(zodb_records):
     """The C skim takes under 10 µs a record (bench/bench_skim.py measures it)."""
     sample = [d for d in zodb_records if len(d) < 2000] * 50

@@ -1299,7 +1299,7 @@ def test_cross_database_references(tmp_path):
         transaction.commit()
         after = records(lone["a"].storage)
         new = assert_new_records(before[1], after, 3, z64)
-        from pclasses.records import scan_record
+        from pclasses.record.reader import scan_record
 
         kept = {
             (r.database, r.oid)

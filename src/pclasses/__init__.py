@@ -3,7 +3,7 @@
 The public API is re-exported here; the work happens in one module per
 concept (see ``design/ARCHITECTURE.md``):
 
-* :mod:`pclasses.records`: the safe record reader (never runs a pickle);
+* :mod:`pclasses.record.reader`: the safe record reader (never runs a pickle);
 * :mod:`pclasses.registry`: the class-factory registry;
 * :mod:`pclasses.classtable`: the per-database class table (guid -> class);
 * :mod:`pclasses.pclass`: persistent classes defined in the database;
@@ -33,26 +33,21 @@ from .xrefs import (
     check_xrefs,
     scan_xrefs,
 )
-from .transfer import (
-    ExportFormatError,
-    Manifest,
-    MissingClassesError,
-    RefusedGlobalsError,
-    TransferError,
-    export_subtree,
-    import_subtree,
-    read_manifest,
-)
+from .transfer import Manifest, export_subtree, import_subtree, read_manifest
 from .errors import (
     AliasCycleError,
+    ExportFormatError,
+    MissingClassesError,
     PClassesError,
     RecordDecodeError,
+    RefusedGlobalsError,
     RegistrationError,
     StorageOpenError,
+    TransferError,
 )
 from .methods import BrokenMethodError, MethodSourceError, method
 from .pclass import PersistentClass, define_class
-from .records import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
+from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
 from .registry import ClassRegistry, Resolution
 
 __all__ = [

@@ -8,7 +8,7 @@ A name that resolves to nothing gets a *broken class*: a subclass of ZODB's
   way the original object was pickled (NEWOBJ of the original class name,
   the same arguments, the same state), where ZODB's ``Broken`` writes a
   REDUCE of ``ZODB.broken.rebuild``.  Together with the writer fallback of
-  :mod:`pclasses.writer` (which writes the class as the GLOBAL ZODB had
+  :mod:`pclasses.connection` (which writes the class as the GLOBAL ZODB had
   read), committing a container that holds broken objects rewrites them
   equivalently, and they come back whole when their class returns.
 * **Clear refusals.**  Modifying a broken object raises ZODB's
@@ -26,10 +26,10 @@ from ZODB.broken import Broken, BrokenModified, PersistentBroken
 from ZODB.utils import oid_repr
 
 __all__ = ["Broken", "PersistentBroken", "make_broken_class", "is_broken", "broken_state",
-           "missing_name"]
+           "missing_name", "broken_classes_exist"]
 
 
-#: Set while pclasses' writer pickles a record (see :mod:`pclasses.writer`):
+#: Set while pclasses' writer pickles a record (see :mod:`pclasses.connection`):
 #: broken objects then reduce to their original form, which only that
 #: writer can pickle; anywhere else they reduce as ZODB's do (through
 #: ``ZODB.broken.rebuild``), so ``pickle.dumps`` of a broken object works.
@@ -91,6 +91,11 @@ def make_broken_class(module: str, name: str) -> type:
     persistent = type(name, (_LosslessPersistentBroken, cls), {"__module__": module})
     cls.__Broken_Persistent__ = persistent  # type: ignore[attr-defined]
     return cls
+
+
+def broken_classes_exist() -> bool:
+    """Whether any broken class made by :func:`make_broken_class` is alive."""
+    return bool(_LosslessBroken.__subclasses__())
 
 
 def missing_name(cls: Any) -> tuple[str, str] | None:

@@ -1,7 +1,7 @@
 """Which classes a database's records name, and how each resolves.
 
 The census reads every current record with the C record analyzer of
-:mod:`pclasses.skim` (nothing is imported or called but what the registry
+:mod:`pclasses.record.analyze` (nothing is imported or called but what the registry
 resolves; records whose class is named by strings go through the safe
 record reader), counts
 
@@ -23,10 +23,11 @@ from ZODB.utils import oid_repr
 
 from .errors import RecordDecodeError
 from .classtable import GUID_PREFIX, is_guid_module
-from .records import GlobalRef, PersistentRef, read_class, read_record
-from .skim import analyze
+from .record.reader import GlobalRef, PersistentRef, read_class, read_record
+from .record.analyze import analyze
 from .registry import ClassRegistry, Resolution
 from .scan import Progress, map_records
+from .trust import Trust, as_trust
 
 __all__ = ["ClassUsage", "Census", "take_census", "STATUS"]
 
@@ -37,6 +38,8 @@ STATUS = {
     "aliased": "aliased",
     "database-resident": "database-resident",
     "broken": "broken",
+    # found but not run: the module is not trusted (see pclasses.trust)
+    "not-imported": "not-imported",
 }
 
 _EXAMPLES = 3
@@ -74,6 +77,7 @@ class ClassUsage:
             "how": res.how if res else None,
             "chain": list(res.chain) if res else [],
             "error": res.error if res else None,
+            "location": res.location if res else None,
             "examples": [oid_repr(o) for o in self.examples],
         }
 
@@ -282,6 +286,7 @@ def take_census(
     connection: Any = None,
     progress: Progress | None = None,
     jobs: int | None = None,
+    trust: Trust | Iterable[str] | None = None,
 ) -> Census:
     """Count and resolve every class named by the current records of ``storage``.
 
@@ -289,9 +294,13 @@ def take_census(
     classes resolve through that database's class table.  A large
     FileStorage is scanned by ``jobs`` processes at once (see
     :func:`pclasses.scan.map_records`); ``jobs=1`` keeps it in this one.
+
+    Names resolve in inspection mode (:meth:`ClassRegistry.inspect`): no
+    module the records name is imported unless :mod:`pclasses.trust`
+    allows it; ``trust`` names more packages that may be imported.
     """
     return census_and_tally(storage, registry, connection=connection, progress=progress,
-                            jobs=jobs)[0]
+                            jobs=jobs, trust=trust)[0]
 
 
 def census_and_tally(
@@ -303,10 +312,12 @@ def census_and_tally(
     jobs: int | None = None,
     parents: bool = False,
     examples: int = _EXAMPLES,
+    trust: Trust | Iterable[str] | None = None,
 ) -> tuple[Census, _Tally]:
     """:func:`take_census`, plus the merged tally (with first referrers if asked)."""
     if registry is None:
         registry = ClassRegistry()
+    rules = as_trust(trust)
 
     def tally(records: Iterable[tuple[bytes, bytes]]) -> _Tally:
         return _Tally(parents, examples).add(records)
@@ -320,7 +331,7 @@ def census_and_tally(
         usage = ClassUsage(key[0], key[1], total.as_class.get(key, 0),
                            total.mentioned.get(key, 0), total.examples.get(key, []),
                            mention_examples=total.mention_examples.get(key, []))
-        usage.resolution = registry.explain(key[0], key[1], connection)
+        usage.resolution = registry.inspect(key[0], key[1], connection, trust=rules)
         usages.append(usage)
     unreadable = sorted(total.unreadable, key=lambda u: u.oid)
     resident = sorted(total.resident, key=lambda r: r.oid)

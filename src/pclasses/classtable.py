@@ -23,7 +23,7 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import z64
 
 from .errors import PClassesError, RegistrationError
-from .records import PersistentRef, read_record
+from .record.reader import PersistentRef, read_record
 
 __all__ = [
     "GUID_PREFIX",

@@ -99,6 +99,14 @@ def main() -> None:
     """
 
 
+def _trust_option(f: Any) -> Any:
+    return click.option(
+        "--trust", "trust", multiple=True, metavar="PKG",
+        help="Also import modules of package PKG to check the names it holds (repeatable). "
+             "By default only modules already imported and those of installed distributions "
+             "outside the standard library are imported; others are only located.")(f)
+
+
 def _registry(entry_points: bool) -> Any:
     from .registry import ClassRegistry
 
@@ -119,15 +127,18 @@ def _registry(entry_points: bool) -> Any:
 @click.option("--jobs", type=click.IntRange(min=1), envvar="PCLASSES_JOBS", default=None,
               help="Processes scanning a large FileStorage at once [default: one per CPU, "
                    "at most 4; env PCLASSES_JOBS].")
+@_trust_option
 def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
-            jobs: int | None) -> None:
+            jobs: int | None, trust: tuple[str, ...]) -> None:
     """List every class the records of TARGET name, with counts and resolution.
 
     For each class: how many records are instances of it (RECORDS), how
     many other records name it (MENTIONS: references, non-persistent
     sub-objects, reduce functions), and how it resolves: ok, aliased,
-    database-resident or broken.  Records are read with the safe reader;
-    nothing is imported except through the registry's class lookups.
+    database-resident, broken, or not-imported (the module exists but is
+    not trusted, so it was not run; see --trust).  Records are read with
+    the safe reader; nothing is imported except through the registry's
+    class lookups, and those import no module the data chooses.
     Records that cannot be interpreted are listed as unreadable by oid.
     Classes stored in the database are listed with guid, name, bases and
     their number of persistent instances.
@@ -151,7 +162,7 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
                 try:
                     with progress_bar(f"scanning {name}", progress) as cb:
                         census = take_census(each.storage, registry, connection=conn,
-                                             progress=cb, jobs=jobs)
+                                             progress=cb, jobs=jobs, trust=trust)
                 finally:
                     conn.close()
                 results.append((name, census))
@@ -165,7 +176,9 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
         rows = [
             [c.dotted, str(c.records), str(c.mentions), c.status,
              " -> ".join(c.resolution.chain[1:]) if c.resolution and c.status == "aliased"
-             else (c.resolution.error or "") if c.resolution and c.status == "broken" else ""]
+             else (c.resolution.error or "") if c.resolution and c.status == "broken"
+             else f"module found at {c.resolution.location}; not trusted, not run"
+             if c.resolution and c.status == "not-imported" else ""]
             for c in census.classes
         ]
         _table(f"database {name!r}: {census.records} records, {len(census.classes)} classes",
@@ -192,8 +205,9 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
               help="Show a progress bar (only on a terminal).")
 @click.option("--jobs", type=click.IntRange(min=1), envvar="PCLASSES_JOBS", default=None,
               help="Processes scanning a large FileStorage at once [env PCLASSES_JOBS].")
+@_trust_option
 def broken(target: str, as_json: bool, examples: int, entry_points: bool, progress: bool,
-           jobs: int | None) -> None:
+           jobs: int | None, trust: tuple[str, ...]) -> None:
     """List every class in TARGET that does not resolve, and where its objects sit.
 
     For each broken class: the records that are instances of it, the other
@@ -220,7 +234,7 @@ def broken(target: str, as_json: bool, examples: int, entry_points: bool, progre
             for name, each in sorted(db.databases.items()):
                 with progress_bar(f"scanning {name}", progress) as cb:
                     results.append((name, find_broken(each, registry, examples=examples,
-                                                      progress=cb, jobs=jobs)))
+                                                      progress=cb, jobs=jobs, trust=trust)))
         finally:
             for each in set(db.databases.values()):
                 each.close()
@@ -309,8 +323,9 @@ def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_r
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar (only on a terminal).")
+@_trust_option
 def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bool,
-               progress: bool) -> None:
+               progress: bool, trust: tuple[str, ...]) -> None:
     """Export the subtree at PATH_OR_OID of TARGET to a file.
 
     PATH_OR_OID is a path of keys (or attributes) from the root, such as
@@ -334,7 +349,7 @@ def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bo
             name = None if path_or_oid.startswith("0x") else path_or_oid.strip("/").split("/")[-1]
             with progress_bar("exporting", progress) as cb:
                 manifest = export_subtree(conn, obj, output, format=fmt, name=name or None,
-                                          progress=cb)
+                                          progress=cb, trust=trust)
             conn.close()
         finally:
             db.close()
@@ -381,9 +396,10 @@ def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bo
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar (only on a terminal).")
+@_trust_option
 def import_cmd(target: str, file: str, into: str, name: str | None, missing: str,
                allow_code: bool, strict: tuple[str, ...], as_json: bool,
-               progress: bool) -> None:
+               progress: bool, trust: tuple[str, ...]) -> None:
     """Import an export FILE (pclasses format or ZODB .zexp) into TARGET.
 
     Before anything is written, the file's digest and every class and global
@@ -410,7 +426,8 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
                 with progress_bar("importing", progress) as cb:
                     obj = import_subtree(conn, file, missing=missing, into=container,
                                          name=name, progress=cb, savepoint=False,
-                                         allow_code=allow_code, strict=strict or None)
+                                         trust=trust, allow_code=allow_code,
+                                         strict=strict or None)
                 tm.get().note(f"pclasses import {os.path.basename(file)}")
                 tm.commit()
                 oid = obj._p_oid
@@ -443,7 +460,8 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
 @main.command()
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
-def xrefs(target: str, as_json: bool) -> None:
+@_trust_option
+def xrefs(target: str, as_json: bool, trust: tuple[str, ...]) -> None:
     """List the cross-database references stored in a multi-database.
 
     TARGET is typically a ZConfig file with several <zodb NAME> sections.
@@ -461,7 +479,7 @@ def xrefs(target: str, as_json: bool) -> None:
     with _errors():
         db = open_db(target, _registry(True), read_only=True, create=False)
         try:
-            groups = scan_xrefs(db)
+            groups = scan_xrefs(db, trust=trust)
             names = sorted(db.databases)
         finally:
             for each in set(db.databases.values()):

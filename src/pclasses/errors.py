@@ -17,6 +17,11 @@ __all__ = [
     "AliasCycleError",
     "RegistrationError",
     "StorageOpenError",
+    "TransferError",
+    "ExportFormatError",
+    "MissingClassesError",
+    "RefusedGlobalsError",
+    "ImportPolicyError",
 ]
 
 
@@ -70,3 +75,65 @@ class StorageOpenError(PClassesError, OSError):
         self.target = target
         self.reason = reason
         super().__init__(f"cannot open {target}: {reason}")
+
+
+# -- transfer (export/import) ------------------------------------------------
+
+
+class TransferError(PClassesError):
+    """Export or import could not be done."""
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (type(self), (str(self),))
+
+
+class ExportFormatError(TransferError, ValueError):
+    """A damaged, truncated or foreign export file (nothing was imported)."""
+
+
+class MissingClassesError(TransferError, LookupError):
+    """Classes (or databases) the file needs are missing in the target.
+
+    ``missing`` lists them, each as a dotted name with a note.
+    """
+
+    def __init__(self, missing: Sequence[str]) -> None:
+        self.missing = list(missing)
+        super().__init__("missing in the target: " + ", ".join(self.missing))
+
+    def __reduce__(self) -> tuple[type, tuple[list[str]]]:  # type: ignore[override]
+        return (type(self), (self.missing,))
+
+
+class RefusedGlobalsError(TransferError, ValueError):
+    """The file's records name callables that import refuses to let run.
+
+    ``refused`` lists them as dotted names; ``reasons`` maps some of them to
+    why (the import policy's judgement of the object a name resolves to).
+    """
+
+    def __init__(self, refused: Sequence[str],
+                 reasons: dict[str, str] | None = None) -> None:
+        self.refused = list(refused)
+        self.reasons = dict(reasons or {})
+        super().__init__("the file names globals that could run code when loaded: "
+                         + ", ".join(f"{n} ({self.reasons[n]})" if n in self.reasons else n
+                                     for n in self.refused))
+
+    def __reduce__(self) -> tuple[type, tuple[list[str], dict[str, str]]]:  # type: ignore[override]
+        return (type(self), (self.refused, self.reasons))
+
+
+class ImportPolicyError(TransferError, ValueError):
+    """An import policy option is malformed (e.g. ``strict`` names no package).
+
+    ``option`` names the option, ``value`` is what was given (as text).
+    """
+
+    def __init__(self, option: str, value: str) -> None:
+        self.option = option
+        self.value = value
+        super().__init__(f"{option}: {value!r} is not a package name")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # type: ignore[override]
+        return (type(self), (self.option, self.value))

@@ -12,6 +12,7 @@ path to the root exists, lists the referring oids.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +20,10 @@ from ZODB.utils import oid_repr, z64
 
 from .census import Unreadable, census_and_tally
 from .errors import RecordDecodeError
-from .records import Inert, PersistentRef, read_record, scan_record
+from .record.reader import Inert, PersistentRef, read_record, scan_record
 from .registry import ClassRegistry
 from .scan import Progress, iter_records
+from .trust import Trust
 
 __all__ = ["BrokenReport", "BrokenClass", "BrokenExample", "find_broken", "edge_label"]
 
@@ -102,6 +104,7 @@ def find_broken(
     examples: int = 3,
     progress: Progress | None = None,
     jobs: int | None = None,
+    trust: Trust | Iterable[str] | None = None,
 ) -> BrokenReport:
     """Every class the records of ``db`` name that does not resolve.
 
@@ -109,7 +112,10 @@ def find_broken(
     ``registry`` is not given) or a storage.  Each broken class comes with
     its record count, the number of other records naming it, and up to
     ``examples`` example oids, each with a path from the root or, where
-    none exists, the oids referring to it.
+    none exists, the oids referring to it.  Names resolve as
+    :func:`pclasses.census.take_census` resolves them: no module the records
+    name is run unless trusted (``trust`` names more packages); a class
+    whose module exists but is not trusted is not reported broken.
     """
     storage = getattr(db, "storage", db)
     if registry is None:
@@ -119,7 +125,7 @@ def find_broken(
     try:
         census, tally = census_and_tally(storage, registry, connection=connection,
                                          progress=progress, jobs=jobs, parents=True,
-                                         examples=examples)
+                                         examples=examples, trust=trust)
     finally:
         if connection is not None:
             connection.close()

@@ -36,11 +36,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ZODB.Connection import Connection as _ZODBConnection
-
 from .broken import make_broken_class
 from .classtable import is_guid_module, resolve_resident
+from .connection import install as install_connection
 from .errors import AliasCycleError, RegistrationError
+from .trust import Trust, as_trust, forget_installed
 
 __all__ = ["ClassRegistry", "Resolution", "BrokenRecord", "EntryPointFailure"]
 
@@ -94,9 +94,11 @@ class Resolution:
     """How a name resolves; returned by :meth:`ClassRegistry.explain`.
 
     ``how`` is one of ``"registered"``, ``"aliased"``, ``"imported"``,
-    ``"database-resident"``, ``"broken"``; ``chain`` the dotted names
-    followed (the first is the name asked for); ``target`` the object it
-    resolves to; ``error`` why it is broken.
+    ``"database-resident"``, ``"broken"``, and under :meth:`ClassRegistry.inspect`
+    also ``"not-imported"`` (the module exists at ``location`` but was not
+    run: not trusted); ``chain`` the dotted names followed (the first is the
+    name asked for); ``target`` the object it resolves to (``None`` when
+    not imported); ``error`` why it is broken.
     """
 
     module: str
@@ -107,6 +109,8 @@ class Resolution:
     error: str | None = None
     #: Depends on the connection's class table, so never cached globally.
     resident: bool = field(default=False, compare=False)
+    #: Where a module that was not imported was found.
+    location: str | None = None
 
     @property
     def resolved(self) -> str:
@@ -125,6 +129,8 @@ class Resolution:
             return f"{name}: broken ({self.error})"
         if self.how == "database-resident":
             return f"{name}: database-resident"
+        if self.how == "not-imported":
+            return f"{name}: not imported (module found at {self.location}; not trusted)"
         return f"{name}: {self.how}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +140,7 @@ class Resolution:
             "how": self.how,
             "chain": list(self.chain),
             "error": self.error,
+            "location": self.location,
         }
 
 
@@ -271,7 +278,8 @@ class ClassRegistry:
 
     # -- resolution ---------------------------------------------------------
 
-    def _resolve(self, connection: Any, module: str, name: str) -> Resolution:
+    def _resolve(self, connection: Any, module: str, name: str,
+                 trust: Trust | None = None) -> Resolution:
         asked = (module, name)
         if not isinstance(module, str) or not isinstance(name, str):
             return self._broken(asked, (f"{module}.{name}",), "names must be strings")
@@ -313,10 +321,19 @@ class ClassRegistry:
                                       res.error, resident=True)
                 return Resolution(asked[0], asked[1], "database-resident", tuple(chain), target,
                                   resident=True)
-        try:
-            target = _import(module, name)
-        except Exception as exc:  # ImportError, AttributeError, errors raised by the module
-            return self._broken(asked, tuple(chain), f"{type(exc).__name__}: {exc}")
+        if trust is not None:  # inspection: run no module code the data chooses
+            outcome = trust.load(module, name)
+            if outcome.kind == "broken":
+                return self._broken(asked, tuple(chain), outcome.error or "")
+            if outcome.kind == "not-imported":
+                return Resolution(asked[0], asked[1], "not-imported", tuple(chain), None,
+                                  location=outcome.location)
+            target = outcome.target
+        else:
+            try:
+                target = _import(module, name)
+            except Exception as exc:  # ImportError, AttributeError, errors raised by the module
+                return self._broken(asked, tuple(chain), f"{type(exc).__name__}: {exc}")
         how = "aliased" if aliased else "imported"
         return Resolution(asked[0], asked[1], how, tuple(chain), target)
 
@@ -342,8 +359,29 @@ class ClassRegistry:
         return Resolution(asked[0], asked[1], "broken", chain, cls, error)
 
     def explain(self, module: str, name: str, connection: Any = None) -> Resolution:
-        """Say how ``module.name`` resolves, with the chain followed."""
+        """Say how ``module.name`` resolves, with the chain followed.
+
+        This is the run-time resolution: modules are imported as ZODB's
+        class factory imports them.  Tools that read untrusted data use
+        :meth:`inspect`.
+        """
         return self._resolve(connection, module, name)
+
+    def inspect(self, module: str, name: str, connection: Any = None, *,
+                trust: Trust | Iterable[str] | None = None) -> Resolution:
+        """Say how ``module.name`` resolves without running module code the data chooses.
+
+        Registrations, aliases and database-resident classes resolve as at
+        run time; a module is imported only as :class:`pclasses.trust.Trust`
+        allows (already imported, an installed non-standard-library
+        distribution, or a package named in ``trust``).  Any other module is
+        located without being run: found, the name resolves
+        ``"not-imported"`` (not broken; ``location`` says where); not found,
+        broken.  Nothing raised by an import escapes (``SystemExit``
+        included): the name resolves broken with the error.  Nothing is
+        cached.
+        """
+        return self._resolve(connection, module, name, as_trust(trust))
 
     # -- registrations ------------------------------------------------------
 
@@ -515,6 +553,7 @@ class ClassRegistry:
             self._broken_cache.clear()
             self._chains.clear()
             importlib.invalidate_caches()
+            forget_installed()
         self._after_change()
 
     # -- live reattachment --------------------------------------------------
@@ -526,21 +565,41 @@ class ClassRegistry:
     def reattach(self) -> Any:
         """Turn broken objects whose class resolves now back into real ones.
 
-        Covers every connection of the installed databases, open or idle in
-        the pool; publishes a ``ClassReattached`` event per class.  Returns a
+        Every name that resolved broken is resolved again first (its module
+        import is retried, so an add-on reinstalled in the running process
+        is found without :meth:`refresh`).  Covers every connection of the
+        installed databases, open or idle in the pool; publishes a
+        ``ClassReattached`` event per class.  Returns a
         :class:`~pclasses.reattach.ReattachReport`.
         """
+        self._retry_broken()
+        return self._reattach()
+
+    def _reattach(self) -> Any:
         from .reattach import reattach
 
         return reattach(self)
+
+    def _retry_broken(self) -> None:
+        """Forget the cached broken resolutions, so the next lookup retries them."""
+        with self._lock:
+            if not self._broken_cache:
+                return
+            self._generation += 1
+            for key in list(self._broken_cache):
+                del self._broken_cache[key]
+                self._chains.pop(key, None)
+            importlib.invalidate_caches()
 
     def _broken_classes_snapshot(self) -> dict[Key, type]:
         with self._lock:
             return dict(self._broken_classes)
 
     def _after_change(self) -> None:
+        # The change itself dropped the affected cache entries: no retry of
+        # every other broken name here.
         if self.auto_reattach and self._broken_classes and self._databases:
-            self.reattach()
+            self._reattach()
 
     # -- broken tally -------------------------------------------------------
 
@@ -558,23 +617,21 @@ class ClassRegistry:
     def install(self, db: Any) -> Any:
         """Make this registry the class factory of ``db`` (a ``ZODB.DB``).
 
-        Every database of ``db``'s multi-database gets it.  Returns ``db``.
+        Every database of ``db``'s multi-database gets it, with the
+        package's connection class (:func:`pclasses.connection.install`).
+        Returns ``db``.
         """
-        from .writer import Connection as WriterConnection
-
         dbs = getattr(db, "databases", None) or {None: db}
         factory = self.class_factory
         for each in set(dbs.values()) | {db}:
             each.classFactory = factory
-            # Connections that can write records holding broken objects.
-            if getattr(each, "klass", None) is _ZODBConnection:
-                each.klass = WriterConnection
             # Connections already made (``DB()`` itself opens one to create
             # the root, and pools it) captured the old factory.
             connection_map = getattr(each, "_connectionMap", None)
             if connection_map is not None:
                 connection_map(lambda c: _set_factory(c, factory))
             self._databases.add(each)
+        install_connection(db)
         return db
 
     @property
@@ -659,10 +716,6 @@ def _set_factory(connection: Any, factory: Any) -> None:
     reader = getattr(connection, "_reader", None)
     if reader is not None:
         reader._factory = factory
-    if type(connection) is _ZODBConnection:
-        from .writer import Connection as WriterConnection
-
-        connection.__class__ = WriterConnection
 
 
 def _entry_points(group: str) -> list[Any]:

@@ -40,9 +40,9 @@ from ZODB.utils import oid_repr
 
 from .census import Unreadable
 from .errors import PClassesError, RecordDecodeError
-from .records import global_occurrences, read_class
-from .rewrite import FramedRecordError, rename_globals, replace_class_pickle
-from .skim import analyze, skim
+from .record.reader import global_occurrences, read_class
+from .record.patch import FramedRecordError, rename_globals, replace_class_pickle
+from .record.analyze import analyze, skim
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
 

@@ -32,6 +32,8 @@ from typing import Any
 import zope.event
 from zope.interface import implementer
 
+from .connection import add_record_hook
+from .connection import install as install_connection
 from .errors import PClassesError
 from .interfaces import ICrossDatabaseReferenceEvent
 
@@ -82,26 +84,23 @@ def check_xrefs(db: Any, enabled: bool = True, databases: Iterable[str] | None =
     pclasses connections (a :class:`ClassRegistry` installed, as
     :func:`pclasses.open` does); this installs one if needed.
     """
-    from ZODB.Connection import Connection as ZODBConnection
-
-    from .writer import Connection
-
     all_dbs = getattr(db, "databases", None) or {db.database_name: db}
     unknown = [name for name in (databases or ()) if name not in all_dbs]
     if unknown:
         raise PClassesError(f"no database named {', '.join(map(repr, unknown))} in this "
                             f"multi-database (it has {', '.join(map(repr, sorted(all_dbs)))})")
     chosen = [db] if databases is None else [all_dbs[name] for name in databases]
+    add_record_hook(_seat_belt)
     for each in chosen:
         each.check_xrefs = bool(enabled)
-        if getattr(each, "klass", None) is ZODBConnection:
-            each.klass = Connection
+        install_connection(each)
 
-        def upgrade(conn: Any) -> None:
-            if type(conn) is ZODBConnection:
-                conn.__class__ = Connection
 
-        each._connectionMap(upgrade)
+def _seat_belt(connection: Any) -> Any:
+    """The record hook: :func:`check_record` for databases with the seat belt on."""
+    if not getattr(connection.db(), "check_xrefs", False):
+        return None
+    return lambda obj, data: check_record(connection, obj, data)
 
 
 def check_record(connection: Any, obj: Any, data: bytes) -> None:
@@ -114,7 +113,7 @@ def check_record(connection: Any, obj: Any, data: bytes) -> None:
     encoded = [name.encode("utf-8") for name in others]
     if not any(name in data for name in encoded):
         return
-    from .skim import analyze
+    from .record.analyze import analyze
 
     for kind, off, length, database, _shared, _pi in analyze(data).pids:
         if database is None or database == db.database_name:
@@ -307,18 +306,20 @@ class XrefGroup:
         }
 
 
-def scan_xrefs(db: Any) -> list[XrefGroup]:
+def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup]:
     """Every cross-database reference stored in ``db``'s multi-database.
 
     Read from the records with the record analyzer (nothing is unpickled);
     a reference whose target record does not exist (after a pack, say) is
-    dangling.
+    dangling.  Classes are named as the records spell them and never
+    resolved, so no module is imported whatever ``trust`` says (accepted
+    like the other inspection tools' option, see :mod:`pclasses.trust`).
     """
     from ZODB.POSException import POSKeyError
 
-    from .records import read_class
+    from .record.reader import read_class
     from .scan import iter_records
-    from .skim import analyze
+    from .record.analyze import analyze
 
     dbs = getattr(db, "databases", None) or {db.database_name: db}
     groups: dict[tuple[str, str, str, str], XrefGroup] = {}

@@ -48,10 +48,12 @@ about ``__main__`` modules nor about standard-library modules that are not
 already imported (no standard-library class but the listed ones is allowed
 anyway): such names are refused without being imported.
 
-The module is pure policy: it raises nothing for a refusal but returns a
-:class:`Verdict` that the importer turns into
-:class:`~pclasses.transfer.RefusedGlobalsError` or
-:class:`~pclasses.transfer.MissingClassesError`.
+:func:`judge_globals` is pure policy: it raises nothing for a refusal but
+returns a :class:`Verdict`; :func:`check_globals` asks the target's registry
+(through :meth:`~pclasses.registry.ClassRegistry.inspect`, so modules that
+are not trusted are never run) and the importer turns the answer into
+:class:`~pclasses.errors.RefusedGlobalsError` or
+:class:`~pclasses.errors.MissingClassesError`.
 """
 
 from __future__ import annotations
@@ -67,10 +69,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .classtable import GUID_PREFIX, is_guid_module
-from .errors import PClassesError
+from ..classtable import GUID_PREFIX, is_guid_module
+from ..errors import ImportPolicyError
+from ..registry import ClassRegistry
+from ..trust import Trust
 
 __all__ = [
+    "ALLOWED_GLOBALS",
+    "REFUSED_PREFIX",
+    "CALLED_BY_RECONSTRUCTOR",
+    "RECONSTRUCTORS",
+    "USE_CALLED",
+    "USE_ARGUMENT",
+    "ImportPolicyError",
+    "judge_globals",
     "ImportPolicy",
     "Verdict",
     "CallFacts",
@@ -91,6 +103,7 @@ __all__ = [
     "USE_PID_CLASS",
     "USE_OTHER",
     "USE_CALLED_BY_HELPER",
+    "USE_ROOT_CLASS",
 ]
 
 # Uses of a global item, as the record analyzer reports them.
@@ -103,14 +116,17 @@ USE_OTHER = 32
 #: Set by the importer for a global passed as an argument in a record that
 #: calls ``copyreg._reconstructor`` (whose ``base.__init__`` runs).
 USE_CALLED_BY_HELPER = 1 << 10
+#: Set by the importer for the class of the file's first (root) record.
+USE_ROOT_CLASS = 1 << 11
 _CALLED = USE_REDUCE | USE_INSTANTIATE | USE_CALLED_BY_HELPER
+# The importer's names for the same flags.
+USE_CALLED = USE_REDUCE | USE_INSTANTIATE
+USE_ARGUMENT = USE_OTHER
+CALLED_BY_RECONSTRUCTOR = USE_CALLED_BY_HELPER
+RECONSTRUCTORS = frozenset({("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor")})
 
 #: The prefix of refused globals that ``missing="broken"`` made inert.
 REFUSED_PREFIX = "pclasses-refused:"
-
-
-class ImportPolicyError(PClassesError, ValueError):
-    """An import policy was given malformed options (e.g. an empty package name)."""
 
 
 #: Top-level packages (or dotted package prefixes) of the database and tool
@@ -310,7 +326,7 @@ class ImportPolicy:
             for name in names:
                 if not isinstance(name, str) or not name or any(
                         not part.isidentifier() for part in name.split(".")):
-                    raise ImportPolicyError(f"strict: {name!r} is not a package name")
+                    raise ImportPolicyError("strict", str(name))
             object.__setattr__(self, "strict", names)
 
     def to_dict(self) -> dict[str, Any]:
@@ -320,14 +336,19 @@ class ImportPolicy:
 
 DEFAULT_POLICY = ImportPolicy()
 
+#: ``(module, name)`` spellings of the listed data types and helpers (the
+#: decision itself is made on the objects).
+ALLOWED_GLOBALS = frozenset(
+    (getattr(o, "__module__", None) or "builtins", o.__name__)
+    for o in (*DATA_TYPES.values(), *HELPERS.values()))
+
 
 def judge(target: Any, uses: int, policy: ImportPolicy = DEFAULT_POLICY) -> str | None:
     """Why the object ``target`` may not be named with ``uses``, or None when it may."""
-    if uses & USE_CLASS_META and not (isinstance(target, type) and _is_persistent_class(target)):
-        # ZODB makes a record's object with ``klass.__new__`` and puts it in
-        # its cache: anything but a persistent class fails there, or runs a
-        # constructor ZODB never meant to call.
-        return "a record's class that is not persistent"
+    if uses & USE_ROOT_CLASS and not (isinstance(target, type) and _is_persistent_class(target)):
+        # Import makes the root object at once (ZODB's ``klass.__new__``, then
+        # its cache): anything but a persistent class would fail there.
+        return "the imported root's class is not persistent"
     if id(target) in DATA_TYPES and DATA_TYPES[id(target)] is target:
         return None
     if id(target) in HELPERS and HELPERS[id(target)] is target:
@@ -388,6 +409,11 @@ class Verdict:
     def refused_names(self) -> list[str]:
         return sorted(f"{m}.{n}" for m, n in self.refused)
 
+    @property
+    def reasons(self) -> dict[str, str]:
+        """Dotted name -> why it is refused."""
+        return {f"{m}.{n}": why for (m, n), why in self.refused.items()}
+
     def to_dict(self) -> dict[str, Any]:
         return {"refused": {f"{m}.{n}": why for (m, n), why in sorted(self.refused.items())},
                 "missing": list(self.missing)}
@@ -400,15 +426,17 @@ def canonical_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-#: ``resolve(module, name) -> (ok, target)``: ``ok`` False when the name does
-#: not resolve (broken in the target).
-Resolver = Callable[[str, str], "tuple[bool, Any]"]
+#: ``resolve(module, name) -> (status, value)``: ``True`` and the object the
+#: name resolves to; ``False`` when it does not resolve in the target (value:
+#: a note for the missing list, or None); ``"refused"`` when it cannot be
+#: judged without running code (value: the reason).
+Resolver = Callable[[str, str], "tuple[bool | str, Any]"]
 #: ``resident(module, name) -> bool``: the target's class table holds the
 #: database-resident class.
 ResidentCheck = Callable[[str, str], bool]
 
 
-def check_globals(
+def judge_globals(
     needs: Mapping[tuple[str, str], int],
     resolve: Resolver,
     resident: ResidentCheck,
@@ -440,13 +468,45 @@ def check_globals(
         except (SystemExit, KeyboardInterrupt, Exception) as exc:  # noqa: BLE001
             verdict.refused[(module, name)] = f"resolving it failed ({type(exc).__name__})"
             continue
+        if ok == "refused":
+            verdict.refused[(module, name)] = str(target)
+            continue
         if not ok:
-            verdict.missing.append(dotted)
+            verdict.missing.append(target if isinstance(target, str) else dotted)
             continue
         why = judge(target, uses, policy)
         if why is not None:
             verdict.refused[(module, name)] = why
     return verdict
+
+
+def check_globals(
+    needs: Mapping[tuple[str, str], int], registry: ClassRegistry, connection: Any,
+    missing: str, trust: Trust | Iterable[str] | None = None,
+    policy: ImportPolicy | None = None,
+) -> Verdict:
+    """The verdict on the globals ``needs`` maps to their uses, as the
+    target's registry resolves them (without running modules that are not
+    trusted, :mod:`pclasses.trust`)."""
+
+    def resolve(module: str, name: str) -> tuple[bool | str, Any]:
+        res = registry.inspect(module, name, connection, trust=trust)
+        if res.how == "broken":
+            return False, None
+        if res.how == "not-imported":
+            # It exists, but judging it would run its module: refused (made
+            # inert with "broken"), since loading would import and run it.
+            return "refused", (f"module {res.chain[-1].rpartition('.')[0]} is not trusted "
+                               "(not imported to judge it; trust its package)")
+        return True, res.target
+
+    def resident(module: str, name: str) -> bool:
+        from ZODB.broken import Broken
+
+        cls = registry(connection, module, name)
+        return cls is not None and not (isinstance(cls, type) and issubclass(cls, Broken))
+
+    return judge_globals(needs, resolve, resident, policy or DEFAULT_POLICY)
 
 
 def record_facts(data: bytes, analysis: Any = None) -> CallFacts:

@@ -1,4 +1,4 @@
-"""The import allow-list judged directly (pclasses.allowlist).
+"""The import allow-list judged directly (pclasses.transfer.policy).
 
 The policy is judged by the object a name resolves to, never by its
 spelling; these tests hand it real objects and inert facts about records.
@@ -29,7 +29,7 @@ from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
 
-from pclasses import allowlist as A
+from pclasses.transfer import policy as A
 from pclasses.errors import PClassesError
 from pclasses.methods import SourceMethod
 from pclasses.pclass import PersistentClass
@@ -87,11 +87,13 @@ def test_application_classes_are_allowed():
     assert A.judge(AppPlain, A.USE_NEWOBJ | A.USE_OTHER) is None
 
 
-def test_a_records_class_must_be_persistent():
-    """A record whose class metadata names a plain class (or a data type) is
-    refused: ZODB could only fail on it, or call a constructor it never meant to."""
-    assert "not persistent" in (A.judge(AppPlain, A.USE_CLASS_META) or "")
-    assert "not persistent" in (A.judge(set, A.USE_CLASS_META) or "x")
+def test_the_imported_roots_class_must_be_persistent():
+    """The root record's class (made during the import) must be persistent: a
+    plain class or a data type there is refused, not left to fail in ZODB."""
+    root = A.USE_CLASS_META | A.USE_ROOT_CLASS
+    assert "not persistent" in (A.judge(AppPlain, root) or "")
+    assert "not persistent" in (A.judge(set, root) or "")
+    assert A.judge(AppThing, root) is None
 
 
 @pytest.mark.parametrize("obj", [os.system, eval, exec, compile, getattr, open,
@@ -139,11 +141,11 @@ def test_strict_mode_allows_only_named_packages_and_data_types():
     """strict=(pkg,) allows classes of pkg (and its subpackages) and data
     types; everything else, even PersistentMapping, needs its package named;
     strict never widens the rules."""
-    strict = A.ImportPolicy(strict=("test_allowlist",))
+    strict = A.ImportPolicy(strict=("test_import_policy",))
     assert A.judge(AppThing, A.USE_CLASS_META, strict) is None
     assert A.judge(datetime.date, A.USE_REDUCE, strict) is None
     assert "strict" in (A.judge(PersistentMapping, A.USE_CLASS_META, strict) or "")
-    both = A.ImportPolicy(strict=("test_allowlist", "persistent"))
+    both = A.ImportPolicy(strict=("test_import_policy", "persistent"))
     assert A.judge(PersistentMapping, A.USE_CLASS_META, both) is None
     naming_stdlib = A.ImportPolicy(strict=("subprocess", "os"))
     assert A.judge(subprocess.Popen, A.USE_REDUCE, naming_stdlib) is not None
@@ -177,7 +179,7 @@ def test_check_globals_reports_refused_with_reasons_and_missing():
     resolve = _resolver({("os", "system"): os.system,
                          ("persistent.mapping", "PersistentMapping"): PersistentMapping,
                          ("myapp", "Thing"): AppThing})
-    verdict = A.check_globals(
+    verdict = A.judge_globals(
         {("os", "system"): A.USE_REDUCE,
          ("persistent.mapping", "PersistentMapping"): A.USE_CLASS_META,
          ("myapp", "Thing"): A.USE_NEWOBJ,
@@ -196,7 +198,7 @@ def test_a_third_party_name_re_exporting_a_stdlib_callable_is_judged_by_the_obje
     or os.system is refused: the object decides, not the spelling."""
     resolve = _resolver({("niceapp", "Runner"): subprocess.Popen,
                          ("niceapp", "run"): os.system})
-    verdict = A.check_globals({("niceapp", "Runner"): A.USE_REDUCE,
+    verdict = A.judge_globals({("niceapp", "Runner"): A.USE_REDUCE,
                                ("niceapp", "run"): A.USE_OTHER},
                               resolve, lambda m, n: False)
     assert verdict.refused_names == ["niceapp.Runner", "niceapp.run"]
@@ -207,7 +209,7 @@ def test_main_and_unimported_stdlib_modules_are_never_resolved():
     refused without asking the resolver (which would import them)."""
     assert "antigravity" not in sys.modules
     resolve = _resolver({})
-    verdict = A.check_globals({("__main__", "x"): A.USE_REDUCE,
+    verdict = A.judge_globals({("__main__", "x"): A.USE_REDUCE,
                                ("antigravity", "fly"): A.USE_OTHER},
                               resolve, lambda m, n: False)
     assert verdict.refused_names == ["__main__.x", "antigravity.fly"]
@@ -219,7 +221,7 @@ def test_python2_spellings_are_judged_as_what_the_unpickler_loads():
     """copy_reg._reconstructor and __builtin__.set resolve as copyreg/builtins."""
     resolve = _resolver({("copyreg", "_reconstructor"): copyreg._reconstructor,
                          ("builtins", "set"): set})
-    verdict = A.check_globals({("copy_reg", "_reconstructor"): A.USE_REDUCE,
+    verdict = A.judge_globals({("copy_reg", "_reconstructor"): A.USE_REDUCE,
                                ("__builtin__", "set"): A.USE_REDUCE},
                               resolve, lambda m, n: False)
     assert verdict.refused == {} and verdict.missing == []
@@ -231,14 +233,14 @@ def test_resolution_errors_including_system_exit_become_refusals():
     def resolve(module: str, name: str) -> tuple[bool, Any]:
         raise {"a": SystemExit, "b": KeyboardInterrupt, "c": RuntimeError}[module]()
 
-    verdict = A.check_globals({("a", "x"): 1, ("b", "x"): 1, ("c", "x"): 1},
+    verdict = A.judge_globals({("a", "x"): 1, ("b", "x"): 1, ("c", "x"): 1},
                               resolve, lambda m, n: False)
     assert verdict.refused_names == ["a.x", "b.x", "c.x"]
 
 
 def test_refused_prefix_names_stay_inert():
     """Names already made inert by an earlier import are neither missing nor refused."""
-    verdict = A.check_globals({(A.REFUSED_PREFIX + "os", "system"): A.USE_REDUCE},
+    verdict = A.judge_globals({(A.REFUSED_PREFIX + "os", "system"): A.USE_REDUCE},
                               _resolver({}), lambda m, n: False)
     assert verdict.refused == {} and verdict.missing == []
 
@@ -288,7 +290,7 @@ def test_obj_newobj_ex_and_stack_global_calls_of_computed_callables():
     assert facts(newobj_ex).non_global_calls
     sg = b"\x80\x04K\x01K\x02\x93)R."
     assert facts(sg) == A.CallFacts()
-    verdict = A.check_globals({(None, None): A.USE_REDUCE}, _resolver({}),  # type: ignore[dict-item]
+    verdict = A.judge_globals({(None, None): A.USE_REDUCE}, _resolver({}),  # type: ignore[dict-item]
                               lambda m, n: False)
     assert verdict.refused_names == ["None.None"]
 

@@ -1,4 +1,4 @@
-/* pclasses._skim: a C-speed pre-scan of a ZODB record's opcode stream.
+/* pclasses.record._skim: a C-speed pre-scan of a ZODB record's opcode stream.
  *
  * A ZODB data record is two pickles back to back (class metadata, then
  * state).  skim(data) walks the opcodes of both, without building anything,
@@ -1401,7 +1401,7 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
 }
 
 #if PY_VERSION_HEX < 0x030A0000
-#error "pclasses._skim needs Python 3.10 or newer"
+#error "pclasses.record._skim needs Python 3.10 or newer"
 #endif
 
 PyDoc_STRVAR(skim_doc,
@@ -1793,7 +1793,7 @@ static PyModuleDef_Slot skim_slots[] = {
 
 static struct PyModuleDef skim_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "pclasses._skim",
+    .m_name = "pclasses.record._skim",
     .m_doc = "C pre-scan of ZODB record opcode streams (see pclasses.skim).",
     .m_size = sizeof(skim_state),
     .m_methods = skim_methods,

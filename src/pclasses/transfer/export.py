@@ -1,0 +1,214 @@
+"""Export: write a subtree of one database to a file.
+
+:func:`export_subtree` walks every record strongly reachable from a start
+object within its database (breadth first, one load per record) and writes
+them, with their blobs, to a file of this package's format
+(:mod:`pclasses.transfer.format`) or ZODB's ``.zexp``.  It never writes a
+persistent class or the class table: a reference to a class stored in the
+database is kept symbolically (guid and name) and rebound to the target
+database's class table on import.  Cross-database references are never
+followed; they are listed in the manifest.  Weak references travel, and
+point into the subtree on import when their target was exported too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, BinaryIO
+
+from ZODB.utils import oid_repr, p64, repr_to_oid
+
+from ..classtable import GUID_PREFIX, is_guid_module
+from ..errors import TransferError
+from ..registry import ClassRegistry
+from ..scan import Progress
+from ..trust import Trust
+from .format import (
+    CHUNK,
+    VERSION,
+    ZEXP_BLOB,
+    ZEXP_END,
+    ZEXP_MAGIC,
+    ClassNeed,
+    Manifest,
+    blob_frame,
+    record_frame,
+    write_file,
+)
+from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
+    record_class
+
+__all__ = ["export_subtree"]
+
+
+def _resolve_start(connection: Any, obj_or_oid: Any) -> bytes:
+    if isinstance(obj_or_oid, bytes):
+        return obj_or_oid
+    if isinstance(obj_or_oid, str):
+        return repr_to_oid(obj_or_oid)
+    oid = getattr(obj_or_oid, "_p_oid", None)
+    if oid is None or getattr(obj_or_oid, "_p_jar", None) is not connection:
+        raise TransferError("the object to export must be stored in this connection's "
+                            "database (commit it first)")
+    return oid  # type: ignore[no-any-return]
+
+
+def export_subtree(
+    connection: Any,
+    obj_or_oid: Any,
+    file: str | os.PathLike[str] | BinaryIO,
+    *,
+    format: str = "pclasses",  # noqa: A002 - the user-facing option name
+    registry: ClassRegistry | None = None,
+    name: str | None = None,
+    progress: Progress | None = None,
+    trust: Trust | Iterable[str] | None = None,
+) -> Manifest:
+    """Write the subtree of ``obj_or_oid`` (an object of ``connection`` or an oid).
+
+    ``file`` is a path or a binary file opened for writing.  ``format`` is
+    ``"pclasses"`` (this package's format, with manifest and digest) or
+    ``"zexp"`` (ZODB's ``.zexp``).  Returns the :class:`Manifest`.  The
+    manifest's class listing resolves names without running modules that
+    are not trusted (:mod:`pclasses.trust`; ``trust`` names more packages).
+    """
+    if format not in ("pclasses", "zexp"):
+        raise TransferError(f"unknown export format {format!r} (pclasses or zexp)")
+    if registry is None:
+        registry = getattr(connection.db().classFactory, "registry", None) or ClassRegistry()
+    start = _resolve_start(connection, obj_or_oid)
+    from ..scan import snapshot_loader
+
+    load, still_valid, close_loader = snapshot_loader(connection)
+    try:
+        with no_gc():
+            manifest = _export(connection, start, file, format, registry, name, progress, load,
+                                   trust)
+        if still_valid():
+            return manifest
+    finally:
+        close_loader()
+    # A transaction was committed while we read straight from the file: do
+    # it again through the connection's snapshot.
+    if not isinstance(file, (str, os.PathLike)):
+        file.seek(0)
+        file.truncate()
+    return _export(connection, start, file, format, registry, name, progress,
+                   connection._storage.load, trust)
+
+
+def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
+            registry: ClassRegistry, name: str | None, progress: Progress | None,
+            load: Callable[[bytes], tuple[bytes, bytes]],
+            trust: Trust | Iterable[str] | None = None) -> Manifest:
+    storage = connection._storage
+    db_name = connection.db().database_name
+    blob_storage = hasattr(storage, "loadBlob")
+    from ZODB.blob import is_blob_record
+
+    manifest = Manifest(VERSION, db_name, start, 0, name=name)
+    needs: dict[tuple[str, str], int] = {}
+    externals: dict[tuple[str, bytes], None] = {}
+    queue: deque[bytes] = deque([start])
+    seen = {start}
+    own = isinstance(file, (str, os.PathLike))
+    out: Any = open(file, "wb") if own else file  # noqa: SIM115
+    body = tempfile.TemporaryFile(prefix="pclasses-export-") if format == "pclasses" else out
+    try:
+        if format == "zexp":
+            out.write(ZEXP_MAGIC)
+        n = 0
+        while queue:
+            oid = queue.popleft()
+            try:
+                data, tid = load(oid)
+            except KeyError:
+                continue  # a dangling reference in the source: it stays dangling
+            a = analyze(data, oid)
+            pair = record_class(data, oid, a)
+            if pair in CLASS_METACLASSES:
+                if oid == start:
+                    raise TransferError(f"{oid_repr(oid)} is a persistent class; export "
+                                        "its instances, not the class")
+                info = class_record_info(data, oid)
+                if info is None:
+                    raise TransferError(f"class record {oid_repr(oid)} has no guid module")
+                manifest.class_references[oid] = info
+                continue
+            if pair == CLASS_TABLE:
+                continue
+            if pair is not None:
+                needs[pair] = needs.get(pair, 0) | 8
+            for g in a.globals:
+                key = (g[0], g[1])
+                needs[key] = needs.get(key, 0) | g[5]
+            for kind, off, length, database, _shared, _pi in a.pids:
+                if kind == "unknown" or off < 0:
+                    raise TransferError(f"record {oid_repr(oid)} holds a reference this "
+                                        "tool cannot follow")
+                child = data[off:off + length]
+                if database is not None:
+                    externals[(database, child)] = None
+                    continue
+                if kind == "weak":
+                    continue  # weak targets travel only when strongly reachable
+                if child not in seen:
+                    seen.add(child)
+                    queue.append(child)
+            if format == "zexp":
+                out.write(oid + p64(len(data)) + data)
+            else:
+                body.write(record_frame(oid, data) + data)
+            n += 1
+            if blob_storage and is_blob_record(data):
+                path = storage.loadBlob(oid, tid)
+                size = os.path.getsize(path)
+                body.write(ZEXP_BLOB + p64(size) if format == "zexp" else blob_frame(size))
+                with open(path, "rb") as blob:
+                    shutil.copyfileobj(blob, body, CHUNK)
+                manifest.blobs += 1
+            if progress is not None and not n % 4096:
+                progress(n, None)
+        manifest.record_count = n
+        manifest.external_references = sorted(externals)
+        manifest.classes = _needs(needs, registry, connection, trust)
+        listed = {(c.module, c.name) for c in manifest.classes}
+        for guid, cname in sorted(set(manifest.class_references.values())):
+            if (GUID_PREFIX + guid, cname) not in listed:  # plain instances' classes
+                manifest.classes.append(ClassNeed(GUID_PREFIX + guid, cname,
+                                                  "database-resident", guid))
+        if format == "zexp":
+            out.write(ZEXP_END)
+        else:
+            write_file(out, body, manifest)
+        if progress is not None:
+            progress(n, n)
+        return manifest
+    finally:
+        if body is not out:
+            body.close()
+        if own:
+            out.close()
+
+
+def _needs(needs: dict[tuple[str, str], int], registry: ClassRegistry,
+           connection: Any, trust: Trust | Iterable[str] | None = None) -> list[ClassNeed]:
+    result = []
+    for (module, name), _uses in sorted(needs.items()):
+        if is_guid_module(module):
+            result.append(ClassNeed(module, name, "database-resident",
+                                    module[len(GUID_PREFIX):]))
+            continue
+        res = registry.inspect(module, name, connection, trust=trust)
+        if res.how in ("broken", "not-imported"):
+            kind = res.how
+        elif isinstance(res.target, type):
+            kind = "importable"
+        else:
+            kind = "callable"
+        result.append(ClassNeed(module, name, kind))
+    return result

@@ -1,11 +1,24 @@
 # Two commands a user needs: `make demo` (the main job) and `make test`.
 # Each creates (or reuses) a local virtual environment in .venv.
+#
+# `make test` is every gate CI enforces (.ci/run calls it), in order:
+#   lint       ruff on the sources, tests and benchmarks
+#   typecheck  mypy --strict on src/ (configuration in pyproject.toml)
+#   unit       the whole suite (unit, ZEO, property tests)
+#   pure       the whole suite again with the pure-Python twins forced
+#              (PCLASSES_PURE_PYTHON=1): what a user without a compiler gets
+#   wheel      builds the wheel, installs it into a fresh virtual environment
+#              and runs a smoke subset from a directory where src/ is not
+#              importable
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+WHEELHOUSE := build/wheelhouse
+SMOKE := build/smoke
+SMOKE_TESTS := tests/test_installed.py tests/test_cli.py tests/test_layout.py tests/test_errors.py
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint typecheck unit pure wheel bench clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +29,33 @@ $(STAMP): pyproject.toml setup.py
 demo: $(STAMP)
 	$(BIN)/python -m pclasses.demo var
 
-test: $(STAMP)
+test: lint typecheck unit pure wheel
+
+lint: $(STAMP)
+	$(BIN)/ruff check --quiet src tests proptests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+pure: $(STAMP)
+	PCLASSES_PURE_PYTHON=1 $(BIN)/python -m pytest -q
+
+wheel: $(STAMP)
+	rm -rf $(WHEELHOUSE) $(SMOKE)
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) .
+	$(BIN)/python -m venv $(SMOKE)/venv
+	$(SMOKE)/venv/bin/python -m pip install --quiet --upgrade pip
+	$(SMOKE)/venv/bin/python -m pip install --quiet "$$(ls $(WHEELHOUSE)/pclasses-*.whl)[test]"
+	mkdir -p $(SMOKE)/tests
+	cp tests/conftest.py $(SMOKE_TESTS) $(SMOKE)/tests/
+	cp -r design pyproject.toml $(SMOKE)/
+	cd $(SMOKE) && PCLASSES_TEST_INSTALLED=1 venv/bin/python -m pytest -q -p no:cacheprovider tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var build

@@ -43,8 +43,10 @@ def main() -> None:
         if skim_mod.HAVE_C_ANALYZE:
             assert skim_mod.analyze_c(d) == got
         refs = scan_record(d).references
-        assert [p[0] for p in got.pids] == [r.kind for r in refs]
-        assert [d[p[1] : p[1] + p[2]] for p in got.pids] == [r.oid for r in refs]
+        assert [p.kind for p in got.pids] == [r.kind for r in refs]
+        assert [d[p.oid_start : p.oid_start + p.oid_length] for p in got.pids] == [
+            r.oid for r in refs
+        ]
 
     impls = {"analyze_python": skim_mod.analyze_py, "scan_record": scan_record}
     if skim_mod.HAVE_C_ANALYZE:

@@ -6,9 +6,9 @@ instances, blobs left out) and a real export file of it.  Hypothesis
 mutates them (byte flips, truncations, deletions, splices from other
 records, insertions of opcodes with short arguments) and feeds each input to
 
-* every record reader: ``scan_record``, ``read_record``, ``read_class``,
-  ``split_record``, the analyzer (``analyze``, ``skim``) and ``edges`` when the
-  record package provides it, and the import policy's call-site walk;
+* every record reader of :mod:`pclasses.record`: ``scan_record``,
+  ``read_record``, ``read_class``, ``split_record``, ``edges``, the analyzer
+  (``analyze``, ``skim``), and the import policy's call-site walk;
 * the census over a FileStorage holding the mutated record among good ones;
 * import of an export file holding the mutated record (digest recomputed, so
   the record reaches the checks), and of the mutated file itself.
@@ -46,8 +46,8 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 
 import pclasses
-from pclasses import records, skim
-from pclasses.transfer import policy as allowlist
+from pclasses.record import analyze, read_class, read_record, scan_record, skim, split_record
+from pclasses.transfer import policy
 from pclasses.errors import PClassesError
 
 DEEP = os.environ.get("PCLASSES_HYPOTHESIS_PROFILE") == "deep"
@@ -160,22 +160,18 @@ def mutated_record(draw: Any) -> tuple[bytes, bytes]:
 
 def _readers() -> list[tuple[str, Any, bool]]:
     """(name, function, whether plain ValueError is its documented error)."""
-    out: list[tuple[str, Any, bool]] = [
-        ("scan_record", records.scan_record, False),
-        ("read_record", records.read_record, False),
-        ("read_class", records.read_class, False),
-        ("split_record", records.split_record, False),
-        ("analyze", skim.analyze, True),
-        ("skim", skim.skim, True),
-        ("call_facts", allowlist.call_facts, True),
+    from pclasses.record.edges import edges
+
+    return [
+        ("scan_record", scan_record, False),
+        ("read_record", read_record, False),
+        ("read_class", read_class, False),
+        ("split_record", split_record, False),
+        ("edges", edges, False),
+        ("analyze", analyze, True),
+        ("skim", skim, True),
+        ("call_facts", policy.call_facts, True),
     ]
-    try:
-        from pclasses.record import edges  # the record package, once it exists
-    except ImportError:
-        pass
-    else:
-        out.append(("edges", edges, True))
-    return out
 
 
 READERS = _readers()
@@ -183,7 +179,7 @@ READERS = _readers()
 
 def check_reader(name: str, fn: Any, value_error_ok: bool, data: bytes, oid: bytes) -> None:
     try:
-        if name in ("scan_record", "read_record", "read_class", "split_record"):
+        if name in ("scan_record", "read_record", "read_class", "split_record", "edges"):
             fn(data, oid)
         else:
             fn(data)

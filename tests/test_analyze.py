@@ -44,7 +44,12 @@ from pclasses.record.analyze import (
     USE_OTHER,
     USE_PID_CLASS,
     USE_REDUCE,
+    PID_KINDS,
     Analysis,
+    EdgeKind,
+    GlobalSite,
+    PidSite,
+    Use,
     analyze_py,
     skim_py,
 )
@@ -157,7 +162,7 @@ def test_zodb_pids_match_scan_record(impl, zodb_records):
     for data in zodb_records:
         got = impl(data)
         refs = scan_record(data).references
-        assert [p[0] for p in got.pids] == [r.kind for r in refs]
+        assert [p.kind for p in got.pids] == [r.kind for r in refs]
         pairs = zip(got.pids, refs, strict=True)
         for (_kind, off, length, database, _shared, which), ref in pairs:
             assert data[off : off + length] == ref.oid
@@ -196,9 +201,9 @@ def test_uses_class_metadata_and_reference_classes(impl, zodb_records):
         got = impl(data)
         info = scan_record(data)
         first = got.globals[0]
-        assert (first[0], first[1]) == info.klass.pair and first[2] < got.end1
-        assert first[5] & USE_CLASS_META
-        assert [g for g in got.globals if g[5] & USE_CLASS_META] == [first]
+        assert (first.module, first.name) == info.klass.pair and first.start < got.end1
+        assert first.uses & USE_CLASS_META
+        assert [g for g in got.globals if g.uses & USE_CLASS_META] == [first]
         with_class = {
             r.klass.pair
             for r in info.references
@@ -226,7 +231,7 @@ def test_zodb_records_ok_to_patch(impl, zodb_records):
     for data in zodb_records:
         got = impl(data)
         assert got.ok_to_patch, got
-        assert not any(p[4] for p in got.pids)
+        assert not any(p.shared for p in got.pids)
 
 
 def _new_oid(old: bytes) -> bytes:
@@ -247,7 +252,7 @@ def test_patching_oids_rewrites_references_only(impl, zodb_records):
     twice = 0
     for data in zodb_records:
         got = impl(data)
-        offsets = [p[1] for p in got.pids]
+        offsets = [p.oid_start for p in got.pids]
         twice += len(offsets) != len(set(offsets))
         patched = patch_oids(data, got)
         old, new = scan_record(data), scan_record(patched)
@@ -262,7 +267,9 @@ def test_patching_oids_rewrites_references_only(impl, zodb_records):
         assert new.klass == old.klass
         again = impl(patched)
         assert again.globals == got.globals
-        assert [p[:3] for p in again.pids] == [p[:3] for p in got.pids]
+        assert [(p.kind, p.oid_start, p.oid_length) for p in again.pids] == [
+            (p.kind, p.oid_start, p.oid_length) for p in got.pids
+        ]
     # One oid literal serving several references (BINGET) reports one offset.
     assert twice
 
@@ -345,15 +352,15 @@ def test_shared_through_containers_on_the_path(impl):
         {"r": Ref((oid, Thing)), "d": [oid]},  # the oid literal is data too
     ):
         got = impl(record(Thing, state, persistent_id=ref_pid))
-        assert [p[4] for p in got.pids] == [True], state
+        assert [p.shared for p in got.pids] == [True], state
         assert not got.ok_to_patch
     pid = (oid, Thing)
     got = impl(record(Thing, {"r": Ref(pid), "d": pid}, persistent_id=ref_pid))
-    assert [p[4] for p in got.pids] == [True]
+    assert [p.shared for p in got.pids] == [True]
     # The same pid object written twice (BINGET of the tuple) is not sharing.
     got = impl(record(Thing, [Ref(pid), Ref(pid)], persistent_id=ref_pid))
-    assert [p[4] for p in got.pids] == [False, False]
-    assert got.pids[0][1] == got.pids[1][1] and got.ok_to_patch
+    assert [p.shared for p in got.pids] == [False, False]
+    assert got.pids[0].oid_start == got.pids[1].oid_start and got.ok_to_patch
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -467,9 +474,9 @@ def test_uses_accumulate_through_the_memo(impl):
     data = b"\x80\x02cmod\nK\nq\x01.\x80\x02h\x01)Rh\x010N."
     got = impl(data)
     assert got.globals == [("mod", "K", 2, 9, "global", USE_CLASS_META | USE_REDUCE)]
-    # Used as a BUILD target and as a dict value: bit 32.
+    # Used as a BUILD target (BUILD_TARGET, also OTHER) and as a dict value.
     data = b"cmod\nK\nq\x01.h\x01}b}K\x01h\x01s."
-    assert impl(data).globals[0][5] == USE_CLASS_META | USE_OTHER
+    assert impl(data).globals[0].uses == USE_CLASS_META | USE_OTHER | Use.BUILD_TARGET
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -600,9 +607,9 @@ def test_standard_pickles_all_protocols(impl, protocol):
         assert (got.end1, got.max_memo, got.has_ext) == skim_py(data)
         if protocol >= 4:
             assert not got.ok_to_patch
-            sg = [g for g in got.globals if g[4] == "stack_global"]
-            assert sg and all(data[g[2]] == 0x93 and g[3] == g[2] + 1 for g in sg)
-            assert (__name__, "Plain") in {(g[0], g[1]) for g in sg}
+            sg = [g for g in got.globals if g.opcode == "stack_global"]
+            assert sg and all(data[g.start] == 0x93 and g.end == g.start + 1 for g in sg)
+            assert (__name__, "Plain") in {(g.module, g.name) for g in sg}
 
 
 # Arguments by pickletools argument type; memo indices are 7 (stored first).
@@ -778,7 +785,7 @@ def test_hypothesis_zodb_like_records(case):
     if HAVE_C_ANALYZE:
         assert skim_mod.analyze_c(data) == got
     refs = scan_record(data).references
-    assert [p[0] for p in got.pids] == [r.kind for r in refs]
+    assert [p.kind for p in got.pids] == [r.kind for r in refs]
     by_offset = {}
     for (_kind, off, length, database, shared, which), ref in zip(
         got.pids, refs, strict=True
@@ -1051,9 +1058,36 @@ def test_c_returns_analysis():
         "pids",
         "ok_to_patch",
         "has_frame",
+        "pid_classes",
+        "class_pid",
+        "calls_non_global",
+        "calls_pid",
     )
+    assert [type(g) for g in got.globals] == [GlobalSite] * len(got.globals)
+    assert [type(p) for p in got.pids] == [PidSite]
+    assert type(got.pids[0].kind) is EdgeKind and got.pids[0].kind is EdgeKind.WEAK
+    assert all(type(g.uses) is Use for g in got.globals)
     with pytest.raises(TypeError):
-        _skim._set_analysis_type(dict)
+        _skim._set_types(dict, GlobalSite, PidSite, Use, PID_KINDS)
+    with pytest.raises(ValueError):
+        _skim._set_types(Analysis, GlobalSite, PidSite, Use, PID_KINDS[::-1])
+
+
+def test_results_are_typed():
+    """Both twins return GlobalSite / PidSite named tuples with a Use flag and
+    an EdgeKind, readable by field name."""
+    data = record(Thing, {"r": Ref((b"12345678", Thing))}, persistent_id=ref_pid)
+    for impl in [analyze_py] + ([skim_mod.analyze_c] if HAVE_C_ANALYZE else []):
+        got = impl(data)
+        g = got.globals[0]
+        assert isinstance(g, GlobalSite) and isinstance(g.uses, Use)
+        assert (g.module, g.name, g.opcode) == (__name__, "Thing", "global")
+        assert Use.CLASS_META in g.uses and Use.PID_CLASS in g.uses
+        (p,) = got.pids
+        assert isinstance(p, PidSite) and p.kind is EdgeKind.OID_CLASS
+        assert data[p.oid_start : p.oid_start + p.oid_length] == b"12345678"
+        assert p.pickle == 1 and p.database is None and not p.shared
+        assert str(p.kind) == f"{p.kind}" == "oid_class"
 
 
 def test_fallback_without_extension():
@@ -1063,14 +1097,16 @@ def test_fallback_without_extension():
         "import pclasses.record.analyze; s = sys.modules['pclasses.record.analyze']\n"
         "assert s.HAVE_C_ANALYZE is False and s.analyze_c is None\n"
         "assert s.analyze is s.analyze_py\n"
-        "print(tuple(s.analyze(b'N.\\x80\\x03C\\x01xQ.')))\n"
+        "a = s.analyze(b'N.\\x80\\x03C\\x01xQ.')\n"
+        "print(tuple(a[:7]) == (2, -1, False, False, 1, [], [('oid', 6, 1, None, False, 1)]),"
+        " a.pids[0].kind is s.EdgeKind.OID)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
     assert (
         out.strip()
-        == "(2, -1, False, False, 1, [], [('oid', 6, 1, None, False, 1)], True, False)"
+        == "True True"
     )
 
 

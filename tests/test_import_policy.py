@@ -313,14 +313,25 @@ def test_persistent_reference_called_is_reported_with_its_oid():
     assert f.pid_calls == (b"\x00\x00\x00\x00\x00\x00\x00\x07",) and not f.non_global_calls
 
 
-def test_record_facts_prefers_the_analyzers_fields():
-    """record_facts uses the analyzer's fields when it reports them."""
-    class Fake:
-        non_global_calls = (5,)
-        mutated_globals = ()
-        pid_calls = ()
+def test_record_facts_agree_with_the_walk_on_the_analyzers_fields():
+    """record_facts reads the record analyzer's call-site fields and agrees
+    with the pure-Python walk (which it falls back to for persistent calls)."""
+    from pclasses.record import analyze
 
-    assert A.record_facts(META + b"\x80\x02N.", Fake()).non_global_calls == (5,)
+    samples = [
+        b"\x80\x02cfunctools\npartial\ncsubprocess\nPopen\n\x85R((X\x04\x00\x00\x00trueltR.",
+        b"\x80\x02cmyapp\nThing\n}X\x01\x00\x00\x00aK\x01sb.",
+        b"\x80\x02cmyapp\nThing\nX\x01\x00\x00\x00aK\x01s.",
+        b"\x80\x02cmyapp\nThing\nK\x01a.",
+        b"\x80\x03C\x08\x00\x00\x00\x00\x00\x00\x00\x07Q)\x81.",
+        pickle.dumps({"a": OOBTree(), "s": {1, 2}}, 3),
+    ]
+    for state in samples:
+        data = META + state
+        ours = A.record_facts(data, analyze(data))
+        walked = A.call_facts(data)
+        assert ours.problems == walked.problems, state
+        assert ours.pid_calls == walked.pid_calls, state
     assert A.record_facts(META + b"\x80\x02N.", object()) == A.CallFacts()
 
 

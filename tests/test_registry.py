@@ -615,7 +615,7 @@ def test_invalidation_is_exact_for_class_aliases(reg):
     assert (HERE, "Alpha") in reg._cache and (HERE, "Beta") in reg._cache
     reg.alias(dotted(Alpha), dotted(Gamma))
     assert (HERE, "Alpha") not in reg._cache
-    assert reg._cache[HERE, "Beta"] is Beta
+    assert reg._cache[HERE, "Beta"][0] is Beta
     assert reg(None, HERE, "Alpha") is Gamma
 
 
@@ -634,7 +634,7 @@ def test_invalidation_is_exact_for_module_aliases(reg):
     reg(None, HERE, "Beta")
     reg(None, module, "OrderedDict")
     reg.alias_module(module, "collections")
-    assert reg._cache[HERE, "Beta"] is Beta
+    assert reg._cache[HERE, "Beta"][0] is Beta
     assert (module, "OrderedDict") not in reg._broken_cache
     assert reg(None, module, "OrderedDict") is __import__("collections").OrderedDict
 
@@ -739,7 +739,7 @@ def test_resident_resolver_not_resident_falls_through(reg):
     reg.resident_resolver = lambda c, m, n: NOT_RESIDENT
     assert reg(None, HERE, "Alpha") is Alpha
     assert reg.explain(HERE, "Alpha").how == "imported"
-    assert reg._cache[HERE, "Alpha"] is Alpha
+    assert reg._cache[HERE, "Alpha"][0] is Alpha
 
 
 def test_resident_resolver_sees_names_after_aliasing(reg):
@@ -1065,3 +1065,59 @@ def test_reattach_alone_retries_the_import_of_a_reinstalled_module(stored_db, mo
         conn.close()
     finally:
         db.close()
+
+
+# ---------------------------------------------------------------------------
+# The cache follows the modules as they are now
+
+
+def test_cached_class_is_dropped_when_its_module_leaves_sys_modules(reg, mods):
+    """A name resolved (and cached) while its module was imported resolves
+    broken once the module is gone from sys.modules and from disk, as with
+    ZODB's own factory (ZODB.tests.testBroken.test_integration)."""
+    name = f"pcl_leaves_{uid()}"
+    path = mods.write(name, "class K:\n    pass\n")
+    cls = reg.find_global(name, "K")
+    assert reg.find_global(name, "K") is cls  # cached
+    path.unlink()
+    mods.forget(name)
+    importlib.invalidate_caches()
+    gone = reg.find_global(name, "K")
+    assert gone is not cls and issubclass(gone, ZODB.broken.Broken)
+
+
+def test_cached_class_follows_importlib_reload(reg, mods):
+    """After importlib.reload the registry serves the reloaded class, as a
+    development server or plone.reload expects."""
+    name = f"pcl_reload_{uid()}"
+    mods.write(name, "class K:\n    version = 1\n")
+    module = importlib.import_module(name)
+    assert reg.find_global(name, "K").version == 1
+    mods.write(name, "class K:\n    version = 22\n")  # another size: no stale .pyc
+    importlib.reload(module)
+    assert reg.find_global(name, "K") is module.K
+    assert reg.find_global(name, "K").version == 22
+
+
+def test_cached_broken_name_is_retried_when_its_module_is_imported(reg, mods):
+    """A broken resolution is cached while its module stays absent; once the
+    application imports the module, the name resolves to the real class
+    without refresh()."""
+    name = f"pcl_later_{uid()}"
+    first = reg.find_global(name, "K")
+    assert issubclass(first, ZODB.broken.Broken)
+    assert reg.find_global(name, "K") is first  # cached
+    mods.write(name, "class K:\n    pass\n")
+    module = importlib.import_module(name)
+    assert reg.find_global(name, "K") is module.K
+
+
+def test_registrations_stay_cached_whatever_sys_modules_holds(reg):
+    """A registered class does not depend on any module being importable."""
+
+    class Local:
+        pass
+
+    reg.register(Local, "pcl_nowhere_reg.Local")
+    assert reg.find_global("pcl_nowhere_reg", "Local") is Local
+    assert reg.find_global("pcl_nowhere_reg", "Local") is Local

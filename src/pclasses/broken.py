@@ -11,8 +11,9 @@ A name that resolves to nothing gets a *broken class*: a subclass of ZODB's
   :mod:`pclasses.connection` (which writes the class as the GLOBAL ZODB had
   read), committing a container that holds broken objects rewrites them
   equivalently, and they come back whole when their class returns.
-* **Clear refusals.**  Modifying a broken object raises ZODB's
-  ``BrokenModified`` naming the class and, for a persistent one, its oid.
+* **Clear refusals.**  Modifying a broken object raises
+  :class:`~pclasses.errors.BrokenObjectModifiedError` (also ZODB's
+  ``BrokenModified``) naming the class and, for a persistent one, its oid.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import threading
 from typing import Any
 
 import ZODB.broken
-from ZODB.broken import Broken, BrokenModified, PersistentBroken
-from ZODB.utils import oid_repr
+from ZODB.broken import Broken, PersistentBroken
+
+from .errors import BrokenObjectModifiedError, NotBrokenError
 
 __all__ = ["Broken", "PersistentBroken", "make_broken_class", "is_broken", "broken_state",
            "missing_name", "broken_classes_exist"]
@@ -36,7 +38,7 @@ __all__ = ["Broken", "PersistentBroken", "make_broken_class", "is_broken", "brok
 writing = threading.local()
 
 
-class _LosslessBroken(Broken):
+class _LosslessBroken(Broken):  # type: ignore[misc]  # ZODB is untyped
     """Base of our broken classes (non-persistent instances)."""
 
     __pclasses_missing__: tuple[str, str] = ("", "")
@@ -50,18 +52,17 @@ class _LosslessBroken(Broken):
         if initargs is not None:  # made by calling the class (INST/OBJ/REDUCE)
             return (type(self), tuple(initargs), state)
         newargs = d.get("__Broken_newargs__") or ()
-        return (copyreg.__newobj__, (type(self), *newargs), state)
+        return (copyreg.__newobj__, (type(self), *newargs), state)  # type: ignore[attr-defined]
 
     def __setattr__(self, name: str, value: Any) -> None:
         module, cname = type(self).__pclasses_missing__
-        raise BrokenModified(f"cannot change broken object of {module}.{cname} "
-                             "(its class is missing)")
+        raise BrokenObjectModifiedError(f"{module}.{cname}")
 
     def __delattr__(self, name: str) -> None:
         self.__setattr__(name, None)
 
 
-class _LosslessPersistentBroken(PersistentBroken):
+class _LosslessPersistentBroken(PersistentBroken):  # type: ignore[misc]
     """Mixin of the persistent variants: refusals name class and oid."""
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -69,8 +70,7 @@ class _LosslessPersistentBroken(PersistentBroken):
             PersistentBroken.__setattr__(self, name, value)
             return
         module, cname = type(self).__pclasses_missing__
-        raise BrokenModified(f"cannot change broken object {oid_repr(self._p_oid)} of "
-                             f"{module}.{cname} (its class is missing)")
+        raise BrokenObjectModifiedError(f"{module}.{cname}", self._p_oid)
 
     def __delattr__(self, name: str) -> None:
         self.__setattr__(name, None)
@@ -121,10 +121,11 @@ def broken_state(obj: Any) -> Any:
 
     For a persistent broken object this loads the object (a ghost has no
     state yet); the state is returned as stored, never interpreted.  Raises
-    ``TypeError`` for an object that is not broken.
+    :class:`~pclasses.errors.NotBrokenError` (a ``TypeError``) for an object
+    that is not broken.
     """
     if not is_broken(obj):
-        raise TypeError(f"{type(obj).__module__}.{type(obj).__qualname__} object is not broken")
+        raise NotBrokenError(f"{type(obj).__module__}.{type(obj).__qualname__}")
     if isinstance(obj, PersistentBroken) and obj._p_jar is not None:
         obj._p_activate()
     return obj.__dict__.get("__Broken_state__")

@@ -24,7 +24,8 @@ from ZODB.utils import oid_repr
 from .errors import RecordDecodeError
 from .classtable import GUID_PREFIX, is_guid_module
 from .record.reader import GlobalRef, PersistentRef, read_class, read_record
-from .record.analyze import analyze
+from .record.analyze import EdgeKind, Use, analyze
+from .record.edges import edges_of
 from .registry import ClassRegistry, Resolution
 from .scan import Progress, map_records
 from .trust import Trust, as_trust
@@ -182,7 +183,7 @@ class _Tally:
             for module, name, _off, _end, _op, uses in a.globals:
                 if module is None or name is None:
                     continue
-                if uses & 8 and pair is None:
+                if uses & Use.CLASS_META and pair is None:
                     pair = (module, name)
                 else:
                     names.append((module, name))
@@ -210,9 +211,9 @@ class _Tally:
                     if count < self.limit:
                         mention_examples.setdefault(g, []).append(oid)
             if parents is not None:
-                for kind, off, length, database, _shared, _pi in a.pids:
-                    if database is None and off >= 0 and (kind == "oid" or kind == "oid_class"):
-                        child = data[off:off + length]
+                for e in edges_of(data, a):
+                    if e.database is None and (e.kind is _OID or e.kind is _OID_CLASS):
+                        child = e.oid
                         if child != oid:
                             _add_referrer(parents, child, oid)
         self.records += n
@@ -238,6 +239,8 @@ class _Tally:
 
 
 _METACLASS = ("pclasses.pclass", "PersistentClass")
+_OID = EdgeKind.OID
+_OID_CLASS = EdgeKind.OID_CLASS
 _REFERRERS = 4
 
 

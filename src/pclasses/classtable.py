@@ -16,13 +16,13 @@ to find the table's oid.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 from persistent.mapping import PersistentMapping
 from ZODB.POSException import POSKeyError
 from ZODB.utils import z64
 
-from .errors import PClassesError, RegistrationError
+from .errors import NotAGuidModuleError, RegistrationError
 from .record.reader import PersistentRef, read_record
 
 __all__ = [
@@ -73,7 +73,7 @@ def guid_of(cls_or_module: Any) -> str:
     """The guid of a database-resident class (or of its guid module)."""
     module = cls_or_module if isinstance(cls_or_module, str) else cls_or_module.__module__
     if not is_guid_module(module):
-        raise PClassesError(f"{module!r} is not a guid module")
+        raise NotAGuidModuleError(module)
     return module[len(GUID_PREFIX):]
 
 
@@ -106,6 +106,14 @@ def _table_oid_from_record(connection: Any) -> bytes | None:
     return None
 
 
+@overload
+def class_table(connection: Any, create: Literal[True] = True) -> ClassTable: ...
+
+
+@overload
+def class_table(connection: Any, create: bool) -> ClassTable | None: ...
+
+
 def class_table(connection: Any, create: bool = True) -> ClassTable | None:
     """The class table of ``connection``'s database.
 
@@ -117,7 +125,7 @@ def class_table(connection: Any, create: bool = True) -> ClassTable | None:
         table = root.get(TABLE_KEY)
         if table is None and create:
             table = root[TABLE_KEY] = ClassTable()
-        return table
+        return cast("ClassTable | None", table)
     db = connection.db()
     oid = getattr(db, "_pclasses_table_oid", None)
     if oid is None:
@@ -135,7 +143,7 @@ def class_table(connection: Any, create: bool = True) -> ClassTable | None:
     table = root.get(TABLE_KEY)
     if table is None:
         table = root[TABLE_KEY] = ClassTable()
-    return table
+    return cast(ClassTable, table)
 
 
 def resolve_resident(connection: Any, module: str, name: str) -> Any:

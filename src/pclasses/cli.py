@@ -1,9 +1,17 @@
 """The ``pclasses`` command line: small subcommands over the library.
 
 Each subcommand parses its arguments, calls the library, and renders the
-result: a table for people, ``--json`` for scripts.  Expected errors print
-one line on stderr and exit with :data:`EXIT_ERROR`; broken classes and
+result: a table for people, ``--json`` for scripts.  Broken classes and
 unreadable records are findings, not errors.
+
+Whatever the input, a command exits with one of the codes below, never with
+a traceback: an expected error (a :class:`~pclasses.errors.PClassesError`)
+prints one line on stderr, and so does any other exception ("internal
+error"; ``PCLASSES_DEBUG=1`` adds its traceback).  Everything a command
+prints that comes from data (class names, keys, database names, messages)
+goes through :func:`printable`, so control characters and escape sequences
+reach the terminal escaped and rich markup in a name is printed, not
+interpreted.
 """
 
 from __future__ import annotations
@@ -11,37 +19,131 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from . import __version__
 from .errors import PClassesError
 
+# Exit codes, all of them.
 #: The command did its job (whatever it found).
 EXIT_OK = 0
-#: The command could not do its job (missing/locked/corrupt storage, bad input).
+#: The command could not do its job (missing/locked/corrupt storage, bad
+#: input, an internal error, an interruption).
 EXIT_ERROR = 1
 #: Bad command-line usage (click's own convention).
 EXIT_USAGE = 2
 
+#: Set to ``1`` to see the traceback of an error.
+DEBUG_ENV = "PCLASSES_DEBUG"
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-def _fail(message: str) -> None:
-    click.echo(f"pclasses: error: {message}", err=True)
-    sys.exit(EXIT_ERROR)
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(value: object) -> str:
+    """``value`` as text that is safe on a terminal.
+
+    Every character that is not printable (control characters, hence
+    escape sequences; format characters such as bidirectional overrides;
+    line separators; lone surrogates) is written as a Python escape
+    (``\\x1b``, ``\\u202e``), so one value is one line and the terminal
+    interprets nothing.  Rich markup needs no escaping here: tables get
+    their cells as plain :class:`rich.text.Text`.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100
+                       else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _out(line: object) -> None:
+    """Print one line of results on stdout (escaped)."""
+    click.echo(printable(line))
+
+
+def _warn(message: object) -> None:
+    """Print one warning line on stderr (escaped)."""
+    click.echo(f"pclasses: warning: {printable(message)}", err=True)
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _fail(message: object, exc: BaseException | None = None) -> NoReturn:
+    """Print one error line on stderr and exit with :data:`EXIT_ERROR`."""
+    if exc is not None and _debug():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    click.echo(f"pclasses: error: {printable(message)}", err=True)
+    raise click.exceptions.Exit(EXIT_ERROR)
+
+
+def _internal(exc: BaseException) -> NoReturn:
+    """An exception nobody expected: one line too (the traceback on demand)."""
+    if _debug():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        hint = ""
+    else:
+        hint = f" (set {DEBUG_ENV}=1 for the traceback)"
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose str() fails
+        text = ""
+    detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    click.echo(f"pclasses: internal error: {printable(detail)}{printable(hint)}", err=True)
+    raise click.exceptions.Exit(EXIT_ERROR)
 
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    try:
-        yield
-    except PClassesError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted")
+    """Kept for the commands' structure: errors are handled by :class:`_Main`."""
+    yield
+
+
+def _harden_streams() -> None:
+    """Characters the terminal's encoding lacks are escaped, not fatal."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a detached or closed stream
+                pass
+
+
+class _Main(click.Group):
+    """The command group: every exception of a command ends as one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _harden_streams()
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click prints these itself (usage errors, --help, --version)
+        except BrokenPipeError:
+            raise  # the reader went away (``| head``): click exits quietly
+        except PClassesError as exc:
+            _fail(str(exc), exc)
+        except KeyboardInterrupt as exc:
+            _fail("interrupted", exc)
+        except BaseException as exc:  # SystemExit of foreign code too
+            _internal(exc)
 
 
 @contextmanager
@@ -51,10 +153,11 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int | Non
         yield None
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress(
-        f"[bold]{label}",
+        f"[bold]{escape(printable(label))}",
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -74,18 +177,21 @@ def _emit_json(data: Any) -> None:
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A rich table; every cell is plain text (escaped, never read as markup)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(printable(title)), title_justify="left")
     for col in columns:
-        table.add_column(col, overflow="fold")
+        table.add_column(Text(col), overflow="fold")
     for row in rows:
-        table.add_row(*row)
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+        table.add_row(*(Text(printable(cell)) for cell in row))
+    Console(width=None if sys.stdout.isatty() else 160, markup=False, emoji=False,
+            highlight=False).print(table)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="pclasses")
 def main() -> None:
     """pclasses: classes that live, move, disappear and come back, for ZODB.
@@ -113,7 +219,7 @@ def _registry(entry_points: bool) -> Any:
     registry = ClassRegistry()
     if entry_points:
         for failure in registry.load_entry_points():
-            click.echo(f"pclasses: warning: skipped {failure}", err=True)
+            _warn(f"skipped {failure}")
     return registry
 
 
@@ -149,8 +255,8 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
     opened read-only; a read-only FileStorage takes no lock, so a live
     database can be inspected.
     """
-    from .database import open as open_db
     from .census import take_census
+    from .database import open as open_db
 
     with _errors():
         registry = _registry(entry_points)
@@ -191,7 +297,7 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
                    [[r.guid or "?", r.name, ", ".join(r.bases), str(r.instances),
                      oid_repr(r.oid)] for r in census.resident])
         for u in census.unreadable:
-            click.echo(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
+            _out(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
 
 
 @main.command()
@@ -243,17 +349,17 @@ def broken(target: str, as_json: bool, examples: int, entry_points: bool, progre
         return
     for name, report in results:
         if not report.classes:
-            click.echo(f"database {name!r}: {report.records} records, no broken classes")
+            _out(f"database {name!r}: {report.records} records, no broken classes")
         for c in report.classes:
-            click.echo(f"{c.dotted}: {c.records} records, named by {c.mentions} more "
+            _out(f"{c.dotted}: {c.records} records, named by {c.mentions} more "
                        f"({c.error})")
             for e in c.examples:
                 where = e.path if e.path else (
                     "no path from the root; referred to by "
                     + (", ".join(oid_repr(o) for o in e.referrers) or "nothing"))
-                click.echo(f"  {oid_repr(e.oid)}  {where}")
+                _out(f"  {oid_repr(e.oid)}  {where}")
         for u in report.unreadable:
-            click.echo(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
+            _out(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
 
 
 @main.command()
@@ -292,23 +398,23 @@ def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_r
         if from_entry_points:
             registry = ClassRegistry()
             for failure in registry.load_entry_points():
-                click.echo(f"pclasses: warning: skipped {failure}", err=True)
+                _warn(f"skipped {failure}")
         if not rules and registry is None:
             raise click.UsageError("give at least one --rename OLD=NEW or --from-entry-points")
         with progress_bar("dry run" if dry_run else "repairing", progress) as cb:
             report = rename_classes(
                 target, rules, registry=registry, dry_run=dry_run, batch_size=batch_size,
-                progress=cb, warn=lambda m: click.echo(f"pclasses: warning: {m}", err=True))
+                progress=cb, warn=_warn)
     if as_json:
         _emit_json(report.to_dict())
         return
     verb = "would rewrite" if dry_run else "rewrote"
-    click.echo(f"read {report.records} records; {verb} {report.changed} "
+    _out(f"read {report.records} records; {verb} {report.changed} "
                f"in {report.transactions} transactions")
     for old, n in sorted(report.renamed.items()):
-        click.echo(f"  {old}: {n} records")
+        _out(f"  {old}: {n} records")
     if report.unreadable or report.skipped:
-        click.echo(f"{len(report.unreadable)} unreadable, {len(report.skipped)} not rewritten "
+        _out(f"{len(report.unreadable)} unreadable, {len(report.skipped)} not rewritten "
                    "(see warnings)")
 
 
@@ -367,13 +473,13 @@ def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bo
     if as_json:
         _emit_json(summary)
         return
-    click.echo(f"exported {summary['records']} records ({summary['bytes']} bytes, "
+    _out(f"exported {summary['records']} records ({summary['bytes']} bytes, "
                f"{manifest.blobs} blobs) to {output} in {seconds:.2f} s")
     for c in manifest.classes:
         extra = f" guid {c.guid}" if c.guid else ""
-        click.echo(f"  needs {c.module}.{c.name}: {c.kind}{extra}")
+        _out(f"  needs {c.module}.{c.name}: {c.kind}{extra}")
     for ref in summary["external_references"]:
-        click.echo(f"  external reference to {ref['oid']} in database {ref['database']!r}")
+        _out(f"  external reference to {ref['oid']} in database {ref['database']!r}")
 
 
 @main.command("import")
@@ -453,7 +559,7 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
     if as_json:
         _emit_json(summary)
         return
-    click.echo(f"imported {records if records is not None else 'the'} records from {file} "
+    _out(f"imported {records if records is not None else 'the'} records from {file} "
                f"as {oid_repr(oid)} in {seconds:.2f} s")
 
 
@@ -488,12 +594,12 @@ def xrefs(target: str, as_json: bool, trust: tuple[str, ...]) -> None:
         _emit_json({"databases": names, "references": [g.to_dict() for g in groups]})
         return
     if not groups:
-        click.echo(f"no cross-database references in {', '.join(names)}")
+        _out(f"no cross-database references in {', '.join(names)}")
     for g in groups:
-        click.echo(f"{g.source_database} -> {g.target_database}: {g.count} x "
+        _out(f"{g.source_database} -> {g.target_database}: {g.count} x "
                    f"{g.source_class} -> {g.target_class}")
         for source, target_oid in g.dangling:
-            click.echo(f"  dangling: {oid_repr(source)} -> {oid_repr(target_oid)} "
+            _out(f"  dangling: {oid_repr(source)} -> {oid_repr(target_oid)} "
                        f"(no such record in {g.target_database!r})")
 
 

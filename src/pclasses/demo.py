@@ -159,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
               f"state={pclasses.broken_state(widget)}")
         print(f"explain: {registry.explain('legacy_shop', 'Product')}")
         report = pclasses.find_broken(db, registry, examples=2, jobs=1)
-        for c in report.classes:
-            print(f"  {c.dotted}: {c.records} records")
-            for e in c.examples:
-                print(f"    {oid_repr(e.oid)} at {e.path}")
+        for broken_class in report.classes:
+            print(f"  {broken_class.dotted}: {broken_class.records} records")
+            for example in broken_class.examples:
+                print(f"    {oid_repr(example.oid)} at {example.path}")
 
         _say("5. reattached live: rename rules take effect in open connections")
         events: list[pclasses.ClassReattached] = []

@@ -6,7 +6,7 @@ from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
 
-class Folder(PersistentMapping):
+class Folder(PersistentMapping):  # type: ignore[misc]
     """A container, as content-management systems have."""
 
     def __init__(self, title: str = "") -> None:
@@ -14,7 +14,7 @@ class Folder(PersistentMapping):
         self.title = title
 
 
-class Document(Persistent):
+class Document(Persistent):  # type: ignore[misc]
     """A persistent document with a non-persistent ``Stamp`` in its state."""
 
     def __init__(self, title: str, body: str = "") -> None:
@@ -23,7 +23,7 @@ class Document(Persistent):
         self.stamp = Stamp("created", 1)
 
 
-class Product(Persistent):
+class Product(Persistent):  # type: ignore[misc]
     """What ``legacy_shop.Product`` was renamed to."""
 
     def __init__(self, sku: str, price: int) -> None:
@@ -45,7 +45,7 @@ class Stamp:
         return f"Stamp({self.what!r}, {self.n!r})"
 
 
-class Widget(Persistent):
+class Widget(Persistent):  # type: ignore[misc]
     """What the removed add-on's ``gone_addon.Widget`` is registered as."""
 
     def __init__(self, color: str) -> None:

@@ -1,15 +1,31 @@
-"""The exception hierarchy of pclasses.
+"""The exception hierarchy of pclasses: every error the package raises.
 
-Every error the package raises on purpose derives from :class:`PClassesError`.
-Each concrete error also derives from the builtin it behaves like, so code
-that already catches ``ValueError`` or ``LookupError`` keeps working, and each
-carries the fields a caller needs (``oid``, ``chain``, ``target``) besides its
-message.
+Every error the package raises on purpose derives from :class:`PClassesError`
+and lives in this module (the modules that raise them re-export them under
+their old names).  Each concrete error also derives from the builtin it
+behaves like, so code that already catches ``ValueError``, ``LookupError`` or
+``OSError`` keeps working, and each carries the fields a caller needs
+(``oid``, ``chain``, ``target``...) besides its message.
+
+Conventions, checked by ``tests/test_errors.py`` for every class here:
+
+* every constructor argument except ``message`` is kept as an attribute of
+  the same name;
+* an error survives ``pickle`` (worker processes send errors to their parent
+  that way) with its type, message and fields: :meth:`PClassesError.__reduce__`
+  rebuilds the instance without calling ``__init__`` again;
+* ``str(error)`` is the message, even for the ``KeyError`` family (whose
+  builtin ``str`` would quote it).
+
+New errors go at the end of the file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from ZODB.broken import BrokenModified
 
 __all__ = [
     "PClassesError",
@@ -21,12 +37,58 @@ __all__ = [
     "ExportFormatError",
     "MissingClassesError",
     "RefusedGlobalsError",
+    "FramedRecordError",
+    "NotAGuidModuleError",
+    "ClassNameError",
+    "DuplicateGuidError",
+    "MethodSourceError",
+    "BrokenMethodError",
+    "BrokenObjectModifiedError",
+    "NotBrokenError",
+    "CrossDatabaseReferenceError",
+    "UnknownDatabaseError",
+    "XrefPolicySyntaxError",
+    "ScanWorkerError",
+    "RepairError",
     "ImportPolicyError",
 ]
 
 
+def _oid_text(oid: bytes | None) -> str:
+    from ZODB.utils import oid_repr
+
+    return str(oid_repr(oid))
+
+
+def _rebuild(cls: type[PClassesError], args: tuple[Any, ...],
+             state: dict[str, Any]) -> PClassesError:
+    """Unpickle an error: the instance as it was, without running ``__init__``."""
+    exc = cls.__new__(cls, *args)
+    for base in cls.__mro__:  # the builtin's own fields (SyntaxError.msg, ...)
+        if base.__module__ == "builtins" and base is not object:
+            base.__init__(exc, *args)  # type: ignore[misc]
+            break
+    for key, value in state.items():
+        setattr(exc, key, value)
+    return exc
+
+
 class PClassesError(Exception):
     """Base class of every error raised by pclasses on purpose."""
+
+    #: Fields the builtin base keeps outside ``__dict__`` (C slots).
+    _slot_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = dict(self.__dict__)
+        for name in self._slot_fields:
+            state[name] = getattr(self, name)
+        return (_rebuild, (type(self), self.args, state))
+
+    def __str__(self) -> str:
+        if len(self.args) == 1 and isinstance(self.args[0], str):
+            return self.args[0]
+        return super().__str__()
 
 
 class RecordDecodeError(PClassesError, ValueError):
@@ -35,7 +97,8 @@ class RecordDecodeError(PClassesError, ValueError):
     Raised by the safe record reader for malformed, truncated or hostile
     bytes, and for class metadata that is not a class reference.  ``oid`` is
     the record's oid when the caller passed it, ``offset`` the byte offset
-    where reading stopped when it is known.
+    where reading stopped when it is known; ``reason`` is the message
+    without the oid.
     """
 
     def __init__(
@@ -45,9 +108,7 @@ class RecordDecodeError(PClassesError, ValueError):
         self.offset = offset
         self.reason = message
         if oid is not None:
-            from ZODB.utils import oid_repr
-
-            message = f"record {oid_repr(oid)}: {message}"
+            message = f"record {_oid_text(oid)}: {message}"
         super().__init__(message)
 
 
@@ -83,9 +144,6 @@ class StorageOpenError(PClassesError, OSError):
 class TransferError(PClassesError):
     """Export or import could not be done."""
 
-    def __reduce__(self) -> tuple[type, tuple[str]]:
-        return (type(self), (str(self),))
-
 
 class ExportFormatError(TransferError, ValueError):
     """A damaged, truncated or foreign export file (nothing was imported)."""
@@ -100,9 +158,6 @@ class MissingClassesError(TransferError, LookupError):
     def __init__(self, missing: Sequence[str]) -> None:
         self.missing = list(missing)
         super().__init__("missing in the target: " + ", ".join(self.missing))
-
-    def __reduce__(self) -> tuple[type, tuple[list[str]]]:  # type: ignore[override]
-        return (type(self), (self.missing,))
 
 
 class RefusedGlobalsError(TransferError, ValueError):
@@ -120,8 +175,172 @@ class RefusedGlobalsError(TransferError, ValueError):
                          + ", ".join(f"{n} ({self.reasons[n]})" if n in self.reasons else n
                                      for n in self.refused))
 
-    def __reduce__(self) -> tuple[type, tuple[list[str], dict[str, str]]]:  # type: ignore[override]
-        return (type(self), (self.refused, self.reasons))
+
+class FramedRecordError(PClassesError, ValueError):
+    """The record is framed (protocol 4): its globals cannot change length."""
+
+    def __init__(self, message: str = "a framed (protocol 4) record cannot be rewritten",
+                 *, oid: bytes | None = None) -> None:
+        self.oid = oid
+        if oid is not None:
+            message = f"record {_oid_text(oid)}: {message}"
+        super().__init__(message)
+
+
+class NotAGuidModuleError(PClassesError, ValueError):
+    """A module name (or a class's ``__module__``) is not a guid module
+    (``*<guid>``), so it names no database-resident class."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        super().__init__(f"{module!r} is not a guid module")
+
+
+class ClassNameError(PClassesError, ValueError):
+    """``define_class`` was given a class name that is not an identifier."""
+
+    def __init__(self, name: object) -> None:
+        self.name = name
+        super().__init__(f"class name {name!r} is not an identifier")
+
+
+class DuplicateGuidError(PClassesError, ValueError):
+    """``define_class`` was given a guid the class table already holds."""
+
+    def __init__(self, guid: str) -> None:
+        self.guid = guid
+        super().__init__(f"the class table already holds guid {guid}")
+
+
+class MethodSourceError(PClassesError, SyntaxError):
+    """The source given to :func:`pclasses.method` is not one valid function.
+
+    ``lineno`` and ``offset`` locate the problem in the source when known;
+    ``text`` is the offending line.
+    """
+
+    _slot_fields = ("msg", "lineno", "offset", "text")
+
+    def __init__(self, message: str, lineno: int | None = None, offset: int | None = None,
+                 text: str | None = None) -> None:
+        where = f"line {lineno}, column {offset}: " if lineno is not None else ""
+        super().__init__(f"{where}{message}")
+        self.msg = f"{where}{message}"
+        self.lineno = lineno
+        self.offset = offset
+        self.text = text
+
+
+class BrokenMethodError(PClassesError, RuntimeError):
+    """A stored method whose source could not be compiled when its class
+    loaded was called.  ``method`` and ``class_name`` name it, ``reason``
+    says why compiling failed."""
+
+    def __init__(self, method: str, class_name: str, reason: str) -> None:
+        self.method = method
+        self.class_name = class_name
+        self.reason = reason
+        super().__init__(f"method {method}() of class {class_name} cannot run: "
+                         f"its stored source failed to compile ({reason})")
+
+
+class BrokenObjectModifiedError(PClassesError, BrokenModified):  # type: ignore[misc]
+    """A broken object (its class is missing) was changed.
+
+    Also ZODB's :class:`ZODB.broken.BrokenModified` (a ``TypeError``), which
+    is what code written for ZODB catches.  ``class_name`` is the dotted
+    name of the missing class, ``oid`` the object's oid (``None`` for an
+    object that is not persistent).
+    """
+
+    def __init__(self, class_name: str, oid: bytes | None = None) -> None:
+        self.class_name = class_name
+        self.oid = oid
+        which = "" if oid is None else f" {_oid_text(oid)}"
+        super().__init__(f"cannot change broken object{which} of {class_name} "
+                         "(its class is missing)")
+
+
+class NotBrokenError(PClassesError, TypeError):
+    """An operation on broken objects was given an object that is not broken."""
+
+    def __init__(self, class_name: str) -> None:
+        self.class_name = class_name
+        super().__init__(f"{class_name} object is not broken")
+
+
+class CrossDatabaseReferenceError(PClassesError, ValueError):
+    """A policy refused a cross-database reference (the commit is aborted).
+
+    The fields name both ends (database, dotted class, oid) and the rule
+    that refused it (``None``: the policy's default).
+    """
+
+    def __init__(self, source_database: str, source_class: str, source_oid: bytes | None,
+                 target_database: str, target_class: str, target_oid: bytes | None,
+                 rule: str | None = None) -> None:
+        self.source_database = source_database
+        self.source_class = source_class
+        self.source_oid = source_oid
+        self.target_database = target_database
+        self.target_class = target_class
+        self.target_oid = target_oid
+        self.rule = rule
+        why = f"rule '{rule}'" if rule is not None else "the default of the policy"
+        super().__init__(
+            f"cross-database reference refused by {why}: {source_class} "
+            f"{_oid_text(source_oid)} in {source_database!r} -> {target_class} "
+            f"{_oid_text(target_oid)} in {target_database!r}")
+
+
+class UnknownDatabaseError(PClassesError, LookupError):
+    """Databases named that a multi-database does not hold.
+
+    ``names`` are the unknown names, ``known`` the names it has.
+    """
+
+    def __init__(self, names: Sequence[str], known: Sequence[str]) -> None:
+        self.names = list(names)
+        self.known = sorted(known)
+        super().__init__(f"no database named {', '.join(map(repr, self.names))} in this "
+                         f"multi-database (it has {', '.join(map(repr, self.known))})")
+
+
+class XrefPolicySyntaxError(PClassesError, ValueError):
+    """A line of a cross-database policy text cannot be read.
+
+    ``line`` is the 1-based line number, ``reason`` what is wrong with it.
+    """
+
+    def __init__(self, line: int, reason: str) -> None:
+        self.line = line
+        self.reason = reason
+        super().__init__(f"line {line}: {reason}")
+
+
+class ScanWorkerError(PClassesError, RuntimeError):
+    """A worker process of a parallel scan died or failed in a way that
+    cannot be sent back as an error of its own; ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"a scanning worker process failed: {reason}")
+
+
+class RepairError(PClassesError, RuntimeError):
+    """An offline repair (:func:`pclasses.rename_classes`) could not start or go on.
+
+    When it could not start (a bad rule, a read-only storage, a blob storage
+    without a blob directory) nothing was changed.  When a batch failed, that
+    batch was rolled back; batches committed before it stay repaired, and
+    running the repair again continues (renaming is idempotent).
+    ``database`` names the database of a multi-database target the error
+    concerns, when there is one.
+    """
+
+    def __init__(self, message: str, *, database: str | None = None) -> None:
+        self.database = database
+        super().__init__(message)
 
 
 class ImportPolicyError(TransferError, ValueError):
@@ -134,6 +353,3 @@ class ImportPolicyError(TransferError, ValueError):
         self.option = option
         self.value = value
         super().__init__(f"{option}: {value!r} is not a package name")
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # type: ignore[override]
-        return (type(self), (self.option, self.value))

@@ -12,7 +12,7 @@ from zope.interface import Attribute, Interface
 __all__ = ["IClassReattachedEvent", "ICrossDatabaseReferenceEvent"]
 
 
-class IClassReattachedEvent(Interface):
+class IClassReattachedEvent(Interface):  # type: ignore[misc]  # zope.interface is untyped
     """Broken objects of a class were turned back into instances of it."""
 
     module = Attribute("The module name the records use")
@@ -21,7 +21,7 @@ class IClassReattachedEvent(Interface):
     count = Attribute("How many objects were reattached")
 
 
-class ICrossDatabaseReferenceEvent(Interface):
+class ICrossDatabaseReferenceEvent(Interface):  # type: ignore[misc]  # zope.interface is untyped
     """An object about to be stored holds a reference into another database.
 
     Published (when the source database's ``check_xrefs`` is on) for every

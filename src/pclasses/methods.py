@@ -13,26 +13,9 @@ import ast
 import builtins
 from typing import Any
 
-from .errors import PClassesError
+from .errors import BrokenMethodError, MethodSourceError
 
 __all__ = ["method", "SourceMethod", "MethodSourceError", "BrokenMethodError"]
-
-
-class MethodSourceError(PClassesError, SyntaxError):
-    """The source given to :func:`method` is not one valid function."""
-
-    def __init__(self, message: str, lineno: int | None = None, offset: int | None = None,
-                 text: str | None = None) -> None:
-        where = f"line {lineno}, column {offset}: " if lineno is not None else ""
-        super().__init__(f"{where}{message}")
-        self.msg = f"{where}{message}"
-        self.lineno = lineno
-        self.offset = offset
-        self.text = text
-
-
-class BrokenMethodError(PClassesError, RuntimeError):
-    """A stored method whose source could not be compiled when its class loaded."""
 
 
 def _parse(source: str) -> str:
@@ -114,8 +97,7 @@ def _broken(owner: type | None, name: str, error: str) -> Any:
     cls = getattr(owner, "__name__", "?")
 
     def broken_method(*args: Any, **kw: Any) -> Any:
-        raise BrokenMethodError(f"method {name}() of class {cls} cannot run: "
-                                f"its stored source failed to compile ({error})")
+        raise BrokenMethodError(name, cls, error)
 
     broken_method.__name__ = name
     return broken_method

@@ -27,15 +27,11 @@ from persistent import Persistent
 from ZODB.persistentclass import PersistentMetaClass, _p_MethodDescr, special_class_descrs
 
 from .classtable import class_table, guid_module
-from .errors import PClassesError
+from .errors import ClassNameError, DuplicateGuidError
 
 __all__ = ["PersistentClass", "define_class", "DuplicateGuidError"]
 
 _NAME_KEY = "__pclasses_name__"
-
-
-class DuplicateGuidError(PClassesError, ValueError):
-    """``define_class`` was given a guid the class table already holds."""
 
 
 #: Attributes Python itself caches on a class; setting them is not an edit.
@@ -54,7 +50,7 @@ def _cdict(cls: type) -> dict[str, Any]:
     }
 
 
-class PersistentClass(PersistentMetaClass):
+class PersistentClass(PersistentMetaClass):  # type: ignore[misc]  # ZODB is untyped
     """Metaclass of database-resident classes (rename and base changes allowed)."""
 
     # ZODB's metaclass treats every name starting with "_v" as volatile and
@@ -76,7 +72,7 @@ class PersistentClass(PersistentMetaClass):
         cdict.pop("__qualname__", None)
         return (cls.__bases__, cdict)
 
-    __getstate__ = _p_MethodDescr(__getstate__)  # type: ignore[assignment]
+    __getstate__ = _p_MethodDescr(__getstate__)
 
     def __setstate__(cls, state: tuple[tuple[type, ...], dict[str, Any]]) -> None:
         bases, cdict = state
@@ -102,7 +98,7 @@ class PersistentClass(PersistentMetaClass):
             type.__setattr__(cls, "_p_class_dict", saved)
         cls._p_changed = False
 
-    __setstate__ = _p_MethodDescr(__setstate__)  # type: ignore[assignment]
+    __setstate__ = _p_MethodDescr(__setstate__)
 
     def __repr__(cls) -> str:
         return f"<persistent class {cls.__name__} {cls.__module__}>"
@@ -126,16 +122,16 @@ def define_class(
     stored in the current transaction.
     """
     if not isinstance(name, str) or not name.isidentifier():
-        raise PClassesError(f"class name {name!r} is not an identifier")
+        raise ClassNameError(name)
     guid = str(uuid.uuid4()) if guid is None else guid
     module = guid_module(guid)
     table = class_table(connection)
     assert table is not None
     if guid in table:
-        raise DuplicateGuidError(f"the class table already holds guid {guid}")
+        raise DuplicateGuidError(guid)
     ns = dict(namespace or {})
     ns["__module__"] = module
     ns["__qualname__"] = name
     cls = PersistentClass(name, tuple(bases) or (Persistent,), ns)
     table[guid] = cls
-    return cls  # type: ignore[return-value]
+    return cls

@@ -27,6 +27,8 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from .errors import ScanWorkerError
+
 __all__ = ["iter_records", "iter_current", "count_records", "map_records"]
 
 T = TypeVar("T")
@@ -234,7 +236,11 @@ def map_records(
                 try:
                     payload = pickle.dumps(("ok", func(_filestorage(storage, storage._index, start, stop))))
                 except BaseException as exc:  # reported by the parent
-                    payload = pickle.dumps(("error", exc))
+                    try:
+                        payload = pickle.dumps(("error", exc))
+                    except Exception:  # an error that does not pickle: its text does
+                        payload = pickle.dumps(
+                            ("error", ScanWorkerError(f"{type(exc).__name__}: {exc}")))
                 with os.fdopen(w, "wb") as out:
                     out.write(payload)
             except BaseException:
@@ -259,7 +265,7 @@ def map_records(
             data = inp.read()
         os.waitpid(pid, 0)
         if not data:
-            raise RuntimeError("a scanning worker process died")
+            raise ScanWorkerError("it exited without sending a result")
         status, value = pickle.loads(data)
         if status == "error":
             raise value

@@ -34,7 +34,14 @@ from zope.interface import implementer
 
 from .connection import add_record_hook
 from .connection import install as install_connection
-from .errors import PClassesError
+from .errors import (
+    CrossDatabaseReferenceError,
+    PClassesError,
+    UnknownDatabaseError,
+    XrefPolicySyntaxError,
+)
+from .record.analyze import EdgeKind
+from .record.edges import edges, edges_of
 from .interfaces import ICrossDatabaseReferenceEvent
 
 __all__ = [
@@ -71,10 +78,6 @@ class CrossDatabaseReference:
                 f"{self.target_database}:{oid_repr(getattr(self.target, '_p_oid', None))}>")
 
 
-class CrossDatabaseReferenceError(PClassesError, ValueError):
-    """A policy refused a cross-database reference (the commit is aborted)."""
-
-
 def check_xrefs(db: Any, enabled: bool = True, databases: Iterable[str] | None = None) -> None:
     """Switch the seat belt on (or off) for ``db``.
 
@@ -87,8 +90,7 @@ def check_xrefs(db: Any, enabled: bool = True, databases: Iterable[str] | None =
     all_dbs = getattr(db, "databases", None) or {db.database_name: db}
     unknown = [name for name in (databases or ()) if name not in all_dbs]
     if unknown:
-        raise PClassesError(f"no database named {', '.join(map(repr, unknown))} in this "
-                            f"multi-database (it has {', '.join(map(repr, sorted(all_dbs)))})")
+        raise UnknownDatabaseError(unknown, list(all_dbs))
     chosen = [db] if databases is None else [all_dbs[name] for name in databases]
     add_record_hook(_seat_belt)
     for each in chosen:
@@ -113,12 +115,11 @@ def check_record(connection: Any, obj: Any, data: bytes) -> None:
     encoded = [name.encode("utf-8") for name in others]
     if not any(name in data for name in encoded):
         return
-    from .record.analyze import analyze
-
-    for kind, off, length, database, _shared, _pi in analyze(data).pids:
-        if database is None or database == db.database_name:
+    for e in edges(data):
+        database = e.database
+        if database is None or database == db.database_name or e.oid is None:
             continue
-        oid = data[off:off + length]
+        oid = e.oid
         target_conn = connection.get_connection(database)
         target = target_conn._cache.get(oid)
         if target is None:
@@ -127,7 +128,7 @@ def check_record(connection: Any, obj: Any, data: bytes) -> None:
             except KeyError:  # POSKeyError: a weak reference whose target was packed away
                 target = None
         zope.event.notify(CrossDatabaseReference(obj, target, db.database_name, database,
-                                                 weak=kind == "weak"))
+                                                 weak=e.kind is EdgeKind.WEAK))
 
 
 # ---------------------------------------------------------------------------
@@ -211,15 +212,11 @@ class XrefPolicy:
             return
         allowed, rule = self.decide(event)
         if not allowed:
-            from ZODB.utils import oid_repr
-
-            why = f"rule '{rule}'" if rule is not None else "the default of the policy"
             raise CrossDatabaseReferenceError(
-                f"cross-database reference refused by {why}: {_dotted(event.source)} "
-                f"{oid_repr(getattr(event.source, '_p_oid', None))} in "
-                f"{event.source_database!r} -> {_dotted(event.target)} "
-                f"{oid_repr(getattr(event.target, '_p_oid', None))} in "
-                f"{event.target_database!r}")
+                event.source_database, _dotted(event.source),
+                getattr(event.source, "_p_oid", None), event.target_database,
+                _dotted(event.target), getattr(event.target, "_p_oid", None),
+                None if rule is None else str(rule))
 
     def install(self) -> XrefPolicy:
         """Subscribe to ``zope.event`` (undo with :meth:`uninstall`)."""
@@ -258,14 +255,14 @@ class XrefPolicy:
                 policy.default = words[1] == "allow"
                 continue
             if words[0] not in ("allow", "deny") or len(words) < 4 or words[2] != "->":
-                raise PClassesError(f"line {number}: expected 'allow|deny SOURCE -> TARGET "
-                                    f"[source-class=PATTERN] [target-class=PATTERN]', got "
-                                    f"{raw.strip()!r}")
+                raise XrefPolicySyntaxError(
+                    number, "expected 'allow|deny SOURCE -> TARGET [source-class=PATTERN] "
+                    f"[target-class=PATTERN]', got {raw.strip()!r}")
             options = {}
             for word in words[4:]:
                 key, sep, value = word.partition("=")
                 if not sep or key not in ("source-class", "target-class"):
-                    raise PClassesError(f"line {number}: unknown option {word!r}")
+                    raise XrefPolicySyntaxError(number, f"unknown option {word!r}")
                 options[key.replace("-", "_")] = value
             policy.rules.append(XrefRule(words[0] == "allow", words[1], words[3], **options))
         return policy
@@ -351,10 +348,11 @@ def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup
                 source_class = read_class(data, oid).dotted
             except (ValueError, PClassesError):
                 continue
-            for _kind, off, length, database, _shared, _pi in a.pids:
-                if database is None or database == name:
+            for e in edges_of(data, a):
+                database = e.database
+                if database is None or database == name or e.oid is None:
                     continue
-                toid = data[off:off + length]
+                toid = e.oid
                 tclass = target_class(database, toid)
                 key = (name, database, source_class, tclass or "(missing)")
                 group = groups.get(key)

@@ -435,7 +435,8 @@ enum {
     AK_TUNI,     /* UNICODE with no backslash */
     AK_GLOBAL,
     AK_TUPLE,
-    AK_LIST
+    AK_LIST,
+    AK_PREF      /* result of PERSID / BINPERSID; x[0]: the pid's index */
 };
 #define AK_IS_LIT(k) ((k) >= AK_BYTES && (k) <= AK_TUNI)
 
@@ -450,7 +451,10 @@ enum {
 #define USE_CLASS_META 8
 #define USE_PID_CLASS 16
 #define USE_OTHER 32
-#define USE_PIDPATH 64 /* internal: the pid and the path to its oid */
+#define USE_BUILD_TARGET 64
+#define USE_ITEMS_TARGET 128
+#define USE_PIDPATH 256 /* internal: the pid and the path to its oid */
+#define USE_CACHE 256   /* Use members cached for bit sets below this */
 
 enum { DEC_UTF8 = 0, DEC_LATIN1 = 1 };
 
@@ -477,7 +481,7 @@ typedef struct {
 
 typedef struct {
     uint8_t kind, which, persid;
-    Py_ssize_t p, a, l, d; /* items, -1 for none */
+    Py_ssize_t p, a, l, d, klass; /* items, -1 for none */
     Py_ssize_t oid_off, oid_len;
 } an_pid;
 
@@ -528,6 +532,12 @@ typedef struct {
     Py_ssize_t memo_buf[AN_INLINE_MEMO];
     an_global globals_buf[AN_INLINE_GLOBALS];
     an_pid pids_buf[AN_INLINE_PIDS];
+
+    Py_ssize_t class_pid; /* pid that is the record's class, -1 */
+    /* offsets of calls whose callable is not a GLOBAL / is a pid */
+    Py_ssize_t *calls_ng, *calls_pid;
+    Py_ssize_t ncalls_ng, ccalls_ng, ncalls_pid, ccalls_pid;
+    Py_ssize_t calls_ng_buf[4], calls_pid_buf[4];
 } an_state;
 
 static void
@@ -560,6 +570,11 @@ an_init(an_state *st)
     st->pids = st->pids_buf;
     st->cpids = AN_INLINE_PIDS;
     st->npids = 0;
+    st->class_pid = -1;
+    st->calls_ng = st->calls_ng_buf;
+    st->calls_pid = st->calls_pid_buf;
+    st->ncalls_ng = st->ncalls_pid = 0;
+    st->ccalls_ng = st->ccalls_pid = 4;
 }
 
 static void
@@ -577,6 +592,10 @@ an_free(an_state *st)
         PyMem_RawFree(st->globals);
     if (st->pids != st->pids_buf)
         PyMem_RawFree(st->pids);
+    if (st->calls_ng != st->calls_ng_buf)
+        PyMem_RawFree(st->calls_ng);
+    if (st->calls_pid != st->calls_pid_buf)
+        PyMem_RawFree(st->calls_pid);
 }
 
 /* Grow *arr (capacity *cap, elements of elsize bytes, initially the inline
@@ -757,7 +776,7 @@ an_classify(an_state *st, const unsigned char *base, Py_ssize_t p, int which)
         an_use(st, p, USE_OTHER);
         rec->kind = PK_UNKNOWN;
         rec->p = p;
-        rec->a = rec->l = rec->d = -1;
+        rec->a = rec->l = rec->d = rec->klass = -1;
         rec->oid_off = -1;
         rec->oid_len = 0;
         return 0;
@@ -782,6 +801,7 @@ an_classify(an_state *st, const unsigned char *base, Py_ssize_t p, int which)
     rec->a = a;
     rec->l = l;
     rec->d = d;
+    rec->klass = klass;
     rec->oid_off = st->items[l].x[0];
     rec->oid_len = st->items[l].x[1];
     return 0;
@@ -808,6 +828,29 @@ an_add_global(an_state *st, unsigned char op, Py_ssize_t off, Py_ssize_t end,
     g->noff = noff;
     g->nlen = nlen;
     g->nmode = (uint8_t)nmode;
+    return 0;
+}
+
+/* A call (REDUCE, NEWOBJ, NEWOBJ_EX, OBJ) at offset off on callable c. */
+static int
+an_note_call(an_state *st, Py_ssize_t c, Py_ssize_t off)
+{
+    int k = st->items[c].kind;
+    if (k == AK_GLOBAL)
+        return 0;
+    if (st->ncalls_ng == st->ccalls_ng &&
+        an_grow((void **)&st->calls_ng, &st->ccalls_ng, sizeof(Py_ssize_t),
+                st->calls_ng_buf, st->ncalls_ng + 1) < 0)
+        return -1;
+    st->calls_ng[st->ncalls_ng++] = off;
+    if (k == AK_PREF) {
+        if (st->ncalls_pid == st->ccalls_pid &&
+            an_grow((void **)&st->calls_pid, &st->ccalls_pid,
+                    sizeof(Py_ssize_t), st->calls_pid_buf,
+                    st->ncalls_pid + 1) < 0)
+            return -1;
+        st->calls_pid[st->ncalls_pid++] = off;
+    }
     return 0;
 }
 
@@ -942,6 +985,11 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 x = st->stack[--st->sp];
                 if (which == 0) {
                     an_item *v = &st->items[x];
+                    if (v->kind == AK_PREF)
+                        st->class_pid = v->x[0];
+                    else if (v->kind == AK_TUPLE && v->n == 2 &&
+                             st->items[v->x[0]].kind == AK_PREF)
+                        st->class_pid = st->items[v->x[0]].x[0];
                     if (v->kind == AK_GLOBAL)
                         an_use(st, x, USE_CLASS_META);
                     else {
@@ -1233,6 +1281,8 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 }
                 else {
                     an_use(st, target, USE_OTHER);
+                    if (ti->kind == AK_GLOBAL)
+                        an_use(st, target, USE_ITEMS_TARGET);
                     if (ti->kind == AK_LIST)
                         ti->flags |= AF_TAINT;
                     for (Py_ssize_t i = x; i < st->sp; i++)
@@ -1247,6 +1297,8 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 an_use(st, st->stack[--st->sp], USE_OTHER);
                 target = st->stack[st->sp - 1];
                 an_use(st, target, USE_OTHER);
+                if (st->items[target].kind == AK_GLOBAL)
+                    an_use(st, target, USE_BUILD_TARGET);
                 if (st->items[target].kind == AK_LIST)
                     st->items[target].flags |= AF_TAINT;
                 break;
@@ -1258,6 +1310,8 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 NEED_STACK(k);
                 for (Py_ssize_t i = st->sp - k + 1; i < st->sp; i++)
                     an_use(st, st->stack[i], USE_OTHER);
+                if (an_note_call(st, st->stack[st->sp - k], op - base) < 0)
+                    AN_NOMEMORY();
                 an_use(st, st->stack[st->sp - k],
                        *op == 'R' ? USE_REDUCE : USE_NEWOBJ);
                 st->sp -= k;
@@ -1268,6 +1322,8 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 POP_MARK_TO(m);
                 if (m >= st->sp)
                     AN_FAIL(AN_UNDERFLOW);
+                if (an_note_call(st, st->stack[m], op - base) < 0)
+                    AN_NOMEMORY();
                 an_use(st, st->stack[m], USE_INSTANTIATE);
                 for (Py_ssize_t i = m + 1; i < st->sp; i++)
                     an_use(st, st->stack[i], USE_OTHER);
@@ -1335,7 +1391,7 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 NEED_STACK(1);
                 if (an_classify(st, base, st->stack[--st->sp], which) < 0)
                     AN_NOMEMORY();
-                PUSH(0);
+                PUSH(an_new(st, AK_PREF, st->npids - 1, 0));
                 break;
             case 'P': { /* PERSID: the text is the oid */
                 an_pid *rec;
@@ -1349,9 +1405,10 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 rec->which = (uint8_t)which;
                 rec->persid = 1;
                 rec->p = rec->a = rec->l = rec->d = -1;
+                rec->klass = -1;
                 rec->oid_off = ls - base;
                 rec->oid_len = le - ls;
-                PUSH(0);
+                PUSH(an_new(st, AK_PREF, st->npids - 1, 0));
                 break;
             }
             case 0x98: /* READONLY_BUFFER */
@@ -1456,10 +1513,29 @@ skim_skim(PyObject *module, PyObject *arg)
 }
 
 typedef struct {
-    PyObject *analysis_type; /* a tuple subclass (pclasses.skim.Analysis) */
-    PyObject *pk_str[PK_COUNT];
+    /* tuple subclasses (pclasses.record.analyze.Analysis, GlobalSite,
+       PidSite); NULL: plain tuples */
+    PyObject *analysis_type, *global_type, *pid_type;
+    PyObject *use_type;             /* Use (IntFlag); NULL: plain ints */
+    PyObject *use_cache[USE_CACHE]; /* Use members by value, filled lazily */
+    PyObject *pk_str[PK_COUNT];     /* EdgeKind members (or strings) */
     PyObject *op_global, *op_inst, *op_stack_global;
 } skim_state;
+
+/* The Use member for a bit set (a new reference). */
+static PyObject *
+an_use_obj(skim_state *ms, long uses)
+{
+    PyObject *u;
+    if (ms->use_type == NULL)
+        return PyLong_FromLong(uses);
+    if (uses >= 0 && uses < USE_CACHE && ms->use_cache[uses] != NULL)
+        return Py_NewRef(ms->use_cache[uses]);
+    u = PyObject_CallFunction(ms->use_type, "l", uses);
+    if (u != NULL && uses >= 0 && uses < USE_CACHE)
+        ms->use_cache[uses] = Py_NewRef(u);
+    return u;
+}
 
 static PyObject *
 an_error(const an_state *st, Py_ssize_t len)
@@ -1552,10 +1628,63 @@ an_pack(PyTypeObject *type, PyObject **v, Py_ssize_t n)
     return t;
 }
 
+/* A list of Python ints from n offsets. */
+static PyObject *
+an_offsets(const Py_ssize_t *offs, Py_ssize_t n)
+{
+    PyObject *list = PyList_New(n);
+    if (list == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PyLong_FromSsize_t(offs[i]);
+        if (o == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, o);
+    }
+    return list;
+}
+
+static inline int
+an_is_text(int k)
+{
+    return k >= AK_STR && k <= AK_TUNI;
+}
+
+/* The class part of a pid (see Analysis.pid_classes); a new reference. */
+static PyObject *
+an_class_part(an_state *st, const unsigned char *base, PyObject *globals,
+              Py_ssize_t k)
+{
+    const an_item *it;
+    if (k < 0)
+        Py_RETURN_NONE;
+    it = &st->items[k];
+    if (it->kind == AK_GLOBAL) {
+        PyObject *g = PyList_GET_ITEM(globals, it->x[0]);
+        return PyTuple_Pack(2, PyTuple_GET_ITEM(g, 0), PyTuple_GET_ITEM(g, 1));
+    }
+    if (it->kind == AK_PREF)
+        return PyLong_FromSsize_t(it->x[0]);
+    if (it->kind == AK_TUPLE && it->n == 2 &&
+        an_is_text(st->items[it->x[0]].kind) &&
+        an_is_text(st->items[it->x[1]].kind)) {
+        PyObject *f[2];
+        for (int j = 0; j < 2; j++) {
+            const an_item *c = &st->items[it->x[j]];
+            f[j] = an_decode(base, c->x[0], c->x[1],
+                             c->kind == AK_UNI ? DEC_UTF8 : DEC_LATIN1);
+        }
+        return an_pack(NULL, f, 2);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 an_result(skim_state *ms, an_state *st, const unsigned char *base)
 {
-    PyObject *globals = NULL, *pids = NULL, *v[9];
+    PyObject *globals = NULL, *pids = NULL, *pid_classes = NULL, *v[13];
     int ok = !st->has_sg && !st->r.has_ext;
 
     globals = PyList_New(st->nglobals);
@@ -1579,8 +1708,8 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
         f[4] = Py_NewRef(g->op == 'c'   ? ms->op_global
                          : g->op == 'i' ? ms->op_inst
                                         : ms->op_stack_global);
-        f[5] = PyLong_FromLong(uses);
-        t = an_pack(NULL, f, 6);
+        f[5] = an_use_obj(ms, uses);
+        t = an_pack((PyTypeObject *)ms->global_type, f, 6);
         if (t == NULL)
             goto error;
         PyList_SET_ITEM(globals, i, t);
@@ -1598,6 +1727,9 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
     }
     pids = PyList_New(st->npids);
     if (pids == NULL)
+        goto error;
+    pid_classes = PyList_New(st->npids);
+    if (pid_classes == NULL)
         goto error;
     for (Py_ssize_t i = 0; i < st->npids; i++) {
         const an_pid *rec = &st->pids[i];
@@ -1625,10 +1757,14 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
         }
         f[4] = Py_NewRef(shared ? Py_True : Py_False);
         f[5] = PyLong_FromLong(rec->which);
-        t = an_pack(NULL, f, 6);
+        t = an_pack((PyTypeObject *)ms->pid_type, f, 6);
         if (t == NULL)
             goto error;
         PyList_SET_ITEM(pids, i, t);
+        t = an_class_part(st, base, globals, rec->kind == PK_UNKNOWN ? -1 : rec->klass);
+        if (t == NULL)
+            goto error;
+        PyList_SET_ITEM(pid_classes, i, t);
     }
 
     v[0] = PyLong_FromSsize_t(st->r.end1);
@@ -1640,11 +1776,16 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
     v[6] = pids;
     v[7] = Py_NewRef(ok ? Py_True : Py_False);
     v[8] = Py_NewRef(st->has_frame ? Py_True : Py_False);
-    return an_pack((PyTypeObject *)ms->analysis_type, v, 9);
+    v[9] = pid_classes;
+    v[10] = PyLong_FromSsize_t(st->class_pid);
+    v[11] = an_offsets(st->calls_ng, st->ncalls_ng);
+    v[12] = an_offsets(st->calls_pid, st->ncalls_pid);
+    return an_pack((PyTypeObject *)ms->analysis_type, v, 13);
 
 error:
     Py_XDECREF(globals);
     Py_XDECREF(pids);
+    Py_XDECREF(pid_classes);
     return NULL;
 }
 
@@ -1700,34 +1841,85 @@ skim_analyze(PyObject *module, PyObject *arg)
     return result;
 }
 
-static PyObject *
-skim_set_analysis_type(PyObject *module, PyObject *arg)
+static int
+an_check_tuple_type(PyObject *arg, const char *what)
 {
-    skim_state *ms = (skim_state *)PyModule_GetState(module);
     PyTypeObject *type = (PyTypeObject *)arg;
-    if (arg == Py_None) {
-        Py_CLEAR(ms->analysis_type);
-        Py_RETURN_NONE;
-    }
     if (!PyType_Check(arg) || !PyType_IsSubtype(type, &PyTuple_Type) ||
         type->tp_basicsize != PyTuple_Type.tp_basicsize ||
         type->tp_itemsize != PyTuple_Type.tp_itemsize ||
         type->tp_alloc == NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "expected a tuple subclass without extra fields "
-                        "(a namedtuple)");
+        PyErr_Format(PyExc_TypeError,
+                     "%s: expected a tuple subclass without extra fields "
+                     "(a NamedTuple)", what);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+an_clear_types(skim_state *ms)
+{
+    Py_CLEAR(ms->analysis_type);
+    Py_CLEAR(ms->global_type);
+    Py_CLEAR(ms->pid_type);
+    Py_CLEAR(ms->use_type);
+    for (int i = 0; i < USE_CACHE; i++)
+        Py_CLEAR(ms->use_cache[i]);
+}
+
+static PyObject *
+skim_set_types(PyObject *module, PyObject *args)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    PyObject *analysis, *global, *pid, *use, *kinds;
+    if (!PyArg_ParseTuple(args, "OOOOO!:_set_types", &analysis, &global, &pid,
+                          &use, &PyTuple_Type, &kinds))
+        return NULL;
+    if (an_check_tuple_type(analysis, "analysis") < 0 ||
+        an_check_tuple_type(global, "global site") < 0 ||
+        an_check_tuple_type(pid, "pid site") < 0)
+        return NULL;
+    if (!PyCallable_Check(use)) {
+        PyErr_SetString(PyExc_TypeError, "use: expected a callable");
         return NULL;
     }
-    Py_XSETREF(ms->analysis_type, Py_NewRef(arg));
+    if (PyTuple_GET_SIZE(kinds) != PK_COUNT) {
+        PyErr_Format(PyExc_TypeError, "kinds: expected %d members",
+                     (int)PK_COUNT);
+        return NULL;
+    }
+    for (int i = 0; i < PK_COUNT; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kinds, i);
+        int eq;
+        if (!PyUnicode_Check(k)) {
+            PyErr_SetString(PyExc_TypeError, "kinds: expected strings");
+            return NULL;
+        }
+        eq = PyUnicode_CompareWithASCIIString(k, pk_names[i]);
+        if (eq != 0) {
+            PyErr_Format(PyExc_ValueError, "kinds[%d]: expected %s", i,
+                         pk_names[i]);
+            return NULL;
+        }
+    }
+    an_clear_types(ms);
+    ms->analysis_type = Py_NewRef(analysis);
+    ms->global_type = Py_NewRef(global);
+    ms->pid_type = Py_NewRef(pid);
+    ms->use_type = Py_NewRef(use);
+    for (int i = 0; i < PK_COUNT; i++)
+        Py_XSETREF(ms->pk_str[i], Py_NewRef(PyTuple_GET_ITEM(kinds, i)));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef skim_methods[] = {
     {"skim", (PyCFunction)skim_skim, METH_O, skim_doc},
     {"analyze", (PyCFunction)skim_analyze, METH_O, analyze_doc},
-    {"_set_analysis_type", (PyCFunction)skim_set_analysis_type, METH_O,
-     "Make analyze() return instances of this tuple subclass (None: plain "
-     "tuples)."},
+    {"_set_types", (PyCFunction)skim_set_types, METH_VARARGS,
+     "_set_types(Analysis, GlobalSite, PidSite, Use, kinds): the types\n"
+     "analyze() returns (NamedTuples, the Use flag type, the EdgeKind\n"
+     "members in the C order of reference kinds)."},
     {NULL, NULL, 0, NULL}
 };
 
@@ -1756,6 +1948,13 @@ skim_traverse(PyObject *module, visitproc visit, void *arg)
     if (ms == NULL)
         return 0;
     Py_VISIT(ms->analysis_type);
+    Py_VISIT(ms->global_type);
+    Py_VISIT(ms->pid_type);
+    Py_VISIT(ms->use_type);
+    for (int i = 0; i < USE_CACHE; i++)
+        Py_VISIT(ms->use_cache[i]);
+    for (int i = 0; i < PK_COUNT; i++)
+        Py_VISIT(ms->pk_str[i]);
     return 0;
 }
 
@@ -1765,7 +1964,7 @@ skim_clear(PyObject *module)
     skim_state *ms = (skim_state *)PyModule_GetState(module);
     if (ms == NULL)
         return 0;
-    Py_CLEAR(ms->analysis_type);
+    an_clear_types(ms);
     for (int i = 0; i < PK_COUNT; i++)
         Py_CLEAR(ms->pk_str[i]);
     Py_CLEAR(ms->op_global);

@@ -64,10 +64,10 @@ rewrite a record by byte patching::
     the argument of the first pickle's first PROTO; without one, 1 when any
     opcode of protocol 1 or later occurs in the record, else 0;
 ``globals``
-    ``(module, name, offset, end, opcode, uses)`` for each GLOBAL
+    a :class:`GlobalSite` ``(module, name, start, end, opcode, uses)`` for each GLOBAL
     (``"global"``), INST (``"inst"``) and STACK_GLOBAL (``"stack_global"``)
-    opcode, in byte order.  ``offset`` is the opcode's byte, ``end`` the
-    position after its second newline (``offset + 1`` for STACK_GLOBAL).
+    opcode, in byte order.  ``start`` is the opcode's byte, ``end`` the
+    position after its second newline (``start + 1`` for STACK_GLOBAL).
     Names are decoded as UTF-8, falling back to latin-1; a STACK_GLOBAL takes
     them from the two string literals below it (a Python 2 string is read as
     latin-1), or ``None`` when the item is not a literal string.  ``uses`` is
@@ -82,16 +82,16 @@ rewrite a record by byte patching::
     value, the target of SETITEM(S) or ADDITEMS, or of APPEND(S) on
     anything but a list);
 ``pids``
-    ``(kind, oid_offset, oid_length, database, shared, pickle_index)`` for
+    a :class:`PidSite` ``(kind, oid_start, oid_length, database, shared, pickle)`` for
     each BINPERSID / PERSID, in byte order (so a reference nested in another's
     class part comes first, as :func:`pclasses.record.reader.scan_record` lists
     them).  ``kind`` is one of :data:`PID_KINDS`: the shapes of
-    :mod:`pclasses.record.reader`, or ``"unknown"`` (``oid_offset`` -1,
+    :mod:`pclasses.record.reader`, or ``"unknown"`` (``oid_start`` -1,
     ``oid_length`` 0, ``database`` None) for any other shape, a database name
     or oid that is not a literal (e.g. bytes that zodbpickle wrote below
     protocol 3 as ``_codecs.encode(...)``), a non-ASCII unicode oid, or a
-    list changed by SETITEM(S) / BUILD / ADDITEMS before use.  ``data[oid_offset:
-    oid_offset + oid_length]`` is the oid: the payload of the SHORT_BINBYTES,
+    list changed by SETITEM(S) / BUILD / ADDITEMS before use.  ``data[oid_start:
+    oid_start + oid_length]`` is the oid: the payload of the SHORT_BINBYTES,
     BINBYTES, BINBYTES8, SHORT_BINSTRING or BINSTRING opcode that pushed it
     (after the length), of an ASCII BINUNICODE-family literal, of a STRING /
     UNICODE literal without escapes, or PERSID's text.  ``database`` is
@@ -133,6 +133,7 @@ persistent ids are set apart to decide ``shared``.
 from __future__ import annotations
 
 import os
+import enum
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -154,6 +155,12 @@ __all__ = [
     "USE_CLASS_META",
     "USE_PID_CLASS",
     "USE_OTHER",
+    "USE_BUILD_TARGET",
+    "USE_ITEMS_TARGET",
+    "Use",
+    "EdgeKind",
+    "GlobalSite",
+    "PidSite",
 ]
 
 #: What a PUT index that does not fit a signed 64-bit integer is reported as.
@@ -312,17 +319,108 @@ def _skim_bytes(buf: bytes) -> tuple[int, int, bool]:
 # analyze: an abstract pickle machine over both pickles
 # ---------------------------------------------------------------------------
 
-#: Bits of a global's ``uses`` (see :func:`analyze`).
-USE_REDUCE = 1  # the callable of a REDUCE
-USE_NEWOBJ = 2  # the class of a NEWOBJ / NEWOBJ_EX
-USE_INSTANTIATE = 4  # the class of an INST (its own entry) or OBJ
-USE_CLASS_META = 8  # the record's class metadata
-USE_PID_CLASS = 16  # the class part of a persistent reference
-USE_OTHER = 32  # anything else: argument, state value, BUILD target, ...
+class Use(enum.IntFlag):
+    """How a global's item is used (the ``uses`` of a :class:`GlobalSite`).
 
-#: The ``kind`` of a pid entry: :data:`pclasses.record.reader.REFERENCE_KINDS` plus
-#: ``"unknown"``.
-PID_KINDS = ("oid", "oid_class", "weak", "multi_oid", "multi", "legacy", "unknown")
+    A bit set over every use of the item, memo fetches included.
+    """
+
+    #: the callable of a REDUCE
+    REDUCE = 1
+    #: the class of a NEWOBJ / NEWOBJ_EX
+    NEWOBJ = 2
+    #: the class of an INST (always set on its own entry) or of an OBJ
+    INSTANTIATE = 4
+    #: the record's class metadata (the first pickle's value, or the first
+    #: item of the 2-tuple that is)
+    CLASS_META = 8
+    #: the class part of a recognised ``(oid, klass)`` or
+    #: ``['m', (db, oid, klass)]`` persistent reference
+    PID_CLASS = 16
+    #: anything else: an argument, a container item, BUILD state or target,
+    #: the state pickle's value, the target of SETITEM(S) / ADDITEMS, or of
+    #: APPEND(S) on anything but a list
+    OTHER = 32
+    #: the object BUILD sets state on (also counted as OTHER)
+    BUILD_TARGET = 64
+    #: the object APPEND(S) / SETITEM(S) / ADDITEMS add to (also OTHER)
+    ITEMS_TARGET = 128
+
+
+# Module-level names of the bits (kept for existing callers).
+USE_REDUCE = Use.REDUCE
+USE_NEWOBJ = Use.NEWOBJ
+USE_INSTANTIATE = Use.INSTANTIATE
+USE_CLASS_META = Use.CLASS_META
+USE_PID_CLASS = Use.PID_CLASS
+USE_OTHER = Use.OTHER
+USE_BUILD_TARGET = Use.BUILD_TARGET
+USE_ITEMS_TARGET = Use.ITEMS_TARGET
+
+_USES: dict[int, Use] = {}
+
+
+def _use(bits: int) -> Use:
+    u = _USES.get(bits)
+    if u is None:
+        u = _USES[bits] = Use(bits)
+    return u
+
+
+class EdgeKind(str, enum.Enum):
+    """The kind of a persistent reference (see :mod:`pclasses.record`).
+
+    Members are strings (``EdgeKind.OID == "oid"``) and print as their value.
+    """
+
+    OID = "oid"
+    OID_CLASS = "oid_class"
+    WEAK = "weak"
+    MULTI_OID = "multi_oid"
+    MULTI = "multi"
+    LEGACY = "legacy"
+    UNKNOWN = "unknown"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+#: The ``kind`` of a pid entry: :data:`pclasses.record.reader.REFERENCE_KINDS`
+#: plus ``"unknown"``, in that order.
+PID_KINDS: tuple[EdgeKind, ...] = tuple(EdgeKind)
+_EDGE_KIND = {k.value: k for k in EdgeKind}
+
+
+class GlobalSite(NamedTuple):
+    """One GLOBAL / INST / STACK_GLOBAL opcode of a record."""
+
+    #: the module name (``None``: a STACK_GLOBAL whose item is not a literal)
+    module: str | None
+    #: the global's name (``None`` as for ``module``)
+    name: str | None
+    #: the opcode's byte offset
+    start: int
+    #: the offset after its second newline (``start + 1`` for STACK_GLOBAL)
+    end: int
+    #: ``"global"``, ``"inst"`` or ``"stack_global"``
+    opcode: str
+    #: every use of the global's item
+    uses: Use
+
+
+class PidSite(NamedTuple):
+    """One PERSID / BINPERSID opcode of a record: where its oid sits."""
+
+    kind: EdgeKind
+    #: ``data[oid_start:oid_start + oid_length]`` is the oid (-1 if unknown)
+    oid_start: int
+    oid_length: int
+    #: the database name of a cross-database / external weak reference
+    database: str | None
+    #: patching the oid literal would change more than references
+    shared: bool
+    #: 0 for the class pickle, 1 for the state pickle
+    pickle: int
 
 
 class Analysis(NamedTuple):
@@ -333,14 +431,28 @@ class Analysis(NamedTuple):
     has_ext: bool
     has_stack_global: bool
     protocol: int
-    #: ``(module, name, offset, end, opcode, uses)`` per GLOBAL / INST /
-    #: STACK_GLOBAL opcode.
-    globals: list[tuple[str | None, str | None, int, int, str, int]]
-    #: ``(kind, oid_offset, oid_length, database, shared, pickle_index)`` per
-    #: PERSID / BINPERSID opcode.
-    pids: list[tuple[str, int, int, str | None, bool, int]]
+    #: one entry per GLOBAL / INST / STACK_GLOBAL opcode, in byte order
+    globals: list[GlobalSite]
+    #: one entry per PERSID / BINPERSID opcode, in byte order
+    pids: list[PidSite]
     ok_to_patch: bool
     has_frame: bool
+    #: per entry of ``pids``: the class part of an ``oid_class`` / ``multi``
+    #: reference as ``(module, name)`` (a GLOBAL or a pair of string
+    #: literals), the index in ``pids`` of a persistent reference standing
+    #: for the class (a database-resident class), or ``None``
+    pid_classes: list[tuple[str | None, str | None] | int | None]
+    #: index in ``pids`` of the reference that is the record's class (class
+    #: metadata ``ref`` or ``(ref, args)``), else -1
+    class_pid: int
+    #: byte offsets of every REDUCE / NEWOBJ / NEWOBJ_EX / OBJ whose callable
+    #: is not a GLOBAL item (a call's result, a persistent reference, a
+    #: literal, a container, ...): empty for what ZODB writes for ordinary
+    #: classes
+    calls_non_global: list[int]
+    #: the subset of ``calls_non_global`` whose callable is a persistent
+    #: reference (instances of database-resident classes)
+    calls_pid: list[int]
 
 
 # Opcodes of protocol 0 (every other opcode is "binary", protocol 1+).
@@ -357,11 +469,12 @@ _TUNI = 5  # UNICODE whose text has no backslash
 _GLOBAL = 6
 _TUPLE = 7
 _LIST = 8
+_PREF = 9  # the result of a PERSID / BINPERSID (x0: its pid's index)
 # Item flags.
 _F_ATTR = 1  # the placements of this container's path children were re-attributed
 _F_NONPID = 2  # used in a role with a bit (1, 2, 4, 8, 16)
 _F_TAINT = 4  # a list changed by something other than APPEND(S)
-_PIDPATH = 64  # role: the pid itself / the containers and oid inside it
+_PIDPATH = 256  # role: the pid itself / the containers and oid inside it
 
 _DEC_UTF8 = 0  # UTF-8, falling back to latin-1
 _DEC_LATIN1 = 1
@@ -453,9 +566,12 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
     max_memo = -1
     # globals: [op, offset, end, item, mod_raw, mod_mode, name_raw, name_mode]
     globs: list[list[Any]] = []
-    # pids: [kind, which, P, A, L, D, oid_offset, oid_length, persid]
+    # pids: [kind, which, P, A, L, D, oid_offset, oid_length, persid, K]
     pids: list[list[Any]] = []
     has_ext = has_sg = has_frame = saw_binary = False
+    class_pid = -1
+    calls_ng: list[int] = []  # offsets of calls whose callable is not a GLOBAL
+    calls_pid: list[int] = []  # ... whose callable is a persistent reference
     proto = -1
     end1 = -1
     pos = 0
@@ -500,7 +616,7 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
             pk = "unknown"
         if pk == "unknown":
             use(p, USE_OTHER)
-            pids.append(["unknown", which, p, -1, -1, -1, -1, 0, False])
+            pids.append(["unknown", which, p, -1, -1, -1, -1, 0, False, -1])
             return
         # The pid itself is used in the pid role (nothing to count); the
         # placements on the path from it to the oid are re-attributed once
@@ -515,7 +631,7 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
             reattr(lo, _PIDPATH)
             if pk == "multi" and kind[klass] == _GLOBAL:
                 reattr(klass, USE_PID_CLASS)
-        pids.append([pk, which, p, a, lo, d, x0[lo], x1[lo], False])
+        pids.append([pk, which, p, a, lo, d, x0[lo], x1[lo], False, klass])
 
     for which in (0, 1):
         wname = _WHICH[which]
@@ -591,6 +707,10 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                     raise _machine_error("stack underflow", op, at, wname)
                 v = stack.pop()
                 if which == 0:
+                    if kind[v] == _PREF:
+                        class_pid = x0[v]
+                    elif kind[v] == _TUPLE and cnt[v] == 2 and kind[x0[v]] == _PREF:
+                        class_pid = x0[x0[v]]
                     if kind[v] == _GLOBAL:
                         use(v, USE_CLASS_META)
                     else:
@@ -729,6 +849,8 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                         add_child(target, i)
                 else:
                     use(target, USE_OTHER)
+                    if kind[target] == _GLOBAL:
+                        use(target, USE_ITEMS_TARGET)
                     if kind[target] == _LIST:
                         flags[target] |= _F_TAINT
                     for i in stack[x:]:
@@ -740,6 +862,8 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 use(stack.pop(), USE_OTHER)
                 target = stack[-1]
                 use(target, USE_OTHER)
+                if kind[target] == _GLOBAL:
+                    use(target, USE_BUILD_TARGET)
                 if kind[target] == _LIST:
                     flags[target] |= _F_TAINT
             elif op in (0x52, 0x81, 0x92):  # REDUCE NEWOBJ NEWOBJ_EX
@@ -748,7 +872,12 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                     raise _machine_error("stack underflow", op, at, wname)
                 for i in stack[1 - k :]:
                     use(i, USE_OTHER)
-                use(stack[-k], USE_REDUCE if op == 0x52 else USE_NEWOBJ)
+                c = stack[-k]
+                if kind[c] != _GLOBAL:
+                    calls_ng.append(at)
+                    if kind[c] == _PREF:
+                        calls_pid.append(at)
+                use(c, USE_REDUCE if op == 0x52 else USE_NEWOBJ)
                 del stack[-k:]
                 stack.append(0)
             elif op == 0x6F:  # OBJ: MARK cls args... -> obj
@@ -757,7 +886,12 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 m = marks.pop()
                 if m >= len(stack):
                     raise _machine_error("stack underflow", op, at, wname)
-                use(stack[m], USE_INSTANTIATE)
+                c = stack[m]
+                if kind[c] != _GLOBAL:
+                    calls_ng.append(at)
+                    if kind[c] == _PREF:
+                        calls_pid.append(at)
+                use(c, USE_INSTANTIATE)
                 for i in stack[m + 1 :]:
                     use(i, USE_OTHER)
                 del stack[m:]
@@ -818,12 +952,12 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 if not stack:
                     raise _machine_error("stack underflow", op, at, wname)
                 classify(stack.pop(), which)
-                stack.append(0)
+                stack.append(new(_PREF, len(pids) - 1))
             elif op == 0x50:  # PERSID: the text is the oid
                 pids.append(
-                    ["oid", which, -1, -1, -1, -1, start, arg_end - start, True]
+                    ["oid", which, -1, -1, -1, -1, start, arg_end - start, True, -1]
                 )
-                stack.append(0)
+                stack.append(new(_PREF, len(pids) - 1))
             elif op == 0x98:  # READONLY_BUFFER
                 if not stack:
                     raise _machine_error("stack underflow", op, at, wname)
@@ -852,13 +986,13 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
         else:
             u = bits[item] | (USE_OTHER if pend[item] > 0 else 0)
         out_globals.append(
-            (
+            GlobalSite(
                 None if mraw is None else _decode(mraw, mmode),
                 None if nraw is None else _decode(nraw, nmode),
                 off,
                 end,
                 _OPNAME[op],
-                u,
+                _use(u),
             )
         )
     # An oid literal is shared when anything on the path from any pid to it
@@ -866,14 +1000,33 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
     # patching the literal changes more than references.
     dirty = {
         lo
-        for pk, _w, p, a, lo, _d, _o, _n, persid in pids
+        for pk, _w, p, a, lo, _d, _o, _n, persid, _k in pids
         if pk != "unknown" and not persid and (nonpid(p) or nonpid(a) or nonpid(lo))
     }
     ok = not has_sg and not has_ext
+    def class_part(k: int) -> tuple[str | None, str | None] | int | None:
+        if k < 0:
+            return None
+        if kind[k] == _GLOBAL:
+            g = out_globals[x0[k]]
+            return (g.module, g.name)
+        if kind[k] == _PREF:
+            return x0[k]
+        if kind[k] == _TUPLE and cnt[k] == 2:
+            mi, ni = x0[k], x1[k]
+            if _STR <= kind[mi] <= _TUNI and _STR <= kind[ni] <= _TUNI:
+                return (
+                    _decode(lit(mi), _DEC_UTF8 if kind[mi] == _UNI else _DEC_LATIN1),
+                    _decode(lit(ni), _DEC_UTF8 if kind[ni] == _UNI else _DEC_LATIN1),
+                )
+        return None
+
     out_pids = []
-    for pk, which, _p, _a, lo, d, off, olen, persid in pids:
+    pid_classes = []
+    for pk, which, _p, _a, lo, d, off, olen, persid, kl in pids:
+        pid_classes.append(class_part(kl))
         if pk == "unknown":
-            out_pids.append(("unknown", -1, 0, None, False, which))
+            out_pids.append(PidSite(EdgeKind.UNKNOWN, -1, 0, None, False, which))
             ok = False
             continue
         shared = lo in dirty
@@ -882,7 +1035,7 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
         db = None
         if d >= 0:
             db = _decode(lit(d), _DEC_UTF8 if kind[d] == _UNI else _DEC_LATIN1)
-        out_pids.append((pk, off, olen, db, shared, which))
+        out_pids.append(PidSite(_EDGE_KIND[pk], off, olen, db, shared, which))
     protocol = proto if proto >= 0 else (1 if saw_binary else 0)
     return (
         end1,
@@ -894,6 +1047,10 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
         out_pids,
         ok,
         has_frame,
+        pid_classes,
+        class_pid,
+        calls_ng,
+        calls_pid,
     )
 
 
@@ -931,7 +1088,7 @@ except (ImportError, AttributeError):  # not built (or built before analyze)
     analyze_c = None
 else:
     # The C function returns Analysis instances once it knows the type.
-    _skim_ext._set_analysis_type(Analysis)
+    _skim_ext._set_types(Analysis, GlobalSite, PidSite, Use, PID_KINDS)
 
 #: True when the C :func:`analyze` is importable.
 HAVE_C_ANALYZE: bool = analyze_c is not None

@@ -13,11 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import FramedRecordError
+
 __all__ = ["FramedRecordError", "rename_globals", "replace_class_pickle"]
-
-
-class FramedRecordError(ValueError):
-    """The record is framed (protocol 4): its globals cannot change length."""
 
 
 def rename_globals(
@@ -44,7 +42,7 @@ def rename_globals(
     if not edits:
         return data, renamed
     if analysis.has_frame:
-        raise FramedRecordError("a framed (protocol 4) record cannot be rewritten")
+        raise FramedRecordError()
     parts = []
     pos = 0
     for start, stop, text in sorted(edits):

@@ -89,8 +89,9 @@ from typing import Any
 import zodbpickle.pickle as _zpickle
 
 from ..errors import RecordDecodeError
-from .analyze import HAVE_C as HAVE_SKIM
-from .analyze import skim as _skim
+from .analyze import Analysis
+from .analyze import EdgeKind
+from .edges import Edge, analyze_record, edges_of
 
 __all__ = [
     "ClassRef",
@@ -241,13 +242,18 @@ class PersistentRef:
     an :class:`Inert`.
     """
 
-    __slots__ = ("pid",)
+    __slots__ = ("pid", "edge")
 
-    def __init__(self, pid: Any) -> None:
+    def __init__(self, pid: Any, edge: Edge | None = None) -> None:
         self.pid = pid
+        #: the record's :class:`~pclasses.record.edges.Edge` for this
+        #: reference (``None`` when built outside a record read)
+        self.edge = edge
 
     @property
     def reference(self) -> Reference:
+        if self.edge is not None:
+            return _reference(self.edge, self.pid)
         return classify_reference(self.pid)
 
     def __call__(self, *args: Any, **kw: Any) -> Inert:
@@ -255,7 +261,7 @@ class PersistentRef:
 
     def __repr__(self) -> str:
         try:
-            ref = classify_reference(self.pid)
+            ref = self.reference
         except RecordDecodeError:
             return f"<PersistentRef {self.pid!r}>"
         from ZODB.utils import oid_repr
@@ -267,7 +273,7 @@ class PersistentRef:
 _ref_types: dict[int, type] = {}
 
 
-def _persistent_ref_type(pid: Any) -> type:
+def _persistent_ref_type(pid: Any, edge: Edge | None = None) -> type:
     """A placeholder type standing for a persistent reference.
 
     Only used when a pickle applies NEWOBJ to a persistent reference (a
@@ -279,9 +285,10 @@ def _persistent_ref_type(pid: Any) -> type:
         __slots__ = ()
         dotted_pair = ("", "")
         persistent_pid = pid
+        persistent_edge = edge
 
         def __new__(cls, *args: Any) -> Any:
-            return Inert(PersistentRef(pid), args, "newobj")
+            return Inert(PersistentRef(pid, edge), args, "newobj")
 
     return _Ref
 
@@ -364,7 +371,8 @@ class RecordInfo:
     class-metadata pickle.
     """
 
-    __slots__ = ("klass", "pids", "globals", "class_length", "state", "oid", "_refs", "_data")
+    __slots__ = ("klass", "pids", "globals", "class_length", "state", "oid", "_refs", "_data",
+                 "analysis")
 
     def __init__(
         self,
@@ -383,6 +391,8 @@ class RecordInfo:
         self.oid = oid
         self._refs: list[Reference] | None = None
         self._data: bytes | None = None
+        #: the analyzer's view of the record (the pre-scan's result)
+        self.analysis: Analysis | None = None
 
     @property
     def references(self) -> list[Reference]:
@@ -393,16 +403,25 @@ class RecordInfo:
         id; like ``referencesf``, both are listed, the inner one first.
         """
         if self._refs is None:
-            if self._data is not None and _has_nested(self.pids):
-                # The fast path stood None in for nested references; read
-                # again with inert references.
-                self.pids = _build(self._data, self.oid, False).pids
-                self._data = None
-            try:
-                self._refs = [classify_reference(p) for p in self.pids]
-            except RecordDecodeError as exc:
-                raise RecordDecodeError(exc.reason, oid=self.oid) from None
+            if self._data is None or self.analysis is None:
+                raise RecordDecodeError("record bytes not kept", oid=self.oid)
+            pids = self.pids
+            refs = []
+            for i, e in enumerate(self.edges):
+                try:
+                    refs.append(_reference(e, pids[i] if i < len(pids) else None))
+                except RecordDecodeError as exc:
+                    raise RecordDecodeError(exc.reason, oid=self.oid) from None
+            self._refs = refs
         return self._refs
+
+    @property
+    def edges(self) -> list[Edge]:
+        """Every persistent reference as an :class:`~pclasses.record.edges.Edge`
+        (from the pre-scan's analysis; nothing is read again)."""
+        if self._data is None or self.analysis is None:
+            raise RecordDecodeError("record bytes not kept", oid=self.oid)
+        return edges_of(self._data, self.analysis)
 
     def __repr__(self) -> str:
         return (
@@ -415,31 +434,46 @@ _EXT_REGISTRY = copyreg._inverted_registry  # type: ignore[attr-defined]
 _EXT_CACHE = copyreg._extension_cache  # type: ignore[attr-defined]
 
 
-def _precheck(data: bytes, oid: bytes | None) -> None:
+def _precheck(data: bytes, oid: bytes | None) -> Analysis:
     """Refuse, before unpickling, what the C unpickler cannot be guarded from.
 
-    With the C skimmer (:mod:`pclasses.record.analyze`, about 0.1 us a record): any
-    structural error (unknown opcode, truncation, missing STOP), a memo
+    The record analyzer (:func:`pclasses.record.analyze.analyze`, C or its
+    Python twin) walks every opcode first and refuses any structural error
+    (unknown opcode, truncation, missing STOP, stack underflow) and a memo
     index larger than the record could ever fill (the C unpickler would
-    allocate 16 bytes per index), and EXT opcodes while extension codes are
-    registered.  Without it, only the extension check runs.
+    allocate 16 bytes per index); EXT opcodes are refused while extension
+    codes are registered.  Its result also tells the reader which inert
+    hooks the record needs, so each record is decoded once.
     """
-    if not HAVE_SKIM:
-        if _EXT_REGISTRY or _EXT_CACHE:
-            _guard_extensions(data, oid)
-        return
-    try:
-        _end1, max_memo, has_ext = _skim(data)
-    except ValueError as exc:
-        raise RecordDecodeError(str(exc), oid=oid) from None
-    if max_memo > len(data):
+    a = analyze_record(data, oid)
+    if a.max_memo > len(data):
         raise RecordDecodeError(
-            f"memo index {max_memo} is more than a {len(data)}-byte record can fill "
+            f"memo index {a.max_memo} is more than a {len(data)}-byte record can fill "
             "(refused: the unpickler would allocate memory for it)", oid=oid)
-    if has_ext and (_EXT_REGISTRY or _EXT_CACHE):
+    if a.has_ext and (_EXT_REGISTRY or _EXT_CACHE):
         raise RecordDecodeError(
             "pickle extension code refused (copyreg extension codes are registered in "
             "this process)", oid=oid)
+    return a
+
+
+def _loaders(a: Analysis, data: bytes) -> int:
+    """Which persistent-reference hook a record needs (decided from its
+    analysis, so it is decoded once): 0 ``list.append`` (references become
+    ``None``: nothing uses them), 1 :class:`PersistentRef`, 2 placeholder
+    types (a reference is the class of a NEWOBJ)."""
+    calls = a.calls_pid
+    if calls:
+        for off in calls:
+            if data[off] in (0x81, 0x92):  # NEWOBJ NEWOBJ_EX
+                return 2
+        return 1
+    if a.class_pid >= 0:
+        return 1
+    for c in a.pid_classes:
+        if c.__class__ is int:
+            return 1
+    return 0
 
 
 def _guard_extensions(data: bytes, oid: bytes | None) -> None:
@@ -475,16 +509,6 @@ def _guard_extensions(data: bytes, oid: bytes | None) -> None:
         raise
     except Exception:
         return  # malformed: the unpickler will say so
-
-
-def _has_nested(pids: list[Any]) -> bool:
-    for p in pids:
-        if p.__class__ is tuple:
-            if p[1:2] == (None,):
-                return True
-        elif p.__class__ is list and len(p) == 2 and p[1].__class__ is tuple and None in p[1]:
-            return True
-    return False
 
 
 # ---------------------------------------------------------------------------
@@ -594,6 +618,21 @@ def classify_reference(pid: Any) -> Reference:
     raise RecordDecodeError(f"persistent reference of type {type(pid).__name__}")
 
 
+def _reference(e: Edge, pid: Any) -> Reference:
+    """The :class:`Reference` for one edge of a record (the analyzer classified it)."""
+    if e.oid is None:
+        raise RecordDecodeError("persistent reference of an unknown shape")
+    klass = None
+    if e.kind is EdgeKind.OID_CLASS or e.kind is EdgeKind.MULTI:
+        if e.klass_oid is not None:
+            klass = ClassRef(None, None, e.klass_oid, 0)
+        elif e.klass is not None and e.klass[0] is not None and e.klass[1] is not None:
+            klass = ClassRef(e.klass[0], e.klass[1], None, 0)
+        else:
+            raise RecordDecodeError("the class part of a persistent reference is not a class")
+    return Reference(e.kind, e.oid, e.database, klass, pid)
+
+
 # ---------------------------------------------------------------------------
 # The unpickler
 # ---------------------------------------------------------------------------
@@ -623,11 +662,27 @@ def _open(data: bytes) -> tuple[Any, Any]:
     return f, u
 
 
-def _persistent_ref_as_type(pid: Any) -> Any:
-    # Used on the retry path: references may be used as NEWOBJ classes.
+def _persistent_ref_as_type(pid: Any, edge: Edge | None = None) -> Any:
+    # References may be used as NEWOBJ classes, which must be types.
     if isinstance(pid, tuple) or isinstance(pid, list) or isinstance(pid, (bytes, str)):
-        return _persistent_ref_type(pid)
-    return PersistentRef(pid)
+        return _persistent_ref_type(pid, edge)
+    return PersistentRef(pid, edge)
+
+
+def _hook(mode: int, pids: list[Any], edges: list[Edge]) -> Any:
+    """The ``persistent_load`` of loader ``mode`` (see :func:`_loaders`):
+    each call is the next PERSID / BINPERSID, so the next edge."""
+    if mode == 0:
+        return pids.append
+    wrap = PersistentRef if mode == 1 else _persistent_ref_as_type
+    n = len(edges)
+
+    def persistent_load(pid: Any) -> Any:
+        i = len(pids)
+        pids.append(pid)
+        return wrap(pid, edges[i] if i < n else None)
+
+    return persistent_load
 
 
 def _run(
@@ -679,7 +734,7 @@ def _untype_refs(root: Any) -> Any:
     make a list contain itself).  Tuples are rebuilt when they change.
     """
     if _is_ref_type(root):
-        return PersistentRef(root.persistent_pid)
+        return PersistentRef(root.persistent_pid, root.persistent_edge)
     done: dict[int, Any] = {}
     stack: list[Any] = [root]
     order: list[Any] = []
@@ -700,7 +755,7 @@ def _untype_refs(root: Any) -> Any:
 
     def fix(value: Any) -> Any:
         if _is_ref_type(value):
-            return PersistentRef(value.persistent_pid)
+            return PersistentRef(value.persistent_pid, value.persistent_edge)
         if isinstance(value, tuple):
             return done.get(id(value), value)
         return value
@@ -733,34 +788,37 @@ def _untype_refs(root: Any) -> Any:
     return fix(root)
 
 
-def _load(data: bytes, oid: bytes | None, want_state: bool) -> tuple[Any, Any, int, list[tuple[str, str]], list[Any]]:
+def _load(
+    data: bytes, oid: bytes | None, want_state: bool, a: Analysis | None = None
+) -> tuple[Any, Any, int, list[tuple[str, str]], list[Any], Analysis]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise RecordDecodeError(f"a record is bytes, not {type(data).__name__}", oid=oid)
     data = bytes(data)
     if not data:
         raise RecordDecodeError("empty record", oid=oid, offset=0)
-    _precheck(data, oid)
-    # Inert references (scan_record's fast path handles the common case
-    # itself).  A reference used as a NEWOBJ class needs to be a type,
-    # which the second attempt provides.
-    for loader in (PersistentRef, _persistent_ref_as_type):
-        pids = []
-
-        def persistent_load(pid: Any, _append: Any = pids.append, _wrap: Any = loader) -> Any:
-            _append(pid)
-            return _wrap(pid)
-
+    if a is None:
+        a = _precheck(data, oid)
+    mode = _loaders(a, data)
+    if want_state and mode == 0:
+        mode = 1  # the state tree holds PersistentRefs
+    edges = edges_of(data, a) if mode else []
+    # The analysis chose the hooks, so a record is decoded once; placeholder
+    # types for references (mode 2) remain the answer for what it did not
+    # foresee.
+    for m in (mode, 2) if mode != 2 else (2,):
+        pids: list[Any] = []
         try:
-            meta, state, clen, globs = _run(data, persistent_load, oid)
+            meta, state, clen, globs = _run(data, _hook(m, pids, edges or edges_of(data, a)),
+                                            oid)
         except _Retry as retry:
             last = retry
             continue
-        if loader is not PersistentRef:
+        if m == 2:
             # References that stood in as types (for a NEWOBJ) go back to
             # being PersistentRefs everywhere in the state tree.
             state = _untype_refs(state)
             pids = [_untype_refs(p) for p in pids]
-        return meta, state, clen, globs, pids
+        return meta, state, clen, globs, pids, a
     exc = last.exc
     msg = str(exc) or type(exc).__name__
     raise RecordDecodeError(
@@ -770,15 +828,20 @@ def _load(data: bytes, oid: bytes | None, want_state: bool) -> tuple[Any, Any, i
     )
 
 
-def _build(data: bytes, oid: bytes | None, want_state: bool) -> RecordInfo:
-    meta, state, clen, globs, pids = _load(data, oid, want_state)
+def _build(
+    data: bytes, oid: bytes | None, want_state: bool, a: Analysis | None = None
+) -> RecordInfo:
+    meta, state, clen, globs, pids, a = _load(data, oid, want_state, a)
     try:
         klass = _class_meta(meta)
     except RecordDecodeError as exc:
         raise RecordDecodeError(exc.reason, oid=oid) from None
     if len(globs) > 1:
         globs = list(dict.fromkeys(globs))
-    return RecordInfo(klass, pids, globs, clen, state if want_state else None, oid)
+    info = RecordInfo(klass, pids, globs, clen, state if want_state else None, oid)
+    info._data = bytes(data)
+    info.analysis = a
+    return info
 
 
 def scan_record(data: bytes, oid: bytes | None = None) -> RecordInfo:
@@ -792,7 +855,9 @@ def scan_record(data: bytes, oid: bytes | None = None) -> RecordInfo:
     # persistent ids collected by a C method, a format-1 class whose
     # ClassRef is cached on its placeholder type.
     if data.__class__ is bytes and data:
-        _precheck(data, oid)
+        a = _precheck(data, oid)
+        if _loaders(a, data) != 0:
+            return _build(data, oid, False, a)
         globs: list[tuple[str, str]] = []
         pids: list[Any] = []
         f = io.BufferedReader(io.BytesIO(data))  # type: ignore[arg-type]
@@ -807,14 +872,12 @@ def scan_record(data: bytes, oid: bytes | None = None) -> RecordInfo:
         except Exception:
             ok = False
         if ok and meta is not None:
-            # (``meta is None``: the class is a persistent reference, which
-            # the fast path's ``list.append`` turned into None.)
             klass = meta._classref if meta.__class__ is _GlobalMeta else None
             if klass is None:
                 try:
                     klass = _class_meta(meta)
                 except RecordDecodeError:
-                    klass = None  # e.g. (persistent ref, None): the slow path decides
+                    klass = None  # the slow path names the error
                 else:
                     if meta.__class__ is _GlobalMeta:
                         type.__setattr__(meta, "_classref", klass)
@@ -822,8 +885,10 @@ def scan_record(data: bytes, oid: bytes | None = None) -> RecordInfo:
                 if len(globs) > 1:
                     globs = list(dict.fromkeys(globs))
                 info = RecordInfo(klass, pids, globs, clen, None, oid)
-                info._data = data  # to re-read if a reference nests another
+                info._data = data
+                info.analysis = a
                 return info
+        return _build(data, oid, False, a)
     return _build(data, oid, False)
 
 
@@ -839,14 +904,8 @@ def global_occurrences(data: bytes, oid: bytes | None = None) -> tuple[list[tupl
     if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
         raise RecordDecodeError("empty or non-bytes record", oid=oid)
     data = bytes(data)
-    _precheck(data, oid)
-    for loader in ([].append, PersistentRef, _persistent_ref_as_type):
-        try:
-            _meta, _state, clen, globs = _run(data, loader, oid)
-        except _Retry:
-            continue
-        return globs, clen
-    raise RecordDecodeError("not a readable ZODB record", oid=oid)
+    _meta, _state, clen, globs, _pids, _a = _load(data, oid, False)
+    return globs, clen
 
 
 def read_record(data: bytes, oid: bytes | None = None) -> RecordInfo:
@@ -901,11 +960,13 @@ def _load_meta_only(data: bytes, oid: bytes | None) -> ClassRef:
     if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
         raise RecordDecodeError("empty or non-bytes record", oid=oid)
     data = bytes(data)
-    _precheck(data, oid)
-    for loader in (PersistentRef, _persistent_ref_as_type):
+    a = _precheck(data, oid)
+    edges = edges_of(data, a)
+    mode = max(1, _loaders(a, data))
+    for m in (mode, 2) if mode != 2 else (2,):
         f, u = _open(data)
         u.globals_seen = []
-        u.persistent_load = loader
+        u.persistent_load = _hook(m, [], edges)
         try:
             meta = u.load()
         except EOFError:

@@ -31,7 +31,6 @@ from ..connection import CommitImport
 from ..errors import (
     ExportFormatError,
     MissingClassesError,
-    PClassesError,
     RefusedGlobalsError,
     TransferError,
 )
@@ -270,19 +269,11 @@ class _CheckPass:
             if target is None or not (target in declared or target in self.skip):
                 self.shapes.append(f"{where}: a call of a persistent object that is not a "
                                    "class reference")
-        if any(p[0] in ("oid_class", "multi") for p in a.pids):
-            from ..records import scan_record
-
-            try:
-                refs = scan_record(data, oid).references
-            except PClassesError as exc:
-                raise ExportFormatError(str(exc)) from None
-            for r in refs:
-                k = r.klass
-                if k is not None and k.module is not None and k.name is not None:
-                    pair = (k.module, k.name)
-                    self.pid_classes.add(pair)
-                    self.needs[pair] = self.needs.get(pair, 0) | USE_PID_CLASS
+        for part in a.pid_classes:
+            if isinstance(part, tuple) and part[0] is not None and part[1] is not None:
+                pair = (part[0], part[1])
+                self.pid_classes.add(pair)
+                self.needs[pair] = self.needs.get(pair, 0) | USE_PID_CLASS
 
     def remap(self, data: bytes, oid: bytes, a: Any) -> bytes:
         """The record with every reference's oid bytes replaced by its new oid."""

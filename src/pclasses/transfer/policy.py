@@ -510,14 +510,25 @@ def check_globals(
 
 
 def record_facts(data: bytes, analysis: Any = None) -> CallFacts:
-    """The call-site facts of a record: from the record analyzer's result when
-    it reports them, else from :func:`call_facts`."""
-    calls = getattr(analysis, "non_global_calls", None)
-    mutated = getattr(analysis, "mutated_globals", None)
-    pid_calls = getattr(analysis, "pid_calls", None)
-    if calls is not None and mutated is not None and pid_calls is not None:
-        return CallFacts(tuple(calls), tuple(mutated), tuple(pid_calls))
-    return call_facts(data)
+    """The call-site facts of a record, from the record analyzer's result
+    (:class:`pclasses.record.Analysis`: ``calls_non_global``, ``calls_pid``
+    and the ``BUILD_TARGET`` / ``ITEMS_TARGET`` uses of globals).  The oids
+    of called persistent references are not in it: for a record with such a
+    call (a plain instance of a database-resident class) and for an
+    analysis without these fields, :func:`call_facts` walks the record."""
+    calls = getattr(analysis, "calls_non_global", None)
+    calls_pid = getattr(analysis, "calls_pid", None)
+    if calls is None or calls_pid is None or calls_pid:
+        return call_facts(data)
+    mutated = tuple(dict.fromkeys(
+        (g[0], g[1]) for g in analysis.globals if g[5] & (_BUILD_TARGET | _ITEMS_TARGET)))
+    return CallFacts(tuple(calls), mutated, ())
+
+
+#: Uses of a global item that change it (the analyzer's Use.BUILD_TARGET,
+#: Use.ITEMS_TARGET).
+_BUILD_TARGET = 64
+_ITEMS_TARGET = 128
 
 
 # ---------------------------------------------------------------------------

@@ -50,7 +50,6 @@ from ZODB.utils import p64
 import pclasses
 from pclasses.errors import PClassesError
 
-
 MAGIC = b"PCLASSES-EXPORT\x00"
 SRC = str(Path(pclasses.__file__).resolve().parents[1])
 

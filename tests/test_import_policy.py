@@ -29,11 +29,10 @@ from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
 
-from pclasses.transfer import policy as A
 from pclasses.errors import PClassesError
 from pclasses.methods import SourceMethod
 from pclasses.pclass import PersistentClass
-
+from pclasses.transfer import policy as A
 
 
 def write_module(directory: Path, name: str, source: str) -> None:
@@ -276,7 +275,8 @@ def test_a_call_of_a_call_result_is_a_computed_call():
 
 def test_a_call_through_the_memo_of_a_global_is_not_computed():
     """A global fetched back from the memo and called is still a global call."""
-    frag = b"\x80\x02cdatetime\ndate\nq\x00M\xd0\x07K\x01K\x01\x87Rh\x00M\xd1\x07K\x01K\x01\x87R\x86."
+    frag = (b"\x80\x02cdatetime\ndate\nq\x00M\xd0\x07K\x01K\x01\x87R"
+            b"h\x00M\xd1\x07K\x01K\x01\x87R\x86.")
     assert facts(frag) == A.CallFacts()
 
 

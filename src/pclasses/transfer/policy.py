@@ -23,7 +23,7 @@ The rules (see ``docs/security.md``):
   - any other class that is neither from the standard library nor from an
     infrastructure package (:data:`INFRASTRUCTURE`), and whose ``__init__``,
     ``__new__`` and ``__setstate__`` do not come from such a class either;
-  - a database-resident class of the target (a ``pclasses-guid:`` name the
+  - a database-resident class of the target (a ``*<guid>`` name the
     target's class table holds).
 
   Functions, methods, modules' attributes that are not classes, classes of
@@ -38,8 +38,10 @@ The rules (see ``docs/security.md``):
   one of the named packages are allowed.  It never widens them.
 * **Shapes.**  A call (REDUCE, NEWOBJ, NEWOBJ_EX, OBJ) of anything that is
   not a global item (the result of another call, an attribute fetched at run
-  time, an object behind a persistent reference) is refused, and so is state
-  set on a global item (BUILD, SETITEM(S), APPEND(S), ADDITEMS on a class).
+  time) is refused, and so is state set on a global item (BUILD, SETITEM(S),
+  APPEND(S), ADDITEMS on a class); a call of a persistent reference is
+  allowed only when it is a class reference the importer rebinds to the
+  target's class table (:attr:`CallFacts.pid_calls`).
   These shapes cannot be made inert by renaming, so they are refused even
   with ``missing="broken"``.
 

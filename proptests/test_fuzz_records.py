@@ -47,7 +47,7 @@ from ZODB.FileStorage import FileStorage
 
 import pclasses
 from pclasses.record import analyze, read_class, read_record, scan_record, skim, split_record
-from pclasses.transfer import policy
+from pclasses.transfer import callsites
 from pclasses.errors import PClassesError
 
 DEEP = os.environ.get("PCLASSES_HYPOTHESIS_PROFILE") == "deep"
@@ -170,7 +170,7 @@ def _readers() -> list[tuple[str, Any, bool]]:
         ("edges", edges, False),
         ("analyze", analyze, True),
         ("skim", skim, True),
-        ("call_facts", policy.call_facts, True),
+        ("call_facts", callsites.call_facts, True),
     ]
 
 

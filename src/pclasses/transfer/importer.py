@@ -49,8 +49,8 @@ from .policy import (
     USE_ROOT_CLASS,
     ImportPolicy,
     check_globals,
-    record_facts,
 )
+from .callsites import record_facts
 from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
     record_class
 

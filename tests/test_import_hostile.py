@@ -286,6 +286,27 @@ def _reexport_function(m: Path) -> bytes:
     return call(G("h6_gadgets", "run"), U(touch_cmd(m)))
 
 
+def _nested_pickle(m: Path) -> bytes:
+    # pickle.loads of a payload carried as bytes
+    inner = b"\x80\x03" + _reduce_system(m) + b"."
+    return call(G("pickle", "loads"), b"C" + bytes([len(inner)]) + inner)
+
+
+def _timeit(m: Path) -> bytes:
+    # timeit.timeit(stmt, number=1) compiles and runs the statement
+    return call(G("timeit", "timeit"), U(py_touch(m)), U("pass"),
+                G("timeit", "default_timer"), b"K\x01")
+
+
+def _import_module(m: Path) -> bytes:
+    return call(G("importlib", "import_module"), U("h6_side"))
+
+
+def _pty_spawn(m: Path) -> bytes:
+    # fickling's GHSA-r7v6-mfhq-g3m2, in GLOBAL form
+    return call(G("pty", "spawn"), lst(U("touch"), U(str(m))))
+
+
 GADGETS = """
     from subprocess import Popen as Runner
     from os import system as run
@@ -373,6 +394,14 @@ CASES: dict[str, Case] = {
     "third-party module re-exporting Popen (not trusted: never imported)": Case(
         in_pm(_reexport), ("h6_gadgets.Runner",), live_frag(_reexport),
         {"h6_gadgets": GADGETS}),
+    "pickle.loads of a nested payload": Case(in_pm(_nested_pickle), ("pickle.loads",),
+                                             live_frag(_nested_pickle)),
+    "timeit.timeit of a statement": Case(in_pm(_timeit), ("timeit.timeit",),
+                                         live_frag(_timeit)),
+    "importlib.import_module of a side-effect module": Case(
+        in_pm(_import_module), ("importlib.import_module",), None,
+        {"h6_side": SIDE_EFFECT}),
+    "pty.spawn (fickling GHSA-r7v6-mfhq-g3m2)": Case(in_pm(_pty_spawn), ("pty.spawn",)),
     "persistent reference class part naming a side-effect module": Case(
         in_pm(_pid_pair_side), ("h6_side.Thing",), modules={"h6_side": SIDE_EFFECT}),
     "class metadata naming a side-effect module": Case(

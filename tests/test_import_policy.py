@@ -10,6 +10,7 @@ import collections
 import copyreg
 import datetime
 import decimal
+import enum
 import functools
 import operator
 import os
@@ -124,6 +125,23 @@ def test_application_class_inheriting_a_dangerous_constructor_is_refused_when_ca
     why = A.judge(AppProcess, A.USE_REDUCE)
     assert why is not None and "subprocess.Popen" in why
     assert A.judge(AppProcess, A.USE_NEWOBJ) is None
+
+
+class AppError(Exception):
+    """An application exception (stored in an error log, say)."""
+
+
+class AppColour(enum.Enum):
+    RED = 1
+
+
+def test_application_exceptions_and_enums_inherit_harmless_hooks():
+    """Application subclasses of Exception and Enum may be called (their
+    hooks only store what they are given); the bases themselves stay refused."""
+    assert A.judge(AppError, A.USE_REDUCE) is None
+    assert A.judge(AppColour, A.USE_REDUCE) is None
+    assert A.judge(Exception, A.USE_REDUCE) is not None
+    assert A.judge(enum.Enum, A.USE_REDUCE) is not None
 
 
 def test_code_classes_need_allow_code():

@@ -61,6 +61,7 @@ are not trusted are never run) and the importer turns the answer into
 from __future__ import annotations
 
 import _compat_pickle
+import enum
 import importlib
 import os
 import sys
@@ -287,6 +288,14 @@ def _defining_class(cls: type, attr: str) -> Any:
     return None
 
 
+#: Standard-library classes whose construction and state hooks only store
+#: what they are given, so application subclasses (stored exceptions,
+#: enumerations) may inherit them.  They are not allowed as globals.
+_HARMLESS_HOOKS: frozenset[type] = frozenset({
+    object, BaseException, Exception, enum.Enum, enum.IntEnum, enum.Flag, enum.IntFlag,
+})
+
+
 def _hooks_ok(cls: type, called: bool) -> str | None:
     """Why the class's construction or state hooks are not acceptable, or None.
 
@@ -299,7 +308,7 @@ def _hooks_ok(cls: type, called: bool) -> str | None:
         owner = _defining_class(cls, attr)
         if owner is None or owner is cls and not _privileged(cls):
             continue
-        if id(owner) in DATA_TYPES or id(owner) in data or owner is object:
+        if id(owner) in DATA_TYPES or id(owner) in data or owner in _HARMLESS_HOOKS:
             continue
         if _privileged(owner):
             return f"its {attr} comes from {owner.__module__}.{owner.__qualname__}"

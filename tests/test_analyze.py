@@ -34,17 +34,15 @@ from persistent.mapping import PersistentMapping
 from persistent.wref import WeakRef
 from ZODB.MappingStorage import MappingStorage
 
-skim_mod = importlib.import_module("pclasses.record.analyze")
-from pclasses.record.reader import global_occurrences, scan_record
 from pclasses.record.analyze import (
     HAVE_C_ANALYZE,
+    PID_KINDS,
     USE_CLASS_META,
     USE_INSTANTIATE,
     USE_NEWOBJ,
     USE_OTHER,
     USE_PID_CLASS,
     USE_REDUCE,
-    PID_KINDS,
     Analysis,
     EdgeKind,
     GlobalSite,
@@ -53,6 +51,9 @@ from pclasses.record.analyze import (
     analyze_py,
     skim_py,
 )
+from pclasses.record.reader import global_occurrences, scan_record
+
+skim_mod = importlib.import_module("pclasses.record.analyze")
 
 IMPLS = [
     pytest.param(analyze_py, id="py"),

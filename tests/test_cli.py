@@ -39,7 +39,7 @@ from pclasses.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
 
 BIN = Path(sys.executable).parent
 SCRIPT = BIN / "pclasses"
-STATUSES = {"ok", "aliased", "database-resident", "broken"}
+STATUSES = {"ok", "aliased", "database-resident", "broken", "not-imported"}
 OID_REPR = re.compile(r"^0x[0-9a-f]{2,16}$")
 CLASS_KEYS = {"module", "name", "records", "mentions", "status", "examples"}
 
@@ -228,7 +228,9 @@ def test_classes_help_describes_columns_and_options():
 
 
 def test_classes_table(sample_fs):
-    result = run("classes", str(sample_fs.path), env=sample_fs.env(importable=True))
+    # the helper module is importable and trusted (not an installed distribution)
+    result = run("classes", "--trust", sample_fs.module, str(sample_fs.path),
+                 env=sample_fs.env(importable=True))
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stderr == ""
     out = result.stdout
@@ -255,7 +257,8 @@ def test_classes_table(sample_fs):
 
 
 def test_classes_json(sample_fs):
-    doc = run_json(str(sample_fs.path), env=sample_fs.env(importable=True))
+    doc = run_json("--trust", sample_fs.module, str(sample_fs.path),
+                   env=sample_fs.env(importable=True))
     check_document_shape(doc)
     assert len(doc["databases"]) == 1
     db_doc = doc["databases"][0]
@@ -1090,3 +1093,17 @@ def test_printable_escapes_what_a_terminal_would_interpret(value, shown):
 
     assert printable(value) == shown
     _terminal_safe(printable(value))
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_import_of_a_file_that_cannot_be_read_exits_1(tmp_path, what):
+    """``pclasses import`` of a missing file or a directory is an error of the
+    input (exit 1, one line), not of the command line, and changes nothing."""
+    target = _empty_fs(tmp_path / "target.fs")
+    before = target.read_bytes()
+    bad = tmp_path / "missing.pclasses" if what == "missing" else tmp_path
+    result = CliRunner().invoke(main, ["import", str(target), str(bad)])
+    assert result.exit_code == EXIT_ERROR, result.output
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("pclasses: error: ")
+    assert target.read_bytes() == before

@@ -127,7 +127,7 @@ def test_unknown_shape_is_reported_not_followed():
     (e,) = edges(data)
     assert e.kind is EdgeKind.UNKNOWN and e.oid is None and e.start == -1
     with pytest.raises(RecordDecodeError):
-        scan_record(data).references
+        _ = scan_record(data).references
 
 
 def test_nested_class_reference_comes_first():

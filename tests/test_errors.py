@@ -61,6 +61,14 @@ SAMPLES: dict[str, object] = {
     "tuple[str, ...]": ("a.B", "c.D"),
     "Iterable[str]": ["a.B", "c.D"],
     "dict[str, str] | None": {"a.B": "sample reason"},
+    "Sequence[bytes]": [b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02"],
+    "list[bytes]": [b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02"],
+    "Mapping[str, str]": {"a.B": "c.D"},
+    "dict[str, str]": {"a.B": "c.D"},
+    "float": 1.5,
+    "bool": True,
+    "Any": "anything",
+    "object | None": "anything",
 }
 
 

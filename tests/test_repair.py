@@ -1010,20 +1010,25 @@ def test_a_target_name_with_a_newline_is_refused(tmp_path: Path):
 
 
 def test_a_rewrite_that_does_not_parse_back_is_refused():
-    """The check behind every in-place rewrite: bytes whose re-analysis does
-    not find exactly the renamed global where it belongs are refused."""
+    """The check behind every in-place rewrite: bytes that are not exactly the
+    old ones with the renamed opcodes replaced, or that do not walk as a
+    record with the split where it belongs, are refused."""
     from pclasses.equivalence import substitution_differences
-    from pclasses.skim import analyze
+    from pclasses.record import analyze
 
     old = b"\x80\x03cold.mod\nThing\nq\x00.\x80\x03}q\x01X\x01\x00\x00\x00kK\x05s."
     renamed = {("old.mod", "Thing"): ("new", "Thing")}
     good = old.replace(b"cold.mod\nThing\n", b"cnew\nThing\n")
-    assert substitution_differences(old, analyze(old), good, analyze(good), renamed) is None
+    assert substitution_differences(old, analyze(old), good, renamed) is None
     for bad in (good.replace(b"K\x05", b"K\x06"),  # a value changed
                 good.replace(b"cnew\nThing\n", b"cnew\nOther\n"),  # the wrong name
+                good.replace(b"q\x00.", b"q\x00"),  # the split point lost
+                good + b"N",  # bytes added
                 old):  # nothing renamed
-        assert substitution_differences(old, analyze(old), bad, analyze(bad), renamed) \
-            is not None
+        assert substitution_differences(old, analyze(old), bad, renamed) is not None
+    newline = {("old.mod", "Thing"): ("new\nx", "Thing")}
+    bad = old.replace(b"cold.mod\nThing\n", b"cnew\nx\nThing\n")
+    assert substitution_differences(old, analyze(old), bad, newline) is not None
 
 
 # ---------------------------------------------------------------------------

@@ -32,9 +32,10 @@ from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 from ZODB.MappingStorage import MappingStorage
 
-skim_mod = importlib.import_module("pclasses.record.analyze")
-from pclasses.record.reader import scan_record
 from pclasses.record.analyze import HAVE_C, MAX_INDEX, skim_py
+from pclasses.record.reader import scan_record
+
+skim_mod = importlib.import_module("pclasses.record.analyze")
 
 IMPLS = [
     pytest.param(skim_py, id="py"),

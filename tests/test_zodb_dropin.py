@@ -33,6 +33,7 @@ SUBSET = [
     "ZODB.tests.testpersistentclass",
     "ZODB.tests.testcrossdatabasereferences",
     "ZODB.tests.testDB",
+    "ZODB.tests.testConfig",
     "ZODB.tests.testCache",
     "ZODB.tests.testConnectionSavepoint",
     "ZODB.tests.testPersistentWeakref",

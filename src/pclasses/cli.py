@@ -205,6 +205,13 @@ def main() -> None:
     """
 
 
+def _blob_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--blob-dir", type=click.Path(file_okay=False), default=None,
+        help="The blob directory of a FileStorage TARGET [default: found beside it: "
+             "Data.fs.blobs, Data.blobs, blobs, blobstorage, or ../blobstorage].")(f)
+
+
 def _trust_option(f: Any) -> Any:
     return click.option(
         "--trust", "trust", multiple=True, metavar="PKG",
@@ -234,8 +241,9 @@ def _registry(entry_points: bool) -> Any:
               help="Processes scanning a large FileStorage at once [default: one per CPU, "
                    "at most 4; env PCLASSES_JOBS].")
 @_trust_option
+@_blob_dir_option
 def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
-            jobs: int | None, trust: tuple[str, ...]) -> None:
+            jobs: int | None, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """List every class the records of TARGET name, with counts and resolution.
 
     For each class: how many records are instances of it (RECORDS), how
@@ -260,7 +268,7 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
 
     with _errors():
         registry = _registry(entry_points)
-        db = open_db(target, registry, read_only=True, create=False)
+        db = open_db(target, registry, read_only=True, create=False, blob_dir=blob_dir)
         try:
             results = []
             for name, each in sorted(db.databases.items()):
@@ -312,8 +320,9 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
 @click.option("--jobs", type=click.IntRange(min=1), envvar="PCLASSES_JOBS", default=None,
               help="Processes scanning a large FileStorage at once [env PCLASSES_JOBS].")
 @_trust_option
+@_blob_dir_option
 def broken(target: str, as_json: bool, examples: int, entry_points: bool, progress: bool,
-           jobs: int | None, trust: tuple[str, ...]) -> None:
+           jobs: int | None, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """List every class in TARGET that does not resolve, and where its objects sit.
 
     For each broken class: the records that are instances of it, the other
@@ -334,7 +343,7 @@ def broken(target: str, as_json: bool, examples: int, entry_points: bool, progre
 
     with _errors():
         registry = _registry(entry_points)
-        db = open_db(target, registry, read_only=True, create=False)
+        db = open_db(target, registry, read_only=True, create=False, blob_dir=blob_dir)
         try:
             results = []
             for name, each in sorted(db.databases.items()):
@@ -430,8 +439,9 @@ def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_r
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar (only on a terminal).")
 @_trust_option
+@_blob_dir_option
 def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bool,
-               progress: bool, trust: tuple[str, ...]) -> None:
+               progress: bool, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """Export the subtree at PATH_OR_OID of TARGET to a file.
 
     PATH_OR_OID is a path of keys (or attributes) from the root, such as
@@ -439,56 +449,51 @@ def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bo
     its database is written, with blobs; classes stored in the database are
     never written (instances refer to them by guid), and cross-database
     references are kept, not followed, and listed.  Nothing read is run.
-    TARGET is opened read-only.
+    TARGET is opened read-only.  A failed export leaves no output file.
     """
-    import time
-
     from .database import open as open_db
     from .transfer import export_subtree, resolve_path
 
     with _errors():
-        t0 = time.perf_counter()
-        db = open_db(target, _registry(True), read_only=True, create=False)
+        db = open_db(target, _registry(True), read_only=True, create=False, blob_dir=blob_dir)
         try:
             conn = db.open()
-            obj = resolve_path(conn, path_or_oid)
+            obj = resolve_path(conn, path_or_oid, persistent=True)
             name = None if path_or_oid.startswith("0x") else path_or_oid.strip("/").split("/")[-1]
             with progress_bar("exporting", progress) as cb:
-                manifest = export_subtree(conn, obj, output, format=fmt, name=name or None,
-                                          progress=cb, trust=trust)
+                report = export_subtree(conn, obj, output, format=fmt, name=name or None,
+                                        progress=cb, trust=trust)
             conn.close()
         finally:
             db.close()
-        seconds = time.perf_counter() - t0
-    summary = {
-        "records": manifest.record_count,
-        "bytes": os.path.getsize(output),
-        "classes": [c.to_dict() for c in manifest.classes],
-        "external_references": manifest.to_dict()["external_references"],
-        "blobs": manifest.blobs,
-        "seconds": round(seconds, 3),
-        "file": output,
-        "format": fmt,
-    }
     if as_json:
-        _emit_json(summary)
+        _emit_json(report.to_dict(report=True))
         return
-    _out(f"exported {summary['records']} records ({summary['bytes']} bytes, "
-               f"{manifest.blobs} blobs) to {output} in {seconds:.2f} s")
-    for c in manifest.classes:
+    _out(f"exported {report.record_count} records ({report.bytes} bytes, "
+         f"{report.blobs} blobs) to {printable(output)} in {report.seconds:.2f} s")
+    for c in report.classes:
         extra = f" guid {c.guid}" if c.guid else ""
-        _out(f"  needs {c.module}.{c.name}: {c.kind}{extra}")
-    for ref in summary["external_references"]:
-        _out(f"  external reference to {ref['oid']} in database {ref['database']!r}")
+        _out(f"  needs {printable(c.module)}.{printable(c.name)}: {c.kind}{extra}")
+    for ref in report.to_dict()["external_references"]:
+        _out(f"  external reference to {ref['oid']} in database {printable(ref['database'])}")
+
+
+def _default_import_name(file: str) -> str:
+    """The key an import without --name and without a recorded name gets:
+    the file's name without its extension (``docs.pclasses`` -> ``docs``)."""
+    base = os.path.basename(file)
+    stem = base.split(".", 1)[0] or base
+    return stem or "imported"
 
 
 @main.command("import")
 @click.argument("target")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path())  # a missing file is an error (exit 1), not usage
 @click.option("--into", default="/", show_default=True,
               help="Path of the container that receives the imported object.")
 @click.option("--name", default=None,
-              help="Key in the container [default: the name the export recorded].")
+              help="Key in the container [default: the name the export recorded, else the "
+                   "file's name without its extension: docs.pclasses -> docs].")
 @click.option("--missing", type=click.Choice(["error", "broken"]), default="error",
               show_default=True,
               help="error: refuse when classes are missing; broken: import their objects as "
@@ -503,9 +508,10 @@ def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bo
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar (only on a terminal).")
 @_trust_option
+@_blob_dir_option
 def import_cmd(target: str, file: str, into: str, name: str | None, missing: str,
                allow_code: bool, strict: tuple[str, ...], as_json: bool,
-               progress: bool, trust: tuple[str, ...]) -> None:
+               progress: bool, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """Import an export FILE (pclasses format or ZODB .zexp) into TARGET.
 
     Before anything is written, the file's digest and every class and global
@@ -514,29 +520,30 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
     objects).  Nothing in the file is run.  The imported object is stored
     under --name in the container at --into, in one transaction.
     """
-    import time
-
     import transaction as txn
 
     from .database import open as open_db
     from .transfer import import_subtree, read_manifest, resolve_path
 
     with _errors():
-        t0 = time.perf_counter()
-        db = open_db(target, _registry(True), create=False)
+        if name is None:
+            try:
+                recorded = read_manifest(file).name
+            except PClassesError:  # a .zexp file (no manifest), or a bad file
+                recorded = None
+            name = recorded or _default_import_name(file)
+        db = open_db(target, _registry(True), create=False, blob_dir=blob_dir)
         try:
             tm = txn.TransactionManager()
             conn = db.open(tm)
             try:
                 container = resolve_path(conn, into)
                 with progress_bar("importing", progress) as cb:
-                    obj = import_subtree(conn, file, missing=missing, into=container,
-                                         name=name, progress=cb, savepoint=False,
-                                         trust=trust, allow_code=allow_code,
-                                         strict=strict or None)
+                    report = import_subtree(conn, file, missing=missing, into=container,
+                                            name=name, progress=cb, trust=trust, report=True,
+                                            allow_code=allow_code, strict=strict or None)
                 tm.get().note(f"pclasses import {os.path.basename(file)}")
                 tm.commit()
-                oid = obj._p_oid
             except BaseException:
                 tm.abort()
                 raise
@@ -544,30 +551,29 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
                 conn.close()
         finally:
             db.close()
-        seconds = time.perf_counter() - t0
-        try:
-            manifest = read_manifest(file)
-            records, classes = manifest.record_count, [c.to_dict() for c in manifest.classes]
-            externals = manifest.to_dict()["external_references"]
-        except PClassesError:  # a .zexp file has no manifest
-            records, classes, externals = None, [], []
+    if as_json:
+        _emit_json(report.to_dict())
+        return
     from ZODB.utils import oid_repr
 
-    summary = {"oid": oid_repr(oid), "records": records, "bytes": os.path.getsize(file),
-               "classes": classes, "external_references": externals,
-               "seconds": round(seconds, 3)}
-    if as_json:
-        _emit_json(summary)
-        return
-    _out(f"imported {records if records is not None else 'the'} records from {file} "
-               f"as {oid_repr(oid)} in {seconds:.2f} s")
+    _out(f"imported {report.records} records ({report.blobs} blobs) from {printable(file)} "
+         f"as {oid_repr(report.root_oid)} under {printable(report.name)!r} in "
+         f"{report.seconds:.2f} s")
+    for what, names in (("missing (imported as broken objects)", report.missing),
+                        ("refused (made inert)", report.refused)):
+        for each in names:
+            _out(f"  {what}: {printable(each)}")
+    if report.dangling:
+        _out(f"  {report.dangling} references point at no object (their targets were not "
+             "in the file)")
 
 
 @main.command()
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 @_trust_option
-def xrefs(target: str, as_json: bool, trust: tuple[str, ...]) -> None:
+@_blob_dir_option
+def xrefs(target: str, as_json: bool, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """List the cross-database references stored in a multi-database.
 
     TARGET is typically a ZConfig file with several <zodb NAME> sections.
@@ -583,7 +589,8 @@ def xrefs(target: str, as_json: bool, trust: tuple[str, ...]) -> None:
     from .xrefs import scan_xrefs
 
     with _errors():
-        db = open_db(target, _registry(True), read_only=True, create=False)
+        db = open_db(target, _registry(True), read_only=True, create=False,
+                     blob_dir=blob_dir)
         try:
             groups = scan_xrefs(db, trust=trust)
             names = sorted(db.databases)

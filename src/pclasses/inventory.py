@@ -227,7 +227,7 @@ def edge_label(parent: tuple[tuple[str, str], Any], child: bytes) -> str:
     bucket add no step, a value in a bucket is the step ``[key]`` (with its
     real key), and a set member, or a key that is the object itself, is
     ``{...}``.  Keys are shown truncated (at most a few levels and items,
-    and 60 characters), however deep or long they are.
+    and 240 characters), however deep or long they are.
     """
     pair, state = parent
     found: str | None
@@ -315,8 +315,8 @@ def _is_ref_to(value: Any, oid: bytes) -> bool:
 #: Bounds of a key's rendering in a path.
 _KEY_DEPTH = 3
 _KEY_ITEMS = 4
-_KEY_TEXT = 40
-_KEY_WIDTH = 60
+_KEY_TEXT = 200
+_KEY_WIDTH = 240
 
 
 def _key(k: Any) -> str:

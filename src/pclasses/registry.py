@@ -31,6 +31,7 @@ import importlib
 import sys
 import threading
 import time
+import types
 import weakref
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Callable, Iterable, Mapping
@@ -219,11 +220,11 @@ class ClassRegistry:
     # -- the factory -------------------------------------------------------
 
     def _make_factory(self) -> Callable[[Any, str, str], Any]:
-        cache = self._cache
         modules = sys.modules
         slow = self._lookup
 
-        def class_factory(connection: Any, modulename: str, globalname: str) -> Any:
+        def class_factory(cache: dict[Key, Any], connection: Any, modulename: str,
+                          globalname: str) -> Any:
             # Subscriptions only (no calls): a miss anywhere is a KeyError.
             try:
                 target, source, module, namespace, attr = cache[modulename, globalname]
@@ -234,7 +235,11 @@ class ClassRegistry:
             return slow(connection, modulename, globalname)
 
         class_factory.registry = self  # type: ignore[attr-defined]
-        return class_factory
+        # A method bound to the cache, as ZODB's default factory is a bound
+        # method of the database: code that checks for a method sees one,
+        # and the cache arrives as an argument.  ``factory.registry`` reads
+        # the function's attribute.
+        return types.MethodType(class_factory, self._cache)
 
     def __call__(self, connection: Any, modulename: str, globalname: str) -> Any:
         """Return the class (or other global) ``modulename.globalname``."""

@@ -83,6 +83,8 @@ from .scan import Progress, count_records, iter_current
 
 __all__ = ["RepairError", "RepairReport", "rename_classes", "parse_rename"]
 
+_CLASS_META = int(Use.CLASS_META)
+
 
 @dataclass
 class Skipped:
@@ -203,6 +205,7 @@ def rename_classes(
                 report.databases.append(name)
             _rename_storage(storage, pattern, targets, report, dry_run, batch_size,
                             progress, warn)
+        report.renamed = {f"{m}.{n}": count for (m, n), count in targets.counts.items()}
         for s in report.skipped:
             if warn is not None:
                 warn(f"record {oid_repr(s.oid)} not rewritten: {s.reason}")
@@ -283,6 +286,11 @@ class _Targets(dict):  # type: ignore[type-arg]
     def __init__(self, rules: ClassRegistry) -> None:
         super().__init__()
         self.rules = rules
+        #: how many records had each global renamed (dotted names at the end)
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def lookup(self, module: str, name: str) -> tuple[str, str] | None:
+        return self[(module, name)]  # type: ignore[no-any-return]
 
     def __missing__(self, key: tuple[str, str]) -> tuple[str, str] | None:
         value = self[key] = self.rules.rename_target(*key)
@@ -304,20 +312,24 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
         a = analyze(data)
     except ValueError as exc:
         raise RecordDecodeError(str(exc), oid=oid) from None
-    for module, name, _offset, _end, opcode, _uses in a.globals:
-        if opcode == "stack_global" and module is not None and name is not None \
-                and rules[(module, name)] is not None:
-            report.skipped.append(Skipped(oid, f"{module}.{name} is named by a protocol-4 "
-                                               "STACK_GLOBAL, which is not rewritten"))
-            return None
+    if a.has_stack_global:
+        for g in a.globals:
+            if g.opcode == "stack_global" and g.module is not None and g.name is not None \
+                    and rules[(g.module, g.name)] is not None:
+                report.skipped.append(Skipped(oid, f"{g.module}.{g.name} is named by a "
+                                                   "protocol-4 STACK_GLOBAL, which is not "
+                                                   "rewritten"))
+                return None
     try:
-        new, renamed_here = rename_globals(data, a, lambda m, n: rules[(m, n)])
+        new, expected = rename_globals(data, a, rules.lookup)
     except FramedRecordError as exc:
         report.skipped.append(Skipped(oid, str(exc)))
         return None
-    expected = dict(renamed_here)
     replaced_class = False
-    if not any(g.uses & Use.CLASS_META for g in a.globals):
+    for g in a.globals:
+        if int(g.uses) & _CLASS_META:  # (plain ints: enum arithmetic costs microseconds)
+            break
+    else:
         klass = read_class(data, oid)
         if klass.format in (3, 7) and klass.pair is not None:
             target = rules[klass.pair]
@@ -340,17 +352,14 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
     if replaced_class:
         reason = _meaning_changed(data, new, oid, expected)
     else:
-        try:
-            reason = substitution_differences(data, a, new, analyze(new), expected)
-        except ValueError as exc:
-            reason = f"it does not parse: {exc}"
+        reason = substitution_differences(data, a, new, expected)
     if reason is not None:
         report.skipped.append(Skipped(oid, f"the rewritten record would not mean what the "
                                            f"old one did ({reason}); not written"))
         return None
-    for (module, name) in expected:
-        key = f"{module}.{name}"
-        report.renamed[key] = report.renamed.get(key, 0) + 1
+    counts = rules.counts
+    for pair in expected:
+        counts[pair] = counts.get(pair, 0) + 1
     return new
 
 

@@ -40,9 +40,9 @@ from .errors import (
     UnknownDatabaseError,
     XrefPolicySyntaxError,
 )
+from .interfaces import ICrossDatabaseReferenceEvent
 from .record.analyze import EdgeKind
 from .record.edges import edges, edges_of
-from .interfaces import ICrossDatabaseReferenceEvent
 
 __all__ = [
     "CrossDatabaseReference",
@@ -314,9 +314,9 @@ def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup
     """
     from ZODB.POSException import POSKeyError
 
+    from .record.analyze import analyze
     from .record.reader import read_class
     from .scan import iter_records
-    from .record.analyze import analyze
 
     dbs = getattr(db, "databases", None) or {db.database_name: db}
     groups: dict[tuple[str, str, str, str], XrefGroup] = {}

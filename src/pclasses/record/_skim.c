@@ -21,7 +21,7 @@
  *
  * analyze(data) (further down) runs an abstract pickle machine over both
  * pickles and reports where globals and persistent references sit in the
- * bytes; its twin is pclasses.skim.analyze_py, whose module docstring is
+ * bytes; its twin is pclasses.record.analyze.analyze_py, whose module docstring is
  * the specification.
  */
 
@@ -1795,7 +1795,7 @@ PyDoc_STRVAR(analyze_doc,
 "\n"
 "Run an abstract pickle machine (nothing is called) over the two pickles\n"
 "of a ZODB record and report where its globals and persistent references\n"
-"sit in the bytes.  See pclasses.skim.analyze.  Raises ValueError, naming\n"
+"sit in the bytes.  See pclasses.record.analyze.  Raises ValueError, naming\n"
 "the byte offset, for what skim refuses, a memo index larger than\n"
 "len(data), a stack or mark underflow, and a GET of an unset memo index.");
 
@@ -1993,7 +1993,7 @@ static PyModuleDef_Slot skim_slots[] = {
 static struct PyModuleDef skim_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "pclasses.record._skim",
-    .m_doc = "C pre-scan of ZODB record opcode streams (see pclasses.skim).",
+    .m_doc = "C pre-scan of ZODB record opcode streams (see pclasses.record.analyze).",
     .m_size = sizeof(skim_state),
     .m_methods = skim_methods,
     .m_slots = skim_slots,

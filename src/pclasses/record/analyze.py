@@ -132,8 +132,8 @@ persistent ids are set apart to decide ``shared``.
 
 from __future__ import annotations
 
-import os
 import enum
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -382,7 +382,7 @@ class EdgeKind(str, enum.Enum):
     UNKNOWN = "unknown"
 
     __str__ = str.__str__
-    __format__ = str.__format__
+    __format__ = str.__format__  # type: ignore[assignment]
 
 
 #: The ``kind`` of a pid entry: :data:`pclasses.record.reader.REFERENCE_KINDS`
@@ -1064,7 +1064,9 @@ skim_c: _SkimFunc | None
 try:
     if PURE_PYTHON:
         raise ImportError("PCLASSES_PURE_PYTHON is set")
-    from ._skim import skim as skim_c
+    from ._skim import skim as _c_skim
+
+    skim_c = _c_skim
 except ImportError:  # the optional extension was not built
     skim_c = None
 
@@ -1081,14 +1083,15 @@ analyze_c: _AnalyzeFunc | None
 try:
     if PURE_PYTHON:
         raise ImportError("PCLASSES_PURE_PYTHON is set")
-    from . import _skim as _skim_ext
+    from ._skim import _set_types
+    from ._skim import analyze as _c_analyze
 
-    analyze_c = _skim_ext.analyze
-except (ImportError, AttributeError):  # not built (or built before analyze)
+    analyze_c = _c_analyze
+except ImportError:  # not built (or built before analyze)
     analyze_c = None
 else:
-    # The C function returns Analysis instances once it knows the type.
-    _skim_ext._set_types(Analysis, GlobalSite, PidSite, Use, PID_KINDS)
+    # The C function returns the typed results once it knows the types.
+    _set_types(Analysis, GlobalSite, PidSite, Use, PID_KINDS)
 
 #: True when the C :func:`analyze` is importable.
 HAVE_C_ANALYZE: bool = analyze_c is not None

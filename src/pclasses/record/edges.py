@@ -75,13 +75,13 @@ def edges_of(data: bytes, a: Analysis) -> list[Edge]:
         target = data[p.oid_start:end]
         oids.append(target)
         c = classes[i]
-        klass = klass_oid = None
-        if c is not None:
-            if c.__class__ is int:
-                # The inner reference comes first (it is pickled inside).
-                klass_oid = oids[c]  # type: ignore[index]
-            else:
-                klass = c  # type: ignore[assignment]
+        klass: tuple[str | None, str | None] | None = None
+        klass_oid: bytes | None = None
+        if isinstance(c, int):
+            # The inner reference comes first (it is pickled inside).
+            klass_oid = oids[c]
+        else:
+            klass = c
         out.append(
             Edge(p.kind, target, p.database, klass, klass_oid, p.oid_start, end, p.pickle,
                  p.shared)

@@ -89,8 +89,7 @@ from typing import Any
 import zodbpickle.pickle as _zpickle
 
 from ..errors import RecordDecodeError
-from .analyze import Analysis
-from .analyze import EdgeKind
+from .analyze import Analysis, EdgeKind
 from .edges import Edge, analyze_record, edges_of
 
 __all__ = [
@@ -604,7 +603,8 @@ def classify_reference(pid: Any) -> Reference:
                         db = _text(args[1], "database name")
                         return Reference("weak", _oid(args[0]), db, None, pid)
                 elif rtype == "n" and len(args) == 2:
-                    return Reference("multi_oid", _oid(args[1]), _text(args[0], "database name"), None, pid)
+                    db = _text(args[0], "database name")
+                    return Reference("multi_oid", _oid(args[1]), db, None, pid)
                 elif rtype == "m" and len(args) == 3:
                     db = _text(args[0], "database name")
                     return Reference("multi", _oid(args[1]), db, _class_value(args[2], 0), pid)

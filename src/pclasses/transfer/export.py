@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
@@ -24,9 +25,11 @@ from ZODB.utils import oid_repr, p64, repr_to_oid
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import TransferError
+from ..record.edges import EdgeKind, edges_of
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
+from .reports import ExportReport
 from .format import (
     CHUNK,
     VERSION,
@@ -39,7 +42,7 @@ from .format import (
     record_frame,
     write_file,
 )
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
+from .records import BLOB_CLASS, CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
     record_class
 
 __all__ = ["export_subtree"]
@@ -51,6 +54,12 @@ def _resolve_start(connection: Any, obj_or_oid: Any) -> bytes:
     if isinstance(obj_or_oid, str):
         return repr_to_oid(obj_or_oid)
     oid = getattr(obj_or_oid, "_p_oid", None)
+    from persistent import Persistent
+
+    if oid is None and not isinstance(obj_or_oid, (Persistent, type)):
+        raise TransferError(f"a {type(obj_or_oid).__name__} is not a persistent object: a "
+                            "subtree starts at one (export the persistent object that holds "
+                            "it)")
     if oid is None or getattr(obj_or_oid, "_p_jar", None) is not connection:
         raise TransferError("the object to export must be stored in this connection's "
                             "database (commit it first)")
@@ -67,12 +76,16 @@ def export_subtree(
     name: str | None = None,
     progress: Progress | None = None,
     trust: Trust | Iterable[str] | None = None,
-) -> Manifest:
+) -> ExportReport:
     """Write the subtree of ``obj_or_oid`` (an object of ``connection`` or an oid).
 
-    ``file`` is a path or a binary file opened for writing.  ``format`` is
+    ``file`` is a path or a binary file opened for writing; a path is
+    written under a temporary name beside it and renamed when the export
+    is complete, so a failed export leaves no partial file.  ``format`` is
     ``"pclasses"`` (this package's format, with manifest and digest) or
-    ``"zexp"`` (ZODB's ``.zexp``).  Returns the :class:`Manifest`.  The
+    ``"zexp"`` (ZODB's ``.zexp``).  Returns an
+    :class:`~pclasses.transfer.reports.ExportReport`, which is the file's
+    :class:`Manifest` with what the export did (size, seconds).  The
     manifest's class listing resolves names without running modules that
     are not trusted (:mod:`pclasses.trust`; ``trust`` names more packages).
     """
@@ -81,6 +94,35 @@ def export_subtree(
     if registry is None:
         registry = getattr(connection.db().classFactory, "registry", None) or ClassRegistry()
     start = _resolve_start(connection, obj_or_oid)
+    if not isinstance(file, (str, os.PathLike)):
+        return _export_once(connection, start, file, format, registry, name, progress, trust)
+    target = os.fspath(file)
+    try:
+        fd, partial = tempfile.mkstemp(prefix=".pclasses-export-",
+                                       dir=os.path.dirname(os.path.abspath(target)))
+    except OSError as exc:
+        raise TransferError(f"cannot write {target}: {exc.strerror}") from None
+    os.close(fd)
+    try:
+        report = _export_once(connection, start, partial, format, registry, name, progress,
+                              trust)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)  # (mkstemp made it private)
+        os.replace(partial, target)
+    except BaseException:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
+    report.file = target
+    return report
+
+
+def _export_once(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
+                 registry: ClassRegistry, name: str | None, progress: Progress | None,
+                 trust: Trust | Iterable[str] | None) -> ExportReport:
     from ..scan import snapshot_loader
 
     load, still_valid, close_loader = snapshot_loader(connection)
@@ -107,10 +149,13 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             trust: Trust | Iterable[str] | None = None) -> Manifest:
     storage = connection._storage
     db_name = connection.db().database_name
-    blob_storage = hasattr(storage, "loadBlob")
-    from ZODB.blob import is_blob_record
+    from ZODB.interfaces import IBlobStorage
 
-    manifest = Manifest(VERSION, db_name, start, 0, name=name)
+    blob_storage = IBlobStorage.providedBy(storage)
+
+    t0 = time.perf_counter()
+    manifest = ExportReport(VERSION, db_name, start, 0, name=name, format=format,
+                            file=os.fspath(file) if isinstance(file, (str, os.PathLike)) else None)
     needs: dict[tuple[str, str], int] = {}
     externals: dict[tuple[str, bytes], None] = {}
     queue: deque[bytes] = deque([start])
@@ -119,7 +164,12 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
     out: Any = open(file, "wb") if own else file  # noqa: SIM115
     body = tempfile.TemporaryFile(prefix="pclasses-export-") if format == "pclasses" else out
     try:
+        first = None
         if format == "zexp":
+            try:
+                first = out.tell()
+            except (OSError, AttributeError):
+                first = None
             out.write(ZEXP_MAGIC)
         n = 0
         while queue:
@@ -144,17 +194,17 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             if pair is not None:
                 needs[pair] = needs.get(pair, 0) | 8
             for g in a.globals:
-                key = (g[0], g[1])
-                needs[key] = needs.get(key, 0) | g[5]
-            for kind, off, length, database, _shared, _pi in a.pids:
-                if kind == "unknown" or off < 0:
+                key = (g.module, g.name)
+                needs[key] = needs.get(key, 0) | int(g.uses)  # type: ignore[index]
+            for e in edges_of(data, a) if a.pids else ():
+                child = e.oid
+                if child is None:
                     raise TransferError(f"record {oid_repr(oid)} holds a reference this "
                                         "tool cannot follow")
-                child = data[off:off + length]
-                if database is not None:
-                    externals[(database, child)] = None
+                if e.database is not None:
+                    externals[(e.database, child)] = None
                     continue
-                if kind == "weak":
+                if e.kind is EdgeKind.WEAK:
                     continue  # weak targets travel only when strongly reachable
                 if child not in seen:
                     seen.add(child)
@@ -164,8 +214,13 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             else:
                 body.write(record_frame(oid, data) + data)
             n += 1
-            if blob_storage and is_blob_record(data):
-                path = storage.loadBlob(oid, tid)
+            if pair == BLOB_CLASS:
+                if not blob_storage:
+                    raise TransferError(
+                        f"record {oid_repr(oid)} holds a blob, and the database was opened "
+                        "without its blob directory (give its blob directory, --blob-dir on "
+                        "the command line)")
+                path = _blob_file(storage, oid, tid)
                 size = os.path.getsize(path)
                 body.write(ZEXP_BLOB + p64(size) if format == "zexp" else blob_frame(size))
                 with open(path, "rb") as blob:
@@ -183,8 +238,10 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                                                   "database-resident", guid))
         if format == "zexp":
             out.write(ZEXP_END)
+            manifest.bytes = out.tell() - first if first is not None else 0
         else:
             write_file(out, body, manifest)
+        manifest.seconds = time.perf_counter() - t0
         if progress is not None:
             progress(n, n)
         return manifest
@@ -193,6 +250,20 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             body.close()
         if own:
             out.close()
+
+
+def _blob_file(storage: Any, oid: bytes, tid: bytes) -> str:
+    from ZODB.POSException import POSKeyError, Unsupported
+
+    try:
+        return storage.loadBlob(oid, tid)  # type: ignore[no-any-return]
+    except Unsupported:
+        raise TransferError(f"record {oid_repr(oid)} holds a blob, and the database was "
+                            "opened without its blob directory (give its blob directory, "
+                            "--blob-dir on the command line)") from None
+    except (POSKeyError, OSError) as exc:
+        raise TransferError(f"the blob of record {oid_repr(oid)} cannot be read "
+                            f"({type(exc).__name__})") from None
 
 
 def _needs(needs: dict[tuple[str, str], int], registry: ClassRegistry,

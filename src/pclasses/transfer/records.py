@@ -14,18 +14,23 @@ from ZODB.utils import oid_repr
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import ExportFormatError, PClassesError
-from ..skim import analyze as _ANALYZE
+from ..record import Analysis, read_class, read_record
+from ..record.analyze import Use
+from ..record import analyze as _ANALYZE
 
-__all__ = ["CLASS_METACLASSES", "CLASS_TABLE", "analyze", "record_class", "class_record_info",
+__all__ = ["BLOB_CLASS", "CLASS_METACLASSES", "CLASS_TABLE", "analyze", "record_class", "class_record_info",
            "no_gc"]
 
 #: Class-metadata globals of class records (never exported).
 CLASS_METACLASSES = {("pclasses.pclass", "PersistentClass"),
                      ("ZODB.persistentclass", "PersistentMetaClass")}
 CLASS_TABLE = ("pclasses.classtable", "ClassTable")
+_CLASS_META = int(Use.CLASS_META)
+#: The class of blob records (ZODB's ``is_blob_record`` asks for exactly it).
+BLOB_CLASS = ("ZODB.blob", "Blob")
 
 
-def analyze(data: bytes, oid: bytes) -> Any:
+def analyze(data: bytes, oid: bytes) -> Analysis:
     """The analyzer's findings for one record; unreadable -> ExportFormatError."""
     try:
         return _ANALYZE(data)
@@ -34,15 +39,13 @@ def analyze(data: bytes, oid: bytes) -> Any:
                                 f"({exc})") from None
 
 
-def record_class(data: bytes, oid: bytes, a: Any) -> tuple[str, str] | None:
+def record_class(data: bytes, oid: bytes, a: Analysis) -> tuple[str, str] | None:
     """The record's class by name: its class-metadata GLOBAL, or the
     ``(module, name)`` strings of formats 3 and 7 (instances of
     database-resident classes); ``None`` for a persistent class reference."""
     for g in a.globals:
-        if g[5] & 8:
-            return (g[0], g[1])
-    from ..records import read_class
-
+        if int(g.uses) & _CLASS_META:  # (int: IntFlag operators are slow)
+            return (g.module, g.name)  # type: ignore[return-value]
     try:
         return read_class(data, oid).pair
     except PClassesError as exc:
@@ -51,8 +54,6 @@ def record_class(data: bytes, oid: bytes, a: Any) -> tuple[str, str] | None:
 
 def class_record_info(data: bytes, oid: bytes) -> tuple[str, str] | None:
     """``(guid, name)`` of a persistent-class record (read inertly)."""
-    from ..records import read_record
-
     info = read_record(data, oid)
     args = info.klass.args or ()
     name = args[0] if args and isinstance(args[0], str) else "?"

@@ -173,7 +173,6 @@ DATA_TYPES: dict[int, Any] = _objects([
     "builtins.object", "builtins.set", "builtins.frozenset", "builtins.complex",
     "builtins.bytearray", "builtins.bytes", "builtins.list", "builtins.dict",
     "builtins.tuple", "builtins.int", "builtins.float", "builtins.str", "builtins.bool",
-    "builtins.slice", "builtins.range",
     "datetime.date", "datetime.datetime", "datetime.time", "datetime.timedelta",
     "datetime.timezone", "datetime.tzinfo",
     "decimal.Decimal", "fractions.Fraction", "uuid.UUID",

@@ -53,6 +53,7 @@ SAMPLES: dict[str, object] = {
     "Iterable[str]": ["a.B", "c.D"],
     "Sequence[Breach]": [errors.Breach("/cities/jena", "city", "app.Doc.city", "",
                                        b"\x00\x00\x00\x00\x00\x00\x00\x07")],
+    "dict[str, str] | None": {"a.B": "sample reason"},
     "Sequence[bytes]": [b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02"],
     "list[bytes]": [b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02"],
     "Mapping[str, str]": {"a.B": "c.D"},

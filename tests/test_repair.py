@@ -47,7 +47,7 @@ from ZODB.utils import get_pickle_metadata, oid_repr, z64
 
 import pclasses
 from pclasses.cli import main
-from pclasses.equivalence import differences
+from pclasses.record.equivalence import differences
 
 SCRIPT = Path(sys.executable).parent / "pclasses"
 OID_REPR_CHARS = set("0123456789abcdefx")
@@ -1061,8 +1061,8 @@ def test_a_rewrite_that_does_not_parse_back_is_refused():
     """The check behind every in-place rewrite: bytes that are not exactly the
     old ones with the renamed opcodes replaced, or that do not walk as a
     record with the split where it belongs, are refused."""
-    from pclasses.equivalence import substitution_differences
     from pclasses.record import analyze
+    from pclasses.record.equivalence import substitution_differences
 
     old = b"\x80\x03cold.mod\nThing\nq\x00.\x80\x03}q\x01X\x01\x00\x00\x00kK\x05s."
     renamed = {("old.mod", "Thing"): ("new", "Thing")}

@@ -70,7 +70,6 @@ from ZODB.utils import oid_repr
 
 from ._nesting import may_nest_too_deep
 from .census import Unreadable
-from .equivalence import differences, substitution_differences
 from .errors import RecordDecodeError, RepairError
 from .record import (
     FramedRecordError,
@@ -82,6 +81,7 @@ from .record import (
     skim,
 )
 from .record.analyze import Use
+from .record.equivalence import differences, substitution_differences
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
 

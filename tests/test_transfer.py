@@ -961,28 +961,221 @@ def test_missing_persistent_class_named_reference_imports_broken_and_reattaches(
     assert Doc2 is not None
 
 
-def test_missing_persistent_class_direct_reference_is_refused_even_with_missing_broken(fs):
-    """missing='broken': a plain instance of a missing database-resident class
-    (which refers to the class record itself) is refused with MissingClassesError
-    naming the class, and nothing is written (there is nothing to make it broken from)."""
+def _export_plain_notes(fs: Callable[..., Any]) -> tuple[bytes, Any, str]:
+    """A source database holding plain instances of a database-resident
+    class (and a reference to the class itself); its export file."""
     src = fs("src")
     conn = src.open()
-    Note = pclasses.define_class(conn, "Note", (object,))
+    Note = pclasses.define_class(conn, "Note", (object,), namespace={"kind": "note"})
     transaction.commit()
     sub = conn.root()["sub"] = PersistentMapping()
     n = Note()
     n.text = "plain"
+    n.tags = ["a", "b"]
     sub["note"] = n
+    sub["notes"] = [Note(), n]
+    sub["notes"][0].text = "second"
+    sub["cls"] = Note
     transaction.commit()
-    data, _ = export_bytes(conn, sub, name="sub")
+    data, manifest = export_bytes(conn, sub, name="sub")
+    guid = pclasses.guid_of(Note)
+    src.close()
+    return data, manifest, guid
+
+
+def _placeholder_import(fs: Callable[..., Any]) -> tuple[Any, str, Any]:
+    data, manifest, guid = _export_plain_notes(fs)
+    dst = fs("dst")
+    c2 = dst.open()
+    c2.root()["pre"] = 1
+    transaction.commit()
+    before = records(dst.storage)
+    rep = import_subtree(c2, io.BytesIO(data), into=c2.root(), missing="broken", report=True)
+    transaction.commit()
+    after = records(dst.storage)
+    new = set(after) - set(before)
+    # the exported records, the class table and one placeholder, nothing else
+    assert len(new) == manifest.record_count + 2
+    assert {oid for oid in before if before[oid] != after[oid]} == {z64}
+    kinds = collections.Counter(record_class(after[oid]) for oid in new)
+    assert kinds[("pclasses.classtable", "ClassTable")] == 1
+    assert kinds[("pclasses.pclass", "PersistentClass")] == 1
+    assert any(guid in m for m in rep.missing)
+    return dst, guid, c2
+
+
+def test_missing_persistent_class_direct_reference_imports_broken_with_placeholder(fs):
+    """missing='broken': plain instances of a database-resident class the
+    target lacks (they refer to the class record itself) import as broken
+    objects with their state kept, through one placeholder class record
+    stored under the same guid (and a class table, created); written back
+    unchanged; the placeholder is not the class by name."""
+    dst, guid, c2 = _placeholder_import(fs)
+    sub = c2.root()["sub"]
+    n = sub["note"]
+    assert pclasses.is_broken(n)
+    assert pclasses.broken_state(n) == {"text": "plain", "tags": ["a", "b"]}
+    assert sub["notes"][1] is n
+    assert pclasses.broken_state(sub["notes"][0]) == {"text": "second"}
+    with pytest.raises(pclasses.errors.BrokenObjectModifiedError):
+        n.text = "changed"
+    table = pclasses.class_table(c2, create=False)
+    assert table is not None and list(table) == [guid]
+    assert sub["cls"] is table[guid] is type(n)
+    assert pclasses.registry.ClassRegistry()(c2, "*" + guid, "Note") is not type(n)
+    # the holder is written back unchanged (lossless)
+    held = records(dst.storage)[sub._p_oid]
+    sub["extra"] = 1
+    del sub["extra"]
+    transaction.commit()
+    assert records(dst.storage)[sub._p_oid] == held
+    dst.close()
+    c3 = fs("dst").open()
+    n3 = c3.root()["sub"]["note"]
+    assert pclasses.is_broken(n3)
+    assert pclasses.broken_state(n3) == {"text": "plain", "tags": ["a", "b"]}
+
+
+def test_placeholder_replaced_by_define_class_then_reattach(fs):
+    """define_class with the guid of a placeholder turns it into the real
+    class in place (the same record): after registry.reattach() the
+    instances loaded as broken are real instances with their state, and the
+    class reference is the real class."""
+    dst, guid, c2 = _placeholder_import(fs)
+    sub = c2.root()["sub"]
+    n = sub["note"]
+    assert pclasses.is_broken(n)
+    placeholder_oid = type(n)._p_oid
+    Note2 = pclasses.define_class(c2, "Note", (object,), guid=guid,
+                                  namespace={"kind": "target note"})
+    transaction.commit()
+    registry = c2.db().classFactory.registry
+    registry.reattach()
+    assert Note2._p_oid == placeholder_oid
+    assert pclasses.class_table(c2)[guid] is Note2
+    assert type(n) is Note2 and not pclasses.is_broken(n)
+    assert (n.text, n.tags, n.kind) == ("plain", ["a", "b"], "target note")
+    assert type(sub["notes"][0]) is Note2 and sub["notes"][0].text == "second"
+    assert sub["cls"] is Note2
+    n.text = "edited"
+    sub._p_changed = True
+    transaction.commit()
+    dst.close()
+    c3 = fs("dst").open()
+    n3 = c3.root()["sub"]["note"]
+    assert type(n3) is pclasses.class_table(c3)[guid]
+    assert not pclasses.is_broken(n3) and n3.text == "edited" and n3.kind == "target note"
+
+
+def test_placeholder_replaced_then_new_connection_sees_real_instances(fs):
+    """After define_class(guid=...) replaced a placeholder and committed, a
+    new connection (the database reopened) loads the instances as real
+    instances of the target's class, with their state."""
+    dst, guid, c2 = _placeholder_import(fs)
+    pclasses.define_class(c2, "Note", (object,), guid=guid)
+    transaction.commit()
+    dst.close()
+    c3 = fs("dst").open()
+    sub = c3.root()["sub"]
+    Note = pclasses.class_table(c3)[guid]
+    assert not pclasses.is_broken(sub["note"])
+    assert type(sub["note"]) is Note and type(sub["notes"][0]) is Note
+    assert (sub["note"].text, sub["note"].tags) == ("plain", ["a", "b"])
+    assert sub["notes"][0].text == "second" and sub["cls"] is Note
+
+
+def test_second_import_reuses_placeholder(fs):
+    """A second missing='broken' import of instances of the same missing
+    class binds them to the placeholder already there (no second one)."""
+    data, manifest, guid = _export_plain_notes(fs)
+    dst = fs("dst")
+    c2 = dst.open()
+    import_subtree(c2, io.BytesIO(data), into=c2.root(), name="a", missing="broken")
+    transaction.commit()
+    before = records(dst.storage)
+    import_subtree(c2, io.BytesIO(data), into=c2.root(), name="b", missing="broken")
+    transaction.commit()
+    assert len(set(records(dst.storage)) - set(before)) == manifest.record_count
+    root = c2.root()
+    assert type(root["a"]["note"]) is type(root["b"]["note"])
+    assert pclasses.is_broken(root["b"]["note"])
+
+
+def test_placeholder_import_aborted_leaves_target_unchanged(fs):
+    """An import that would store a placeholder, aborted, leaves the target
+    as it was (no class table, no placeholder); importing again works."""
+    data, manifest, guid = _export_plain_notes(fs)
+    dst = fs("dst")
+    c2 = dst.open()
+    c2.root()["pre"] = 1
+    transaction.commit()
+    before = records(dst.storage)
+    obj = import_subtree(c2, io.BytesIO(data), into=c2.root(), missing="broken")
+    assert pclasses.is_broken(obj["note"])  # usable before the commit
+    transaction.abort()
+    assert records(dst.storage) == before
+    assert pclasses.class_table(c2, create=False) is None
+    import_subtree(c2, io.BytesIO(data), into=c2.root(), missing="broken")
+    transaction.commit()
+    assert len(set(records(dst.storage)) - set(before)) == manifest.record_count + 2
+
+
+def test_placeholder_replaced_by_persistent_class_rebinds_table(fs):
+    """define_class(guid=...) of a class of persistent instances (whose
+    layout a placeholder cannot take) rebinds the class table entry to the
+    new class; the placeholder is no longer the class of that guid."""
+    dst, guid, c2 = _placeholder_import(fs)
+    Doc = pclasses.define_class(c2, "Note", guid=guid)
+    transaction.commit()
+    assert pclasses.class_table(c2)[guid] is Doc
+    assert not pclasses.classtable.is_placeholder(Doc)
+    d = Doc()
+    c2.root()["d"] = d
+    transaction.commit()
+    dst.close()
+    c3 = fs("dst").open()
+    assert type(c3.root()["d"]) is pclasses.class_table(c3)[guid]
+
+
+def test_missing_persistent_class_direct_reference_refused_with_missing_error(fs):
+    """missing='error': plain instances of a missing database-resident class
+    are refused with MissingClassesError naming the guid; nothing is written
+    (no class table, no placeholder), and a placeholder already in the
+    target does not count as the class."""
+    data, _manifest, guid = _export_plain_notes(fs)
     dst = fs("dst")
     c2 = dst.open()
     last = dst.storage.lastTransaction()
     with pytest.raises(MissingClassesError) as info:
-        import_subtree(c2, io.BytesIO(data), into=c2.root(), missing="broken")
-    assert any(pclasses.guid_of(Note) in m for m in info.value.missing)
+        import_subtree(c2, io.BytesIO(data), into=c2.root())
+    assert any(guid in m for m in info.value.missing)
     transaction.commit()
     assert dst.storage.lastTransaction() == last
+    assert pclasses.class_table(c2, create=False) is None
+    import_subtree(c2, io.BytesIO(data), into=c2.root(), name="a", missing="broken")
+    transaction.commit()
+    last = dst.storage.lastTransaction()
+    with pytest.raises(MissingClassesError):
+        import_subtree(c2, io.BytesIO(data), into=c2.root(), name="b")
+    transaction.commit()
+    assert dst.storage.lastTransaction() == last
+
+
+def test_placeholders_made_only_by_broken_imports_of_direct_references(fs):
+    """Nothing but a missing='broken' import of direct references makes a
+    placeholder: define_class makes real classes, and a duplicate guid of a
+    real class is still refused."""
+    db = fs("x")
+    conn = db.open()
+    Doc = pclasses.define_class(conn, "Doc")
+    Note = pclasses.define_class(conn, "Note", (object,))
+    transaction.commit()
+    table = pclasses.class_table(conn)
+    assert not any(pclasses.classtable.is_placeholder(c) for c in table.values())
+    assert not pclasses.classtable.is_placeholder(Doc)
+    with pytest.raises(pclasses.errors.DuplicateGuidError):
+        pclasses.define_class(conn, "Other", (object,), guid=pclasses.guid_of(Note))
+    transaction.abort()
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 import ZODB.broken
 from ZODB.broken import Broken, PersistentBroken
 
+from .classtable import is_placeholder
 from .errors import BrokenObjectModifiedError, NotBrokenError
 
 __all__ = ["Broken", "PersistentBroken", "make_broken_class", "is_broken", "broken_state",
@@ -118,7 +119,7 @@ def missing_name(cls: Any) -> tuple[str, str] | None:
 
 def is_broken(obj: Any) -> bool:
     """Whether ``obj`` (persistent or not) is an instance of a broken class."""
-    return isinstance(obj, ZODB.broken.Broken)
+    return isinstance(obj, ZODB.broken.Broken) or is_placeholder(type(obj))
 
 
 def broken_state(obj: Any) -> Any:
@@ -133,4 +134,6 @@ def broken_state(obj: Any) -> Any:
         raise NotBrokenError(f"{type(obj).__module__}.{type(obj).__qualname__}")
     if isinstance(obj, PersistentBroken) and obj._p_jar is not None:
         obj._p_activate()
+    if is_placeholder(type(obj)):  # an instance of a placeholder: its __dict__
+        return dict(obj.__dict__)
     return obj.__dict__.get("__Broken_state__")

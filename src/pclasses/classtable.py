@@ -35,12 +35,17 @@ __all__ = [
     "guid_of",
     "resolve_resident",
     "check_guid",
+    "PLACEHOLDER_KEY",
+    "is_placeholder",
 ]
 
 #: A guid module is this prefix followed by the guid (ZClasses used ``*``).
 GUID_PREFIX = "*"
 #: The root-mapping key of the class table.
 TABLE_KEY = "__pclasses_class_table__"
+
+#: Marks a placeholder class (see :func:`pclasses.pclass.make_placeholder`).
+PLACEHOLDER_KEY = "__pclasses_placeholder__"
 
 _GUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -50,6 +55,11 @@ class ClassTable(PersistentMapping):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"<ClassTable with {len(self)} classes>"
+
+
+def is_placeholder(cls: Any) -> bool:
+    """Whether ``cls`` is a placeholder an import wrote for a missing class."""
+    return isinstance(cls, type) and bool(cls.__dict__.get(PLACEHOLDER_KEY))
 
 
 def check_guid(guid: str) -> str:
@@ -162,4 +172,7 @@ def resolve_resident(connection: Any, module: str, name: str) -> Any:
     table = class_table(connection, create=False)
     if table is None:
         return None
-    return table.get(module[len(GUID_PREFIX):])
+    cls = table.get(module[len(GUID_PREFIX):])
+    # A placeholder answers only the references to its own record (plain
+    # instances); by name the class is missing (persistent instances break).
+    return None if is_placeholder(cls) else cls

@@ -24,12 +24,20 @@ import uuid
 from typing import Any
 
 from persistent import Persistent
-from ZODB.persistentclass import PersistentMetaClass, _p_MethodDescr, special_class_descrs
+from ZODB.persistentclass import (
+    PersistentMetaClass,
+    _p_MethodDescr,
+    _p_oid_or_jar_Descr,
+    special_class_descrs,
+)
+from ZODB.utils import z64
 
-from .classtable import class_table, guid_module
+from .broken import _LosslessBroken
+from .classtable import PLACEHOLDER_KEY, class_table, guid_module, is_placeholder
 from .errors import ClassNameError, DuplicateGuidError
 
-__all__ = ["PersistentClass", "define_class", "DuplicateGuidError"]
+__all__ = ["PersistentClass", "define_class", "DuplicateGuidError", "make_placeholder",
+           "add_placeholder"]
 
 _NAME_KEY = "__pclasses_name__"
 
@@ -43,15 +51,29 @@ def _volatile(name: str) -> bool:
 
 
 def _cdict(cls: type) -> dict[str, Any]:
+    placeholder = PLACEHOLDER_KEY in cls.__dict__
     return {
         k: v
         for k, v in cls.__dict__.items()
-        if not (_volatile(k) or k in special_class_descrs)
+        if not (_volatile(k) or k in special_class_descrs
+                or (placeholder and k in _PLACEHOLDER_METHODS))
     }
+
+
+class _DeletableOidOrJar(_p_oid_or_jar_Descr):  # type: ignore[misc]
+    """ZODB's ``_p_oid``/``_p_jar`` of a persistent class, deletable: a
+    connection that aborts the transaction that added a class (a placeholder
+    an import stored) deletes them, as for any persistent object."""
+
+    def __delete__(self, inst: Any) -> None:
+        inst._p_class_dict.pop(self.__name__, None)
 
 
 class PersistentClass(PersistentMetaClass):  # type: ignore[misc]  # ZODB is untyped
     """Metaclass of database-resident classes (rename and base changes allowed)."""
+
+    _p_jar = _DeletableOidOrJar("_p_jar")
+    _p_oid = _DeletableOidOrJar("_p_oid")
 
     # ZODB's metaclass treats every name starting with "_v" as volatile and
     # every other change, including Python's own ``__slotnames__`` cache
@@ -94,6 +116,8 @@ class PersistentClass(PersistentMetaClass):  # type: ignore[misc]  # ZODB is unt
                 type.__delattr__(cls, k)
             for k, v in cdict.items():
                 type.__setattr__(cls, k, v)
+            if PLACEHOLDER_KEY in cdict:
+                _install_placeholder_methods(cls)
         finally:
             type.__setattr__(cls, "_p_class_dict", saved)
         cls._p_changed = False
@@ -102,6 +126,76 @@ class PersistentClass(PersistentMetaClass):  # type: ignore[misc]  # ZODB is unt
 
     def __repr__(cls) -> str:
         return f"<persistent class {cls.__name__} {cls.__module__}>"
+
+
+#: What makes a placeholder's instances read-only: installed on the class,
+#: never stored in its record.  Their state is their ``__dict__``, as the
+#: real class's would be, so the placeholder can become that class in place.
+_PLACEHOLDER_METHODS: dict[str, Any] = {
+    "__setattr__": _LosslessBroken.__dict__["__setattr__"],
+    "__delattr__": _LosslessBroken.__dict__["__delattr__"],
+}
+
+
+def _install_placeholder_methods(cls: Any) -> None:
+    for k, v in _PLACEHOLDER_METHODS.items():
+        type.__setattr__(cls, k, v)
+
+
+def _remove_placeholder_methods(cls: Any) -> None:
+    for k in _PLACEHOLDER_METHODS:
+        if k in cls.__dict__:
+            type.__delattr__(cls, k)
+
+
+def make_placeholder(guid: str, name: str) -> PersistentClass:
+    """A placeholder class for the missing class ``*<guid>.<name>``.
+
+    ``import_subtree(..., missing="broken")`` stores one under the guid of
+    a database-resident class the target lacks, so that plain instances of
+    that class (which refer to the class record itself) load as broken
+    objects, state kept.  :func:`define_class` with that guid turns it into
+    the real class, in place.
+    """
+    module = guid_module(guid)
+    ns = {"__module__": module, "__qualname__": name, PLACEHOLDER_KEY: True,
+          "__pclasses_missing__": (module, name)}
+    cls = PersistentClass(name, (object,), ns)
+    _install_placeholder_methods(cls)
+    return cls
+
+
+def add_placeholder(connection: Any, guid: str, name: str, oid: bytes) -> PersistentClass:
+    """Store a placeholder class under ``oid`` (reserved by the import) and
+    bind it to ``guid`` in the class table, creating the table if needed."""
+    table = class_table(connection)
+    cls = make_placeholder(guid, name)
+    cls._p_serial = z64  # a new object, as Connection.add makes them
+    connection._add(cls, oid)
+    table[guid] = cls
+    return cls
+
+
+def _replace_placeholder(cls: Any, name: str, bases: tuple[type, ...],
+                         ns: dict[str, Any]) -> Any:
+    """Make the placeholder ``cls`` the real class in place (same object, same
+    oid: every reference to it resolves to the real class); ``None`` when
+    the new bases' instance layout differs (e.g. a persistent class)."""
+    if tuple(cls.__bases__) != bases:
+        try:
+            cls.__bases__ = bases
+        except TypeError:
+            return None
+    _remove_placeholder_methods(cls)
+    for key in (PLACEHOLDER_KEY, "__pclasses_missing__"):
+        if key in cls.__dict__:
+            delattr(cls, key)
+    cls.__name__ = name
+    for k, v in ns.items():
+        if k != "__qualname__":
+            setattr(cls, k, v)
+    type.__setattr__(cls, "__qualname__", name)
+    return cls
 
 
 def define_class(
@@ -120,6 +214,11 @@ def define_class(
     functions, or :func:`pclasses.method` source methods.  The class gets
     the guid module ``*<guid>`` (``guid`` defaults to a new uuid4) and is
     stored in the current transaction.
+
+    A *placeholder* under ``guid`` (written by an import of instances of
+    the missing class) is replaced: it becomes this class in place when the
+    instance layouts agree, else the table entry is rebound to a new class
+    (references to the placeholder's record stay broken then).
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ClassNameError(name)
@@ -127,11 +226,16 @@ def define_class(
     module = guid_module(guid)
     table = class_table(connection)
     assert table is not None
-    if guid in table:
+    existing = table.get(guid)
+    if existing is not None and not is_placeholder(existing):
         raise DuplicateGuidError(guid)
     ns = dict(namespace or {})
     ns["__module__"] = module
     ns["__qualname__"] = name
+    if existing is not None:
+        replaced = _replace_placeholder(existing, name, tuple(bases) or (Persistent,), ns)
+        if replaced is not None:
+            return replaced  # type: ignore[no-any-return]
     cls = PersistentClass(name, tuple(bases) or (Persistent,), ns)
     table[guid] = cls
     return cls

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Literal, overload
 
 from ZODB.utils import oid_repr
 
-from ..classtable import GUID_PREFIX, class_table, is_guid_module
+from ..classtable import GUID_PREFIX, class_table, is_guid_module, is_placeholder
 from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
 from ..record import Analysis
 from ..record.analyze import Use
@@ -152,6 +152,10 @@ class CheckPass:
     pid_calls: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     #: class names of ``(oid, class)`` references (strings cannot be renamed)
     pid_classes: set[tuple[str, str]] = field(default_factory=set)
+    #: missing database-resident classes referred to directly (plain
+    #: instances), missing="broken" only: guid -> (reserved oid, name) of
+    #: the placeholder class to store once every check has passed
+    placeholders: dict[str, tuple[bytes, str]] = field(default_factory=dict)
 
     def run(self) -> Plan:
         self.bind_class_references()
@@ -202,13 +206,26 @@ class CheckPass:
 
     def _bind_class(self, oid: bytes, guid: str, name: str, table: Any) -> bytes | None:
         cls = table.get(guid) if table is not None else None
-        if cls is None or cls._p_oid is None:
-            self.class_refs_missing.append(f"{GUID_PREFIX}{guid}.{name} "
-                                           f"(database-resident class, guid {guid})")
+        label = f"{GUID_PREFIX}{guid}.{name} (database-resident class, guid {guid})"
+        broken = self.missing == "broken"
+        if cls is not None and cls._p_oid is not None and (broken or not is_placeholder(cls)):
+            new = cls._p_oid
+            if is_placeholder(cls):  # an earlier import's placeholder
+                self.missing_names.append(label)
+        elif cls is None and broken:
+            # A placeholder class under the same guid, stored once every
+            # check has passed: the references load as broken objects.
+            self.missing_names.append(label)
+            reserved = self.placeholders.get(guid)
+            if reserved is None:
+                reserved = self.placeholders[guid] = (self.connection._storage.new_oid(), name)
+            new = reserved[0]
+        else:
+            self.class_refs_missing.append(label)
             return None
-        self.mapping[oid] = cls._p_oid
+        self.mapping[oid] = new
         self.bound.add(oid)
-        return cls._p_oid  # type: ignore[no-any-return]
+        return new  # type: ignore[no-any-return]
 
     def prepare_records(self, temp: Any) -> Plan:
         """Check, remap and write every record."""
@@ -567,6 +584,7 @@ class CheckPass:
                                     "database has no blob support (open it with a blob "
                                     "directory)")
         plan.refused = self.refused
+        plan.placeholders = self.placeholders
         manifest = self.reader.manifest
         plan.report = ImportReport(
             object=None, root_oid=plan.root,
@@ -746,6 +764,11 @@ def import_subtree(
         except BaseException:
             plan.temp.close()
             raise
+    if plan.placeholders:
+        from ..pclass import add_placeholder
+
+        for guid, (oid, cname) in sorted(plan.placeholders.items()):
+            add_placeholder(connection, guid, cname, oid)
     obj = root_ghost(connection, plan)
     pending.add(connection, plan, own_reader=own_reader, savepoint=savepoint)
     if savepoint:

@@ -47,6 +47,8 @@ class Plan:
     #: new oid -> (position of the record's bytes in ``temp``, length, blob)
     index: dict[bytes, tuple[int, int, tuple[int, int] | None]] = field(default_factory=dict)
     report: ImportReport | None = None
+    #: placeholder classes to store (guid -> (oid, name)), missing="broken"
+    placeholders: dict[str, tuple[bytes, str]] = field(default_factory=dict)
 
 
 def pending_import(connection: Any) -> PendingImports:

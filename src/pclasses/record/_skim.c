@@ -2200,18 +2200,35 @@ an_is_text(int k)
     return k >= AK_STR && k <= AK_TUNI;
 }
 
+static void
+an_free_pairs(PyObject **pairs, Py_ssize_t n)
+{
+    if (pairs == NULL)
+        return;
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(pairs[i]);
+    PyMem_Free(pairs);
+}
+
 /* The class part of a pid (see Analysis.pid_classes); a new reference. */
 static PyObject *
 an_class_part(an_state *st, const unsigned char *base, PyObject *globals,
-              Py_ssize_t k)
+              PyObject **pairs, Py_ssize_t k)
 {
     const an_item *it;
     if (k < 0)
         Py_RETURN_NONE;
     it = &st->items[k];
     if (it->kind == AK_GLOBAL) {
-        PyObject *g = PyList_GET_ITEM(globals, it->x[0]);
-        return PyTuple_Pack(2, PyTuple_GET_ITEM(g, 0), PyTuple_GET_ITEM(g, 1));
+        /* one (module, name) tuple per global, shared by its references */
+        PyObject **slot = &pairs[it->x[0]];
+        if (*slot == NULL) {
+            PyObject *g = PyList_GET_ITEM(globals, it->x[0]);
+            *slot = PyTuple_Pack(2, PyTuple_GET_ITEM(g, 0), PyTuple_GET_ITEM(g, 1));
+            if (*slot == NULL)
+                return NULL;
+        }
+        return Py_NewRef(*slot);
     }
     if (it->kind == AK_PREF)
         return PyLong_FromSsize_t(it->x[0]);
@@ -2233,6 +2250,7 @@ static PyObject *
 an_result(skim_state *ms, an_state *st, const unsigned char *base)
 {
     PyObject *globals = NULL, *pids = NULL, *pid_classes = NULL, *v[13];
+    PyObject **pairs = NULL;
     int ok = !st->has_sg && !st->r.has_ext;
 
     globals = PyList_New(st->nglobals);
@@ -2279,6 +2297,13 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
     pid_classes = PyList_New(st->npids);
     if (pid_classes == NULL)
         goto error;
+    if (st->npids > 0 && st->nglobals > 0) {
+        pairs = PyMem_Calloc((size_t)st->nglobals, sizeof(PyObject *));
+        if (pairs == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+    }
     for (Py_ssize_t i = 0; i < st->npids; i++) {
         const an_pid *rec = &st->pids[i];
         PyObject *f[6], *t;
@@ -2309,7 +2334,8 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
         if (t == NULL)
             goto error;
         PyList_SET_ITEM(pids, i, t);
-        t = an_class_part(st, base, globals, rec->kind == PK_UNKNOWN ? -1 : rec->klass);
+        t = an_class_part(st, base, globals, pairs,
+                          rec->kind == PK_UNKNOWN ? -1 : rec->klass);
         if (t == NULL)
             goto error;
         PyList_SET_ITEM(pid_classes, i, t);
@@ -2328,9 +2354,11 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
     v[10] = PyLong_FromSsize_t(st->class_pid);
     v[11] = an_offsets(st->calls_ng, st->ncalls_ng);
     v[12] = an_offsets(st->calls_pid, st->ncalls_pid);
+    an_free_pairs(pairs, st->nglobals);
     return an_pack((PyTypeObject *)ms->analysis_type, v, 13);
 
 error:
+    an_free_pairs(pairs, st->nglobals);
     Py_XDECREF(globals);
     Py_XDECREF(pids);
     Py_XDECREF(pid_classes);

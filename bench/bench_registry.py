@@ -3,6 +3,10 @@
 Both walks run in this process, alternating, each on a fresh DB and
 connection over the same packed FileStorage; every bucket, Item, meta and
 group is activated.  Reports medians and the paired ratio registry/default.
+
+A second measure isolates the factory call itself: the class lookups the
+walk makes (one per record loaded), timed as calls of each database's
+``classFactory`` with the walk's names, alternating, median of paired ratios.
 """
 
 from __future__ import annotations
@@ -43,10 +47,34 @@ def walk(path, factory: str) -> float:
     return dt
 
 
+def lookups(factory: str, names: list[tuple[str, str]], repeat: int) -> float:
+    import ZODB
+    from ZODB.MappingStorage import MappingStorage
+
+    import pclasses
+
+    db = ZODB.DB(MappingStorage())
+    if factory == "registry":
+        pclasses.ClassRegistry().install(db)
+    conn = db.open()
+    lookup = db.classFactory
+    for module, name in names:  # warm: both cache or import once
+        lookup(conn, module, name)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        for module, name in names:
+            lookup(conn, module, name)
+    dt = time.perf_counter() - t0
+    conn.close()
+    db.close()
+    return dt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--lookup-runs", type=int, default=15)
     args = ap.parse_args()
     path = build_storage(args.n)
     default, registry, ratios = [], [], []
@@ -65,6 +93,28 @@ def main() -> None:
         "ratios": [round(r, 3) for r in ratios],
     }
     print(json.dumps(result))
+    # The names the walk's records carry, in its proportions.
+    names = ([("BTrees.OOBTree", "OOBucket")] * 1 + [("pbmodel", "Item")] * 10
+             + [("persistent.mapping", "PersistentMapping")] * 1)
+    repeat = max(1, args.n // len(names))
+    d2, r2, ratios2 = [], [], []
+    for i in range(args.lookup_runs):
+        order = ("default", "registry") if i % 2 == 0 else ("registry", "default")
+        got = {f: lookups(f, names, repeat) for f in order}
+        d2.append(got["default"])
+        r2.append(got["registry"])
+        ratios2.append(got["registry"] / got["default"])
+    calls = repeat * len(names)
+    print(json.dumps({
+        "benchmark": "class factory calls",
+        "calls": calls,
+        "default_ns_per_call": round(median(d2) / calls * 1e9, 1),
+        "registry_ns_per_call": round(median(r2) / calls * 1e9, 1),
+        "ratio_registry_over_default": round(median(ratios2), 3),
+        # the least disturbed run of each (a shared machine adds noise only)
+        "ratio_of_fastest": round(min(r2) / min(d2), 3),
+        "ratios": [round(r, 3) for r in ratios2],
+    }))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def run(script: str, src: str, n: int) -> float:
         shutil.copyfile(src + ".index", path + ".index")
         out = subprocess.run([sys.executable, "-c", script, path], check=True,
                              capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(HERE)}).stdout
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                 p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}).stdout
         got = renamed_items(path)
         if got != n:
             raise SystemExit(f"rename incomplete: {got} of {n} Items renamed")

@@ -1,5 +1,12 @@
 """Subtree export + import: pclasses vs ZODB's ``exportFile`` + ``importFile``.
 
+``--defaults`` (what issue 12 asks to hold for what a user gets): one
+process per run opens both databases, exports the subtree to a file object
+with ``export_subtree``'s defaults, imports it with ``import_subtree``'s
+defaults into the second database and commits; ZODB the same with
+``exportFile`` + ``importFile`` + commit.  Runs alternate; the ratio is
+the median of the paired ratios.
+
 For each size, the same packed FileStorage subtree (``root['tree']``, about
 1.168 records per item) is exported and imported into a fresh FileStorage
 (committed), once with ZODB's ExportImport and once with
@@ -48,6 +55,7 @@ PCLASSES_SCRIPT = """
 import sys, time
 import transaction
 import pclasses
+import pbmodel  # the application's classes, imported as the application would
 src, out, dst = sys.argv[1:4]
 db = pclasses.open(src, read_only=True)
 conn = db.open()
@@ -59,12 +67,69 @@ db2 = pclasses.open(dst)
 tm = transaction.TransactionManager()
 c2 = db2.open(tm)
 t2 = time.perf_counter()
-pclasses.import_subtree(c2, out, into=c2.root(), savepoint=False)
+pclasses.import_subtree(c2, out, into=c2.root())
 tm.commit()
 t3 = time.perf_counter()
 db2.close()
 print(t1 - t0, t3 - t2)
 """
+
+
+DEFAULTS_SCRIPT = """
+import sys, time, tempfile
+import transaction, ZODB
+import pbmodel  # the application's classes, imported as the application would
+from ZODB.FileStorage import FileStorage
+who, src, dst = sys.argv[1:4]
+if who == 'zodb':
+    db, db2 = ZODB.DB(FileStorage(src, read_only=True)), ZODB.DB(FileStorage(dst))
+else:
+    import pclasses
+    db, db2 = pclasses.open(src, read_only=True), pclasses.open(dst)
+conn = db.open()
+tm = transaction.TransactionManager()
+c2 = db2.open(tm)
+tree = conn.root()['tree']
+t0 = time.perf_counter()
+f = tempfile.TemporaryFile()
+if who == 'zodb':
+    conn.exportFile(tree._p_oid, f)
+    f.seek(0)
+    obj = c2.importFile(f)
+else:
+    pclasses.export_subtree(conn, tree, f)
+    f.seek(0)
+    obj = pclasses.import_subtree(c2, f)
+c2.root()['imported'] = obj
+tm.commit()
+print(time.perf_counter() - t0)
+db.close()
+db2.close()
+"""
+
+
+def run_defaults(who: str, src: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [sys.executable, "-c", DEFAULTS_SCRIPT, who, src, os.path.join(tmp, "dst.fs")],
+            check=True, capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                [str(HERE), os.environ.get("PYTHONPATH", "")])}).stdout.split()
+        return float(out[0])
+
+
+def defaults(n: int, runs: int) -> dict[str, object]:
+    src = str(build_storage(n))
+    ours, peer, ratios = [], [], []
+    for i in range(runs):
+        order = ("pclasses", "zodb") if i % 2 == 0 else ("zodb", "pclasses")
+        got = {who: run_defaults(who, src) for who in order}
+        ours.append(got["pclasses"])
+        peer.append(got["zodb"])
+        ratios.append(got["zodb"] / got["pclasses"])
+    return {"items": n, "defaults": True, "pclasses_s": round(median(ours), 3),
+            "zodb_s": round(median(peer), 3), "ratio_zodb_over_pclasses": round(median(ratios), 2),
+            "ratios": [round(r, 2) for r in ratios]}
 
 
 def run(script: str, src: str) -> tuple[float, float]:
@@ -81,7 +146,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="10000,100000,300000")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--defaults", action="store_true",
+                    help="one process per run, the library's defaults (see above)")
     args = ap.parse_args()
+    if args.defaults:
+        for n in (int(x) for x in args.sizes.split(",")):
+            print(json.dumps(defaults(n, args.runs)), flush=True)
+        return
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         src = str(build_storage(n))
@@ -105,7 +176,8 @@ def main() -> None:
     by = {r["items"]: r for r in rows}
     if 100000 in by and 300000 in by:
         t = lambda r: r["pclasses_export_s"] + r["pclasses_import_s"]  # noqa: E731
-        print(json.dumps({"pclasses_scaling_300k_over_100k": round(t(by[300000]) / t(by[100000]), 2),
+        print(json.dumps({"pclasses_scaling_300k_over_100k":
+                          round(t(by[300000]) / t(by[100000]), 2),
                           "zodb_scaling_300k_over_100k": round(
                               (by[300000]["zodb_export_s"] + by[300000]["zodb_import_s"])
                               / (by[100000]["zodb_export_s"] + by[100000]["zodb_import_s"]), 2)}))

@@ -39,7 +39,7 @@ from pclasses.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
 
 BIN = Path(sys.executable).parent
 SCRIPT = BIN / "pclasses"
-STATUSES = {"ok", "aliased", "database-resident", "broken"}
+STATUSES = {"ok", "aliased", "database-resident", "broken", "not-imported"}
 OID_REPR = re.compile(r"^0x[0-9a-f]{2,16}$")
 CLASS_KEYS = {"module", "name", "records", "mentions", "status", "examples"}
 
@@ -228,7 +228,9 @@ def test_classes_help_describes_columns_and_options():
 
 
 def test_classes_table(sample_fs):
-    result = run("classes", str(sample_fs.path), env=sample_fs.env(importable=True))
+    # the helper module is importable and trusted (not an installed distribution)
+    result = run("classes", "--trust", sample_fs.module, str(sample_fs.path),
+                 env=sample_fs.env(importable=True))
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stderr == ""
     out = result.stdout
@@ -255,7 +257,8 @@ def test_classes_table(sample_fs):
 
 
 def test_classes_json(sample_fs):
-    doc = run_json(str(sample_fs.path), env=sample_fs.env(importable=True))
+    doc = run_json("--trust", sample_fs.module, str(sample_fs.path),
+                   env=sample_fs.env(importable=True))
     check_document_shape(doc)
     assert len(doc["databases"]) == 1
     db_doc = doc["databases"][0]
@@ -854,3 +857,253 @@ def test_classes_zconfig_reads_a_locked_filestorage(sample_fs, tmp_path):
         assert result.exit_code == 0, result.stderr
     finally:
         app.close()
+
+
+# ---------------------------------------------------------------------------
+# any input: exit 0 or 1, never a traceback, names escaped
+
+#: Names a hostile record can carry: escape sequences (CSI, OSC title change,
+#: bell), rich markup (``[/]`` makes rich raise when it is parsed), a C1
+#: control (0x9b is CSI on some terminals), a bidirectional override.
+NASTY_MODULE = "evil\x1b[31m[bold]mod[/]\x07"
+NASTY_NAME = "Cls\u202e\x9b2J"
+NASTY_KEY = "\x1b]0;pwned\x07[bold red]key[/bold red]\n2nd line"
+
+
+def _quiet_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.pop("FORCE_COLOR", None)
+    env.pop("PCLASSES_DEBUG", None)
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def _strings(doc: object) -> set[str]:
+    """Every string in a JSON document (keys and values)."""
+    if isinstance(doc, dict):
+        return set(doc) | {s for v in doc.values() for s in _strings(v)}
+    if isinstance(doc, list):
+        return {s for v in doc for s in _strings(v)}
+    return {doc} if isinstance(doc, str) else set()
+
+
+def _terminal_safe(text: str) -> None:
+    """Nothing in ``text`` is interpreted by a terminal: every character is
+    printable (or the newline that ends a line)."""
+    bad = sorted({hex(ord(ch)) for ch in text if ch != "\n" and not ch.isprintable()})
+    assert bad == [], f"unescaped characters {bad} in {text!r}"
+
+
+def _nasty_fs(path: Path) -> bytes:
+    """A FileStorage whose root holds, under a hostile key, an object of a
+    hostile (missing) class; returns that object's oid."""
+    db = ZODB.DB(FileStorage(str(path)))
+    try:
+        conn = db.open()
+        conn.root()[NASTY_KEY] = PersistentMapping()
+        transaction.commit()
+        oid = conn.root()[NASTY_KEY]._p_oid
+        conn.close()
+    finally:
+        db.close()
+    storage = FileStorage(str(path))
+    try:
+        from ZODB.utils import p64, u64
+
+        t = TransactionMetaData()
+        storage.tpc_begin(t)
+        old = storage.load(oid)[1]
+        klass = (b"c" + NASTY_MODULE.encode() + b"\n" + NASTY_NAME.encode() + b"\n.")
+        storage.store(oid, old, klass + pickle.dumps({"x": 1}, 3), "", t)
+        storage.tpc_vote(t)
+        storage.tpc_finish(t)
+        assert u64(oid) == 1 and p64(1) == oid
+    finally:
+        storage.close()
+    return oid
+
+
+@pytest.fixture
+def nasty_fs(tmp_path) -> Path:
+    path = tmp_path / "nasty.fs"
+    _nasty_fs(path)
+    return path
+
+
+@pytest.mark.parametrize("args", [["classes"], ["classes", "--json"], ["broken"],
+                                  ["broken", "--json"], ["xrefs"]])
+def test_names_from_data_reach_the_terminal_escaped(nasty_fs, args):
+    """Class names, module names and keys read from records are printed with
+    their control characters escaped and their rich markup as plain text:
+    the terminal interprets nothing, and one finding stays one line."""
+    result = subprocess.run([str(SCRIPT), *args, str(nasty_fs)], capture_output=True,
+                            text=True, env=_quiet_env(), timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    _terminal_safe(result.stdout)
+    _terminal_safe(result.stderr)
+    if args[0] == "xrefs":
+        return
+    if "--json" in args:  # JSON escapes by itself, and keeps the exact names
+        assert NASTY_MODULE in _strings(json.loads(result.stdout))
+        return
+    assert "\\x1b[31m[bold]mod[/]\\x07" in result.stdout  # markup printed as is
+    assert "Cls\\u202e\\x9b2J" in result.stdout
+    if args == ["broken"]:
+        example = [line for line in result.stdout.splitlines() if "pwned" in line]
+        assert len(example) == 1, result.stdout
+        assert "\\x1b]0;pwned\\x07[bold red]key[/bold red]\\n2nd line" in example[0]
+
+
+def test_error_lines_escape_names_from_data(nasty_fs, tmp_path):
+    """An expected error whose message carries names from a file is one
+    escaped line on stderr: importing an export that needs the hostile class
+    into a database that lacks it."""
+    exported = tmp_path / "nasty.pclasses"
+    result = subprocess.run([str(SCRIPT), "export", str(nasty_fs), "0x01", "-o", str(exported)],
+                            capture_output=True, text=True, env=_quiet_env(), timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert "Traceback" not in result.stdout + result.stderr
+    _terminal_safe(result.stdout + result.stderr)
+    if result.returncode != EXIT_OK:  # exporting a broken object may be refused: one line
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        return
+    target = _empty_fs(tmp_path / "target.fs")
+    result = subprocess.run([str(SCRIPT), "import", str(target), str(exported)],
+                            capture_output=True, text=True, env=_quiet_env(), timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == EXIT_ERROR  # the class is missing in the target
+    assert "Traceback" not in result.stdout + result.stderr
+    _terminal_safe(result.stdout + result.stderr)
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("pclasses: error: ")
+    assert "Cls\\u202e\\x9b2J" in result.stderr
+
+
+def _empty_fs(path: Path) -> Path:
+    """A FileStorage with nothing but its root."""
+    ZODB.DB(FileStorage(str(path))).close()
+    return path
+
+
+def _hostile_input(kind: str, tmp_path: Path) -> Path:
+    path = tmp_path / f"{kind}.fs"
+    if kind == "garbage":
+        path.write_bytes(b"\x80\x03" + bytes(range(256)) * 4)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        _nasty_fs(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) * 2 // 3])
+        for suffix in (".index", ".lock", ".tmp"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    elif kind == "nasty":
+        _nasty_fs(path)
+    elif kind == "export-garbage":
+        path = tmp_path / "garbage.pclasses"
+        path.write_bytes(b"PCLASSES" + os.urandom(64))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "truncated", "nasty", "export-garbage"])
+@pytest.mark.parametrize("command", ["classes", "broken", "xrefs", "repair", "import"])
+def test_every_command_exits_0_or_1_on_any_input(command, kind, tmp_path):
+    """``classes``, ``broken``, ``xrefs``, ``repair`` and ``import`` end with
+    exit status 0 or 1 on hostile input, never by a signal, never with a
+    traceback; a failure is one line on stderr."""
+    bad = _hostile_input(kind, tmp_path)
+    if command == "import":
+        args = ["import", str(_empty_fs(tmp_path / "target.fs")), str(bad)]
+    elif command == "repair":
+        args = ["repair", "--dry-run", "--rename", "a.B=c.D", str(bad)]
+    else:
+        args = [command, str(bad)]
+    result = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True,
+                            env=_quiet_env(), timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode in (EXIT_OK, EXIT_ERROR), (result.returncode, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    _terminal_safe(result.stdout + result.stderr)
+    if result.returncode == EXIT_ERROR:
+        lines = result.stderr.splitlines()
+        assert lines and lines[-1].startswith("pclasses: error: "), result.stderr
+        assert len([ln for ln in lines if not ln.startswith("pclasses: warning: ")]) == 1
+
+
+def _boom(exc: BaseException):
+    def take_census(*args, **kw):
+        raise exc
+    return take_census
+
+
+INTERNAL = "pclasses: internal error: "
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (ZeroDivisionError("boom \x1b[2J"), INTERNAL + "ZeroDivisionError: boom \\x1b[2J"),
+    (RecursionError("maximum recursion depth exceeded"), INTERNAL + "RecursionError"),
+    (SystemExit(3), INTERNAL + "SystemExit: 3"),
+    (KeyboardInterrupt(), "pclasses: error: interrupted"),
+])
+def test_unexpected_exceptions_become_one_line(sample_fs, monkeypatch, exc, expected):
+    """An exception nobody expected (a bug, a foreign SystemExit, an
+    interruption) ends the command with exit 1 and one escaped line on
+    stderr, without a traceback."""
+    import pclasses.census
+
+    monkeypatch.delenv("PCLASSES_DEBUG", raising=False)
+    monkeypatch.setattr(pclasses.census, "take_census", _boom(exc))
+    result = CliRunner().invoke(main, ["classes", "--no-progress", str(sample_fs.path)])
+    assert result.exit_code == EXIT_ERROR
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    _terminal_safe(result.stderr)
+
+
+def test_debug_variable_shows_the_traceback(sample_fs, monkeypatch):
+    """With PCLASSES_DEBUG=1 an internal error also prints its traceback (for
+    a bug report); the last line is still the one-line message."""
+    import pclasses.census
+
+    monkeypatch.setenv("PCLASSES_DEBUG", "1")
+    monkeypatch.setattr(pclasses.census, "take_census", _boom(ZeroDivisionError("boom")))
+    result = CliRunner().invoke(main, ["classes", "--no-progress", str(sample_fs.path)])
+    assert result.exit_code == EXIT_ERROR
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.splitlines()[-1] == "pclasses: internal error: ZeroDivisionError: boom"
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("plain.Name", "plain.Name"),
+    ("a\x1b[31mb", "a\\x1b[31mb"),
+    ("line\nbreak\ttab\r", "line\\nbreak\\ttab\\r"),
+    ("rtl\u202eoverride\u2028sep", "rtl\\u202eoverride\\u2028sep"),
+    ("c1\x9bcsi\x7fdel", "c1\\x9bcsi\\x7fdel"),
+    ("surrogate\udcff", "surrogate\\udcff"),
+    ("[bold]markup[/]", "[bold]markup[/]"),
+    ("café ✓", "café ✓"),
+])
+def test_printable_escapes_what_a_terminal_would_interpret(value, shown):
+    """The one rendering helper of the CLI escapes control, format and
+    separator characters and keeps everything printable as it is."""
+    from pclasses.cli import printable
+
+    assert printable(value) == shown
+    _terminal_safe(printable(value))
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_import_of_a_file_that_cannot_be_read_exits_1(tmp_path, what):
+    """``pclasses import`` of a missing file or a directory is an error of the
+    input (exit 1, one line), not of the command line, and changes nothing."""
+    target = _empty_fs(tmp_path / "target.fs")
+    before = target.read_bytes()
+    bad = tmp_path / "missing.pclasses" if what == "missing" else tmp_path
+    result = CliRunner().invoke(main, ["import", str(target), str(bad)])
+    assert result.exit_code == EXIT_ERROR, result.output
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("pclasses: error: ")
+    assert target.read_bytes() == before

@@ -17,7 +17,13 @@ from ZODB.MappingStorage import MappingStorage
 
 import pclasses
 from pclasses import connection as pconnection
-from pclasses.connection import CommitImport, Connection, add_record_hook, install, remove_record_hook
+from pclasses.connection import (
+    CommitImport,
+    Connection,
+    add_record_hook,
+    install,
+    remove_record_hook,
+)
 
 
 @pytest.fixture

@@ -499,7 +499,8 @@ def test_progress_callback(kept_importable: World):
     calls: list[tuple[int, int | None]] = []
     storage = FileStorage(str(kept_importable.path), read_only=True)
     try:
-        rep = pclasses.find_broken(storage, progress=lambda done, total: calls.append((done, total)))
+        rep = pclasses.find_broken(storage,
+                                   progress=lambda done, total: calls.append((done, total)))
     finally:
         storage.close()
     assert calls
@@ -588,6 +589,232 @@ def test_attribute_named_data_is_a_step(tmp_path: Path):
         storage.close()
     example = example_of(by_name(rep)[f"{name}.Thing"], oids["thing"])
     assert example.path == "root['h'].data"
+
+
+# ---------------------------------------------------------------------------
+# paths through BTrees, and keys that are deep, long or odd
+
+
+def _find(path: Path, examples: int = 20) -> BrokenReport:
+    storage = FileStorage(str(path), read_only=True)
+    try:
+        return pclasses.find_broken(storage, examples=examples)
+    finally:
+        storage.close()
+
+
+def test_paths_through_big_btrees_name_real_keys(tmp_path: Path):
+    """Objects in the first, a middle and the last bucket of a BTree with
+    interior nodes (and of an IOBTree), and inside a plain value, are named
+    by their real keys: tree nodes, first-bucket and next-bucket links add no
+    step."""
+    def build(db, m):
+        conn = db.open()
+        root = conn.root()
+        tree = root["tree"] = OOBTree()
+        ints = root["ints"] = IOBTree()
+        for i in range(3000):
+            tree[f"k{i:05d}"] = PersistentMapping(i=i)
+            ints[i] = PersistentMapping(i=i)
+        oids = {}
+        for i in (0, 1234, 2999):
+            tree[f"k{i:05d}"] = t = m.Thing()
+            ints[i] = u = m.Thing()
+            transaction.savepoint(True)
+            oids[f"k{i:05d}"], oids[i] = t._p_oid, u._p_oid
+        tree["k01500"] = (1, [m.Thing()])
+        transaction.commit()
+        oids["nested"] = tree["k01500"][1][0]._p_oid
+        assert len(tree.__getstate__()[0]) > 3  # interior node with several buckets
+        return oids
+
+    name, oids = _build(tmp_path / "big.fs", tmp_path / "mods", SMALL_SOURCE, build)
+    rep = _find(tmp_path / "big.fs")
+    cls = by_name(rep)[f"{name}.Thing"]
+    paths = {e.oid: e.path for e in cls.examples}
+    for i in (0, 1234, 2999):
+        assert paths[oids[f"k{i:05d}"]] == f"root['tree']['k{i:05d}']"
+        assert paths[oids[i]] == f"root['ints'][{i}]"
+    assert paths[oids["nested"]] == "root['tree']['k01500'][1][0]"
+
+
+ORDERED_SOURCE = SMALL_SOURCE + """
+
+    class Member(Persistent):
+        # ordered, so that it can be a member of a BTrees set
+
+        def __init__(self, n):
+            self.n = n
+
+        def __lt__(self, other):
+            return self.n < other.n
+
+        def __eq__(self, other):
+            return self.n == other.n
+
+        def __hash__(self):
+            return self.n
+"""
+
+
+def test_paths_through_sets_and_small_trees(tmp_path: Path):
+    """A member of a TreeSet (big or small) or a Set is the step ``{...}``; a
+    value of a one-bucket BTree (kept inline) is its key."""
+    from BTrees.OOBTree import OOSet, OOTreeSet
+
+    def build(db, m):
+        conn = db.open()
+        root = conn.root()
+        root["small"] = OOBTree()
+        root["small"]["only"] = small = m.Holder()
+        root["ts"] = OOTreeSet()
+        root["s"] = OOSet()
+        root["bigts"] = OOTreeSet()
+        members = [m.Member(i) for i in range(2000)]
+        for obj in members:
+            conn.add(obj)
+            root["bigts"].add(obj)
+        member, smember = m.Member(-1), m.Member(-2)
+        conn.add(member)
+        conn.add(smember)
+        root["ts"].add(member)
+        root["s"].add(smember)
+        transaction.commit()
+        assert len(root["bigts"].__getstate__()[0]) > 3
+        return {"small": small._p_oid, "member": member._p_oid, "smember": smember._p_oid,
+                "big0": members[0]._p_oid, "big1500": members[1500]._p_oid}
+
+    name, oids = _build(tmp_path / "sets.fs", tmp_path / "mods", ORDERED_SOURCE, build)
+    rep = _find(tmp_path / "sets.fs", examples=5000)
+    paths = {e.oid: e.path for c in rep.classes for e in c.examples}
+    assert paths[oids["small"]] == "root['small']['only']"
+    assert paths[oids["member"]] == "root['ts']{...}"
+    assert paths[oids["big0"]] == "root['bigts']{...}"
+    assert paths[oids["big1500"]] == "root['bigts']{...}"
+    assert paths[oids["smember"]] == "root['s']{...}"
+
+
+def _bucket_with_key(key_opcodes: bytes, target: bytes, module: str) -> bytes:
+    """An OOBucket record ``((key, <ref to target>),)`` with a hand-made key."""
+    return (b"\x80\x03cBTrees.OOBTree\nOOBucket\nq\x00.\x80\x03" + key_opcodes
+            + b"C\x08" + target + f"c{module}\nThing\n".encode() + b"\x86Q\x86\x85.")
+
+
+def _with_crafted_bucket(tmp_path: Path, key_opcodes: bytes) -> tuple[Path, str, bytes]:
+    """A database whose ``root['b']`` is a bucket keyed by ``key_opcodes`` that
+    holds an object of a missing class."""
+    path = tmp_path / "k.fs"
+
+    def build(db, m):
+        conn = db.open()
+        root = conn.root()
+        root["b"] = OOBucket()
+        root["t"] = m.Thing()
+        transaction.commit()
+        oids = {"b": root["b"]._p_oid, "t": root["t"]._p_oid}
+        del root["t"]  # from now on reachable through the bucket only
+        transaction.commit()
+        return oids
+
+    from BTrees.OOBTree import OOBucket
+
+    name, oids = _build(path, tmp_path / "mods", SMALL_SOURCE, build)
+    s = FileStorage(str(path))
+    try:
+        store_raw(s, _bucket_with_key(key_opcodes, oids["t"], name), oids["b"],
+                  s.load(oids["b"])[1])
+    finally:
+        s.close()
+    return path, name, oids["t"]
+
+
+@pytest.mark.parametrize("kind", ["deep", "very_deep", "long", "huge_int"])
+def test_a_deep_or_long_key_on_the_path_is_shown_truncated(tmp_path: Path, kind):
+    """A key 900 tuples deep, a 2 MB string key or an int of 80,000 bits on
+    the path to a broken object is shown truncated, by the API and the CLI
+    (exit 0, no traceback); a key 100,000 tuples deep (beyond what the reader
+    unpickles safely) leaves the step unnamed (by oid), never a crash."""
+    key = {"deep": b")" + b"\x85" * 900,
+           "very_deep": b")" + b"\x85" * 100_000,
+           "long": b"X" + (2_000_000).to_bytes(4, "little") + b"a" * 2_000_000,
+           "huge_int": b"\x8b" + (10_000).to_bytes(4, "little") + b"\x7f" * 10_000}[kind]
+    path, name, oid = _with_crafted_bucket(tmp_path, key)
+    rep = _find(path)
+    example = example_of(by_name(rep)[f"{name}.Thing"], oid)
+    step = f"<{oid_repr(oid)}>" if kind == "very_deep" else "["
+    assert example.path is not None and example.path.startswith("root['b']" + step)
+    assert len(example.path) < 300
+    result = CliRunner().invoke(main, ["broken", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    [shown] = json.loads(result.output)["databases"][0]["broken_classes"][0]["examples"]
+    assert shown["path"] == example.path
+
+
+def test_a_deeply_nested_dict_key_on_the_path_is_not_a_crash(tmp_path: Path):
+    """A PersistentMapping on the path whose dict has a key nested 200,000
+    tuples deep (hashing it would overflow the C stack) does not crash
+    ``pclasses broken`` (a process of its own exits normally); the step
+    through it is shown by oid."""
+    path = tmp_path / "deep.fs"
+    ZODB.DB(FileStorage(str(path))).close()
+    pm = b"\x80\x02cpersistent.mapping\nPersistentMapping\n."
+    s = FileStorage(str(path))
+    try:
+        gone = store_raw(s, b"\x80\x02cpcl_inv_gone_deep.mod\nThing\n.\x80\x02}.")
+        holder = store_raw(s, pm + b"\x80\x02}X\x04\x00\x00\x00data}(" + b")"
+                           + b"\x85" * 200_000 + b"K\x01X\x01\x00\x00\x00kU\x08" + gone
+                           + b"cpcl_inv_gone_deep.mod\nThing\n\x86Qus.")
+        data, serial = s.load(z64)
+        store_raw(s, pm + b"\x80\x02}X\x04\x00\x00\x00data}X\x01\x00\x00\x00hU\x08"
+                  + holder + b"cpersistent.mapping\nPersistentMapping\n\x86Qss.", z64, serial)
+    finally:
+        s.close()
+    here = Path(pclasses.__file__).resolve().parent.parent  # this pclasses, not another
+    result = run_cli("broken", str(path), "--json", env=cli_env(here))
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    [cls] = json.loads(result.stdout)["databases"][0]["broken_classes"]
+    [example] = cls["examples"]
+    assert example["oid"] == oid_repr(gone)
+    assert example["path"] == f"root['h']<{oid_repr(gone)}>"
+
+
+def test_report_objects_keep_names_from_data_raw(tmp_path: Path):
+    """A class name with control characters stays exactly as stored in the
+    report objects (rendering escapes it, not the library); a key with them
+    appears in the path only in its escaped ``repr`` form."""
+    path = tmp_path / "raw.fs"
+    ZODB.DB(FileStorage(str(path))).close()
+    module = "evil\x1b[31m"
+    s = FileStorage(str(path))
+    try:
+        thing = store_raw(s, b"\x80\x03c" + f"{module}\nGone\n".encode() + b"q\x00.\x80\x03}q\x01.")
+        key = "k\x1b]0;x\x07"
+        raw_key = key.encode()
+        holder = store_raw(s, b"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00."
+                           b"\x80\x03}q\x01X\x04\x00\x00\x00dataq\x02}q\x03X"
+                           + len(raw_key).to_bytes(4, "little") + raw_key
+                           + b"C\x08" + thing + f"c{module}\nGone\n".encode()
+                           + b"\x86Qss.")
+        root_data, serial = s.load(z64)
+        root = pclasses.read_record(root_data)
+        assert root.state == {"data": {}}
+        store_raw(s, b"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00."
+                  b"\x80\x03}q\x01X\x04\x00\x00\x00dataq\x02}q\x03X\x01\x00\x00\x00h"
+                  b"C\x08" + holder + b"cpersistent.mapping\nPersistentMapping\n\x86Qss.",
+                  z64, serial)
+    finally:
+        s.close()
+    rep = _find(path)
+    [cls] = rep.classes
+    assert (cls.module, cls.name) == (module, "Gone")
+    assert cls.to_dict()["module"] == module
+    assert cls.records == 1 and rep.unreadable == []
+    [example] = cls.examples
+    assert example.oid == thing
+    assert example.path == f"root['h'][{key!r}]"
+    assert "\x1b" not in example.path and "\x07" not in example.path
 
 
 # ---------------------------------------------------------------------------
@@ -703,7 +930,8 @@ def test_cli_multi_database_zconfig(tmp_path: Path):
             db.close()
     conf = tmp_path / "multi.conf"
     conf.write_text("".join(
-        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n  </filestorage>\n</zodb>\n"
+        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n"
+        "  </filestorage>\n</zodb>\n"
         for n in ("one", "two")))
     result = run_cli("broken", str(conf), "--json", env=cli_env())
     assert result.returncode == 0, result.stderr

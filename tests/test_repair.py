@@ -47,6 +47,7 @@ from ZODB.utils import get_pickle_metadata, oid_repr, z64
 
 import pclasses
 from pclasses.cli import main
+from pclasses.equivalence import differences
 
 SCRIPT = Path(sys.executable).parent / "pclasses"
 OID_REPR_CHARS = set("0123456789abcdefx")
@@ -865,6 +866,220 @@ def test_text_overlapping_the_real_opcode_is_never_altered(tmp_path: Path):
 
 
 # ---------------------------------------------------------------------------
+# rewritten records are checked against their meaning
+
+
+def _u(text: str) -> bytes:
+    """BINUNICODE ``text``."""
+    raw = text.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def _format3_class_pickle(module: str, name: str, popped_global: str, memo7: bool) -> bytes:
+    """Format-3 class metadata ``((module, name), None)`` that first pushes and
+    pops ``popped_global`` (a GLOBAL that a rename changes in length) and,
+    with ``memo7``, stores the int 5 at memo index 7 for the state to use."""
+    gm, gn = popped_global.rsplit(".", 1)
+    return (b"\x80\x02" + f"c{gm}\n{gn}\n".encode() + b"0"
+            + (b"K\x05q\x070" if memo7 else b"")
+            + _u(module) + b"q\x00" + _u(name) + b"q\x01\x86q\x02N\x86q\x03.")
+
+
+def crafted_shifting_record(old: str, new: str) -> bytes:
+    """A record whose state silently changes if the rename of ``old`` to the
+    3-byte-shorter ``new`` splits class pickle and state at the old offset.
+
+    The class pickle names ``old.Helper`` (popped) and stores 5 at memo 7;
+    the state is ``{'k': <memo 7>}``, but starts with a 78-byte string whose
+    text, read 3 bytes early, is opcodes that name ``new.Helper`` and store 9
+    at memo 7: cut at the stale offset, the record reads ``{'k': 9}`` and
+    still names the expected globals.
+    """
+    assert len(old) - len(new) == 3
+    payload = f"c{new}\nHelper\n0".encode() + b"K\tq\x070"
+    payload += b"N0" * ((78 - len(payload)) // 2)
+    assert len(payload) == 78  # read as an opcode, the length byte is NONE
+    state = b"\x80\x02UN" + payload + b"0}q\x08" + _u("k") + b"h\x07s."
+    return _format3_class_pickle(old, "Thing", f"{old}.Helper", memo7=True) + state
+
+
+def test_crafted_record_whose_meaning_would_change_is_refused(tmp_path: Path):
+    """A record whose rewrite would change its state (lengths change across the
+    split of class pickle and state) is reported as skipped with a reason, and
+    nothing is written for it: the stored bytes and the last transaction are
+    unchanged, and its state still reads as before."""
+    old, new = "pclold", "pcl"
+    data = crafted_shifting_record(old, new)
+    assert pclasses.read_record(data).state == {"k": 5}
+    s = FileStorage(str(tmp_path / "c.fs"))
+    try:
+        oid = store_raw(s, data)
+        last = s.lastTransaction()
+        warnings: list[str] = []
+        rep = pclasses.rename_classes(s, {f"{old}.*": f"{new}.*"}, warn=warnings.append)
+        assert s.lastTransaction() == last
+        assert s.load(oid)[0] == data
+    finally:
+        s.close()
+    assert rep.changed == 0 and rep.transactions == 0 and rep.renamed == {}
+    [skipped] = rep.skipped
+    assert skipped.oid == oid and "mean" in skipped.reason
+    assert skipped.to_dict()["oid"] == oid_repr(oid)
+    assert any(oid_repr(oid) in w for w in warnings)
+    assert pclasses.read_record(data).state == {"k": 5}
+
+
+def test_cli_reports_the_refused_record(tmp_path: Path):
+    """The CLI names the refused record on stderr and exits normally; the file
+    is unchanged."""
+    old, new = "pclold", "pcl"
+    path = tmp_path / "c.fs"
+    ZODB.DB(FileStorage(str(path))).close()  # a root, as every database has
+    s = FileStorage(str(path))
+    try:
+        oid = store_raw(s, crafted_shifting_record(old, new))
+    finally:
+        s.close()
+    digest = file_digest(path)
+    result = CliRunner().invoke(main, ["repair", str(path), "--rename", f"{old}.*={new}.*",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert file_digest(path) == digest
+    assert oid_repr(oid) in result.output
+
+
+def test_lengths_changing_across_the_split_keep_the_state(tmp_path: Path):
+    """A format-3 record whose class pickle also holds a renamed GLOBAL (so the
+    split point moves) is rewritten with its state intact: the split is found
+    in the rewritten bytes."""
+    old, new = unique("pcl_rep_short"), unique("pcl_rep_a_much_longer_name")
+    state = b"\x80\x02}q\x04(" + _u("k") + b"K\x05" + _u("h") + f"c{old}\nHelper\n".encode() \
+        + b"u."
+    data = _format3_class_pickle(old, "Thing", f"{old}.Helper", memo7=False) + state
+    before = pclasses.read_record(data)
+    s = FileStorage(str(tmp_path / "c.fs"))
+    try:
+        oid = store_raw(s, data)
+        rep = pclasses.rename_classes(s, {f"{old}.*": f"{new}.*"})
+        stored = s.load(oid)[0]
+    finally:
+        s.close()
+    assert rep.skipped == [] and rep.changed == 1
+    after = pclasses.read_record(stored)
+    assert (after.klass.module, after.klass.name, after.klass.format) == (new, "Thing", 3)
+    assert after.state["k"] == 5 and list(after.state) == ["k", "h"]
+    assert after.state["h"].dotted_pair == (new, "Helper")
+    assert before.state["h"].dotted_pair == (old, "Helper")
+    assert differences(before, after, {(old, "Thing"): (new, "Thing"),
+                                       (old, "Helper"): (new, "Helper")}) is None
+
+
+def test_format3_record_naming_the_class_only_by_strings_is_renamed(tmp_path: Path):
+    """An instance of a persistent class names its class only by two strings
+    (format 3, no GLOBAL opcode anywhere): it is found and renamed too, with
+    its state intact."""
+    old, new = unique("pcl_rep_f3"), unique("pcl_rep_f3new")
+    state = b"\x80\x02}q\x04(" + _u("k") + b"K\x05" + _u("s") + _u(old) + b"u."
+    data = b"\x80\x02" + _u(old) + b"q\x00" + _u("Thing") + b"q\x01\x86q\x02N\x86q\x03." \
+        + state
+    s = FileStorage(str(tmp_path / "f3.fs"))
+    try:
+        oid = store_raw(s, data)
+        rep = pclasses.rename_classes(s, {f"{old}.Thing": f"{new}.Thing"})
+        stored = s.load(oid)[0]
+    finally:
+        s.close()
+    assert rep.changed == 1 and rep.skipped == []
+    assert rep.renamed == {f"{old}.Thing": 1}
+    info = pclasses.read_record(stored)
+    assert (info.klass.module, info.klass.name, info.klass.format) == (new, "Thing", 3)
+    assert info.state == {"k": 5, "s": old}  # text in the state is data, not a name
+
+
+def test_hostile_deep_record_on_the_tree_check_path_is_skipped_not_a_crash(tmp_path: Path):
+    """A format-3 record whose state nests 200,000 tuples deep as a dict key
+    (hashing it would overflow the C stack) is skipped with a reason by the
+    CLI, in a process of its own that exits normally; nothing is written."""
+    old = unique("pcl_rep_deep")
+    depth = 200_000
+    data = (b"\x80\x02" + _u(old) + _u("Thing") + b"\x86N\x86."
+            + b"\x80\x02}" + b")" + b"\x85" * depth + b"K\x01s.")
+    path = tmp_path / "deep.fs"
+    ZODB.DB(FileStorage(str(path))).close()
+    s = FileStorage(str(path))
+    try:
+        oid = store_raw(s, data)
+    finally:
+        s.close()
+    digest = file_digest(path)
+    here = Path(pclasses.__file__).resolve().parent.parent  # this pclasses, not another
+    result = run_cli("repair", str(path), "--rename", f"{old}.*=pcl_rep_deepnew.*", "--json",
+                     env=cli_env(here))
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert [x["oid"] for x in report["skipped"]] == [oid_repr(oid)]
+    assert file_digest(path) == digest
+
+
+def test_every_rewritten_record_means_what_it_meant(fs: Copy):
+    """Oracle: for every record the repair changed, the safe reader's tree of
+    the new record equals the old one's with the renamed globals mapped."""
+    before = fs.records()
+    rules = fs.t.rules()
+    pclasses.rename_classes(str(fs.path), rules)
+    after = fs.records()
+    mapping = {tuple(k.rsplit(".", 1)): tuple(v.rsplit(".", 1)) for k, v in rules.items()}
+    changed = [oid for oid in before if after[oid] != before[oid]]
+    assert len(changed) > N_TREE
+    for oid in changed:
+        old_info = pclasses.read_record(before[oid])
+        new_info = pclasses.read_record(after[oid])
+        assert differences(old_info, new_info, mapping) is None, oid_repr(oid)
+        assert differences(old_info, new_info, {}) is not None
+
+
+def test_a_target_name_with_a_newline_is_refused(tmp_path: Path):
+    """A rename target that could not be written as one GLOBAL (a newline in
+    it) is refused up front with the package's error; nothing is written."""
+    old = unique("pcl_rep_nl")
+    data = b"\x80\x03c" + f"{old}\nThing\n".encode() + b"q\x00.\x80\x03}q\x01."
+    s = FileStorage(str(tmp_path / "n.fs"))
+    try:
+        oid = store_raw(s, data)
+        last = s.lastTransaction()
+        with pytest.raises(pclasses.PClassesError, match="printable"):
+            pclasses.rename_classes(s, {f"{old}.Thing": "evil\nos.system"})
+        assert s.lastTransaction() == last
+        assert s.load(oid)[0] == data
+    finally:
+        s.close()
+
+
+def test_a_rewrite_that_does_not_parse_back_is_refused():
+    """The check behind every in-place rewrite: bytes that are not exactly the
+    old ones with the renamed opcodes replaced, or that do not walk as a
+    record with the split where it belongs, are refused."""
+    from pclasses.equivalence import substitution_differences
+    from pclasses.record import analyze
+
+    old = b"\x80\x03cold.mod\nThing\nq\x00.\x80\x03}q\x01X\x01\x00\x00\x00kK\x05s."
+    renamed = {("old.mod", "Thing"): ("new", "Thing")}
+    good = old.replace(b"cold.mod\nThing\n", b"cnew\nThing\n")
+    assert substitution_differences(old, analyze(old), good, renamed) is None
+    for bad in (good.replace(b"K\x05", b"K\x06"),  # a value changed
+                good.replace(b"cnew\nThing\n", b"cnew\nOther\n"),  # the wrong name
+                good.replace(b"q\x00.", b"q\x00"),  # the split point lost
+                good + b"N",  # bytes added
+                old):  # nothing renamed
+        assert substitution_differences(old, analyze(old), bad, renamed) is not None
+    newline = {("old.mod", "Thing"): ("new\nx", "Thing")}
+    bad = old.replace(b"cold.mod\nThing\n", b"cnew\nx\nThing\n")
+    assert substitution_differences(old, analyze(old), bad, newline) is not None
+
+
+# ---------------------------------------------------------------------------
 # unreadable records, read-only storages
 
 
@@ -956,7 +1171,8 @@ def test_multi_database_zconfig_repairs_every_database(tmp_path: Path):
             db.close()
     conf = tmp_path / "multi.conf"
     conf.write_text("".join(
-        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n  </filestorage>\n</zodb>\n"
+        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n"
+        "  </filestorage>\n</zodb>\n"
         for n in ("one", "two")))
     pclasses.rename_classes(str(conf), {f"{old}.Thing": f"{new}.Thing"})
     for name in ("one", "two"):

@@ -2311,3 +2311,319 @@ def test_cli_import_of_a_hostile_file_is_one_line(fs, tmp_path):
     line = assert_one_line_error(run_cli("import", str(tmp_path / "dst.fs"), str(path)))
     assert "os.system" in line
     assert not ran(marker)
+
+
+# ---------------------------------------------------------------------------
+# issue 12: reports, the default path, behaviour gaps; issue 11: guards
+
+
+def here_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command line of the pclasses these tests import (this checkout)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(pclasses.__file__).resolve().parents[1])
+    return run_cli(*args, env=env)
+
+
+def test_reports_are_data(fs):
+    """export_subtree returns its Manifest as an ExportReport (size, seconds);
+    import_subtree(report=True) returns an ImportReport whose object is what
+    import_subtree returns, and both render as JSON."""
+    from pclasses.transfer.reports import ExportReport, ImportReport
+
+    src = fs("src")
+    conn = src.open()
+    conn.root()["sub"] = PersistentMapping(a=PersistentMapping(b=1))
+    transaction.commit()
+    buf = io.BytesIO()
+    rep = export_subtree(conn, conn.root()["sub"], buf, name="sub")
+    assert isinstance(rep, Manifest) and isinstance(rep, ExportReport)
+    assert rep.bytes == len(buf.getvalue()) and rep.records == rep.record_count == 2
+    full = rep.to_dict(report=True)
+    assert full["records"] == 2 and full["seconds"] >= 0 and full["format"] == "pclasses"
+    assert set(rep.to_dict()) < set(full)  # to_dict() stays the manifest's
+    json.dumps(full)
+    dst = fs("dst")
+    c2 = dst.open()
+    got = import_subtree(c2, io.BytesIO(buf.getvalue()), into=c2.root(), report=True)
+    assert isinstance(got, ImportReport)
+    assert got.object is c2.root()["sub"] and got.object._p_oid == got.root_oid
+    assert got.records == 2 and got.name == "sub" and got.bytes == len(buf.getvalue())
+    transaction.commit()
+    d = got.to_dict()
+    json.dumps(d)
+    assert d["oid"] == oid_repr(got.root_oid) and d["records"] == 2
+    assert {"module": "persistent.mapping", "name": "PersistentMapping",
+            "kind": "importable", "guid": None} in d["classes"]
+
+
+def test_default_import_is_read_before_commit_and_stored_once(fs):
+    """With the defaults, the imported objects are readable and changeable
+    before the commit, and the commit stores every record exactly once (a
+    changed one with its change)."""
+    src = fs("src")
+    conn = src.open()
+    conn.root()["sub"] = PersistentMapping(kid=PersistentMapping(v=1), other=PersistentMapping())
+    transaction.commit()
+    data, _ = export_bytes(conn, conn.root()["sub"], name="sub")
+    dst = fs("dst")
+    c2 = dst.open()
+    obj = import_subtree(c2, io.BytesIO(data), into=c2.root())
+    assert obj["kid"]["v"] == 1  # read before the commit
+    obj["kid"]["v"] = 2
+    transaction.commit()
+    it = dst.storage.iterator(dst.storage.lastTransaction())
+    try:
+        oids = [rec.oid for txn in it for rec in txn]
+    finally:
+        it.close()
+    assert len(oids) == len(set(oids)) == 4  # root (changed) + 3 imported
+    dst.close()
+    again = fs("dst")
+    assert again.open().root()["sub"]["kid"]["v"] == 2
+
+
+def test_two_default_imports_in_one_transaction_and_abort(fs):
+    """Several imports wait in one transaction; abort leaves the target as it
+    was and the objects read before it are gone from the connection."""
+    src = fs("src")
+    conn = src.open()
+    conn.root()["sub"] = PersistentMapping(kid=PersistentMapping(v=1))
+    transaction.commit()
+    data, _ = export_bytes(conn, conn.root()["sub"], name="sub")
+    dst, c2 = _target(fs)
+    before = snapshot(dst)
+    one = import_subtree(c2, io.BytesIO(data), into=c2.root(), name="one")
+    two = import_subtree(c2, io.BytesIO(data), into=c2.root(), name="two")
+    assert one["kid"]["v"] == two["kid"]["v"] == 1 and one._p_oid != two._p_oid
+    kid = one["kid"]
+    transaction.abort()
+    assert snapshot(dst) == before
+    assert kid._p_jar is None and one._p_jar is None
+    assert "one" not in c2.root()
+    import_subtree(c2, io.BytesIO(data), into=c2.root(), name="one")
+    transaction.commit()
+    assert c2.root()["one"]["kid"]["v"] == 1
+
+
+def test_import_runs_no_unpickler_on_file_bytes(fs, monkeypatch):
+    """Import, default and with savepoint=False... and .zexp: ZODB's
+    unpickling helpers (is_blob_record, getGhost) never see the file's bytes;
+    the root is a ghost made from the class the inert reader found."""
+    import ZODB.blob
+    import ZODB.serialize
+
+    src = fs("src")
+    conn = src.open()
+    conn.root()["sub"] = PersistentMapping(kid=PersistentMapping(v=1))
+    transaction.commit()
+    data, _ = export_bytes(conn, conn.root()["sub"], name="sub")
+    zdata, _ = export_bytes(conn, conn.root()["sub"], format="zexp")
+    dst = fs("dst")
+    c2 = dst.open()
+
+    def boom(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("an unpickler saw the file's bytes")
+
+    monkeypatch.setattr(ZODB.blob, "is_blob_record", boom)
+    monkeypatch.setattr(ZODB.serialize.ObjectReader, "getGhost", boom)
+    one = import_subtree(c2, io.BytesIO(data), into=c2.root())
+    two = import_subtree(c2, io.BytesIO(zdata), into=c2.root(), name="z")
+    assert one._p_changed is None and type(one) is PersistentMapping  # a ghost
+    assert type(two) is PersistentMapping
+    transaction.commit()
+    monkeypatch.undo()
+    assert one["kid"]["v"] == two["kid"]["v"] == 1
+
+
+def test_a_tiny_zexp_record_is_refused_by_the_guards(fs):
+    """A 21-byte .zexp record that names ZODB.blob and declares 2 GiB of bytes
+    (ZODB's blob check would unpickle it and allocate them) is refused by the
+    record analyzer with the package's error; the target is unchanged."""
+    record = b"\x80\x03\x8e" + struct.pack("<Q", 2 ** 31) + b"ZODB.blob"
+    assert len(record) == 20 or len(record) == 21 or len(record) < 32
+    data = b"ZEXP" + p64(1) + p64(len(record)) + record + ZEXP_END
+    dst, conn = _target(fs)
+    _assert_refused_untouched(dst, conn, data)
+
+
+def test_text_form_reference_that_cannot_hold_its_new_oid_is_refused(fs):
+    """A reference written in text form (PERSID) whose new oid would need a
+    newline byte is refused, not corrupted; nothing is written."""
+    target = b"AAAAAAAA"
+    state = b"}(" + U("data") + b"}(" + U("x") + b"P" + target + b"\nuu."
+    rec_a = PM_META + b"\x80\x01" + state[0:0] + state
+    rec_b = pm_record({})
+    data = pclasses_file([(p64(1), rec_a), (target, rec_b)])
+    dst, conn = _target(fs)
+    # the record gets the next oid, its reference the one after: make that 0x0a
+    last = u64(dst.storage._oid)
+    while last < 0x08:
+        last = u64(dst.storage.new_oid())
+    assert last == 0x08
+    error = _assert_refused_untouched(dst, conn, data)
+    assert "text-form" in str(error)
+
+
+def test_a_patch_that_changes_meaning_is_refused(fs, monkeypatch):
+    """The re-check after patching: if the rewritten bytes do not analyse as
+    the old record with new oids, the record is refused and nothing written."""
+    from pclasses.transfer import importer
+
+    src = fs("src")
+    conn = src.open()
+    conn.root()["sub"] = PersistentMapping(kid=PersistentMapping(v=1))
+    transaction.commit()
+    data, _ = export_bytes(conn, conn.root()["sub"], name="sub")
+    real = importer.CheckPass.remap
+
+    def sloppy(self: Any, data: bytes, oid: bytes, a: Any) -> Any:
+        record, expect = real(self, data, oid, a)
+        # a patch that also changes a key (the record stays readable)
+        return record.replace(U("kid"), U("kie"), 1), expect
+
+    monkeypatch.setattr(importer.CheckPass, "remap", sloppy)
+    dst, c2 = _target(fs)
+    error = _assert_refused_untouched(dst, c2, data)
+    assert "rewriting it would change" in str(error)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("record_count", 10 ** 400),
+    ("root_oid", "0x" + "f" * 40),
+    ("classes", [{"module": 1}]),
+    ("class_references", {"0x" + "f" * 40: {"guid": "g", "name": "n"}}),
+    ("external_references", "nope"),
+    ("blobs", [1]),
+])
+def test_bad_manifest_values_are_export_format_errors(fs, field, value):
+    """Huge integers or wrong types in a manifest give ExportFormatError (for
+    import and read_manifest), never another exception."""
+    data = pclasses_file([(p64(1), pm_record({}))], manifest={field: value})
+    with pytest.raises(ExportFormatError):
+        read_manifest(io.BytesIO(data))
+    dst, conn = _target(fs)
+    _assert_refused_untouched(dst, conn, data)
+
+
+def test_blob_file_into_a_target_without_blobs_is_a_transfer_error(fs):
+    """A file holding blobs imported into a database without blob support is
+    refused with the package's error before anything is written."""
+    src = fs("src", blobs=True)
+    conn = src.open()
+    b = Blob()
+    with b.open("w") as f:
+        f.write(b"bytes")
+    conn.root()["sub"] = PersistentMapping(b=b)
+    transaction.commit()
+    data, _ = export_bytes(conn, conn.root()["sub"], name="sub")
+    dst, c2 = _target(fs)
+    error = _assert_refused_untouched(dst, c2, data, TransferError)
+    assert "blob" in str(error)
+
+
+def test_cli_import_without_name_uses_the_file_name(fs, tmp_path):
+    """`pclasses import TARGET FILE` with neither --into nor --name, from a file
+    exported by oid (no name recorded), imports into the root under the
+    file's name without its extension."""
+    src = fs("src")
+    conn = src.open()
+    conn.root()["sub"] = PersistentMapping(v=7)
+    transaction.commit()
+    path = tmp_path / "mydocs.pcx"
+    export_subtree(conn, conn.root()["sub"]._p_oid, path)
+    assert read_manifest(path).name is None
+    dst = fs("dst")
+    dst.close()
+    result = here_cli("import", str(tmp_path / "dst.fs"), str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["name"] == "mydocs" and summary["records"] == 1
+    again = fs("dst")
+    assert again.open().root()["mydocs"]["v"] == 7
+
+
+def _blob_site(path: Path, blob_dir: Path) -> None:
+    db = ZODB.DB(FileStorage(str(path), blob_dir=str(blob_dir)))
+    with db.transaction() as conn:
+        b = Blob()
+        with b.open("w") as f:
+            f.write(b"blob bytes")
+        conn.root()["site"] = PersistentMapping(docs=PersistentMapping(b=b))
+    db.close()
+
+
+@pytest.mark.parametrize("layout", ["Data.fs.blobs", "blobs", "blobstorage", "../blobstorage"])
+def test_cli_export_finds_the_blob_directory(tmp_path, layout):
+    """`pclasses export Data.fs PATH` on a FileStorage with blobs finds its blob
+    directory where users keep it (Plone: var/filestorage/Data.fs and
+    var/blobstorage) and exports the blobs."""
+    var = tmp_path / "var" / "filestorage"
+    var.mkdir(parents=True)
+    fs_path = var / "Data.fs"
+    blob_dir = (var / layout) if layout != "Data.fs.blobs" else Path(str(fs_path) + ".blobs")
+    _blob_site(fs_path, blob_dir.resolve())
+    out = tmp_path / "docs.pcx"
+    result = here_cli("export", str(fs_path), "site/docs", "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["blobs"] == 1
+    assert read_manifest(out).blobs == 1
+
+
+def test_cli_export_without_blob_directory_is_one_line_and_leaves_no_file(tmp_path):
+    """A blob directory that cannot be found: one error line, no output file;
+    --blob-dir names it and the export succeeds."""
+    fs_path = tmp_path / "Data.fs"
+    blob_dir = tmp_path / "elsewhere"
+    _blob_site(fs_path, blob_dir)
+    out = tmp_path / "out" / "docs.pcx"
+    out.parent.mkdir()
+    line = assert_one_line_error(
+        here_cli("export", str(fs_path), "site/docs", "-o", str(out)))
+    assert "blob" in line
+    assert list(out.parent.iterdir()) == []  # no partial file, no temporary one
+    result = here_cli("export", str(fs_path), "site/docs", "-o", str(out),
+                      "--blob-dir", str(blob_dir))
+    assert result.returncode == 0, result.stderr
+    assert read_manifest(out).blobs == 1
+
+
+def test_cli_export_of_a_plain_value_names_its_persistent_holder(fs, tmp_path):
+    """`pclasses export TARGET site/data` where data is a plain dict inside a
+    persistent object says so and names the holder."""
+    src = fs("src")
+    conn = src.open()
+    conn.root()["site"] = PersistentMapping(data={"a": 1})
+    transaction.commit()
+    src.close()
+    line = assert_one_line_error(here_cli(
+        "export", str(tmp_path / "src.fs"), "site/data", "-o", str(tmp_path / "x.pcx")))
+    assert "dict" in line and "'site'" in line and "persistent" in line
+    assert not (tmp_path / "x.pcx").exists()
+
+
+def test_default_import_with_user_savepoints(fs):
+    """A default import inside a transaction that also makes savepoints (before
+    and after it) is written by the savepoint as ZODB does; rolling back to a
+    savepoint made before the import forgets it; the commit stores the rest."""
+    src = fs("src")
+    conn = src.open()
+    conn.root()["sub"] = PersistentMapping(kid=PersistentMapping(v=1))
+    transaction.commit()
+    data, _ = export_bytes(conn, conn.root()["sub"], name="sub")
+    dst, c2 = _target(fs)
+    c2.root()["early"] = 1
+    sp_before = transaction.savepoint()
+    one = import_subtree(c2, io.BytesIO(data), into=c2.root(), name="one")
+    assert one["kid"]["v"] == 1
+    transaction.savepoint()  # writes the pending import into the savepoint
+    assert one["kid"]["v"] == 1
+    sp_before.rollback()
+    assert "one" not in c2.root()
+    two = import_subtree(c2, io.BytesIO(data), into=c2.root(), name="two")
+    transaction.savepoint()
+    two["kid"]["v"] = 5
+    transaction.commit()
+    dst.close()
+    again = fs("target")
+    root = again.open().root()
+    assert "one" not in root and root["two"]["kid"]["v"] == 5 and root["early"] == 1

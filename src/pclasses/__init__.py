@@ -11,6 +11,8 @@ concept (see ``design/ARCHITECTURE.md``):
 * :mod:`pclasses.broken`: broken classes and objects;
 * :mod:`pclasses.database`: opening targets (paths, ZConfig, zodburi);
 * :mod:`pclasses.census`: which classes the records name;
+* :mod:`pclasses.refs`: intrinsic references with integrity (``Ref``, ``Folder``...);
+* :mod:`pclasses.tree`: trees of databases, remote references, cross-database gc;
 * :mod:`pclasses.cli`: the command line.
 """
 
@@ -19,13 +21,78 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .broken import broken_state, is_broken
-from .classtable import ClassTable, class_table, guid_of
 from .census import Census, take_census
-from .database import open
+from .classtable import ClassTable, class_table, guid_of
+from .errors import (
+    AliasCycleError,
+    BrokenObjectModifiedError,
+    ClassNameError,
+    DanglingReferenceError,
+    DatabaseUnavailableError,
+    DuplicateGuidError,
+    DuplicateHandleError,
+    ExportFormatError,
+    FramedRecordError,
+    GarbageCollectionRefusedError,
+    ImportPolicyError,
+    MissingClassesError,
+    MissingReferencesError,
+    NotAGuidModuleError,
+    NotBrokenError,
+    PClassesError,
+    RecordDecodeError,
+    ReferentialIntegrityError,
+    RefusedGlobalsError,
+    RegistrationError,
+    ScanWorkerError,
+    StorageOpenError,
+    TransferError,
+    UnknownDatabaseError,
+    UnlocatedError,
+    UnreachableReferenceError,
+    XrefPolicySyntaxError,
+)
 from .events import ClassReattached
 from .interfaces import IClassReattachedEvent, ICrossDatabaseReferenceEvent
 from .inventory import BrokenReport, find_broken
+from .methods import BrokenMethodError, MethodSourceError, method
+from .pclass import PersistentClass, define_class
+from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
+from .refs import (
+    Folder,
+    KeyChanged,
+    Ref,
+    ReferenceAdded,
+    ReferenceRemoved,
+    RefModeChanged,
+    RefSet,
+    TargetReplaced,
+    is_referenced,
+    move,
+    place,
+    references,
+    referrers,
+    rekey,
+    remove,
+    rename,
+    replace_target,
+    set_ref_mode,
+)
+from .registry import ClassRegistry, Resolution
 from .repair import RepairError, RepairReport, rename_classes
+from .transfer import Manifest, export_subtree, import_subtree, read_manifest
+from .tree import (
+    Dangling,
+    DatabaseHandle,
+    RemoteAttribute,
+    RemoteReference,
+    check_refs,
+    collect_garbage,
+    get_reference,
+    is_dangling,
+    open,
+    tree_of,
+)
 from .xrefs import (
     CrossDatabaseReference,
     CrossDatabaseReferenceError,
@@ -33,31 +100,6 @@ from .xrefs import (
     check_xrefs,
     scan_xrefs,
 )
-from .transfer import Manifest, export_subtree, import_subtree, read_manifest
-from .errors import (
-    AliasCycleError,
-    ExportFormatError,
-    MissingClassesError,
-    BrokenObjectModifiedError,
-    ClassNameError,
-    DuplicateGuidError,
-    FramedRecordError,
-    NotAGuidModuleError,
-    NotBrokenError,
-    PClassesError,
-    RecordDecodeError,
-    RefusedGlobalsError,
-    RegistrationError,
-    ScanWorkerError,
-    StorageOpenError,
-    TransferError,
-    UnknownDatabaseError,
-    XrefPolicySyntaxError,
-)
-from .methods import BrokenMethodError, MethodSourceError, method
-from .pclass import PersistentClass, define_class
-from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
-from .registry import ClassRegistry, Resolution
 
 __all__ = [
     "__version__",
@@ -93,6 +135,7 @@ __all__ = [
     "ExportFormatError",
     "MissingClassesError",
     "RefusedGlobalsError",
+    "ImportPolicyError",
     "RepairReport",
     "RepairError",
     "BrokenReport",
@@ -117,4 +160,39 @@ __all__ = [
     "UnknownDatabaseError",
     "XrefPolicySyntaxError",
     "ScanWorkerError",
+    "ReferentialIntegrityError",
+    "DanglingReferenceError",
+    "UnlocatedError",
+    "MissingReferencesError",
+    "Ref",
+    "RefSet",
+    "Folder",
+    "place",
+    "remove",
+    "move",
+    "rename",
+    "rekey",
+    "replace_target",
+    "set_ref_mode",
+    "referrers",
+    "is_referenced",
+    "references",
+    "ReferenceAdded",
+    "ReferenceRemoved",
+    "KeyChanged",
+    "TargetReplaced",
+    "RefModeChanged",
+    "DatabaseHandle",
+    "tree_of",
+    "get_reference",
+    "RemoteReference",
+    "RemoteAttribute",
+    "Dangling",
+    "is_dangling",
+    "DatabaseUnavailableError",
+    "UnreachableReferenceError",
+    "DuplicateHandleError",
+    "GarbageCollectionRefusedError",
+    "check_refs",
+    "collect_garbage",
 ]

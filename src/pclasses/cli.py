@@ -1,9 +1,17 @@
 """The ``pclasses`` command line: small subcommands over the library.
 
 Each subcommand parses its arguments, calls the library, and renders the
-result: a table for people, ``--json`` for scripts.  Expected errors print
-one line on stderr and exit with :data:`EXIT_ERROR`; broken classes and
+result: a table for people, ``--json`` for scripts.  Broken classes and
 unreadable records are findings, not errors.
+
+Whatever the input, a command exits with one of the codes below, never with
+a traceback: an expected error (a :class:`~pclasses.errors.PClassesError`)
+prints one line on stderr, and so does any other exception ("internal
+error"; ``PCLASSES_DEBUG=1`` adds its traceback).  Everything a command
+prints that comes from data (class names, keys, database names, messages)
+goes through :func:`printable`, so control characters and escape sequences
+reach the terminal escaped and rich markup in a name is printed, not
+interpreted.
 """
 
 from __future__ import annotations
@@ -11,37 +19,135 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from . import __version__
 from .errors import PClassesError
 
+# Exit codes, all of them.
 #: The command did its job (whatever it found).
 EXIT_OK = 0
-#: The command could not do its job (missing/locked/corrupt storage, bad input).
+#: The command could not do its job (missing/locked/corrupt storage, bad
+#: input, an internal error, an interruption).
 EXIT_ERROR = 1
 #: Bad command-line usage (click's own convention).
 EXIT_USAGE = 2
+#: A check (``pclasses refs --verify``) found problems that remain.
+EXIT_PROBLEMS = 3
+#: ``refs-check`` ran and found dangling references.
+EXIT_DANGLING = EXIT_PROBLEMS
+
+#: Set to ``1`` to see the traceback of an error.
+DEBUG_ENV = "PCLASSES_DEBUG"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-def _fail(message: str) -> None:
-    click.echo(f"pclasses: error: {message}", err=True)
-    sys.exit(EXIT_ERROR)
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(value: object) -> str:
+    """``value`` as text that is safe on a terminal.
+
+    Every character that is not printable (control characters, hence
+    escape sequences; format characters such as bidirectional overrides;
+    line separators; lone surrogates) is written as a Python escape
+    (``\\x1b``, ``\\u202e``), so one value is one line and the terminal
+    interprets nothing.  Rich markup needs no escaping here: tables get
+    their cells as plain :class:`rich.text.Text`.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100
+                       else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _out(line: object) -> None:
+    """Print one line of results on stdout (escaped)."""
+    click.echo(printable(line))
+
+
+def _warn(message: object) -> None:
+    """Print one warning line on stderr (escaped)."""
+    click.echo(f"pclasses: warning: {printable(message)}", err=True)
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _fail(message: object, exc: BaseException | None = None) -> NoReturn:
+    """Print one error line on stderr and exit with :data:`EXIT_ERROR`."""
+    if exc is not None and _debug():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    click.echo(f"pclasses: error: {printable(message)}", err=True)
+    raise click.exceptions.Exit(EXIT_ERROR)
+
+
+def _internal(exc: BaseException) -> NoReturn:
+    """An exception nobody expected: one line too (the traceback on demand)."""
+    if _debug():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        hint = ""
+    else:
+        hint = f" (set {DEBUG_ENV}=1 for the traceback)"
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose str() fails
+        text = ""
+    detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    click.echo(f"pclasses: internal error: {printable(detail)}{printable(hint)}", err=True)
+    raise click.exceptions.Exit(EXIT_ERROR)
 
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    try:
-        yield
-    except PClassesError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted")
+    """Kept for the commands' structure: errors are handled by :class:`_Main`."""
+    yield
+
+
+def _harden_streams() -> None:
+    """Characters the terminal's encoding lacks are escaped, not fatal."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a detached or closed stream
+                pass
+
+
+class _Main(click.Group):
+    """The command group: every exception of a command ends as one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _harden_streams()
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click prints these itself (usage errors, --help, --version)
+        except BrokenPipeError:
+            raise  # the reader went away (``| head``): click exits quietly
+        except PClassesError as exc:
+            _fail(str(exc), exc)
+        except KeyboardInterrupt as exc:
+            _fail("interrupted", exc)
+        except BaseException as exc:  # SystemExit of foreign code too
+            _internal(exc)
 
 
 @contextmanager
@@ -51,10 +157,11 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int | Non
         yield None
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress(
-        f"[bold]{label}",
+        f"[bold]{escape(printable(label))}",
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -74,18 +181,21 @@ def _emit_json(data: Any) -> None:
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A rich table; every cell is plain text (escaped, never read as markup)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(printable(title)), title_justify="left")
     for col in columns:
-        table.add_column(col, overflow="fold")
+        table.add_column(Text(col), overflow="fold")
     for row in rows:
-        table.add_row(*row)
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+        table.add_row(*(Text(printable(cell)) for cell in row))
+    Console(width=None if sys.stdout.isatty() else 160, markup=False, emoji=False,
+            highlight=False).print(table)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="pclasses")
 def main() -> None:
     """pclasses: classes that live, move, disappear and come back, for ZODB.
@@ -97,6 +207,13 @@ def main() -> None:
     file (.conf) with <zodb> sections or one storage section, or a zodburi
     URI (file://, memory://, zeo://host:port).
     """
+
+
+def _blob_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--blob-dir", type=click.Path(file_okay=False), default=None,
+        help="The blob directory of a FileStorage TARGET [default: found beside it: "
+             "Data.fs.blobs, Data.blobs, blobs, blobstorage, or ../blobstorage].")(f)
 
 
 def _trust_option(f: Any) -> Any:
@@ -113,7 +230,7 @@ def _registry(entry_points: bool) -> Any:
     registry = ClassRegistry()
     if entry_points:
         for failure in registry.load_entry_points():
-            click.echo(f"pclasses: warning: skipped {failure}", err=True)
+            _warn(f"skipped {failure}")
     return registry
 
 
@@ -128,8 +245,9 @@ def _registry(entry_points: bool) -> Any:
               help="Processes scanning a large FileStorage at once [default: one per CPU, "
                    "at most 4; env PCLASSES_JOBS].")
 @_trust_option
+@_blob_dir_option
 def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
-            jobs: int | None, trust: tuple[str, ...]) -> None:
+            jobs: int | None, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """List every class the records of TARGET name, with counts and resolution.
 
     For each class: how many records are instances of it (RECORDS), how
@@ -154,7 +272,7 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
 
     with _errors():
         registry = _registry(entry_points)
-        db = open_db(target, registry, read_only=True, create=False)
+        db = open_db(target, registry, read_only=True, create=False, blob_dir=blob_dir)
         try:
             results = []
             for name, each in sorted(db.databases.items()):
@@ -191,7 +309,7 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
                    [[r.guid or "?", r.name, ", ".join(r.bases), str(r.instances),
                      oid_repr(r.oid)] for r in census.resident])
         for u in census.unreadable:
-            click.echo(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
+            _out(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
 
 
 @main.command()
@@ -206,8 +324,9 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
 @click.option("--jobs", type=click.IntRange(min=1), envvar="PCLASSES_JOBS", default=None,
               help="Processes scanning a large FileStorage at once [env PCLASSES_JOBS].")
 @_trust_option
+@_blob_dir_option
 def broken(target: str, as_json: bool, examples: int, entry_points: bool, progress: bool,
-           jobs: int | None, trust: tuple[str, ...]) -> None:
+           jobs: int | None, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """List every class in TARGET that does not resolve, and where its objects sit.
 
     For each broken class: the records that are instances of it, the other
@@ -228,7 +347,7 @@ def broken(target: str, as_json: bool, examples: int, entry_points: bool, progre
 
     with _errors():
         registry = _registry(entry_points)
-        db = open_db(target, registry, read_only=True, create=False)
+        db = open_db(target, registry, read_only=True, create=False, blob_dir=blob_dir)
         try:
             results = []
             for name, each in sorted(db.databases.items()):
@@ -243,17 +362,17 @@ def broken(target: str, as_json: bool, examples: int, entry_points: bool, progre
         return
     for name, report in results:
         if not report.classes:
-            click.echo(f"database {name!r}: {report.records} records, no broken classes")
+            _out(f"database {name!r}: {report.records} records, no broken classes")
         for c in report.classes:
-            click.echo(f"{c.dotted}: {c.records} records, named by {c.mentions} more "
+            _out(f"{c.dotted}: {c.records} records, named by {c.mentions} more "
                        f"({c.error})")
             for e in c.examples:
                 where = e.path if e.path else (
                     "no path from the root; referred to by "
                     + (", ".join(oid_repr(o) for o in e.referrers) or "nothing"))
-                click.echo(f"  {oid_repr(e.oid)}  {where}")
+                _out(f"  {oid_repr(e.oid)}  {where}")
         for u in report.unreadable:
-            click.echo(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
+            _out(f"unreadable record {oid_repr(u.oid)}: {u.reason}")
 
 
 @main.command()
@@ -292,23 +411,23 @@ def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_r
         if from_entry_points:
             registry = ClassRegistry()
             for failure in registry.load_entry_points():
-                click.echo(f"pclasses: warning: skipped {failure}", err=True)
+                _warn(f"skipped {failure}")
         if not rules and registry is None:
             raise click.UsageError("give at least one --rename OLD=NEW or --from-entry-points")
         with progress_bar("dry run" if dry_run else "repairing", progress) as cb:
             report = rename_classes(
                 target, rules, registry=registry, dry_run=dry_run, batch_size=batch_size,
-                progress=cb, warn=lambda m: click.echo(f"pclasses: warning: {m}", err=True))
+                progress=cb, warn=_warn)
     if as_json:
         _emit_json(report.to_dict())
         return
     verb = "would rewrite" if dry_run else "rewrote"
-    click.echo(f"read {report.records} records; {verb} {report.changed} "
+    _out(f"read {report.records} records; {verb} {report.changed} "
                f"in {report.transactions} transactions")
     for old, n in sorted(report.renamed.items()):
-        click.echo(f"  {old}: {n} records")
+        _out(f"  {old}: {n} records")
     if report.unreadable or report.skipped:
-        click.echo(f"{len(report.unreadable)} unreadable, {len(report.skipped)} not rewritten "
+        _out(f"{len(report.unreadable)} unreadable, {len(report.skipped)} not rewritten "
                    "(see warnings)")
 
 
@@ -324,8 +443,9 @@ def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_r
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar (only on a terminal).")
 @_trust_option
+@_blob_dir_option
 def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bool,
-               progress: bool, trust: tuple[str, ...]) -> None:
+               progress: bool, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """Export the subtree at PATH_OR_OID of TARGET to a file.
 
     PATH_OR_OID is a path of keys (or attributes) from the root, such as
@@ -333,66 +453,69 @@ def export_cmd(target: str, path_or_oid: str, output: str, fmt: str, as_json: bo
     its database is written, with blobs; classes stored in the database are
     never written (instances refer to them by guid), and cross-database
     references are kept, not followed, and listed.  Nothing read is run.
-    TARGET is opened read-only.
+    TARGET is opened read-only.  A failed export leaves no output file.
     """
-    import time
-
     from .database import open as open_db
     from .transfer import export_subtree, resolve_path
 
     with _errors():
-        t0 = time.perf_counter()
-        db = open_db(target, _registry(True), read_only=True, create=False)
+        db = open_db(target, _registry(True), read_only=True, create=False, blob_dir=blob_dir)
         try:
             conn = db.open()
-            obj = resolve_path(conn, path_or_oid)
+            obj = resolve_path(conn, path_or_oid, persistent=True)
             name = None if path_or_oid.startswith("0x") else path_or_oid.strip("/").split("/")[-1]
             with progress_bar("exporting", progress) as cb:
-                manifest = export_subtree(conn, obj, output, format=fmt, name=name or None,
-                                          progress=cb, trust=trust)
+                report = export_subtree(conn, obj, output, format=fmt, name=name or None,
+                                        progress=cb, trust=trust)
             conn.close()
         finally:
             db.close()
-        seconds = time.perf_counter() - t0
-    summary = {
-        "records": manifest.record_count,
-        "bytes": os.path.getsize(output),
-        "classes": [c.to_dict() for c in manifest.classes],
-        "external_references": manifest.to_dict()["external_references"],
-        "blobs": manifest.blobs,
-        "seconds": round(seconds, 3),
-        "file": output,
-        "format": fmt,
-    }
     if as_json:
-        _emit_json(summary)
+        _emit_json(report.to_dict(report=True))
         return
-    click.echo(f"exported {summary['records']} records ({summary['bytes']} bytes, "
-               f"{manifest.blobs} blobs) to {output} in {seconds:.2f} s")
-    for c in manifest.classes:
+    _out(f"exported {report.record_count} records ({report.bytes} bytes, "
+         f"{report.blobs} blobs) to {printable(output)} in {report.seconds:.2f} s")
+    for c in report.classes:
         extra = f" guid {c.guid}" if c.guid else ""
-        click.echo(f"  needs {c.module}.{c.name}: {c.kind}{extra}")
-    for ref in summary["external_references"]:
-        click.echo(f"  external reference to {ref['oid']} in database {ref['database']!r}")
+        _out(f"  needs {printable(c.module)}.{printable(c.name)}: {c.kind}{extra}")
+    for ref in report.to_dict()["external_references"]:
+        _out(f"  external reference to {ref['oid']} in database {printable(ref['database'])}")
+
+
+def _default_import_name(file: str) -> str:
+    """The key an import without --name and without a recorded name gets:
+    the file's name without its extension (``docs.pclasses`` -> ``docs``)."""
+    base = os.path.basename(file)
+    stem = base.split(".", 1)[0] or base
+    return stem or "imported"
 
 
 @main.command("import")
 @click.argument("target")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path())  # a missing file is an error (exit 1), not usage
 @click.option("--into", default="/", show_default=True,
               help="Path of the container that receives the imported object.")
 @click.option("--name", default=None,
-              help="Key in the container [default: the name the export recorded].")
+              help="Key in the container [default: the name the export recorded, else the "
+                   "file's name without its extension: docs.pclasses -> docs].")
 @click.option("--missing", type=click.Choice(["error", "broken"]), default="error",
               show_default=True,
               help="error: refuse when classes are missing; broken: import their objects as "
                    "broken objects (reattached when the classes arrive).")
+@click.option("--allow-code", is_flag=True,
+              help="Also import objects whose state becomes code when loaded (source "
+                   "methods, persistent classes); only for files you trust.")
+@click.option("--strict", "strict", multiple=True, metavar="PKG",
+              help="Allow only classes of package PKG (repeatable) besides plain data "
+                   "types; see docs/security.md.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar (only on a terminal).")
 @_trust_option
+@_blob_dir_option
 def import_cmd(target: str, file: str, into: str, name: str | None, missing: str,
-               as_json: bool, progress: bool, trust: tuple[str, ...]) -> None:
+               allow_code: bool, strict: tuple[str, ...], as_json: bool,
+               progress: bool, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """Import an export FILE (pclasses format or ZODB .zexp) into TARGET.
 
     Before anything is written, the file's digest and every class and global
@@ -401,28 +524,25 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
     objects).  Nothing in the file is run.  The imported object is stored
     under --name in the container at --into, in one transaction.
     """
-    import time
-
     import transaction as txn
 
     from .database import open as open_db
-    from .transfer import import_subtree, read_manifest, resolve_path
+    from .transfer import import_subtree, resolve_path
 
     with _errors():
-        t0 = time.perf_counter()
-        db = open_db(target, _registry(True), create=False)
+        db = open_db(target, _registry(True), create=False, blob_dir=blob_dir)
         try:
             tm = txn.TransactionManager()
             conn = db.open(tm)
             try:
                 container = resolve_path(conn, into)
                 with progress_bar("importing", progress) as cb:
-                    obj = import_subtree(conn, file, missing=missing, into=container,
-                                         name=name, progress=cb, savepoint=False,
-                                         trust=trust)
+                    report = import_subtree(conn, file, missing=missing, into=container,
+                                            name=name, progress=cb, trust=trust, report=True,
+                                            default_name=_default_import_name(file),
+                                            allow_code=allow_code, strict=strict or None)
                 tm.get().note(f"pclasses import {os.path.basename(file)}")
                 tm.commit()
-                oid = obj._p_oid
             except BaseException:
                 tm.abort()
                 raise
@@ -430,30 +550,29 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
                 conn.close()
         finally:
             db.close()
-        seconds = time.perf_counter() - t0
-        try:
-            manifest = read_manifest(file)
-            records, classes = manifest.record_count, [c.to_dict() for c in manifest.classes]
-            externals = manifest.to_dict()["external_references"]
-        except PClassesError:  # a .zexp file has no manifest
-            records, classes, externals = None, [], []
+    if as_json:
+        _emit_json(report.to_dict())
+        return
     from ZODB.utils import oid_repr
 
-    summary = {"oid": oid_repr(oid), "records": records, "bytes": os.path.getsize(file),
-               "classes": classes, "external_references": externals,
-               "seconds": round(seconds, 3)}
-    if as_json:
-        _emit_json(summary)
-        return
-    click.echo(f"imported {records if records is not None else 'the'} records from {file} "
-               f"as {oid_repr(oid)} in {seconds:.2f} s")
+    _out(f"imported {report.records} records ({report.blobs} blobs) from {printable(file)} "
+         f"as {oid_repr(report.root_oid)} under {printable(report.name)!r} in "
+         f"{report.seconds:.2f} s")
+    for what, names in (("missing (imported as broken objects)", report.missing),
+                        ("refused (made inert)", report.refused)):
+        for each in names:
+            _out(f"  {what}: {printable(each)}")
+    if report.dangling:
+        _out(f"  {report.dangling} references point at no object (their targets were not "
+             "in the file)")
 
 
 @main.command()
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 @_trust_option
-def xrefs(target: str, as_json: bool, trust: tuple[str, ...]) -> None:
+@_blob_dir_option
+def xrefs(target: str, as_json: bool, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """List the cross-database references stored in a multi-database.
 
     TARGET is typically a ZConfig file with several <zodb NAME> sections.
@@ -469,7 +588,8 @@ def xrefs(target: str, as_json: bool, trust: tuple[str, ...]) -> None:
     from .xrefs import scan_xrefs
 
     with _errors():
-        db = open_db(target, _registry(True), read_only=True, create=False)
+        db = open_db(target, _registry(True), read_only=True, create=False,
+                     blob_dir=blob_dir)
         try:
             groups = scan_xrefs(db, trust=trust)
             names = sorted(db.databases)
@@ -480,13 +600,246 @@ def xrefs(target: str, as_json: bool, trust: tuple[str, ...]) -> None:
         _emit_json({"databases": names, "references": [g.to_dict() for g in groups]})
         return
     if not groups:
-        click.echo(f"no cross-database references in {', '.join(names)}")
+        _out(f"no cross-database references in {', '.join(names)}")
     for g in groups:
-        click.echo(f"{g.source_database} -> {g.target_database}: {g.count} x "
+        _out(f"{g.source_database} -> {g.target_database}: {g.count} x "
                    f"{g.source_class} -> {g.target_class}")
         for source, target_oid in g.dangling:
-            click.echo(f"  dangling: {oid_repr(source)} -> {oid_repr(target_oid)} "
+            _out(f"  dangling: {oid_repr(source)} -> {oid_repr(target_oid)} "
                        f"(no such record in {g.target_database!r})")
+
+
+@main.command()
+@click.argument("target")
+@click.argument("key", required=False)
+@click.option("--verify", is_flag=True,
+              help="Compare the reference registries with the records: dangling references, "
+                   "stale links, links missing from the registry.")
+@click.option("--fix", type=click.Choice(["keep", "null", "remove"]), default=None,
+              help="Repair what --verify finds (stale and missing links always; dangling "
+                   "references kept, set to None or removed).")
+@click.option("--mode", "modes", multiple=True, metavar="REF=MODE",
+              help="Set the effective mode (none, always, commit) of the reference REF "
+                   "(its id as --json shows it); repeatable.  Tightening refuses if a link "
+                   "dangles unless --fix null/remove.")
+@click.option("--dry-run", is_flag=True,
+              help="Report what --fix or --mode would do; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def refs(target: str, key: str | None, verify: bool, fix: str | None, modes: tuple[str, ...],
+         dry_run: bool, as_json: bool) -> None:
+    """Intrinsic references of TARGET: list, verify, repair, change modes.
+
+    Without KEY, one row per reference (its mode, links, targets and
+    dangling targets); with KEY, the referrers of that key (and of the keys
+    under it).  --verify reads the records with the record engine (nothing
+    of the application is imported or unpickled) and exits 3 when problems
+    remain, 0 when none were found or --fix fixed them all; any command
+    exits 1 when it could not run.
+    """
+    from .database import open as open_db
+    from .refs.verify import referrers_of_key, summarize, verify_refs
+
+    parsed: list[tuple[str, str]] = []
+    for item in modes:
+        ref_id, sep, mode = item.rpartition("=")
+        if not sep or not ref_id or mode not in ("none", "always", "commit"):
+            _fail(f"--mode {item!r}: expected REF=MODE with MODE none, always or commit")
+        parsed.append((ref_id, mode))
+    writes = bool(parsed or (fix and verify)) and not dry_run
+    db = open_db(target, _registry(True), read_only=not writes, create=False)
+    try:
+        result: dict[str, Any] = {}
+        if parsed:
+            result["modes"] = _set_modes(db, parsed, fix, dry_run)
+        if verify:
+            report = verify_refs(db, fix=fix, dry_run=dry_run)
+            result["verify"] = report.to_dict()
+        elif key is not None:
+            result["referrers"] = referrers_of_key(db, key)
+        elif not parsed:
+            result["references"] = [row.to_dict() for row in summarize(db)]
+    finally:
+        for each in set(getattr(db, "databases", {None: db}).values()):
+            each.close()
+    if as_json:
+        out = result
+        if verify:  # the verify report at the top, what else was done beside it
+            out = dict(result["verify"])
+            if "modes" in result:
+                out["modes"] = result["modes"]
+        _emit_json(out)
+    else:
+        _render_refs(result)
+    if verify and result["verify"]["remaining"]:
+        raise click.exceptions.Exit(EXIT_PROBLEMS)
+
+
+def _set_modes(db: Any, parsed: list[tuple[str, str]], fix: str | None,
+               dry_run: bool) -> list[dict[str, Any]]:
+    from .refs import registry_of, set_ref_mode
+
+    dbs = getattr(db, "databases", None) or {db.database_name: db}
+    first = sorted(dbs)[0]
+    conn = dbs[first].open()
+    done = []
+    try:
+        for ref_id, mode in parsed:
+            where = conn
+            for name in sorted(dbs):
+                other = conn if name == first else conn.get_connection(name)
+                registry = registry_of(other, create=False)
+                if registry is not None and (ref_id in registry.names or ref_id in registry.modes):
+                    where = other
+                    break
+            change = set_ref_mode(where, ref_id, mode, fix=fix, dry_run=dry_run)
+            done.append(change.to_dict())
+        if not dry_run:
+            conn.transaction_manager.commit()
+    finally:
+        conn.transaction_manager.abort()
+        conn.close()
+    return done
+
+
+def _render_refs(result: dict[str, Any]) -> None:
+    for change in result.get("modes", []):
+        state = "set" if change["applied"] else "would set"
+        _out(f"{state} {printable(change['ref_id'])}: {change['old']} -> {change['new']} "
+             f"({len(change['dangling'])} dangling, {change['fixed']} fixed)")
+    if "references" in result:
+        rows = [[printable(r["database"]), printable(r["ref_id"]), r["mode"], str(r["links"]),
+                 str(r["targets"]), str(r["dangling"])] for r in result["references"]]
+        if rows:
+            _table("References", ["database", "reference", "mode", "links", "targets",
+                                  "dangling"], rows)
+        else:
+            _out("no references")
+    if "referrers" in result:
+        if not result["referrers"]:
+            _out("no referrers")
+        for r in result["referrers"]:
+            _out(f"{printable(r['key'])} <- {r['oid_repr']}.{printable(r['name'])} "
+                 f"in {printable(r['source_database'])}")
+    if "verify" in result:
+        report = result["verify"]
+        for p in report["problems"]:
+            fixed = " (fixed)" if p["fixed"] else ""
+            _out(f"{p['kind']}: {p['oid_repr']} in {printable(p['database'])} "
+                 f"{printable(p['ref_id'])} -> {printable(p['key'])}{fixed}")
+        _out(f"{report['records']} records, {report['links']} links, "
+             f"{len(report['problems'])} problems, {report['remaining']} remaining")
+
+
+def _open_tree(target: str, read_only: bool) -> Any:
+    from .tree.opening import open as open_tree
+
+    return open_tree(target, _registry(True), tree=True, read_only=read_only, create=False)
+
+
+def _close_tree(db: Any) -> None:
+    from .tree import tree_of
+
+    tree_of(db).close()
+
+
+@main.command("refs-check")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@click.option("--referrers", is_flag=True,
+              help="Group dangling references by target, listing every referrer.")
+def refs_check(target: str, as_json: bool, referrers: bool) -> None:
+    """Check the references of every database of a tree or multi-database.
+
+    TARGET is the root database of a tree (its database handles name the
+    others) or a ZConfig file with several <zodb NAME> sections.  Every
+    reference form (plain, m, n, weak, remote) is followed from the roots
+    with the record engine; nothing is unpickled.  Exit status 0 when
+    nothing dangles, 3 when something does, 1 when the check could not run.
+    """
+    from ZODB.utils import oid_repr
+
+    from .tree import check_refs
+
+    db = _open_tree(target, True)
+    try:
+        report = check_refs(db)
+    finally:
+        _close_tree(db)
+    data = report.to_dict()
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    if referrers:
+        for d in data["dangling"]:
+            groups.setdefault((d["target_database"], d["target_oid"]), []).append(d)
+        data["referrers"] = [
+            {"target_database": db_name, "target_oid": oid, "reason": items[0]["reason"],
+             "referrers": [{"source_database": i["source_database"],
+                            "source_oid": i["source_oid"], "form": i["form"]} for i in items]}
+            for (db_name, oid), items in sorted(groups.items())]
+    if as_json:
+        _emit_json(data)
+    else:
+        for name, why in sorted(report.unavailable.items()):
+            _warn(f"database {name!r} is unavailable: {why}")
+        _out(f"checked {len(report.databases)} databases "
+             f"({', '.join(report.databases)}): "
+             f"{sum(report.objects.values())} objects, {report.references} references")
+        if referrers:
+            for (db_name, oid), items in sorted(groups.items()):
+                _out(f"dangling {db_name}:{oid} ({items[0]['reason']}), referred to by:")
+                for i in items:
+                    _out(f"  {i['source_database']}:{i['source_oid']} ({i['form']})")
+        else:
+            for d in report.dangling:
+                _out(f"dangling: {d.source_database}:{oid_repr(d.source_oid)} -> "
+                     f"{d.target_database}:{oid_repr(d.target_oid)} ({d.form}, {d.reason})")
+        if report.ok:
+            _out("no dangling references")
+    if not report.ok:
+        raise click.exceptions.Exit(EXIT_DANGLING)
+
+
+@main.command("gc")
+@click.argument("target")
+@click.option("--days", type=float, default=1.0, show_default=True,
+              help="Keep objects written in the last N days (0: no grace period).")
+@click.option("--apply", "apply_", is_flag=True, help="Delete the garbage (default: dry run).")
+@click.option("--force", is_flag=True,
+              help="Go on even when a storage collects garbage on pack by itself.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: bool) -> None:
+    """Find objects unreachable from the roots of a whole tree of databases.
+
+    Plain, m, n and remote references keep objects alive, weak references do
+    not.  A dry run unless --apply, which deletes the garbage through the
+    storage API (FileStorage, ZEO, RelStorage) and drops pins no reference
+    holds any more; it refuses storages that collect garbage on pack by
+    themselves unless --force.
+    """
+    from ZODB.utils import oid_repr
+
+    from .tree import collect_garbage
+
+    if days < 0:
+        _fail("--days must be 0 or more")
+    db = _open_tree(target, not apply_)
+    try:
+        report = collect_garbage(db, days=days, apply=apply_, force=force)
+    finally:
+        _close_tree(db)
+    if as_json:
+        _emit_json(report.to_dict())
+        return
+    for name, why in sorted(report.unavailable.items()):
+        _warn(f"database {name!r} is unavailable: {why}")
+    verb = "deleted" if report.applied else "garbage (dry run, --apply deletes)"
+    for name, oids in sorted(report.garbage.items()):
+        _out(f"{name}: {len(oids)} {verb}")
+        for oid in oids[:20]:
+            _out(f"  {oid_repr(oid)}")
+        if len(oids) > 20:
+            _out(f"  ... and {len(oids) - 20} more")
+        for oid in report.stale_pins.get(name, []):
+            _out(f"  stale pin {oid_repr(oid)}{' (dropped)' if report.applied else ''}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,20 +43,21 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from zodbpickle import binary, pickle_3
 from ZODB.broken import PersistentBroken
 from ZODB.Connection import Connection as _ZODBConnection
 from ZODB.serialize import _oidtypes
+from zodbpickle import binary, pickle_3
 
 from .broken import broken_classes_exist, missing_name, writing
 
 __all__ = ["Connection", "CommitImport", "install", "is_installed", "add_record_hook",
-           "remove_record_hook", "record_hooks", "serialize_with_broken"]
+           "remove_record_hook", "record_hooks", "serialize_with_broken",
+           "add_connection_hook", "connection_hooks"]
 
 _PROTOCOL = 3
 
 
-class _Pickler(pickle_3._Pickler):  # type: ignore[misc,name-defined]
+class _Pickler(pickle_3._Pickler):  # type: ignore[misc]
     """The pure-Python pickler, writing broken classes under their own names."""
 
     def save_global(self, obj: Any, name: Any = None, pack: Any = None) -> None:
@@ -71,7 +72,7 @@ class _Pickler(pickle_3._Pickler):  # type: ignore[misc,name-defined]
         self.memoize(obj)
 
     # The pure-Python pickler dispatches on type; broken classes are types.
-    dispatch = dict(pickle_3._Pickler.dispatch)  # type: ignore[attr-defined]
+    dispatch = dict(pickle_3._Pickler.dispatch)
 
 
 def _persistent_id(writer: Any) -> Any:
@@ -115,7 +116,7 @@ def serialize_with_broken(writer: Any, obj: Any) -> bytes:
 
     Mirrors ``ZODB.serialize.ObjectWriter.serialize``.
     """
-    klass = type(obj)
+    klass: Any = type(obj)
     newargs = getattr(obj, "__getnewargs__", None)
     if isinstance(getattr(klass, "_p_oid", 0), _oidtypes) and klass.__module__:
         klass = klass.__module__, klass.__name__
@@ -157,6 +158,18 @@ def remove_record_hook(hook: RecordHook) -> None:
     """Unsubscribe ``hook``; an unknown hook is ignored."""
     if hook in record_hooks:
         record_hooks.remove(hook)
+
+
+#: Called with every package connection when it is made (or upgraded from
+#: ZODB's class): trees of databases (:mod:`pclasses.tree`) install their
+#: reference loaders this way.
+connection_hooks: list[Callable[[Any], None]] = []
+
+
+def add_connection_hook(hook: Callable[[Any], None]) -> None:
+    """Call ``hook(connection)`` for every package connection made from now on."""
+    if hook not in connection_hooks:
+        connection_hooks.append(hook)
 
 
 class CommitImport:
@@ -212,13 +225,21 @@ class Connection(_ZODBConnection):  # type: ignore[misc]
     """ZODB's Connection, able to store objects that hold broken objects,
     running the record hooks and the package's commit-time imports."""
 
+    _import: Any  # ZODB's pending import: ``(file or CommitImport, returned oids)``
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        for hook in connection_hooks:
+            hook(self)
+
     def _store_objects(self, writer: Any, transaction: Any) -> Any:
         return super()._store_objects(_patch(writer, self), transaction)
 
     def abort(self, transaction: Any) -> Any:
         # ZODB only forgets a pending import in tpc_abort; an import of ours
         # that waits for the commit (savepoint=False) must go on abort too.
-        if isinstance(self._import and self._import[0], CommitImport):
+        pending: Any = self._import
+        if pending and isinstance(pending[0], CommitImport):
             self._import = None
         return super().abort(transaction)
 
@@ -255,6 +276,8 @@ def install(db: Any) -> Any:
 def _upgrade(connection: Any) -> None:
     if type(connection) is _ZODBConnection:
         connection.__class__ = Connection
+        for hook in connection_hooks:
+            hook(connection)
 
 
 def is_installed(connection: Any) -> bool:

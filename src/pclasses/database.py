@@ -22,7 +22,7 @@ import ZODB
 from .errors import StorageOpenError
 from .registry import ClassRegistry
 
-__all__ = ["open", "open_storage", "target_kind"]
+__all__ = ["open", "open_storage", "target_kind", "find_blob_dir"]
 
 _ZODB_SECTION = re.compile(r"^\s*<zodb(\s|>)", re.MULTILINE | re.IGNORECASE)
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -42,7 +42,8 @@ def _reason(exc: BaseException) -> str:
     name = type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if name == "LockError":
-        return f"the storage is locked by another process ({text})" if text else "the storage is locked"
+        return (f"the storage is locked by another process ({text})" if text
+                else "the storage is locked")
     if isinstance(exc, FileNotFoundError):
         return "no such file"
     if name == "ReadOnlyError":
@@ -56,6 +57,7 @@ def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
     *,
     read_only: bool = False,
     create: bool = True,
+    blob_dir: str | os.PathLike[str] | None = None,
     **db_kwargs: Any,
 ) -> ZODB.DB:
     """Open a database with a :class:`ClassRegistry` installed as its class factory.
@@ -67,8 +69,11 @@ def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
     cross-database reference seat belt on for every database of the target
     (or give the names of the databases to switch; see
     :mod:`pclasses.xrefs`).  ``blob_dir`` goes to a FileStorage (a path
-    target).  Other keyword arguments go to ``ZODB.DB``.  Raises :class:`~pclasses.errors.StorageOpenError` for a
-    missing, locked or corrupt storage or a target that cannot be read.
+    target); without it, an existing FileStorage gets the blob directory
+    found where users keep it (:func:`find_blob_dir`).  Other keyword
+    arguments go to ``ZODB.DB``.  Raises
+    :class:`~pclasses.errors.StorageOpenError` for a missing, locked or
+    corrupt storage or a target that cannot be read.
     """
     if registry is None:
         registry = ClassRegistry()
@@ -76,12 +81,17 @@ def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
     text = os.fspath(target)
     kind = target_kind(text)
     try:
+        if blob_dir is not None and kind != "filestorage":
+            raise StorageOpenError(text, f"a blob directory goes with a FileStorage path; a "
+                                         f"{kind} target names its own")
         if kind == "uri":
             db = _open_uri(text, read_only, create, db_kwargs)
         elif kind == "zconfig":
             db = _open_zconfig(text, read_only, create, db_kwargs)
         else:
-            storage = _filestorage(text, read_only, create, db_kwargs.pop("blob_dir", None))
+            if blob_dir is None and os.path.exists(text):
+                blob_dir = find_blob_dir(text)
+            storage = _filestorage(text, read_only, create, blob_dir)
             try:
                 db = ZODB.DB(storage, **db_kwargs)
             except BaseException:
@@ -122,7 +132,24 @@ def open_storage(target: str | os.PathLike[str], *, read_only: bool = True) -> A
         raise StorageOpenError(text, _reason(exc)) from exc
 
 
-def _filestorage(path: str, read_only: bool, create: bool, blob_dir: str | None = None) -> Any:
+def find_blob_dir(path: str | os.PathLike[str]) -> str | None:
+    """The blob directory of the FileStorage at ``path``, where users lay
+    it out: ``Data.fs.blobs`` or ``Data.blobs`` beside the file, ``blobs``
+    or ``blobstorage`` in its directory, or ``blobstorage`` beside that
+    directory (Plone's ``var/filestorage/Data.fs`` + ``var/blobstorage``).
+    Only a directory ZODB made (it holds a ``.layout`` file) counts;
+    ``None`` when there is none."""
+    p = Path(path).absolute()
+    here = p.parent
+    for candidate in (Path(str(p) + ".blobs"), p.with_suffix(".blobs"), here / "blobs",
+                      here / "blobstorage", here.parent / "blobstorage"):
+        if (candidate / ".layout").is_file():
+            return str(candidate)
+    return None
+
+
+def _filestorage(path: str, read_only: bool, create: bool,
+                 blob_dir: str | os.PathLike[str] | None = None) -> Any:
     from ZODB.FileStorage import FileStorage
 
     _check_file(path, read_only, create)

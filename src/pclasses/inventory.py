@@ -18,6 +18,7 @@ from typing import Any
 
 from ZODB.utils import oid_repr, z64
 
+from ._nesting import may_nest_too_deep
 from .census import Unreadable, census_and_tally
 from .errors import RecordDecodeError
 from .record.analyze import EdgeKind
@@ -198,10 +199,12 @@ class _Paths:
         if oid not in self._states:
             try:
                 data, _tid = self.storage.load(oid)
+                if may_nest_too_deep(data):  # hashing its keys could crash the reader
+                    raise RecordDecodeError("too deeply nested to read safely", oid=oid)
                 info = read_record(data, oid)
                 self._states[oid] = (info.klass.pair or ("", ""), info.state)
-            except (RecordDecodeError, KeyError) as exc:
-                self._states[oid] = (("", ""), exc)
+            except (RecordDecodeError, KeyError, RecursionError, MemoryError) as exc:
+                self._states[oid] = (("", ""), exc)  # no step can be named through it
         return self._states[oid]
 
 
@@ -213,22 +216,94 @@ _ITEM_CONTAINERS = {
     ("persistent.mapping", "PersistentDict"),
 }
 
+#: How a step into a set member or into a key that is itself an object reads.
+MEMBER = "{...}"
 
-def edge_label(parent: tuple[str, Any], child: bytes) -> str:
+
+def edge_label(parent: tuple[tuple[str, str], Any], child: bytes) -> str:
     """How ``parent``'s state reaches ``child``: ``.attr``, ``['key']``, ``[3]``.
 
     ``parent`` is ``((class module, class name), inert state)``.
     PersistentMapping, PersistentDict and PersistentList keep their items
-    under ``data``; BTrees keep internal nodes (which add no step) and
-    buckets of alternating keys and values.
+    under ``data``.  The classes of :mod:`BTrees` are read by their state
+    layout: a tree node's children and first bucket and a bucket's next
+    bucket add no step, a value in a bucket is the step ``[key]`` (with its
+    real key), and a set member, or a key that is the object itself, is
+    ``{...}``.  Keys are shown truncated (at most a few levels and items,
+    and 240 characters), however deep or long they are.
     """
     pair, state = parent
+    found: str | None
     if pair in _ITEM_CONTAINERS and isinstance(state, dict) and "data" in state:
-        state = state["data"]
-        found = _search(state, child, False, top=False)
+        found = _search(state["data"], child, top=False)
     else:
-        found = _search(state, child, pair[0].startswith("BTrees."), top=True)
+        kind = _btree_kind(pair) if isinstance(state, tuple) else None
+        if kind is not None:
+            found = _btree_label(kind, state, child)
+        else:
+            found = _search(state, child, top=True)
     return found if found is not None else f"<{oid_repr(child)}>"
+
+
+def _btree_kind(pair: tuple[str, str]) -> str | None:
+    """``"bucket"``, ``"set"``, ``"tree"``, ``"treeset"`` for the classes of BTrees."""
+    module, name = pair
+    if not module.startswith("BTrees."):
+        return None
+    name = name.removesuffix("Py")
+    for suffix, kind in (("Bucket", "bucket"), ("TreeSet", "treeset"), ("BTree", "tree"),
+                         ("Set", "set")):
+        if name.endswith(suffix):
+            return kind
+    return None
+
+
+def _btree_label(kind: str, state: tuple[Any, ...], child: bytes) -> str | None:
+    """The step from a BTrees node (by its ``__getstate__`` layout) to ``child``.
+
+    Buckets and sets: ``(items,)`` or ``(items, next_bucket)``, items being
+    ``(k0, v0, k1, v1, ...)`` for buckets and ``(k0, k1, ...)`` for sets.
+    Trees and tree sets: ``None`` (empty), ``((bucket_state,),)`` (one bucket,
+    kept inline) or ``((child0, key1, child1, ...), first_bucket)``.
+    """
+    if kind in ("bucket", "set"):
+        return _bucket_label(kind == "set", state, child)
+    if len(state) == 1 and isinstance(state[0], tuple) and len(state[0]) == 1 \
+            and isinstance(state[0][0], tuple):  # one bucket, inline
+        return _bucket_label(kind == "treeset", state[0][0], child)
+    if len(state) == 2 and isinstance(state[0], tuple):
+        nodes, first = state
+        if _is_ref_to(first, child):
+            return ""
+        for i, item in enumerate(nodes):
+            if i % 2 == 0:
+                if _is_ref_to(item, child):
+                    return ""
+            elif _search(item, child) is not None:  # a separating key
+                return MEMBER
+        return None
+    return _search(state, child, top=True)
+
+
+def _bucket_label(is_set: bool, state: tuple[Any, ...], child: bytes) -> str | None:
+    if not state or not isinstance(state[0], tuple):
+        return _search(state, child, top=True)
+    items = state[0]
+    if len(state) > 1 and _is_ref_to(state[1], child):
+        return ""  # the next bucket
+    if is_set:
+        for key in items:
+            if _search(key, child) is not None:
+                return MEMBER
+        return None
+    for i in range(0, len(items) - 1, 2):
+        key, value = items[i], items[i + 1]
+        found = _search(value, child)
+        if found is not None:
+            return _key(key) + found
+        if _search(key, child) is not None:
+            return MEMBER
+    return None
 
 
 def _is_ref_to(value: Any, oid: bytes) -> bool:
@@ -240,11 +315,48 @@ def _is_ref_to(value: Any, oid: bytes) -> bool:
     return False
 
 
+#: Bounds of a key's rendering in a path.
+_KEY_DEPTH = 3
+_KEY_ITEMS = 4
+_KEY_TEXT = 200
+_KEY_WIDTH = 240
+
+
 def _key(k: Any) -> str:
-    return f"[{k!r}]" if isinstance(k, (str, bytes, int, float, tuple)) else "[...]"
+    """``[<key>]``, the key rendered within bounds (never recursing deeply)."""
+    text = _render(k, 0)
+    if len(text) > _KEY_WIDTH:
+        text = text[: _KEY_WIDTH - 3] + "..."
+    return f"[{text}]"
 
 
-def _search(value: Any, oid: bytes, btree: bool, top: bool = False) -> str | None:
+def _render(value: Any, depth: int) -> str:
+    cls = value.__class__
+    if value is None or cls is bool or cls is float:
+        return repr(value)
+    if cls is int:
+        return repr(value) if value.bit_length() <= 128 else f"<int of {value.bit_length()} bits>"
+    if cls is str or cls is bytes:
+        if len(value) > _KEY_TEXT:
+            return repr(value[:_KEY_TEXT]) + "..."
+        return repr(value)
+    if cls is tuple:
+        if depth >= _KEY_DEPTH:
+            return "(...)"
+        parts = [_render(v, depth + 1) for v in value[:_KEY_ITEMS]]
+        if len(value) > _KEY_ITEMS:
+            parts.append("...")
+        return "(" + ", ".join(parts) + ("," if len(value) == 1 else "") + ")"
+    if cls is PersistentRef:
+        try:
+            return f"<{oid_repr(value.reference.oid)}>"
+        except RecordDecodeError:
+            return "<reference>"
+    return "..."
+
+
+def _search(value: Any, oid: bytes, top: bool = False) -> str | None:
+    """The step (attribute, key, index) from ``value`` to a reference to ``oid``."""
     # An explicit stack: inert state can nest deeply.
     stack: list[tuple[Any, str, bool]] = [(value, "", top)]
     seen: set[int] = set()
@@ -260,21 +372,11 @@ def _search(value: Any, oid: bytes, btree: bool, top: bool = False) -> str | Non
                 label = f".{k}" if is_top and isinstance(k, str) and k.isidentifier() else _key(k)
                 stack.append((item, prefix + label, False))
         elif isinstance(v, (list, tuple)):
-            if btree:
-                # Buckets: (k0, v0, k1, v1, ...); tree nodes: (child0, key1, child1, ...)
-                for i, item in enumerate(v):
-                    if _is_ref_to(item, oid):
-                        if i % 2 == 1 and not isinstance(v[i - 1], PersistentRef):
-                            return prefix + _key(v[i - 1])
-                        return prefix
-                    if isinstance(item, (list, tuple, dict)):
-                        stack.append((item, prefix, False))
-                continue
             for i, item in enumerate(v):
                 stack.append((item, prefix + f"[{i}]", False))
         elif isinstance(v, (set, frozenset)):
             for item in v:
-                stack.append((item, prefix + "{...}", False))
+                stack.append((item, prefix + MEMBER, False))
         elif isinstance(v, Inert):
             stack.append((v.state, prefix, True))
             for i, item in enumerate(v.listitems or ()):
@@ -303,6 +405,6 @@ def _all_referrers(storage: Any, wanted: set[bytes], classes: list[BrokenClass])
             if child in found and oid not in found[child] and len(found[child]) < 10:
                 found[child].append(oid)
     for c in classes:
-        for e in c.examples:
-            if e.path is None:
-                e.referrers = found.get(e.oid, e.referrers)
+        for example in c.examples:
+            if example.path is None:
+                example.referrers = found.get(example.oid, example.referrers)

@@ -26,10 +26,12 @@ that became importable.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import sys
 import threading
 import time
+import types
 import weakref
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Callable, Iterable, Mapping
@@ -111,6 +113,9 @@ class Resolution:
     resident: bool = field(default=False, compare=False)
     #: Where a module that was not imported was found.
     location: str | None = None
+    #: ``(module name, sys.modules entry, attribute)`` an import step
+    #: consulted (the registry's cache checks it is still current).
+    source: tuple[str, Any, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def resolved(self) -> str:
@@ -189,14 +194,21 @@ class ClassRegistry:
         self._registered: dict[str, Any] = {}
         self._aliases: dict[str, str] = {}
         self._module_aliases: dict[str, str] = {}
-        # key -> resolved object (connection-independent results only)
-        self._cache: dict[Key, Any] = {}
+        # key -> (resolved object, module name, module, module.__dict__,
+        # attribute): connection-independent results only.  A hit is used
+        # only while ``sys.modules[module name]`` is still that module and
+        # its ``attribute`` is still the object (so a module that left
+        # sys.modules, or was reloaded, is resolved again).  A registration
+        # is checked against ``builtins`` and a one-entry dict: always valid.
+        self._cache: dict[Key, tuple[Any, str, Any, Mapping[str, Any], str]] = {}
         # key -> chain of dotted names the resolution consulted
         self._chains: dict[Key, tuple[str, ...]] = {}
         # key -> broken class (kept across refreshes so identity is stable)
         self._broken_classes: dict[Key, type] = {}
-        # key -> (broken class, error) for names currently resolving broken
-        self._broken_cache: dict[Key, tuple[type, str]] = {}
+        # key -> (broken class, error, module name, sys.modules entry then)
+        # for names currently resolving broken; used while that entry of
+        # sys.modules is unchanged (a module imported since is retried)
+        self._broken_cache: dict[Key, tuple[type, str, str | None, Any]] = {}
         self._broken_seen: dict[Key, BrokenRecord] = {}
         self._generation = 0
         self._databases: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -208,24 +220,30 @@ class ClassRegistry:
     # -- the factory -------------------------------------------------------
 
     def _make_factory(self) -> Callable[[Any, str, str], Any]:
-        cache = self._cache
+        modules = sys.modules
         slow = self._lookup
 
-        def class_factory(connection: Any, modulename: str, globalname: str) -> Any:
+        def class_factory(cache: dict[Key, Any], connection: Any, modulename: str,
+                          globalname: str) -> Any:
+            # Subscriptions only (no calls): a miss anywhere is a KeyError.
             try:
-                return cache[modulename, globalname]
+                target, source, module, namespace, attr = cache[modulename, globalname]
+                if modules[source] is module and namespace[attr] is target:
+                    return target
             except KeyError:
-                return slow(connection, modulename, globalname)
+                pass
+            return slow(connection, modulename, globalname)
 
         class_factory.registry = self  # type: ignore[attr-defined]
-        return class_factory
+        # A method bound to the cache, as ZODB's default factory is a bound
+        # method of the database: code that checks for a method sees one,
+        # and the cache arrives as an argument.  ``factory.registry`` reads
+        # the function's attribute.
+        return types.MethodType(class_factory, self._cache)
 
     def __call__(self, connection: Any, modulename: str, globalname: str) -> Any:
         """Return the class (or other global) ``modulename.globalname``."""
-        try:
-            return self._cache[modulename, globalname]
-        except KeyError:
-            return self._lookup(connection, modulename, globalname)
+        return self.class_factory(connection, modulename, globalname)
 
     def find_global(self, modulename: str, globalname: str) -> Any:
         """Resolve without a connection (database-resident names resolve broken)."""
@@ -245,7 +263,7 @@ class ClassRegistry:
             if target is not None:
                 return target
         hit = self._broken_cache.get(key)
-        if hit is not None:
+        if hit is not None and (hit[2] is None or sys.modules.get(hit[2]) is hit[3]):
             self._note_broken(key, hit[1])
             return hit[0]
         generation = self._generation
@@ -254,14 +272,26 @@ class ClassRegistry:
             if res.how == "broken":
                 self._note_broken(key, res.error)
             return res.target
+        source = res.source
         with self._lock:
             if generation == self._generation:
                 if res.how == "broken":
-                    self._broken_cache[key] = (res.target, res.error or "")
+                    if source is None:  # e.g. an alias cycle: not about a module
+                        self._broken_cache[key] = (res.target, res.error or "", None, None)
+                    else:
+                        self._broken_cache[key] = (res.target, res.error or "", source[0],
+                                                   source[1])
                     self._chains[key] = res.chain
-                else:
-                    self._cache[key] = res.target
+                elif source is None:  # a registration
+                    self._cache[key] = (res.target, "builtins", builtins, {"": res.target}, "")
                     self._chains[key] = res.chain
+                elif source[1] is not None and "." not in source[2]:
+                    # (a dotted ``Outer.Inner`` is resolved each time: rare)
+                    mod_name, mod, attr = source
+                    namespace = getattr(mod, "__dict__", None)
+                    if isinstance(namespace, dict):
+                        self._cache[key] = (res.target, mod_name, mod, namespace, attr)
+                        self._chains[key] = res.chain
         if res.how == "broken":
             self._note_broken(key, res.error)
         return res.target
@@ -315,8 +345,9 @@ class ClassRegistry:
             target = resolver(connection, module, name)
             if target is not NOT_RESIDENT:
                 if target is None:
-                    res = self._broken(asked, tuple(chain),
-                                       f"database-resident class {dotted} is not in the class table")
+                    res = self._broken(
+                        asked, tuple(chain),
+                        f"database-resident class {dotted} is not in the class table")
                     return Resolution(res.module, res.name, res.how, res.chain, res.target,
                                       res.error, resident=True)
                 return Resolution(asked[0], asked[1], "database-resident", tuple(chain), target,
@@ -333,9 +364,12 @@ class ClassRegistry:
             try:
                 target = _import(module, name)
             except Exception as exc:  # ImportError, AttributeError, errors raised by the module
-                return self._broken(asked, tuple(chain), f"{type(exc).__name__}: {exc}")
+                res = self._broken(asked, tuple(chain), f"{type(exc).__name__}: {exc}")
+                return Resolution(res.module, res.name, res.how, res.chain, res.target,
+                                  res.error, source=(module, sys.modules.get(module), name))
         how = "aliased" if aliased else "imported"
-        return Resolution(asked[0], asked[1], how, tuple(chain), target)
+        return Resolution(asked[0], asked[1], how, tuple(chain), target,
+                          source=(module, sys.modules.get(module), name))
 
     def _module_alias(self, module: str, name: str) -> str | None:
         maliases = self._module_aliases
@@ -425,7 +459,7 @@ class ClassRegistry:
                 return
             if old == new:
                 raise AliasCycleError([old, new])
-            previous = self._aliases.get(old, _MISSING)
+            previous: Any = self._aliases.get(old, _MISSING)
             self._aliases[old] = new
             cycle = self._find_cycle([old])
             if cycle is not None:
@@ -458,7 +492,7 @@ class ClassRegistry:
                 return
             if old == new or new.startswith(old + "."):
                 raise AliasCycleError([old, new])
-            previous = self._module_aliases.get(old, _MISSING)
+            previous: Any = self._module_aliases.get(old, _MISSING)
             self._module_aliases[old] = new
             # Any new cycle passes through this rule, so it starts under
             # `old`: probe a name directly under it, and the names under it
@@ -672,13 +706,15 @@ class ClassRegistry:
 
     def _ep_aliases(self, name: str, rules: Any) -> None:
         if not isinstance(rules, Mapping):
-            raise RegistrationError(f"expected a mapping of rename rules, got {type(rules).__name__}")
+            raise RegistrationError(
+                f"expected a mapping of rename rules, got {type(rules).__name__}")
         for old, new in rules.items():
             self.alias(old, new)
 
     def _ep_module_aliases(self, name: str, rules: Any) -> None:
         if not isinstance(rules, Mapping):
-            raise RegistrationError(f"expected a mapping of module names, got {type(rules).__name__}")
+            raise RegistrationError(
+                f"expected a mapping of module names, got {type(rules).__name__}")
         for old, new in rules.items():
             self.alias_module(old, new)
 

@@ -12,18 +12,48 @@ How a record is rewritten
 In the pickle protocols ZODB writes (1-3), a global is the GLOBAL opcode
 ``c<module>\\n<name>\\n`` (INST, ``i...``, for old-style instances) and no
 other opcode refers to byte offsets, so renaming is a byte substitution.
-A record is a candidate when a compiled pattern of every rule's source
-matches; the safe reader then counts how many GLOBAL/INST opcodes name each
-renamed global, and the substitution happens only when the bytes hold
-exactly that many occurrences (so text that merely looks like an opcode is
-never touched).  The rewritten record is read again and must name exactly
-the renamed globals.  Records of format 3 (``((module, name), None)``, a
-persistent class's instances) get a new class pickle.  A record that
-cannot be rewritten this way (protocol 4 STACK_GLOBAL, say) is reported and
-left alone.
+A record is a candidate when it holds the module name (or module prefix)
+of a rule's source, as GLOBAL opcodes and format-3 class metadata do; the
+record analyzer (:func:`pclasses.record.analyze`) then gives the
+exact byte range of every GLOBAL/INST opcode, and only those ranges are
+replaced (text that merely looks like an opcode is never touched).
+Records of format 3 (``((module, name), None)``, a persistent class's
+instances) get a new class pickle, cut at the split point of the rewritten
+bytes.  A record that cannot be rewritten this way (protocol 4
+STACK_GLOBAL, a framed record, format-7 metadata) is reported and left
+alone.
+
+Checked against meaning
+-----------------------
+
+Every rewritten record is checked to mean what the old one meant, except
+for the renamed globals: its inert tree (class and state, as the safe
+reader makes them) must equal the old one's.  A record whose class pickle
+was replaced is read again by the safe reader and the two trees are
+compared (:func:`pclasses.equivalence.differences`; a record that might
+nest too deeply to unpickle safely is not compared, so not rewritten); a
+record whose GLOBAL/INST opcodes were replaced in place is proven to mean
+the same in about a microsecond
+(:func:`pclasses.equivalence.substitution_differences`: identical bytes
+elsewhere, each replacement exactly one well-formed opcode of the new name,
+and the C pre-scan walks the new bytes with the split point where it
+belongs).  A record that fails is reported as skipped, with the reason, and
+nothing is written for it.
 
 Batches of records are committed as storage transactions; renaming is
 idempotent, so an interrupted run is resumed by running it again.
+
+Blobs
+-----
+
+A record that holds a blob keeps it.  On a storage that keeps blobs
+(``IBlobStorage``: FileStorage with a blob directory, ZEO, RelStorage), each
+rewritten record is asked for its committed blob file
+(``openCommittedBlobFile``: the storage, not the record's bytes, says
+whether there is one); a copy goes into the storage's temporary directory
+and is stored with the new record by ``storeBlob``, which takes ownership of
+the copy.  A storage that says it keeps blobs but has no blob directory here
+(a ZEO client without a blob cache) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -38,23 +68,33 @@ from typing import Any
 
 from ZODB.utils import oid_repr
 
+from ._nesting import may_nest_too_deep
 from .census import Unreadable
-from .errors import PClassesError, RecordDecodeError
-from .record.reader import global_occurrences, read_class
-from .record.patch import FramedRecordError, rename_globals, replace_class_pickle
-from .record.analyze import Use, analyze, skim
+from .equivalence import differences, substitution_differences
+from .errors import RecordDecodeError, RepairError
+from .record import (
+    FramedRecordError,
+    analyze,
+    read_class,
+    read_record,
+    rename_globals,
+    replace_class_pickle,
+    skim,
+)
+from .record.analyze import Use
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
 
 __all__ = ["RepairError", "RepairReport", "rename_classes", "parse_rename"]
 
-
-class RepairError(PClassesError, RuntimeError):
-    """A repair could not start or could not go on."""
+_CLASS_META = int(Use.CLASS_META)
 
 
 @dataclass
 class Skipped:
+    """A candidate record that was left as it was, and why (``reason`` may
+    quote names from the record as they are stored: render it escaped)."""
+
     oid: bytes
     reason: str
 
@@ -97,14 +137,24 @@ def parse_rename(text: str) -> tuple[str, str]:
     return old.strip(), new.strip()
 
 
+def _check_name(text: Any) -> None:
+    """A rename rule's names are printable text (a newline would end a GLOBAL)."""
+    if not isinstance(text, str) or not text.isprintable():
+        raise RepairError(f"a rename rule needs printable dotted names, got {text!r}")
+
+
 def _rules(renames: Mapping[str, str] | None, registry: ClassRegistry | None) -> ClassRegistry:
     rules = ClassRegistry()
     if registry is not None:
         for old, new in registry.aliases.items():
+            _check_name(new)
             rules.alias(old, new)
         for old, new in registry.module_aliases.items():
+            _check_name(new)
             rules.alias_module(old, new)
     for old, new in (renames or {}).items():
+        _check_name(old)
+        _check_name(new)
         if old.endswith(".*") and new.endswith(".*"):
             rules.alias_module(old[:-2], new[:-2])
         else:
@@ -113,15 +163,19 @@ def _rules(renames: Mapping[str, str] | None, registry: ClassRegistry | None) ->
 
 
 def _candidate_pattern(rules: ClassRegistry) -> re.Pattern[bytes] | None:
-    parts = []
+    """Bytes every record that may name a renamed global contains.
+
+    A GLOBAL/INST opcode holds ``<module>\\n<name>\\n``; class metadata of
+    format 3 (instances of persistent classes) holds the module as a string
+    literal; so the module name (or module prefix) is what a candidate holds.
+    """
+    parts = set()
     for old in rules.aliases:
-        module, _, name = old.rpartition(".")
-        parts.append(re.escape(f"{module}\n{name}\n".encode()))
-    for old in rules.module_aliases:
-        parts.append(re.escape(old.encode()) + rb"[.\n]")
+        parts.add(old.rpartition(".")[0])
+    parts.update(rules.module_aliases)
     if not parts:
         return None
-    return re.compile(rb"[ci](?:" + b"|".join(parts) + rb")")
+    return re.compile(b"|".join(re.escape(p.encode()) for p in sorted(parts)))
 
 
 def rename_classes(
@@ -154,12 +208,15 @@ def rename_classes(
             for name, storage in storages:
                 if storage.isReadOnly():
                     where = f" (database {name!r})" if name else ""
-                    raise RepairError(f"the storage{where} is read-only; nothing was changed")
+                    raise RepairError(f"the storage{where} is read-only; nothing was changed",
+                                      database=name)
+                _check_blob_support(storage, name)
         for name, storage in storages:
             if name:
                 report.databases.append(name)
             _rename_storage(storage, pattern, targets, report, dry_run, batch_size,
                             progress, warn)
+        report.renamed = {f"{m}.{n}": count for (m, n), count in targets.counts.items()}
         for s in report.skipped:
             if warn is not None:
                 warn(f"record {oid_repr(s.oid)} not rewritten: {s.reason}")
@@ -240,6 +297,11 @@ class _Targets(dict):  # type: ignore[type-arg]
     def __init__(self, rules: ClassRegistry) -> None:
         super().__init__()
         self.rules = rules
+        #: how many records had each global renamed (dotted names at the end)
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def lookup(self, module: str, name: str) -> tuple[str, str] | None:
+        return self[(module, name)]  # type: ignore[no-any-return]
 
     def __missing__(self, key: tuple[str, str]) -> tuple[str, str] | None:
         value = self[key] = self.rules.rename_target(*key)
@@ -251,23 +313,34 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
 
     The record analyzer gives the exact byte range of every GLOBAL and INST
     opcode, so only opcodes are rewritten, never text that looks like one.
+    A class named by strings (format 3) gets a new class pickle, cut from
+    the rewritten bytes at the split point found in those bytes.  The result
+    must then mean what the old record meant except for the renamed globals
+    (see "Checked against meaning" above); otherwise the record is reported
+    as skipped and nothing is written.
     """
     try:
         a = analyze(data)
     except ValueError as exc:
         raise RecordDecodeError(str(exc), oid=oid) from None
-    for module, name, _offset, _end, opcode, _uses in a.globals:
-        if opcode == "stack_global" and module is not None and name is not None \
-                and rules[(module, name)] is not None:
-            report.skipped.append(Skipped(oid, f"{module}.{name} is named by a protocol-4 "
-                                               "STACK_GLOBAL, which is not rewritten"))
-            return None
+    if a.has_stack_global:
+        for g in a.globals:
+            if g.opcode == "stack_global" and g.module is not None and g.name is not None \
+                    and rules[(g.module, g.name)] is not None:
+                report.skipped.append(Skipped(oid, f"{g.module}.{g.name} is named by a "
+                                                   "protocol-4 STACK_GLOBAL, which is not "
+                                                   "rewritten"))
+                return None
     try:
-        new, renamed_here = rename_globals(data, a, lambda m, n: rules[(m, n)])
+        new, expected = rename_globals(data, a, rules.lookup)
     except FramedRecordError as exc:
         report.skipped.append(Skipped(oid, str(exc)))
         return None
-    if not any(g.uses & Use.CLASS_META for g in a.globals):
+    replaced_class = False
+    for g in a.globals:
+        if int(g.uses) & _CLASS_META:  # (plain ints: enum arithmetic costs microseconds)
+            break
+    else:
         klass = read_class(data, oid)
         if klass.format in (3, 7) and klass.pair is not None:
             target = rules[klass.pair]
@@ -276,44 +349,140 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
                     report.skipped.append(Skipped(oid, "format-7 class metadata is not "
                                                        "rewritten"))
                     return None
-                new = replace_class_pickle(new, a.end1, target)
-                if global_occurrences(new, oid)[0] != [
-                        renamed_here.get(g, g) for g in global_occurrences(data, oid)[0]]:
-                    report.skipped.append(Skipped(oid, "the rewritten record did not read "
-                                                       "back as expected"))
+                try:
+                    split = skim(new)[0]
+                except ValueError as exc:
+                    report.skipped.append(Skipped(oid, f"the rewritten record does not "
+                                                       f"parse: {exc}"))
                     return None
-                renamed_here[klass.pair] = target
-    if not renamed_here:
+                new = replace_class_pickle(new, split, target)
+                expected[klass.pair] = target
+                replaced_class = True
+    if not expected:
         return None
-    for (module, name) in renamed_here:
-        key = f"{module}.{name}"
-        report.renamed[key] = report.renamed.get(key, 0) + 1
+    if replaced_class:
+        reason = _meaning_changed(data, new, oid, expected)
+    else:
+        reason = substitution_differences(data, a, new, expected)
+    if reason is not None:
+        report.skipped.append(Skipped(oid, f"the rewritten record would not provably mean "
+                                           f"what the old one did ({reason}); not written"))
+        return None
+    counts = rules.counts
+    for pair in expected:
+        counts[pair] = counts.get(pair, 0) + 1
     return new
 
 
+def _meaning_changed(old: bytes, new: bytes, oid: bytes,
+                     renamed: dict[tuple[str, str], tuple[str, str]]) -> str | None:
+    """What differs between the old record (with ``renamed`` applied) and the
+    new one, read by the safe reader; ``None`` when they mean the same."""
+    if may_nest_too_deep(old) or may_nest_too_deep(new):
+        return "too deeply nested to compare safely"
+    try:
+        before = read_record(old, oid)
+    except RecordDecodeError as exc:
+        return f"the old record does not read: {exc.reason}"
+    try:
+        after = read_record(new, oid)
+    except RecordDecodeError as exc:
+        return f"it does not read: {exc.reason}"
+    try:
+        return differences(before, after, renamed)
+    except (RecursionError, MemoryError):
+        return "too large or deep to compare"
+
+
+def _holds_blobs(storage: Any) -> bool:
+    """Whether records of ``storage`` may hold blobs (and must keep them)."""
+    from ZODB.interfaces import IBlobStorage
+
+    return bool(IBlobStorage.providedBy(storage))
+
+
+def _check_blob_support(storage: Any, name: str | None) -> None:
+    """Refuse up front a blob storage opened without a usable blob directory.
+
+    A ZEO client of a server with blobs, opened without a blob cache, says
+    it stores blobs but can neither read nor write one: a rewritten blob
+    record would lose its blob.
+    """
+    if not _holds_blobs(storage):
+        return
+    try:
+        directory = storage.temporaryDirectory()
+    except Exception:
+        directory = None
+    if not directory or not os.path.isdir(directory):
+        where = f" (database {name!r})" if name else ""
+        raise RepairError(f"the storage{where} holds blobs but was opened without a blob "
+                          "directory (give it one, e.g. blob_dir); nothing was changed",
+                          database=name)
+
+
+def _copy_blob(storage: Any, oid: bytes, tid: bytes, directory: str) -> str | None:
+    """A private copy of the blob ``(oid, tid)`` holds, in ``directory``, or
+    ``None`` when the record holds no blob.
+
+    ``storeBlob`` takes ownership of the file it is given (it moves it), so
+    the committed file itself is never handed over.
+    """
+    from ZODB.POSException import POSKeyError
+
+    try:
+        committed = storage.openCommittedBlobFile(oid, tid)
+    except POSKeyError:
+        return None
+    with committed:
+        fd, path = tempfile.mkstemp(prefix="pclasses-repair-", suffix=".blob", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(committed, out, 1 << 20)
+        except BaseException:
+            os.unlink(path)
+            raise
+    return path
+
+
 def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:
-    from ZODB.blob import is_blob_record
+    """Store ``batch`` (``(oid, serial, new data)``) in one storage transaction.
+
+    A record that holds a blob keeps it: a copy of its committed blob file
+    is stored with the new record (``storeBlob``), on every storage.  The
+    copies are made before the transaction starts.
+    """
     from ZODB.Connection import TransactionMetaData
 
     t = TransactionMetaData(user="pclasses", description="pclasses repair: rename classes")
-    tmpdir = None
-    storage.tpc_begin(t)
+    copies: dict[bytes, str] = {}
     try:
-        for oid, tid, data in batch:
-            if is_blob_record(data) and hasattr(storage, "loadBlob"):
-                tmpdir = tmpdir or tempfile.mkdtemp(prefix="pclasses-repair-")
-                copy = os.path.join(tmpdir, oid.hex())
-                shutil.copyfile(storage.loadBlob(oid, tid), copy)
-                storage.storeBlob(oid, tid, data, copy, "", t)
-            else:
-                storage.store(oid, tid, data, "", t)
-        storage.tpc_vote(t)
-        storage.tpc_finish(t)
+        if _holds_blobs(storage):
+            directory = storage.temporaryDirectory()
+            for oid, tid, _data in batch:
+                path = _copy_blob(storage, oid, tid, directory)
+                if path is not None:
+                    copies[oid] = path
+        storage.tpc_begin(t)
+        try:
+            for oid, tid, data in batch:
+                path = copies.pop(oid, None)
+                if path is None:
+                    storage.store(oid, tid, data, "", t)
+                else:  # the storage owns the file from here on
+                    storage.storeBlob(oid, tid, data, path, "", t)
+            storage.tpc_vote(t)
+            storage.tpc_finish(t)
+        except BaseException:
+            storage.tpc_abort(t)
+            raise
     except BaseException as exc:
-        storage.tpc_abort(t)
         raise RepairError(f"a batch failed and was rolled back ({type(exc).__name__}: {exc}); "
                           "batches committed before it stay repaired, run again to "
                           "continue") from exc
     finally:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        for path in copies.values():  # copies never handed to the storage
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

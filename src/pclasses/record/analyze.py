@@ -128,7 +128,7 @@ Limits: ``analyze(data, limits)`` takes
 :class:`ValueError` for nesting deeper than ``max_depth``, a container given
 more than ``max_items`` items, a memo index above ``max_memo`` and more than
 ``max_collisions`` dict keys / set elements of one modelled hash in one
-container (see ``design/decisions.md``, D17); the last is checked after the
+container (see ``design/decisions.md``, D27); the last is checked after the
 walk and names the first key past the limit.
 
 The machine gives every opcode of protocols 0-5 its stack effect on
@@ -402,6 +402,9 @@ class EdgeKind(str, enum.Enum):
     MULTI = "multi"
     LEGACY = "legacy"
     UNKNOWN = "unknown"
+    #: a remote reference of a tree of databases (:mod:`pclasses.record.remote`):
+    #: not a persistent id, so never a ``PidSite``; only :func:`edges` reports it
+    REMOTE = "remote"
 
     __str__ = str.__str__
     __format__ = str.__format__  # type: ignore[assignment]
@@ -409,7 +412,7 @@ class EdgeKind(str, enum.Enum):
 
 #: The ``kind`` of a pid entry: :data:`pclasses.record.reader.REFERENCE_KINDS`
 #: plus ``"unknown"``, in that order.
-PID_KINDS: tuple[EdgeKind, ...] = tuple(EdgeKind)
+PID_KINDS: tuple[EdgeKind, ...] = tuple(k for k in EdgeKind if k is not EdgeKind.REMOTE)
 _EDGE_KIND = {k.value: k for k in EdgeKind}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
@@ -24,8 +25,9 @@ from ZODB.utils import oid_repr, p64, repr_to_oid
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import TransferError
-from ..record.analyze import EdgeKind, Use
-from ..record.edges import edges_of
+from ..record.edges import EdgeKind, edges_of
+from ..refs.transfer import MARK as REFS_MARK
+from ..refs.transfer import container_oid, export_references
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
@@ -36,12 +38,23 @@ from .format import (
     ZEXP_END,
     ZEXP_MAGIC,
     ClassNeed,
-    Manifest,
     blob_frame,
     record_frame,
     write_file,
 )
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, record_class
+from .records import (
+    BLOB_CLASS,
+    CLASS_METACLASSES,
+    CLASS_TABLE,
+    HANDLE_CLASS,
+    HANDLE_REFERENCE,
+    analyze,
+    class_record_info,
+    handle_name,
+    no_gc,
+    record_class,
+)
+from .reports import ExportReport
 
 __all__ = ["export_subtree"]
 
@@ -50,8 +63,15 @@ def _resolve_start(connection: Any, obj_or_oid: Any) -> bytes:
     if isinstance(obj_or_oid, bytes):
         return obj_or_oid
     if isinstance(obj_or_oid, str):
-        return repr_to_oid(obj_or_oid)
+        oid_of_text: bytes = repr_to_oid(obj_or_oid)
+        return oid_of_text
     oid = getattr(obj_or_oid, "_p_oid", None)
+    from persistent import Persistent
+
+    if oid is None and not isinstance(obj_or_oid, (Persistent, type)):
+        raise TransferError(f"a {type(obj_or_oid).__name__} is not a persistent object: a "
+                            "subtree starts at one (export the persistent object that holds "
+                            "it)")
     if oid is None or getattr(obj_or_oid, "_p_jar", None) is not connection:
         raise TransferError("the object to export must be stored in this connection's "
                             "database (commit it first)")
@@ -68,12 +88,16 @@ def export_subtree(
     name: str | None = None,
     progress: Progress | None = None,
     trust: Trust | Iterable[str] | None = None,
-) -> Manifest:
+) -> ExportReport:
     """Write the subtree of ``obj_or_oid`` (an object of ``connection`` or an oid).
 
-    ``file`` is a path or a binary file opened for writing.  ``format`` is
+    ``file`` is a path or a binary file opened for writing; a path is
+    written under a temporary name beside it and renamed when the export
+    is complete, so a failed export leaves no partial file.  ``format`` is
     ``"pclasses"`` (this package's format, with manifest and digest) or
-    ``"zexp"`` (ZODB's ``.zexp``).  Returns the :class:`Manifest`.  The
+    ``"zexp"`` (ZODB's ``.zexp``).  Returns an
+    :class:`~pclasses.transfer.reports.ExportReport`, which is the file's
+    :class:`Manifest` with what the export did (size, seconds).  The
     manifest's class listing resolves names without running modules that
     are not trusted (:mod:`pclasses.trust`; ``trust`` names more packages).
     """
@@ -82,6 +106,35 @@ def export_subtree(
     if registry is None:
         registry = getattr(connection.db().classFactory, "registry", None) or ClassRegistry()
     start = _resolve_start(connection, obj_or_oid)
+    if not isinstance(file, (str, os.PathLike)):
+        return _export_once(connection, start, file, format, registry, name, progress, trust)
+    target = os.fspath(file)
+    try:
+        fd, partial = tempfile.mkstemp(prefix=".pclasses-export-",
+                                       dir=os.path.dirname(os.path.abspath(target)))
+    except OSError as exc:
+        raise TransferError(f"cannot write {target}: {exc.strerror}") from None
+    os.close(fd)
+    try:
+        report = _export_once(connection, start, partial, format, registry, name, progress,
+                              trust)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)  # (mkstemp made it private)
+        os.replace(partial, target)
+    except BaseException:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
+    report.file = target
+    return report
+
+
+def _export_once(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
+                 registry: ClassRegistry, name: str | None, progress: Progress | None,
+                 trust: Trust | Iterable[str] | None) -> ExportReport:
     from ..scan import snapshot_loader
 
     load, still_valid, close_loader = snapshot_loader(connection)
@@ -105,22 +158,34 @@ def export_subtree(
 def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             registry: ClassRegistry, name: str | None, progress: Progress | None,
             load: Callable[[bytes], tuple[bytes, bytes]],
-            trust: Trust | Iterable[str] | None = None) -> Manifest:
+            trust: Trust | Iterable[str] | None = None) -> ExportReport:
     storage = connection._storage
     db_name = connection.db().database_name
-    blob_storage = hasattr(storage, "loadBlob")
-    from ZODB.blob import is_blob_record
+    from ZODB.interfaces import IBlobStorage
 
-    manifest = Manifest(VERSION, db_name, start, 0, name=name)
+    blob_storage = IBlobStorage.providedBy(storage)
+
+    t0 = time.perf_counter()
+    manifest = ExportReport(VERSION, db_name, start, 0, name=name, format=format,
+                            file=os.fspath(file) if isinstance(file, (str, os.PathLike)) else None)
     needs: dict[tuple[str, str], int] = {}
     externals: dict[tuple[str, bytes], None] = {}
+    ref_holders: list[tuple[bytes, bytes]] = []  # records holding intrinsic references
     queue: deque[bytes] = deque([start])
     seen = {start}
+    parent = container_oid(load, start)
+    if parent is not None:  # a placed object's __parent__ is not part of its subtree
+        seen.add(parent)
     own = isinstance(file, (str, os.PathLike))
     out: Any = open(file, "wb") if own else file  # noqa: SIM115
     body = tempfile.TemporaryFile(prefix="pclasses-export-") if format == "pclasses" else out
     try:
+        first = None
         if format == "zexp":
+            try:
+                first = out.tell()
+            except (OSError, AttributeError):
+                first = None
             out.write(ZEXP_MAGIC)
         n = 0
         while queue:
@@ -142,16 +207,23 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                 continue
             if pair == CLASS_TABLE:
                 continue
+            if pair == HANDLE_CLASS and oid != start:
+                # A database handle stays where it is: references to it are
+                # rebound by name to the target tree's handle (remote references).
+                manifest.class_references[oid] = (HANDLE_REFERENCE, handle_name(data, oid))
+                continue
             if pair is not None:
-                needs[pair] = needs.get(pair, 0) | Use.CLASS_META
+                needs[pair] = needs.get(pair, 0) | 8
+            if REFS_MARK in data:
+                ref_holders.append((oid, data))
             for g in a.globals:
-                key = (g.module, g.name)
-                needs[key] = needs.get(key, 0) | g.uses
-            for e in edges_of(data, a):
-                if e.oid is None:
+                key: Any = (g.module, g.name)
+                needs[key] = needs.get(key, 0) | int(g.uses)
+            for e in edges_of(data, a) if a.pids else ():
+                child = e.oid
+                if child is None:
                     raise TransferError(f"record {oid_repr(oid)} holds a reference this "
                                         "tool cannot follow")
-                child = e.oid
                 if e.database is not None:
                     externals[(e.database, child)] = None
                     continue
@@ -165,8 +237,13 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             else:
                 body.write(record_frame(oid, data) + data)
             n += 1
-            if blob_storage and is_blob_record(data):
-                path = storage.loadBlob(oid, tid)
+            if pair == BLOB_CLASS:
+                if not blob_storage:
+                    raise TransferError(
+                        f"record {oid_repr(oid)} holds a blob, and the database was opened "
+                        "without its blob directory (give its blob directory, --blob-dir on "
+                        "the command line)")
+                path = _blob_file(storage, oid, tid)
                 size = os.path.getsize(path)
                 body.write(ZEXP_BLOB + p64(size) if format == "zexp" else blob_frame(size))
                 with open(path, "rb") as blob:
@@ -175,17 +252,24 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             if progress is not None and not n % 4096:
                 progress(n, None)
         manifest.record_count = n
+        if ref_holders:
+            manifest.references_root, manifest.references = export_references(
+                connection, start, ref_holders, load)
         manifest.external_references = sorted(externals)
         manifest.classes = _needs(needs, registry, connection, trust)
         listed = {(c.module, c.name) for c in manifest.classes}
         for guid, cname in sorted(set(manifest.class_references.values())):
+            if guid == HANDLE_REFERENCE:
+                continue
             if (GUID_PREFIX + guid, cname) not in listed:  # plain instances' classes
                 manifest.classes.append(ClassNeed(GUID_PREFIX + guid, cname,
                                                   "database-resident", guid))
         if format == "zexp":
             out.write(ZEXP_END)
+            manifest.bytes = out.tell() - first if first is not None else 0
         else:
             write_file(out, body, manifest)
+        manifest.seconds = time.perf_counter() - t0
         if progress is not None:
             progress(n, n)
         return manifest
@@ -194,6 +278,20 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             body.close()
         if own:
             out.close()
+
+
+def _blob_file(storage: Any, oid: bytes, tid: bytes) -> str:
+    from ZODB.POSException import POSKeyError, Unsupported
+
+    try:
+        return storage.loadBlob(oid, tid)  # type: ignore[no-any-return]
+    except Unsupported:
+        raise TransferError(f"record {oid_repr(oid)} holds a blob, and the database was "
+                            "opened without its blob directory (give its blob directory, "
+                            "--blob-dir on the command line)") from None
+    except (POSKeyError, OSError) as exc:
+        raise TransferError(f"the blob of record {oid_repr(oid)} cannot be read "
+                            f"({type(exc).__name__})") from None
 
 
 def _needs(needs: dict[tuple[str, str], int], registry: ClassRegistry,

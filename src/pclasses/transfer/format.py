@@ -98,8 +98,18 @@ class Manifest:
     blobs: int = 0
     name: str | None = None
     bytes: int = 0
+    #: the intrinsic references the subtree holds (pclasses.refs.transfer)
+    references: list[dict[str, Any]] = field(default_factory=list)
+    #: the key of the exported root object, when it has one
+    references_root: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._to_dict()
+        if not self.references:  # listed only when the subtree holds references
+            del d["references"], d["references_root"]
+        return d
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
             "source_database": self.source_database,
@@ -113,29 +123,78 @@ class Manifest:
             "blobs": self.blobs,
             "name": self.name,
             "bytes": self.bytes,
+            "references": self.references,
+            "references_root": self.references_root,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        """The manifest of a file, every field checked for its type and range
+        (anything else is an :class:`ExportFormatError`)."""
         try:
             return cls(
-                format_version=int(d["format_version"]),
-                source_database=str(d["source_database"]),
-                root_oid=repr_to_oid(d["root_oid"]),
-                record_count=int(d["record_count"]),
-                classes=[ClassNeed(c["module"], c["name"], c["kind"], c.get("guid"))
-                         for c in d["classes"]],
-                external_references=[(e["database"], repr_to_oid(e["oid"]))
-                                     for e in d["external_references"]],
-                class_references={repr_to_oid(o): (v["guid"], v["name"])
-                                  for o, v in d["class_references"].items()},
-                blobs=int(d.get("blobs", 0)),
-                name=d.get("name"),
-                bytes=int(d.get("bytes", 0)),
+                format_version=_count(d["format_version"]),
+                source_database=_text(d["source_database"]),
+                root_oid=_oid(d["root_oid"]),
+                record_count=_count(d["record_count"]),
+                classes=[ClassNeed(_text(c["module"]), _text(c["name"]), _text(c["kind"]),
+                                   _text(c.get("guid"), none=True))
+                         for c in _list(d["classes"])],
+                external_references=[(_text(e["database"]), _oid(e["oid"]))
+                                     for e in _list(d["external_references"])],
+                class_references={_oid(o): (_text(v["guid"]), _text(v["name"]))
+                                  for o, v in _dict(d["class_references"]).items()},
+                blobs=_count(d.get("blobs", 0)),
+                name=_text(d.get("name"), none=True),
+                bytes=_count(d.get("bytes", 0)),
+                references=[_reference(r) for r in _list(d.get("references", []))],
+                references_root=_text(d.get("references_root"), none=True),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
-                RecursionError) as exc:
+                RecursionError, struct.error) as exc:
             raise ExportFormatError(f"malformed manifest ({type(exc).__name__})") from None
+
+
+def _count(value: Any) -> int:
+    if type(value) is not int or not 0 <= value < 1 << 63:
+        raise ValueError("not a count")
+    return value
+
+
+def _text(value: Any, none: bool = False) -> Any:
+    if value is None and none:
+        return None
+    if type(value) is not str:
+        raise TypeError("not a string")
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    if type(value) is not list:
+        raise TypeError("not a list")
+    return value
+
+
+def _dict(value: Any) -> dict[Any, Any]:
+    if type(value) is not dict:
+        raise TypeError("not an object")
+    return value
+
+
+def _reference(value: Any) -> dict[str, Any]:
+    """One entry of the manifest's ``references`` (pclasses.refs.transfer)."""
+    d = _dict(value)
+    return {"reference_id": _text(d["reference_id"]), "ref_id": _text(d["ref_id"]),
+            "database": _text(d.get("database"), none=True),
+            "key": _text(d.get("key"), none=True), "mode": _text(d.get("mode", "always")),
+            "internal": d.get("internal") is True}
+
+
+def _oid(value: Any) -> bytes:
+    text = _text(value)
+    if not text.startswith("0x") or len(text) > 18:
+        raise ValueError("not an oid")
+    return repr_to_oid(text)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------
@@ -150,6 +209,8 @@ class Frame:
     oid: bytes
     data: bytes
     blob: tuple[int, int] | None = None
+    #: the analyzer's findings when the reader needed them already (.zexp)
+    analysis: Any = None
 
 
 def record_frame(oid: bytes, data: bytes) -> bytes:
@@ -235,7 +296,7 @@ def write_file(out: Any, body: Any, manifest: Manifest) -> None:
     body.write(END)
     body.flush()
     manifest.bytes = 0
-    head = json.dumps(manifest.to_dict(), sort_keys=True).encode()
+    head = json.dumps(Manifest.to_dict(manifest), sort_keys=True).encode()
     write(MAGIC + struct.pack(">H", VERSION) + struct.pack(">I", len(head)) + head)
     body.seek(0)
     while True:
@@ -291,7 +352,7 @@ class Reader:
     def _read(self, n: int, what: str) -> bytes:
         if n > self.size - self.f.tell():
             raise ExportFormatError(f"truncated file: {what} incomplete")
-        data = self.f.read(n)
+        data: bytes = self.f.read(n)
         if len(data) != n:
             raise ExportFormatError(f"truncated file: {what} incomplete")
         return data
@@ -334,7 +395,11 @@ class Reader:
             yield frame
 
     def _zexp_frames(self) -> Iterator[Frame]:
-        from ZODB.blob import is_blob_record
+        # Which records have a blob after them: ZODB asks an unpickler
+        # (``is_blob_record``); we ask the record analyzer, which runs the
+        # package's guards (pre-scan, lengths, limits) before anything else
+        # looks at the record, and keep its findings for the check pass.
+        from .records import BLOB_CLASS, analyze, record_class
 
         f = self.f
         while True:
@@ -346,7 +411,8 @@ class Reader:
             n = u64(head[8:])
             data = self._read(n, "record")
             frame = Frame(head[:8], data)
-            if is_blob_record(data):
+            frame.analysis = a = analyze(data, frame.oid)
+            if b"ZODB.blob" in data and record_class(data, frame.oid, a) == BLOB_CLASS:
                 pos = f.tell()
                 if f.read(len(ZEXP_BLOB)) == ZEXP_BLOB:
                     size = u64(self._read(8, "blob length"))

@@ -1,68 +1,77 @@
 """Import: check a whole file, then store its records under new oids.
 
 :func:`import_subtree` runs two passes.  The **check pass**
-(:class:`_CheckPass`) reads the whole file: it checks the digest, the
-structure, and, with the C record analyzer, every global and persistent
-reference each record names (the manifest is never trusted); it gives every
-record and reference a new oid and writes the records with their
-references' oid bytes replaced to a temporary file; before anything is
-written to the target it checks every class against the target's registry
-and class table and refuses globals that are neither classes nor allowed
-(:mod:`pclasses.transfer.policy`).  The **store pass** (:class:`_Importer`)
-copies the prepared records into the storage inside the caller's
-transaction (at once through a savepoint, as ZODB's ``importFile`` does, or
-when the transaction commits).  Nothing read is unpickled, so nothing in
-the file can run.
+(:class:`CheckPass`) reads the whole file once: it checks the digest and
+the structure, analyses every record with the C record analyzer (never
+unpickling; the manifest is never trusted), judges every global a record
+names as soon as it is first met (:func:`pclasses.transfer.policy.check_globals`),
+gives every record and reference a new oid, patches the references' oid
+bytes, analyses the patched record once more to prove that only those
+bytes changed their meaning, and writes it to a temporary file.  What the
+pass learned is kept: the byte positions of references to records not met
+yet (patched in place at the end, when they turn out to dangle or, in a
+``.zexp``, to be class records), the position of every prepared record (so
+the imported objects can be read before the commit), the root's class.
+Nothing is written to the target until the whole file has passed.  The
+**store pass** (:mod:`pclasses.transfer.store`) copies the prepared records
+into the storage inside the caller's transaction.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, overload
 
 from ZODB.utils import oid_repr
 
-from ..classtable import GUID_PREFIX, class_table
-from ..connection import CommitImport
+from ..classtable import GUID_PREFIX, class_table, is_guid_module
 from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
+from ..record import Analysis
 from ..record.analyze import Use
-from ..record.analyze import analyze as _ANALYZE
-from ..record.edges import edges_of
+from ..record.edges import EdgeKind
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
-from .format import END, Frame, Reader, blob_ref_frame, iter_frames, opened, record_frame
+from .callsites import record_facts
+from .format import END, ClassNeed, Reader, blob_ref_frame, opened, record_frame
 from .policy import (
     CALLED_BY_RECONSTRUCTOR,
     RECONSTRUCTORS,
     REFUSED_PREFIX,
     USE_ARGUMENT,
     USE_CALLED,
+    USE_PID_CLASS,
+    USE_ROOT_CLASS,
+    ImportPolicy,
     check_globals,
 )
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, record_class
+from .records import (
+    CLASS_METACLASSES,
+    CLASS_TABLE,
+    HANDLE_REFERENCE,
+    analyze,
+    class_record_info,
+    no_gc,
+    record_class,
+)
+from .reports import ImportReport
+from .store import Plan, pending_import, root_ghost
 
-__all__ = ["import_subtree", "NOWHERE"]
+__all__ = ["import_subtree", "NOWHERE", "CheckPass"]
 
 #: Where dangling references point after an import: an oid no storage hands
 #: out (the last of the 2**64), so a dangling reference never lands on an
 #: unrelated object.
 NOWHERE = b"\xff" * 8
 
-
-@dataclass
-class _Plan:
-    """The result of the check pass: rewritten records, ready to be stored."""
-
-    reader: Reader
-    temp: Any  # frames of (new oid, rewritten record), see _CheckPass
-    root: bytes  # the new oid of the imported root object
-    refused: set[tuple[str, str]]
-    records: int = 0
+_FRAME_HEAD = 13  # b"R" + oid + u32
+#: uses of a global item that change it (BUILD / SETITEM(S) / APPEND(S) target)
+_CHANGED = int(Use.BUILD_TARGET | Use.ITEMS_TARGET)
+_BLOB_REF = 17  # b"P" + u64 + u64
 
 
 # ---------------------------------------------------------------------------
@@ -70,17 +79,42 @@ class _Plan:
 # ---------------------------------------------------------------------------
 
 
+def _binary_literal(data: bytes, off: int) -> bool:
+    """Whether the 8-byte oid literal at ``off`` is a binary string opcode
+    (SHORT_BINBYTES/SHORT_BINSTRING, BINBYTES/BINSTRING, BINBYTES8), whose
+    bytes may be anything; text forms (PERSID, STRING, UNICODE) may not."""
+    if off >= 2 and data[off - 1] == 8 and data[off - 2] in (0x43, 0x55):
+        return True
+    if off >= 5 and data[off - 5] in (0x42, 0x54) and data[off - 4:off] == b"\x08\0\0\0":
+        return True
+    return off >= 9 and data[off - 9] == 0x8E and data[off - 8:off] == b"\x08" + bytes(7)
+
+
+_CLASS_META = int(Use.CLASS_META)
+
+#: SHORT_BINBYTES / SHORT_BINSTRING of 8 bytes: the usual oid literal.
+_SHORT_BINARY = frozenset({b"C\x08", b"U\x08"})
+
+#: Bytes a text-form oid literal cannot hold verbatim: line ends end the
+#: opcode, backslashes and quotes change the text's meaning, and non-ASCII
+#: bytes do not decode as the ASCII of a PERSID line.
+_TEXT_UNSAFE = frozenset(b"\n\r\\'\"") | frozenset(range(0x80, 0x100))
+
+
+def _text_safe(oid: bytes) -> bool:
+    return not any(b in _TEXT_UNSAFE for b in oid)
+
+
 @dataclass
-class _CheckPass:
+class CheckPass:
     """Check everything and prepare every record, before anything is stored.
 
-    One pass over the file: each record is analysed (never unpickled),
-    checked, given a new oid, and written with its references' oid bytes
-    replaced to a temporary file that the store pass copies into the
-    storage.  New oids are taken from the storage as records and
-    references are met: a reference to an oid that is not in the file (a
-    weak reference out of the subtree, a dangling one) gets a fresh oid
-    nothing will be stored under.
+    :meth:`run` reads the file once; its steps are
+    :meth:`bind_class_references` (the manifest's classes stored in the
+    source database), then per record :meth:`judge_globals`,
+    :meth:`remap`, :meth:`make_inert` (``missing="broken"`` only) and
+    :meth:`recheck`, and at the end :meth:`settle_forward_references` and
+    :meth:`decide`.
     """
 
     connection: Any
@@ -93,40 +127,50 @@ class _CheckPass:
     mapping: dict[bytes, bytes] = field(default_factory=dict)
     missing_names: list[str] = field(default_factory=list)
     class_refs_missing: list[str] = field(default_factory=list)
-    #: records of the file that are not imported (ZODB's class records)
-    skip: set[bytes] = field(default_factory=set)
     seen: set[bytes] = field(default_factory=set)
-    #: referenced oids with no record (yet): dangling when the pass ends
-    pending: set[bytes] = field(default_factory=set)
-    #: every global the records name -> how they use it
+    #: oids of class records rebound to the target's class table
+    bound: set[bytes] = field(default_factory=set)
+    #: referenced oids with no record yet -> where their new oid was written
+    #: (absolute positions in the temporary file, and whether in text form)
+    forward: dict[bytes, list[tuple[int, bool]]] = field(default_factory=dict)
+    #: every global the records name -> how they use it (for the report)
     needs: dict[tuple[str, str], int] = field(default_factory=dict)
-    externals: set[str] = field(default_factory=set)
+    #: (global, uses) -> refused?  Judged once, when first met.
+    judged: dict[tuple[tuple[str, str], int], bool] = field(default_factory=dict)
+    refused: set[tuple[str, str]] = field(default_factory=set)
+    missing_keys: set[tuple[str, str]] = field(default_factory=set)
+    externals: dict[tuple[str, bytes], None] = field(default_factory=dict)
+    dangling: int = 0
+    #: what the import policy allows (:mod:`pclasses.transfer.policy`)
+    policy: ImportPolicy | None = None
+    #: why each refused global is refused (dotted name -> reason)
+    reasons: dict[str, str] = field(default_factory=dict)
+    #: call shapes no renaming makes inert (refused even with "broken")
+    shapes: list[str] = field(default_factory=list)
+    #: (record oid, oid of a persistent reference it calls): allowed only for
+    #: class references rebound to the target's class table (known at the end)
+    pid_calls: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    #: class names of ``(oid, class)`` references (strings cannot be renamed)
+    pid_classes: set[tuple[str, str]] = field(default_factory=set)
 
-    def run(self) -> _Plan:
+    def run(self) -> Plan:
         self.bind_class_references()
-        if self.reader.kind == "zexp":
-            self.bind_zexp_class_records()
         temp = tempfile.TemporaryFile(prefix="pclasses-import-")
         try:
-            root, n = self.prepare_records(temp)
-            if self.pending:
-                # References to oids not in the file (a weak reference out of
-                # the subtree, a reference that dangled in the source) were
-                # given fresh oids; after a reopen the storage could hand
-                # those out again, so they are pointed at an oid it never
-                # allocates.
-                temp = _redirect_dangling(temp, {self.mapping[o] for o in self.pending})
+            plan = self.prepare_records(temp)
+            self.settle_forward_references(temp)
             manifest = self.reader.manifest
-            if manifest is not None and manifest.record_count != n:
+            if manifest is not None and manifest.record_count != plan.records:
                 raise ExportFormatError(f"the manifest says {manifest.record_count} records, "
-                                        f"the file holds {n}")
-            refused = self.decide()
+                                        f"the file holds {plan.records}")
+            self.decide(plan)
+            temp.seek(0, 2)
             temp.write(END)
             temp.flush()
         except BaseException:
             temp.close()
             raise
-        return _Plan(self.reader, temp, root, refused, n)
+        return plan
 
     def bind_class_references(self) -> None:
         """Rebind the manifest's references to classes stored in the source
@@ -137,48 +181,52 @@ class _CheckPass:
             return
         table = class_table(self.connection, create=False)
         for oid, (guid, name) in sorted(declared.items()):
-            cls = table.get(guid) if table is not None else None
-            if cls is None or cls._p_oid is None:
-                self.class_refs_missing.append(f"{GUID_PREFIX}{guid}.{name} "
-                                               f"(database-resident class, guid {guid})")
-            else:
-                self.mapping[oid] = cls._p_oid
-        self.missing_names.extend(self.class_refs_missing)
+            if guid == HANDLE_REFERENCE:
+                self._bind_handle(oid, name)
+                continue
+            self._bind_class(oid, guid, name, table)
 
-    def bind_zexp_class_records(self) -> None:
-        """ZODB's exportFile copies class records along; they are not
-        imported but rebound by guid, as our own format does."""
-        missing: list[str] = []
-        for frame in self.reader.frames():
-            a = analyze(frame.data, frame.oid)
-            pair = record_class(frame.data, frame.oid, a)
-            if pair == CLASS_TABLE:
-                self.skip.add(frame.oid)
-            elif pair in CLASS_METACLASSES:
-                self.skip.add(frame.oid)
-                info = class_record_info(frame.data, frame.oid)
-                if info is None:
-                    raise ExportFormatError(f"class record {oid_repr(frame.oid)} has no guid")
-                table = class_table(self.connection, create=False)
-                cls = table.get(info[0]) if table is not None else None
-                if cls is None or cls._p_oid is None:
-                    missing.append(f"{GUID_PREFIX}{info[0]}.{info[1]} "
-                                   f"(database-resident class, guid {info[0]})")
-                else:
-                    self.mapping[frame.oid] = cls._p_oid
-        self.class_refs_missing.extend(missing)
-        # (the manifest's references were listed already)
-        self.missing_names.extend(self.class_refs_missing)
+    def _bind_handle(self, oid: bytes, name: str) -> None:
+        """A database handle the records refer to (remote references): the
+        target database's handle of that name, or a missing name."""
+        from ..tree.handle import HANDLES_KEY
 
-    def prepare_records(self, temp: Any) -> tuple[bytes, int]:
-        """Check, remap and write every record; ``(new root oid, records)``."""
+        root = self.connection.root()
+        handles = root.get(HANDLES_KEY) if hasattr(root, "get") else None
+        handle = handles.get(name) if handles is not None else None
+        if handle is None or handle._p_oid is None:
+            self.class_refs_missing.append(f"database handle {name!r} (remote references)")
+            return
+        self.mapping[oid] = handle._p_oid
+        self.bound.add(oid)
+
+    def _bind_class(self, oid: bytes, guid: str, name: str, table: Any) -> bytes | None:
+        cls = table.get(guid) if table is not None else None
+        if cls is None or cls._p_oid is None:
+            self.class_refs_missing.append(f"{GUID_PREFIX}{guid}.{name} "
+                                           f"(database-resident class, guid {guid})")
+            return None
+        self.mapping[oid] = cls._p_oid
+        self.bound.add(oid)
+        return cls._p_oid  # type: ignore[no-any-return]
+
+    def prepare_records(self, temp: Any) -> Plan:
+        """Check, remap and write every record."""
         manifest = self.reader.manifest
         declared = manifest.class_references if manifest is not None else {}
+        zexp = self.reader.kind == "zexp"
         seen = self.seen
-        skip = self.skip
+        forward = self.forward
+        mapping = self.mapping
+        new_oid = self.connection._storage.new_oid
         write = temp.write
-        root = None
-        n = 0
+        plan = Plan(self.reader, temp, b"", self.refused)
+        index = plan.index
+        broken = self.missing == "broken"
+        #: the analyzer's globals of a record -> (refused, class pair): most
+        #: records of a file share a few shapes, judged once each
+        signatures: dict[tuple[Any, ...], tuple[frozenset[tuple[str, str]], Any]] = {}
+        pos = 0
         for frame in self.reader.frames():
             oid, data = frame.oid, frame.data
             if len(oid) != 8:
@@ -188,89 +236,320 @@ class _CheckPass:
             if oid in declared:
                 raise ExportFormatError(f"record {oid_repr(oid)} is declared a class reference")
             seen.add(oid)
-            if oid in skip:
-                continue
-            a = analyze(data, oid)
-            _check_structure(data, oid, a)
-            self.collect_needs(data, oid, a)
-            record = self.remap(data, oid, a)
-            new = self.mapping.get(oid)
+            a = frame.analysis or analyze(data, oid)
+            if zexp:
+                meta = next(((g.module, g.name) for g in a.globals
+                             if int(g.uses) & _CLASS_META), None)
+                meta = meta or record_class(data, oid, a)
+                if meta == CLASS_TABLE or meta in CLASS_METACLASSES:
+                    # ZODB's exportFile copies class records along; they are
+                    # not imported (nor judged) but rebound by guid, as our
+                    # own format does.
+                    self.bind_zexp_class_record(frame.oid, data, meta, temp)
+                    continue
+            verdict = signatures.get(sig := tuple(a.globals))
+            if verdict is None:
+                verdict = signatures[sig] = self.judge_globals(a)
+            refused_here, pair = verdict
+            if pair is None:  # no class-metadata GLOBAL: formats 3 and 7, class records
+                pair = record_class(data, oid, a)
+                if pair is not None:
+                    refused_here = refused_here | self.judge_class_pair(pair)
+            self.check_shapes(data, oid, a)
+            if not index and pair is not None:
+                # the root object is made at once (a ghost of its class)
+                if self._judge(pair, 8 | USE_ROOT_CLASS, count_missing=False):
+                    refused_here = refused_here | {pair}
+            if a.has_ext or a.has_stack_global or a.protocol > 5 or data[-1:] != b".":
+                _check_structure(data, oid, a)
+            if refused_here and broken:
+                data, a = self.inert_class_metadata(data, oid, a, pair, refused_here)
+            new = mapping.get(oid)
             if new is None:
-                new = self.mapping[oid] = self.connection._storage.new_oid()
-            self.pending.discard(oid)
-            if root is None:
-                root = new
+                new = mapping[oid] = new_oid()
+            forward.pop(oid, None)  # its references hold ``new`` already
+            if not index:
+                plan.root = new
+            if a.pids:
+                record, expect = self.remap(data, oid, a)
+            else:
+                record, expect = data, None
+            if refused_here and broken:
+                record = self.make_inert(record, oid, a, refused_here)
+            if record is not data:
+                # (globals are renamed only with "broken"; with "error" the
+                # refusal is raised before anything is written)
+                a2 = self.recheck(data, a, record, oid,
+                                  refused_here if broken else frozenset())
+            else:
+                a2 = a
+            start = pos + _FRAME_HEAD
+            if expect:
+                for p, q in zip(a.pids, a2.pids):
+                    waiting = expect.get(p.oid_start)
+                    if waiting is not None:
+                        forward.setdefault(waiting[0], []).append(
+                            (start + q.oid_start, waiting[1]))
             write(record_frame(new, record))
             write(record)
+            pos = start + len(record)
             if frame.blob is not None:
                 write(blob_ref_frame(*frame.blob))
-            n += 1
-            if self.progress is not None and not n % 4096:
-                self.progress(n, None)
-        if root is None:
+                pos += _BLOB_REF
+                plan.blobs += 1
+            index[new] = (start, len(record), frame.blob)
+            if self.progress is not None and not len(index) % 4096:
+                self.progress(len(index), None)
+        if not index:
             raise ExportFormatError("the file holds no records")
-        return root, n
+        plan.records = len(index)
+        return plan
 
-    def collect_needs(self, data: bytes, oid: bytes, a: Any) -> None:
-        """Note every global the record names, with how it uses it."""
+    def bind_zexp_class_record(self, oid: bytes, data: bytes, pair: Any, temp: Any) -> None:
+        """A class record of a ``.zexp``: its references point at the
+        target's class with the same guid (a missing one is refused)."""
+        if pair == CLASS_TABLE:
+            target = None
+        else:
+            info = class_record_info(data, oid)
+            if info is None:
+                raise ExportFormatError(f"class record {oid_repr(oid)} has no guid")
+            self.mapping.pop(oid, None)
+            target = self._bind_class(oid, info[0], info[1],
+                                      class_table(self.connection, create=False))
+        waiting = self.forward.pop(oid, None)
+        if waiting is not None and target is not None:
+            self._patch_at(temp, waiting, target)
+        elif waiting is not None:
+            self.forward[oid] = waiting  # (the class table: dangling, as before)
+
+    def judge_globals(self, a: Any) -> tuple[frozenset[tuple[str, str]], Any]:
+        """Note every global the record names with how it uses it, judge
+        each (global, use) once; the refused ones and the class-metadata
+        global (``None`` when there is none)."""
         needs = self.needs
-        has_class_global = False
+        judged = self.judged
+        refused_here: set[tuple[str, str]] = set()
         reconstructs = False
         for g in a.globals:
-            if (g.module, g.name) in RECONSTRUCTORS and g.uses & USE_CALLED:
+            if (g.module, g.name) in RECONSTRUCTORS and int(g.uses) & USE_CALLED:
                 reconstructs = True
+        pair = None
         for g in a.globals:
-            key = (g.module, g.name)
-            uses = g.uses
-            if uses & Use.CLASS_META:
-                has_class_global = True
+            key: tuple[str, str] = (g.module, g.name)
+            uses = int(g.uses)  # (IntFlag operators are slow)
+            if uses & _CLASS_META and pair is None:
+                pair = key
             if reconstructs and uses & USE_ARGUMENT:
                 uses |= CALLED_BY_RECONSTRUCTOR
-            old = needs.get(key)
-            if old is None or old | uses != old:
-                needs[key] = (old or 0) | uses
-        if not has_class_global:
-            pair = record_class(data, oid, a)
-            if pair is not None:
-                needs[pair] = needs.get(pair, 0) | Use.CLASS_META
+            needs[key] = needs.get(key, 0) | uses
+            verdict = judged.get((key, uses))
+            if verdict is None:
+                verdict = self._judge(key, uses)
+            if verdict:
+                refused_here.add(key)
+        return frozenset(refused_here), pair
 
-    def remap(self, data: bytes, oid: bytes, a: Any) -> bytes:
-        """The record with every reference's oid bytes replaced by its new oid."""
+    def judge_class_pair(self, pair: tuple[str, str]) -> frozenset[tuple[str, str]]:
+        """Judge a class named by strings (formats 3 and 7)."""
+        self.needs[pair] = self.needs.get(pair, 0) | 8
+        verdict = self.judged.get((pair, 8))
+        if verdict is None:
+            verdict = self._judge(pair, 8)
+        return frozenset({pair}) if verdict else frozenset()
+
+    def _judge(self, key: tuple[str, str], uses: int, count_missing: bool = True) -> bool:
+        verdict = self.judged.get((key, uses))
+        if verdict is not None:
+            return verdict
+        v = check_globals({key: uses}, self.registry, self.connection, self.missing,
+                          self.trust, self.policy)
+        if v.missing and count_missing:
+            self.missing_keys.add(key)
+            self.missing_names.extend(v.missing)
+        self.refused.update(v.refused)
+        self.reasons.update(v.reasons)
+        self.judged[(key, uses)] = verdict = bool(v.refused)
+        return verdict
+
+    def check_shapes(self, data: bytes, oid: bytes, a: Any) -> None:
+        """Note calls of computed callables and state set on globals, the
+        persistent references a record calls, and judge the class names of
+        ``(oid, class)`` references (:mod:`pclasses.transfer.callsites`)."""
+        if a.calls_non_global or any(int(g.uses) & _CHANGED for g in a.globals):
+            try:
+                facts = record_facts(data, a)
+            except ValueError as exc:
+                raise ExportFormatError(f"record {oid_repr(oid)} is not a readable ZODB "
+                                        f"record ({exc})") from None
+            self.shapes.extend(f"record {oid_repr(oid)}: {p}" for p in facts.problems)
+            self.pid_calls.extend((oid, target) for target in facts.pid_calls)
+        for part in a.pid_classes:
+            if isinstance(part, tuple) and part[0] is not None and part[1] is not None:
+                pair = (part[0], part[1])
+                self.pid_classes.add(pair)
+                self.needs[pair] = self.needs.get(pair, 0) | USE_PID_CLASS
+                self._judge(pair, USE_PID_CLASS)
+
+    def inert_class_metadata(self, data: bytes, oid: bytes, a: Any, pair: Any,
+                             refused: frozenset[tuple[str, str]]) -> tuple[bytes, Any]:
+        """Format 3/7 class metadata naming a refused global, renamed (a new
+        class pickle, so the record is analysed again)."""
+        if pair not in refused or any(int(g.uses) & _CLASS_META for g in a.globals):
+            return data, a
+        from ..record import read_class, replace_class_pickle
+
+        if read_class(data, oid).format != 3:
+            raise ExportFormatError(f"record {oid_repr(oid)}: its class metadata names "
+                                    f"{pair[0]}.{pair[1]} with arguments")
+        data = replace_class_pickle(data, a.end1, (REFUSED_PREFIX + pair[0], pair[1]))
+        return data, analyze(data, oid)
+
+    def remap(self, data: bytes, oid: bytes, a: Any
+              ) -> tuple[bytes, dict[int, tuple[bytes, bool]]]:
+        """The record with every reference's oid bytes replaced by its new
+        oid, and ``{offset: (old oid, text form?)}`` of the references to
+        records not met yet (their new oid may still change: dangling, class
+        records)."""
         mapping = self.mapping
+        seen = self.seen
+        bound = self.bound
         out = None
-        for e in edges_of(data, a):
-            if e.oid is None or e.shared:
+        expect: dict[int, tuple[bytes, bool]] = {}
+        for site in a.pids:
+            off, length, database = site.oid_start, site.oid_length, site.database
+            if site.kind is EdgeKind.UNKNOWN or off < 0 or site.shared or length != 8:
+                if length != 8 and site.kind is not EdgeKind.UNKNOWN and off >= 0 and \
+                        not site.shared:
+                    raise ExportFormatError(f"record {oid_repr(oid)} has a malformed oid")
                 raise ExportFormatError(f"record {oid_repr(oid)} has a reference that "
                                         "cannot be rebound without unpickling")
-            if e.end - e.start != 8:
-                raise ExportFormatError(f"record {oid_repr(oid)} has a malformed oid")
-            if e.database is not None:
-                self.externals.add(e.database)
+            end = off + 8
+            target = data[off:end]
+            if database is not None:
+                self.externals[(database, target)] = None
                 continue  # the other database's oid stays
-            off, end = e.start, e.end
-            target = e.oid
             new = mapping.get(target)
             if new is None:
                 new = mapping[target] = self.connection._storage.new_oid()
-                self.pending.add(target)
+            text = data[off - 2:off] not in _SHORT_BINARY and not _binary_literal(data, off)
+            if text and not _text_safe(new):
+                raise ExportFormatError(
+                    f"record {oid_repr(oid)} holds a text-form reference that cannot hold "
+                    f"its new oid {oid_repr(new)} (write the file with a binary pickle)")
+            if target not in seen and target not in bound:
+                expect[off] = (target, text)
             if out is None:
                 out = bytearray(data)
             out[off:end] = new  # (several references may share one literal)
-        return data if out is None else bytes(out)
+        return (data if out is None else bytes(out)), expect
 
-    def decide(self) -> set[tuple[str, str]]:
-        """Refuse (raise) or accept what the records need; the refused
-        globals to make inert with ``missing="broken"``."""
+    def make_inert(self, record: bytes, oid: bytes, a: Any,
+                   refused: frozenset[tuple[str, str]]) -> bytes:
+        """Rename refused globals to names that never import (missing="broken")."""
+        from ..record import FramedRecordError, rename_globals
+
+        try:
+            new, _renamed = rename_globals(
+                record, a, lambda m, n: (REFUSED_PREFIX + m, n) if (m, n) in refused else None)
+        except FramedRecordError:
+            raise ExportFormatError(f"record {oid_repr(oid)}: a framed record cannot be made "
+                                    "inert") from None
+        return new
+
+    def recheck(self, old: bytes, a: Any, new: bytes, oid: bytes,
+                refused: frozenset[tuple[str, str]]) -> Any:
+        """Analyse the patched record once more: it must mean what the old one
+        meant, except for the remapped oids and the renamed globals.
+
+        Oid bytes are patched in place (same length), so without renamed
+        globals the analyzer must report exactly what it reported before
+        (every opcode, offset and use); with renamed globals, the same
+        globals under their new names and the same references.
+        """
+        b = analyze(new, oid)
+        if not refused:
+            if b != a or not _same_outside(old, _oid_ranges(a), new, _oid_ranges(b)):
+                raise self._changed(oid, "meaning")
+            return b
+
+        if (b.protocol, b.has_ext, b.has_stack_global, b.has_frame, b.max_memo) != (
+                a.protocol, a.has_ext, a.has_stack_global, a.has_frame, a.max_memo):
+            raise self._changed(oid, "structure")
+        if len(b.globals) != len(a.globals):
+            raise self._changed(oid, "globals")
+        for g, h in zip(a.globals, b.globals):
+            key = (g.module, g.name)
+            want = (REFUSED_PREFIX + str(g.module), g.name) if key in refused else key
+            if (h.module, h.name) != want or h.opcode != g.opcode or h.uses != g.uses:
+                raise self._changed(oid, "globals")
+        if len(b.pids) != len(a.pids):
+            raise self._changed(oid, "references")
+        for p, q in zip(a.pids, b.pids):
+            if p._replace(oid_start=0) != q._replace(oid_start=0):
+                raise self._changed(oid, "references")
+            was = old[p.oid_start:p.oid_start + 8]
+            now = new[q.oid_start:q.oid_start + 8]
+            if now != (was if p.database is not None else self.mapping.get(was)):
+                raise self._changed(oid, "references")
+        renamed_a = [(g.start, g.end) for g in a.globals if (g.module, g.name) in refused]
+        renamed_b = [(h.start, h.end) for g, h in zip(a.globals, b.globals)
+                     if (g.module, g.name) in refused]
+        if not _same_outside(old, sorted(_oid_ranges(a) + renamed_a), new,
+                             sorted(_oid_ranges(b) + renamed_b)):
+            raise self._changed(oid, "meaning")
+        return b
+
+    @staticmethod
+    def _changed(oid: bytes, what: str) -> ExportFormatError:
+        return ExportFormatError(f"record {oid_repr(oid)}: rewriting it would change its "
+                                 f"{what}; refused")
+
+    def settle_forward_references(self, temp: Any) -> None:
+        """References to oids with no record in the file (a weak reference
+        out of the subtree, a reference that dangled in the source) were
+        given fresh oids; after a reopen the storage could hand those out
+        again, so they are pointed at an oid it never allocates."""
+        for _old, places in self.forward.items():
+            self._patch_at(temp, places, NOWHERE)
+            self.dangling += len(places)
+        self.forward.clear()
+
+    def _patch_at(self, temp: Any, places: list[tuple[int, bool]], new: bytes) -> None:
+        here = temp.tell()
+        for position, text in places:
+            if text and not _text_safe(new):
+                raise ExportFormatError(f"a text-form reference cannot hold the oid "
+                                        f"{oid_repr(new)}")
+            temp.seek(position)
+            temp.write(new)
+        temp.seek(here)
+
+    def decide(self, plan: Plan) -> None:
+        """Refuse (raise) or accept what the records need, before anything
+        is written."""
         connection = self.connection
-        more_missing, refused = check_globals(self.needs, self.registry, connection,
-                                              self.missing, self.trust)
-        missing_names = self.missing_names + more_missing
+        missing_names = list(self.missing_names) + list(self.class_refs_missing)
         dbs = getattr(connection.db(), "databases", {}) or {}
-        for database in sorted(self.externals):
+        for database in sorted({d for d, _o in self.externals}):
             if database not in dbs:
                 missing_names.append(f"database {database!r} (cross-database references)")
-        if refused and self.missing == "error":
-            raise RefusedGlobalsError(sorted(f"{m}.{nm}" for m, nm in refused))
+        manifest = self.reader.manifest
+        declared = manifest.class_references if manifest is not None else {}
+        shapes = list(self.shapes)
+        for oid, target in self.pid_calls:
+            # A plain instance of a database-resident class: its class must
+            # be a class reference rebound to the target's class table.
+            if target is None or not (target in declared or target in self.bound):
+                shapes.append(f"record {oid_repr(oid)}: a call of a persistent object that "
+                              "is not a class reference")
+        refused_names = sorted(f"{m}.{nm}" for m, nm in self.refused)
+        if shapes or self.refused & self.pid_classes:
+            # Neither a computed callable nor a class named by strings in a
+            # reference can be renamed away: refused even with "broken".
+            raise RefusedGlobalsError(refused_names + shapes, self.reasons)
+        if self.refused and self.missing == "error":
+            raise RefusedGlobalsError(refused_names, self.reasons)
         missing_names = list(dict.fromkeys(missing_names))
         class_refs_missing = list(dict.fromkeys(self.class_refs_missing))
         if missing_names and self.missing == "error":
@@ -280,7 +559,66 @@ class _CheckPass:
             # source database needs that class record; without it there is
             # nothing to import it as, not even a broken object.
             raise MissingClassesError(class_refs_missing)
-        return refused
+        if plan.blobs:
+            from ZODB.interfaces import IBlobStorage
+
+            if not IBlobStorage.providedBy(connection._storage):
+                raise TransferError(f"the file holds {plan.blobs} blobs and the target "
+                                    "database has no blob support (open it with a blob "
+                                    "directory)")
+        plan.refused = self.refused
+        manifest = self.reader.manifest
+        plan.report = ImportReport(
+            object=None, root_oid=plan.root,
+            source_root_oid=manifest.root_oid if manifest is not None else None,
+            source_database=manifest.source_database if manifest is not None else None,
+            format=self.reader.kind, records=plan.records, blobs=plan.blobs,
+            bytes=self.reader.size,
+            classes=self._classes(),
+            external_references=sorted(self.externals),
+            missing=missing_names,
+            refused=sorted(f"{m}.{nm}" for m, nm in self.refused),
+            dangling=self.dangling,
+        )
+
+    def _classes(self) -> list[ClassNeed]:
+        """What the records need, as the target sees it: ``importable``,
+        ``database-resident`` (with its guid), ``missing`` (imported as
+        broken objects) or ``refused`` (made inert)."""
+        out = []
+        for module, name in sorted(self.needs):
+            guid = module[len(GUID_PREFIX):] if is_guid_module(module) else None
+            if (module, name) in self.refused:
+                kind = "refused"
+            elif (module, name) in self.missing_keys:
+                kind = "missing"
+            elif guid is not None:
+                kind = "database-resident"
+            else:
+                kind = "importable"
+            out.append(ClassNeed(module, name, kind, guid))
+        return out
+
+
+def _oid_ranges(a: Analysis) -> list[tuple[int, int]]:
+    return [(p.oid_start, p.oid_start + p.oid_length) for p in a.pids]
+
+
+def _same_outside(old: bytes, old_edits: list[tuple[int, int]], new: bytes,
+                  new_edits: list[tuple[int, int]]) -> bool:
+    """Whether ``old`` and ``new`` hold the same bytes outside their edited
+    ranges (matched in order)."""
+    if len(old_edits) != len(new_edits):
+        return False
+    i = j = 0
+    for (a0, a1), (b0, b1) in zip(old_edits, new_edits):
+        if a0 < i or b0 < j:  # overlapping ranges (one literal, several references)
+            i, j = max(i, a1), max(j, b1)
+            continue
+        if old[i:a0] != new[j:b0]:
+            return False
+        i, j = a1, b1
+    return old[i:] == new[j:]
 
 
 def _check_structure(data: bytes, oid: bytes, a: Any) -> None:
@@ -294,43 +632,29 @@ def _check_structure(data: bytes, oid: bytes, a: Any) -> None:
                                 "which import cannot rebind safely")
 
 
-def _redirect_dangling(temp: Any, fresh: set[bytes]) -> Any:
-    """Rewrite the prepared records: every fresh-but-unused oid -> NOWHERE."""
-    out = tempfile.TemporaryFile(prefix="pclasses-import-")
-    temp.write(END)
-    temp.flush()
-    size = temp.tell()
-    temp.seek(0)
-    for frame in iter_frames(temp, size, blob_refs=True):
-        data = frame.data
-        a = _ANALYZE(data)
-        buf = None
-        for e in edges_of(data, a):
-            if e.database is None and e.oid in fresh:
-                if buf is None:
-                    buf = bytearray(data)
-                buf[e.start:e.end] = NOWHERE
-        record = data if buf is None else bytes(buf)
-        out.write(record_frame(frame.oid, record))
-        out.write(record)
-        if frame.blob is not None:
-            out.write(blob_ref_frame(*frame.blob))
-    temp.close()
-    return out
-
-
-def _prepared_frames(plan: _Plan) -> Iterator[Frame]:
-    """The prepared frames (new oid, record, blob) from the temporary file."""
-    f = plan.temp
-    f.seek(0, 2)
-    size = f.tell()
-    f.seek(0)
-    return iter_frames(f, size, blob_refs=True)
-
-
 # ---------------------------------------------------------------------------
-# import_subtree and the store pass
+# import_subtree
 # ---------------------------------------------------------------------------
+
+
+@overload
+def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
+                   missing: str = ..., into: Any = ..., name: str | None = ...,
+                   registry: ClassRegistry | None = ..., progress: Progress | None = ...,
+                   savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
+                   default_name: str | None = ..., allow_code: bool = ...,
+                   strict: Iterable[str] | None = ..., report: Literal[False] = ...,
+                   references: str = ...) -> Any: ...
+
+
+@overload
+def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
+                   missing: str = ..., into: Any = ..., name: str | None = ...,
+                   registry: ClassRegistry | None = ..., progress: Progress | None = ...,
+                   savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
+                   default_name: str | None = ..., allow_code: bool = ...,
+                   strict: Iterable[str] | None = ..., report: Literal[True],
+                   references: str = ...) -> ImportReport: ...
 
 
 def import_subtree(
@@ -342,8 +666,13 @@ def import_subtree(
     name: str | None = None,
     registry: ClassRegistry | None = None,
     progress: Progress | None = None,
-    savepoint: bool = True,
+    savepoint: bool = False,
     trust: Trust | Iterable[str] | None = None,
+    default_name: str | None = None,
+    allow_code: bool = False,
+    strict: Iterable[str] | None = None,
+    report: bool = False,
+    references: str = "error",
 ) -> Any:
     """Import an export file (this package's format or ZODB's ``.zexp``).
 
@@ -356,134 +685,81 @@ def import_subtree(
     refused globals into inert broken data.  The records are then stored in
     the caller's transaction under new oids; abort leaves the target as it
     was.  ``into`` (a mapping) receives the imported object under ``name``
-    (default: the manifest's name).  Returns the imported root object.
+    (default: the manifest's name, else ``default_name``).  Returns the imported root object, or
+    with ``report=True`` an :class:`~pclasses.transfer.reports.ImportReport`
+    whose ``object`` it is.
 
-    With ``savepoint=True`` (the default, as ZODB's ``importFile``) the
-    records are written to a savepoint at once, so the returned object can
-    be used before the commit.  ``savepoint=False`` writes them straight
-    into the storage when the transaction commits, which saves copying
-    every record twice; the returned object is then a ghost that can be
-    stored in containers but not read until the commit.
+    The records are written straight into the storage when the transaction
+    commits (one copy); until then the imported objects are read from the
+    prepared records, so the returned object can be used at once, and
+    several imports can wait in one transaction.  ``savepoint=True`` writes
+    them into a savepoint at once instead, as ZODB's ``importFile`` does
+    (every record is then copied twice).
 
     The checks resolve names without running modules that are not trusted
     (:mod:`pclasses.trust`; ``trust`` names more packages): a class whose
-    module exists but is not trusted counts as missing until trusted.
+    module exists but is not trusted is refused unjudged until trusted.
+
+    What the records may name is decided by :mod:`pclasses.transfer.policy`
+    (see ``docs/security.md``): ``allow_code=True`` also admits classes that
+    turn state into code (source methods, persistent classes); ``strict``
+    (package names) admits only classes of those packages besides plain
+    data types.
+
+    Intrinsic references (:mod:`pclasses.refs`) the records hold are
+    registered in the target: internal ones re-rooted under the new
+    location; external keys of always-mode references must resolve there
+    (:class:`~pclasses.errors.MissingReferencesError`, nothing written)
+    unless ``references="dangling"``.
     """
+    t0 = time.perf_counter()
+    policy = ImportPolicy(allow_code=bool(allow_code),
+                          strict=strict if strict is None or isinstance(strict, str)
+                          else tuple(strict))
     if missing not in ("error", "broken"):
         raise TransferError(f"missing must be 'error' or 'broken', not {missing!r}")
     if registry is None:
         registry = getattr(connection.db().classFactory, "registry", None) or ClassRegistry()
     _writer_connection(connection)
-    if getattr(connection, "_import", None):
-        raise TransferError("another import is pending in this transaction; commit it first")
+    pending = pending_import(connection)  # refuses a foreign pending import
     with opened(file) as f:
         with no_gc():
             reader = Reader(f)
             reader.verify()
-            plan = _CheckPass(connection, registry, missing, progress, reader, trust=trust).run()
-        key = name or (plan.reader.manifest.name if plan.reader.manifest else None)
-        if into is not None:
-            if not key:
-                raise TransferError("give a name to import into a container")
-            if key in into:
-                raise TransferError(f"{key!r} already exists in the target container")
-        if savepoint:
-            returned: list[bytes] = []
-            connection._import = (_Importer(plan, progress), returned)
-            connection._register()
-            connection.transaction_manager.get().savepoint(optimistic=True)
-            obj = connection.get(returned[0])
-        else:
-            obj = _root_ghost(connection, plan)
-            if plan.reader.has_blobs and isinstance(file, (str, os.PathLike)):
-                # Blobs are copied from the export file at commit time.
+            plan = CheckPass(connection, registry, missing, progress, reader, trust=trust,
+                             policy=policy).run()
+        try:
+            key = name or (reader.manifest.name if reader.manifest else None) or default_name
+            if into is not None:
+                if not key:
+                    raise TransferError("give a name to import into a container")
+                if key in into:
+                    raise TransferError(f"{key!r} already exists in the target container")
+            from ..refs.transfer import import_references
+
+            import_references(connection, plan, reader.manifest, into, key, references)
+            own_reader = bool(plan.blobs) and isinstance(file, (str, os.PathLike))
+            if own_reader:
+                # The store pass copies blobs from the export file after this
+                # function has closed it.
                 plan.reader = Reader(open(plan.reader.f.name, "rb"))  # noqa: SIM115
-                close = True
-            else:
-                close = False
-            connection._import = (_Importer(plan, progress, close=close), [])
-            connection._register()
+        except BaseException:
+            plan.temp.close()
+            raise
+    obj = root_ghost(connection, plan)
+    pending.add(connection, plan, own_reader=own_reader, savepoint=savepoint)
+    if savepoint:
+        connection.transaction_manager.get().savepoint(optimistic=True)
     if into is not None:
         into[key] = obj
-    return obj
-
-
-def _root_ghost(connection: Any, plan: _Plan) -> Any:
-    """A ghost of the imported root, for a commit-time import."""
-    for frame in _prepared_frames(plan):
-        ghost = connection._reader.getGhost(frame.data)
-        connection._cache.new_ghost(frame.oid, ghost)  # sets its oid and jar
-        return ghost
-    raise ExportFormatError("the file holds no records")
-
-
-class _Importer(CommitImport):
-    """What ``Connection._importDuringCommit`` receives for our imports."""
-
-    def __init__(self, plan: _Plan, progress: Progress | None, close: bool = False) -> None:
-        self.plan = plan
-        self.progress = progress
-        self.close = close
-
-    def run(self, connection: Any, transaction: Any, returned: list[bytes]) -> None:
-        try:
-            with no_gc():
-                self._run(connection, transaction, returned)
-        finally:
-            self.plan.temp.close()
-            if self.close:
-                self.plan.reader.f.close()
-
-    def _run(self, connection: Any, transaction: Any, returned: list[bytes]) -> None:
-        plan = self.plan
-        storage = connection._storage
-        store = storage.store
-        returned.append(plan.root)
-        refused = plan.refused
-        tmpdir = None
-        n = 0
-        try:
-            for frame in _prepared_frames(plan):
-                oid, data = frame.oid, frame.data
-                if refused:
-                    data = _make_inert(data, oid, refused)
-                if frame.blob is not None:
-                    tmpdir = tmpdir or tempfile.mkdtemp(prefix="pclasses-import-")
-                    path = os.path.join(tmpdir, oid.hex())
-                    plan.reader.blob_to(frame.blob, path)
-                    storage.storeBlob(oid, None, data, path, "", transaction)
-                else:
-                    store(oid, None, data, "", transaction)
-                n += 1
-                if self.progress is not None and not n % 4096:
-                    self.progress(n, plan.records)
-        finally:
-            if tmpdir is not None:
-                shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _make_inert(data: bytes, oid: bytes, refused: set[tuple[str, str]]) -> bytes:
-    """Rename refused globals to names that never import (missing="broken")."""
-    from ..record.patch import FramedRecordError, rename_globals, replace_class_pickle
-
-    a = analyze(data, oid)
-    if not any(g.uses & Use.CLASS_META for g in a.globals):
-        pair = record_class(data, oid, a)
-        if pair in refused:  # format 3/7 class metadata naming a refused global
-            from ..record.reader import read_class
-
-            if read_class(data, oid).format != 3:
-                raise ExportFormatError(f"record {oid_repr(oid)}: its class metadata names "
-                                        f"{pair[0]}.{pair[1]} with arguments")
-            data = replace_class_pickle(data, a.end1, (REFUSED_PREFIX + pair[0], pair[1]))
-            a = analyze(data, oid)
-    try:
-        new, _renamed = rename_globals(
-            data, a, lambda m, n: (REFUSED_PREFIX + m, n) if (m, n) in refused else None)
-    except FramedRecordError:
-        raise ExportFormatError(f"record {oid_repr(oid)}: a framed record cannot be made "
-                                "inert") from None
-    return new
+    rep = plan.report
+    assert rep is not None
+    rep.object = obj
+    rep.name = key
+    rep.savepoint = savepoint
+    rep.file = os.fspath(file) if isinstance(file, (str, os.PathLike)) else None
+    rep.seconds = time.perf_counter() - t0
+    return rep if report else obj
 
 
 def _writer_connection(connection: Any) -> None:

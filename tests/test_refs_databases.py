@@ -132,7 +132,7 @@ def test_ref_into_another_database(multi):
         holder.master = cities["jena"]
         transaction.commit()
     finally:
-        policy.uninstall()  # a process-wide subscriber: later tests must not see it
+        policy.uninstall()
         pclasses.check_xrefs(multi, enabled=False)
     assert holder.master is cities["jena"]
     from pclasses.refs.registry import registry_of

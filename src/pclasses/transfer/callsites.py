@@ -169,7 +169,7 @@ def _walk(f: io.BytesIO, memo: dict[Any, Any], calls: list[int],  # noqa: C901
             raise ValueError("stack underflow")
         return stack[-1]
 
-    def called(item: Any, at: int) -> None:
+    def called(item: Any, at: Any) -> None:  # at: genops' int position
         if isinstance(item, _Pid):
             pid_calls.append(item.oid)
         elif not isinstance(item, _Global):

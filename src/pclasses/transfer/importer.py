@@ -714,8 +714,8 @@ def import_subtree(
     """
     t0 = time.perf_counter()
     policy = ImportPolicy(allow_code=bool(allow_code),
-                          strict=strict if strict is None or isinstance(strict, str)
-                          else tuple(strict))
+                          strict=None if strict is None
+                          else (strict,) if isinstance(strict, str) else tuple(strict))
     if missing not in ("error", "broken"):
         raise TransferError(f"missing must be 'error' or 'broken', not {missing!r}")
     if registry is None:

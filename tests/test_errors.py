@@ -61,6 +61,8 @@ SAMPLES: dict[str, object] = {
     "tuple[str, ...]": ("a.B", "c.D"),
     "Iterable[str]": ["a.B", "c.D"],
     "dict[str, str] | None": {"a.B": "sample reason"},
+    "Sequence[Breach]": [errors.Breach("/cities/jena", "city", "app.Doc.city", "",
+                                       b"\x00\x00\x00\x00\x00\x00\x00\x07")],
     "Sequence[bytes]": [b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02"],
     "list[bytes]": [b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02"],
     "Mapping[str, str]": {"a.B": "c.D"},

@@ -11,6 +11,8 @@ concept (see ``design/ARCHITECTURE.md``):
 * :mod:`pclasses.broken`: broken classes and objects;
 * :mod:`pclasses.database`: opening targets (paths, ZConfig, zodburi);
 * :mod:`pclasses.census`: which classes the records name;
+* :mod:`pclasses.refs`: intrinsic references with integrity (``Ref``, ``Folder``...);
+* :mod:`pclasses.tree`: trees of databases, remote references, cross-database gc;
 * :mod:`pclasses.cli`: the command line.
 """
 
@@ -21,7 +23,6 @@ __version__ = "0.1.0"
 from .broken import broken_state, is_broken
 from .classtable import ClassTable, class_table, guid_of
 from .census import Census, take_census
-from .database import open
 from .events import ClassReattached
 from .interfaces import IClassReattachedEvent, ICrossDatabaseReferenceEvent
 from .inventory import BrokenReport, find_broken
@@ -54,11 +55,54 @@ from .errors import (
     TransferError,
     UnknownDatabaseError,
     XrefPolicySyntaxError,
+    ReferentialIntegrityError,
+    DanglingReferenceError,
+    UnlocatedError,
+    MissingReferencesError,
+)
+from .refs import (
+    Folder,
+    KeyChanged,
+    Ref,
+    RefModeChanged,
+    RefSet,
+    ReferenceAdded,
+    ReferenceRemoved,
+    TargetReplaced,
+    is_referenced,
+    move,
+    place,
+    references,
+    referrers,
+    rekey,
+    remove,
+    rename,
+    replace_target,
+    set_ref_mode,
 )
 from .methods import BrokenMethodError, MethodSourceError, method
 from .pclass import PersistentClass, define_class
 from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
 from .registry import ClassRegistry, Resolution
+from .errors import (
+    DanglingReferenceError,
+    DatabaseUnavailableError,
+    DuplicateHandleError,
+    GarbageCollectionRefusedError,
+    UnreachableReferenceError,
+)
+from .tree import (
+    check_refs,
+    collect_garbage,
+    Dangling,
+    DatabaseHandle,
+    RemoteAttribute,
+    RemoteReference,
+    get_reference,
+    is_dangling,
+    open,
+    tree_of,
+)
 
 __all__ = [
     "__version__",
@@ -119,4 +163,39 @@ __all__ = [
     "UnknownDatabaseError",
     "XrefPolicySyntaxError",
     "ScanWorkerError",
+    "ReferentialIntegrityError",
+    "DanglingReferenceError",
+    "UnlocatedError",
+    "MissingReferencesError",
+    "Ref",
+    "RefSet",
+    "Folder",
+    "place",
+    "remove",
+    "move",
+    "rename",
+    "rekey",
+    "replace_target",
+    "set_ref_mode",
+    "referrers",
+    "is_referenced",
+    "references",
+    "ReferenceAdded",
+    "ReferenceRemoved",
+    "KeyChanged",
+    "TargetReplaced",
+    "RefModeChanged",
+    "DatabaseHandle",
+    "tree_of",
+    "get_reference",
+    "RemoteReference",
+    "RemoteAttribute",
+    "Dangling",
+    "is_dangling",
+    "DatabaseUnavailableError",
+    "UnreachableReferenceError",
+    "DuplicateHandleError",
+    "GarbageCollectionRefusedError",
+    "check_refs",
+    "collect_garbage",
 ]

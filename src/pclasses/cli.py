@@ -37,6 +37,10 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 #: Bad command-line usage (click's own convention).
 EXIT_USAGE = 2
+#: A check (``pclasses refs --verify``) found problems that remain.
+EXIT_PROBLEMS = 3
+#: ``refs-check`` ran and found dangling references.
+EXIT_DANGLING = EXIT_PROBLEMS
 
 #: Set to ``1`` to see the traceback of an error.
 DEBUG_ENV = "PCLASSES_DEBUG"
@@ -608,6 +612,238 @@ def xrefs(target: str, as_json: bool, trust: tuple[str, ...], blob_dir: str | No
         for source, target_oid in g.dangling:
             _out(f"  dangling: {oid_repr(source)} -> {oid_repr(target_oid)} "
                        f"(no such record in {g.target_database!r})")
+
+
+@main.command()
+@click.argument("target")
+@click.argument("key", required=False)
+@click.option("--verify", is_flag=True,
+              help="Compare the reference registries with the records: dangling references, "
+                   "stale links, links missing from the registry.")
+@click.option("--fix", type=click.Choice(["keep", "null", "remove"]), default=None,
+              help="Repair what --verify finds (stale and missing links always; dangling "
+                   "references kept, set to None or removed).")
+@click.option("--mode", "modes", multiple=True, metavar="REF=MODE",
+              help="Set the effective mode (none, always, commit) of the reference REF "
+                   "(its id as --json shows it); repeatable.  Tightening refuses if a link "
+                   "dangles unless --fix null/remove.")
+@click.option("--dry-run", is_flag=True, help="Report what --fix or --mode would do; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def refs(target: str, key: str | None, verify: bool, fix: str | None, modes: tuple[str, ...],
+         dry_run: bool, as_json: bool) -> None:
+    """Intrinsic references of TARGET: list, verify, repair, change modes.
+
+    Without KEY, one row per reference (its mode, links, targets and
+    dangling targets); with KEY, the referrers of that key (and of the keys
+    under it).  --verify reads the records with the record engine (nothing
+    of the application is imported or unpickled) and exits 3 when problems
+    remain, 0 when none were found or --fix fixed them all; any command
+    exits 1 when it could not run.
+    """
+    from .database import open as open_db
+    from .refs.verify import referrers_of_key, summarize, verify_refs
+
+    parsed: list[tuple[str, str]] = []
+    for item in modes:
+        ref_id, sep, mode = item.rpartition("=")
+        if not sep or not ref_id or mode not in ("none", "always", "commit"):
+            _fail(f"--mode {item!r}: expected REF=MODE with MODE none, always or commit")
+        parsed.append((ref_id, mode))
+    writes = bool(parsed or (fix and verify)) and not dry_run
+    db = open_db(target, _registry(True), read_only=not writes, create=False)
+    try:
+        result: dict[str, Any] = {}
+        if parsed:
+            result["modes"] = _set_modes(db, parsed, fix, dry_run)
+        if verify:
+            report = verify_refs(db, fix=fix, dry_run=dry_run)
+            result["verify"] = report.to_dict()
+        elif key is not None:
+            result["referrers"] = referrers_of_key(db, key)
+        elif not parsed:
+            result["references"] = [row.to_dict() for row in summarize(db)]
+    finally:
+        for each in set(getattr(db, "databases", {None: db}).values()):
+            each.close()
+    if as_json:
+        out = result
+        if verify:  # the verify report at the top, what else was done beside it
+            out = dict(result["verify"])
+            if "modes" in result:
+                out["modes"] = result["modes"]
+        _emit_json(out)
+    else:
+        _render_refs(result)
+    if verify and result["verify"]["remaining"]:
+        raise click.exceptions.Exit(EXIT_PROBLEMS)
+
+
+def _set_modes(db: Any, parsed: list[tuple[str, str]], fix: str | None,
+               dry_run: bool) -> list[dict[str, Any]]:
+    from .refs import registry_of, set_ref_mode
+
+    dbs = getattr(db, "databases", None) or {db.database_name: db}
+    first = sorted(dbs)[0]
+    conn = dbs[first].open()
+    done = []
+    try:
+        for ref_id, mode in parsed:
+            where = conn
+            for name in sorted(dbs):
+                other = conn if name == first else conn.get_connection(name)
+                registry = registry_of(other, create=False)
+                if registry is not None and (ref_id in registry.names or ref_id in registry.modes):
+                    where = other
+                    break
+            change = set_ref_mode(where, ref_id, mode, fix=fix, dry_run=dry_run)
+            done.append(change.to_dict())
+        if not dry_run:
+            conn.transaction_manager.commit()
+    finally:
+        conn.transaction_manager.abort()
+        conn.close()
+    return done
+
+
+def _render_refs(result: dict[str, Any]) -> None:
+    for change in result.get("modes", []):
+        state = "set" if change["applied"] else "would set"
+        _out(f"{state} {printable(change['ref_id'])}: {change['old']} -> {change['new']} "
+             f"({len(change['dangling'])} dangling, {change['fixed']} fixed)")
+    if "references" in result:
+        rows = [[printable(r["database"]), printable(r["ref_id"]), r["mode"], str(r["links"]),
+                 str(r["targets"]), str(r["dangling"])] for r in result["references"]]
+        if rows:
+            _table("References", ["database", "reference", "mode", "links", "targets",
+                                  "dangling"], rows)
+        else:
+            _out("no references")
+    if "referrers" in result:
+        if not result["referrers"]:
+            _out("no referrers")
+        for r in result["referrers"]:
+            _out(f"{printable(r['key'])} <- {r['oid_repr']}.{printable(r['name'])} "
+                 f"in {printable(r['source_database'])}")
+    if "verify" in result:
+        report = result["verify"]
+        for p in report["problems"]:
+            fixed = " (fixed)" if p["fixed"] else ""
+            _out(f"{p['kind']}: {p['oid_repr']} in {printable(p['database'])} "
+                 f"{printable(p['ref_id'])} -> {printable(p['key'])}{fixed}")
+        _out(f"{report['records']} records, {report['links']} links, "
+             f"{len(report['problems'])} problems, {report['remaining']} remaining")
+
+
+def _open_tree(target: str, read_only: bool) -> Any:
+    from .tree.opening import open as open_tree
+
+    return open_tree(target, _registry(True), tree=True, read_only=read_only, create=False)
+
+
+def _close_tree(db: Any) -> None:
+    from .tree import tree_of
+
+    tree_of(db).close()
+
+
+@main.command("refs-check")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@click.option("--referrers", is_flag=True,
+              help="Group dangling references by target, listing every referrer.")
+def refs_check(target: str, as_json: bool, referrers: bool) -> None:
+    """Check the references of every database of a tree or multi-database.
+
+    TARGET is the root database of a tree (its database handles name the
+    others) or a ZConfig file with several <zodb NAME> sections.  Every
+    reference form (plain, m, n, weak, remote) is followed from the roots
+    with the record engine; nothing is unpickled.  Exit status 0 when
+    nothing dangles, 3 when something does, 1 when the check could not run.
+    """
+    from ZODB.utils import oid_repr
+
+    from .tree import check_refs
+
+    db = _open_tree(target, True)
+    try:
+        report = check_refs(db)
+    finally:
+        _close_tree(db)
+    data = report.to_dict()
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    if referrers:
+        for d in data["dangling"]:
+            groups.setdefault((d["target_database"], d["target_oid"]), []).append(d)
+        data["referrers"] = [
+            {"target_database": db_name, "target_oid": oid, "reason": items[0]["reason"],
+             "referrers": [{"source_database": i["source_database"],
+                            "source_oid": i["source_oid"], "form": i["form"]} for i in items]}
+            for (db_name, oid), items in sorted(groups.items())]
+    if as_json:
+        _emit_json(data)
+    else:
+        for name, why in sorted(report.unavailable.items()):
+            _warn(f"database {name!r} is unavailable: {why}")
+        _out(f"checked {len(report.databases)} databases "
+             f"({', '.join(report.databases)}): "
+             f"{sum(report.objects.values())} objects, {report.references} references")
+        if referrers:
+            for (db_name, oid), items in sorted(groups.items()):
+                _out(f"dangling {db_name}:{oid} ({items[0]['reason']}), referred to by:")
+                for i in items:
+                    _out(f"  {i['source_database']}:{i['source_oid']} ({i['form']})")
+        else:
+            for d in report.dangling:
+                _out(f"dangling: {d.source_database}:{oid_repr(d.source_oid)} -> "
+                     f"{d.target_database}:{oid_repr(d.target_oid)} ({d.form}, {d.reason})")
+        if report.ok:
+            _out("no dangling references")
+    if not report.ok:
+        raise click.exceptions.Exit(EXIT_DANGLING)
+
+
+@main.command("gc")
+@click.argument("target")
+@click.option("--days", type=float, default=1.0, show_default=True,
+              help="Keep objects written in the last N days (0: no grace period).")
+@click.option("--apply", "apply_", is_flag=True, help="Delete the garbage (default: dry run).")
+@click.option("--force", is_flag=True,
+              help="Go on even when a storage collects garbage on pack by itself.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: bool) -> None:
+    """Find objects unreachable from the roots of a whole tree of databases.
+
+    Plain, m, n and remote references keep objects alive, weak references do
+    not.  A dry run unless --apply, which deletes the garbage through the
+    storage API (FileStorage, ZEO, RelStorage) and drops pins no reference
+    holds any more; it refuses storages that collect garbage on pack by
+    themselves unless --force.
+    """
+    from ZODB.utils import oid_repr
+
+    from .tree import collect_garbage
+
+    if days < 0:
+        _fail("--days must be 0 or more")
+    db = _open_tree(target, not apply_)
+    try:
+        report = collect_garbage(db, days=days, apply=apply_, force=force)
+    finally:
+        _close_tree(db)
+    if as_json:
+        _emit_json(report.to_dict())
+        return
+    for name, why in sorted(report.unavailable.items()):
+        _warn(f"database {name!r} is unavailable: {why}")
+    verb = "deleted" if report.applied else "garbage (dry run, --apply deletes)"
+    for name, oids in sorted(report.garbage.items()):
+        _out(f"{name}: {len(oids)} {verb}")
+        for oid in oids[:20]:
+            _out(f"  {oid_repr(oid)}")
+        if len(oids) > 20:
+            _out(f"  ... and {len(oids) - 20} more")
+        for oid in report.stale_pins.get(name, []):
+            _out(f"  stale pin {oid_repr(oid)}{' (dropped)' if report.applied else ''}")
 
 
 if __name__ == "__main__":  # pragma: no cover

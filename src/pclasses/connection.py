@@ -51,7 +51,8 @@ from zodbpickle import binary, pickle_3
 from .broken import broken_classes_exist, missing_name, writing
 
 __all__ = ["Connection", "CommitImport", "install", "is_installed", "add_record_hook",
-           "remove_record_hook", "record_hooks", "serialize_with_broken"]
+           "remove_record_hook", "record_hooks", "serialize_with_broken",
+           "add_connection_hook", "connection_hooks"]
 
 _PROTOCOL = 3
 
@@ -159,6 +160,18 @@ def remove_record_hook(hook: RecordHook) -> None:
         record_hooks.remove(hook)
 
 
+#: Called with every package connection when it is made (or upgraded from
+#: ZODB's class): trees of databases (:mod:`pclasses.tree`) install their
+#: reference loaders this way.
+connection_hooks: list[Callable[[Any], None]] = []
+
+
+def add_connection_hook(hook: Callable[[Any], None]) -> None:
+    """Call ``hook(connection)`` for every package connection made from now on."""
+    if hook not in connection_hooks:
+        connection_hooks.append(hook)
+
+
 class CommitImport:
     """An import that runs inside the commit, in place of ZODB's ``importFile``.
 
@@ -214,6 +227,11 @@ class Connection(_ZODBConnection):  # type: ignore[misc]
 
     _import: Any  # ZODB's pending import: ``(file or CommitImport, returned oids)``
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        for hook in connection_hooks:
+            hook(self)
+
     def _store_objects(self, writer: Any, transaction: Any) -> Any:
         return super()._store_objects(_patch(writer, self), transaction)
 
@@ -258,6 +276,8 @@ def install(db: Any) -> Any:
 def _upgrade(connection: Any) -> None:
     if type(connection) is _ZODBConnection:
         connection.__class__ = Connection
+        for hook in connection_hooks:
+            hook(connection)
 
 
 def is_installed(connection: Any) -> bool:

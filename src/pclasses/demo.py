@@ -115,6 +115,51 @@ def _seat_belt() -> None:
             db.close()  # type: ignore[attr-defined]
 
 
+def _tree(var: Path) -> None:
+    """main -> catalog -> shared, remote references, a target packed away."""
+    from ZODB.FileStorage import FileStorage
+
+    here = var / "tree"
+    shutil.rmtree(here, ignore_errors=True)
+    here.mkdir()
+    db = pclasses.open(here / "main.fs", tree=True)
+    tree = pclasses.tree_of(db)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    catalog = tree.add(conn, "catalog", here / "catalog.fs")
+    shared = tree.add(catalog.connection(), "shared", here / "shared.fs")
+    page = conn.root()["page"] = Document("Home", "welcome")
+    conn.add(page)
+    shared.root()["logo"] = logo = Document("Logo", "png")
+    shared.root()["banner"] = banner = Document("Banner", "png")
+    tm.commit()
+    page.logo = pclasses.get_reference(page, logo)
+    page.banner = pclasses.get_reference(page, banner)
+    del shared.root()["banner"]  # only main refers to it now
+    tm.commit()
+    print(f"page.logo = {page.logo!r} (via {page.logo.via!r})")
+    conn.close()
+    tree.close()
+    packed = ZODB.DB(FileStorage(str(here / "shared.fs")))
+    packed.pack(days=0)  # packing 'shared' alone loses the banner
+    packed.close()
+
+    db = pclasses.open(here / "main.fs", tree=True)
+    tree = pclasses.tree_of(db)
+    conn = db.open(transaction.TransactionManager())
+    page = conn.root()["page"]
+    print(f"page loaded; databases open: {sorted(tree.opened)}")
+    print(f"page.logo() -> {page.logo().title!r}; open now: {sorted(tree.opened)}")
+    gone = page.banner()
+    print(f"page.banner() -> {gone!r}: falsy={not gone}, is_dangling={pclasses.is_dangling(gone)}")
+    conn.close()
+    report = pclasses.check_refs(db)
+    for d in report.dangling:
+        print(f"refs-check: {d.source_database}:{oid_repr(d.source_oid)} -> "
+              f"{d.target_database}:{oid_repr(d.target_oid)} ({d.form}, {d.reason})")
+    tree.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     var = Path(args[0] if args else "var")
@@ -301,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         _say("9. the cross-database reference seat belt")
         _seat_belt()
 
-        _say("10. what the registry saw")
+        _say("10. a tree of databases: lazy handles, remote references, a dangling target")
+        _tree(var)
+
+        _say("11. what the registry saw")
         for rec in registry.broken():
             print(f"  broken {rec.module}.{rec.name}: {rec.count} lookups ({rec.error})")
     finally:

@@ -43,6 +43,7 @@ from .errors import (
 from .interfaces import ICrossDatabaseReferenceEvent
 from .record.analyze import EdgeKind
 from .record.edges import edges, edges_of
+from .record.remote import MARKER as REMOTE_MARKER
 
 __all__ = [
     "CrossDatabaseReference",
@@ -61,7 +62,10 @@ class CrossDatabaseReference:
     """An object of ``source_database`` about to be stored referring to ``target``.
 
     ``target`` is the referenced object (a ghost if it was not loaded), or
-    ``None`` for a weak reference whose target no longer exists.
+    ``None`` for a weak reference whose target no longer exists and for a
+    remote reference of a tree of databases (``remote=True``: checking it
+    opens no database; ``target_class`` and ``target_oid`` are what the
+    reference records).
     """
 
     source: Any
@@ -69,13 +73,17 @@ class CrossDatabaseReference:
     source_database: str
     target_database: str
     weak: bool = False
+    remote: bool = False
+    target_class: str | None = None
+    target_oid: bytes | None = None
 
     def __repr__(self) -> str:
         from ZODB.utils import oid_repr
 
         return (f"<CrossDatabaseReference {self.source_database}:"
                 f"{oid_repr(getattr(self.source, '_p_oid', None))} -> "
-                f"{self.target_database}:{oid_repr(getattr(self.target, '_p_oid', None))}>")
+                f"{self.target_database}:"
+                f"{oid_repr(self.target_oid or getattr(self.target, '_p_oid', None))}>")
 
 
 def check_xrefs(db: Any, enabled: bool = True, databases: Iterable[str] | None = None) -> None:
@@ -110,13 +118,21 @@ def check_record(connection: Any, obj: Any, data: bytes) -> None:
     db = connection.db()
     others = [name for name in (getattr(db, "databases", None) or {})
               if name != db.database_name]
-    if not others:
+    remote = REMOTE_MARKER in data  # remote references of a tree of databases
+    if not others and not remote:
         return
     encoded = [name.encode("utf-8") for name in others]
-    if not any(name in data for name in encoded):
+    if not remote and not any(name in data for name in encoded):
         return
     for e in edges(data):
         database = e.database
+        if e.kind is EdgeKind.REMOTE:
+            # Never opens the target's database: the record says it all.
+            klass = ".".join(p for p in e.klass if p) if e.klass else None
+            zope.event.notify(CrossDatabaseReference(
+                obj, None, db.database_name, database or "?", remote=True,
+                target_class=klass, target_oid=e.oid))
+            continue
         if database is None or database == db.database_name or e.oid is None:
             continue
         oid = e.oid
@@ -151,6 +167,11 @@ class XrefRule:
     target_class: str = "*"
 
     def matches(self, event: Any) -> bool:
+        if event.target is None and getattr(event, "remote", False):
+            return (fnmatch.fnmatchcase(event.source_database, self.source)
+                    and fnmatch.fnmatchcase(event.target_database, self.target)
+                    and fnmatch.fnmatchcase(_dotted(event.source), self.source_class)
+                    and fnmatch.fnmatchcase(event.target_class or "", self.target_class))
         if event.target is None:
             return self.target_class == "*" and fnmatch.fnmatchcase(
                 event.source_database, self.source) and fnmatch.fnmatchcase(
@@ -170,6 +191,12 @@ class XrefRule:
         if self.target_class != "*":
             text += f" target-class={self.target_class}"
         return text
+
+
+def _target_dotted(event: Any) -> str:
+    if event.target is None and getattr(event, "target_class", None):
+        return str(event.target_class)
+    return _dotted(event.target)
 
 
 def _dotted(obj: Any) -> str:
@@ -215,7 +242,7 @@ class XrefPolicy:
             raise CrossDatabaseReferenceError(
                 event.source_database, _dotted(event.source),
                 getattr(event.source, "_p_oid", None), event.target_database,
-                _dotted(event.target), getattr(event.target, "_p_oid", None),
+                _target_dotted(event), event.target_oid or getattr(event.target, "_p_oid", None),
                 None if rule is None else str(rule))
 
     def install(self) -> XrefPolicy:
@@ -353,7 +380,11 @@ def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup
                 if database is None or database == name or e.oid is None:
                     continue
                 toid = e.oid
-                tclass = target_class(database, toid)
+                if e.kind is EdgeKind.REMOTE and not dict.__contains__(dbs, database):
+                    # a remote reference into a database not open: as recorded
+                    tclass: str | None = ".".join(p for p in e.klass if p) if e.klass else "?"
+                else:
+                    tclass = target_class(database, toid)
                 key = (name, database, source_class, tclass or "(missing)")
                 group = groups.get(key)
                 if group is None:

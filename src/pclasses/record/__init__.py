@@ -45,6 +45,13 @@ Persistent reference kinds
  anything else                ``unknown``     reported, never followed
 ===========================  ==============  ====================================
 
+Remote references of a tree of databases (:mod:`pclasses.tree`) are not
+persistent ids: a REDUCE of ``pclasses.tree.reference.RemoteReference`` on
+``(via, oid, klass, database_name)`` whose ``via`` is a persistent reference
+to a database handle (or a nested remote reference).  ZODB sees the handle
+reference; :func:`~pclasses.record.edges.edges` also reports each remote
+reference as an edge of kind ``remote`` (:mod:`pclasses.record.remote`).
+
 ``klass`` in a reference is a GLOBAL, a ``(module, name)`` pair of strings
 or itself a persistent reference (an instance of a database-resident
 class); the reader lists an inner reference before the one holding it, as

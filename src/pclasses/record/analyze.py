@@ -380,6 +380,9 @@ class EdgeKind(str, enum.Enum):
     MULTI = "multi"
     LEGACY = "legacy"
     UNKNOWN = "unknown"
+    #: a remote reference of a tree of databases (:mod:`pclasses.record.remote`):
+    #: not a persistent id, so never a ``PidSite``; only :func:`edges` reports it
+    REMOTE = "remote"
 
     __str__ = str.__str__
     __format__ = str.__format__  # type: ignore[assignment]
@@ -387,7 +390,7 @@ class EdgeKind(str, enum.Enum):
 
 #: The ``kind`` of a pid entry: :data:`pclasses.record.reader.REFERENCE_KINDS`
 #: plus ``"unknown"``, in that order.
-PID_KINDS: tuple[EdgeKind, ...] = tuple(EdgeKind)
+PID_KINDS: tuple[EdgeKind, ...] = tuple(k for k in EdgeKind if k is not EdgeKind.REMOTE)
 _EDGE_KIND = {k.value: k for k in EdgeKind}
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import RecordDecodeError
-from .analyze import Analysis, EdgeKind, analyze
+from .analyze import Analysis, EdgeKind, Use, analyze
+from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites
 
-__all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record"]
+__all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record", "targets"]
 
 
 class Edge(NamedTuple):
@@ -39,6 +40,9 @@ class Edge(NamedTuple):
     pickle: int
     #: patching the oid literal would change more than references
     shared: bool
+    #: ``remote`` edges only: the oid of the database handle the reference
+    #: goes through (see :class:`pclasses.record.remote.RemoteSite`)
+    via: bytes | None = None
 
     @property
     def is_weak(self) -> bool:
@@ -56,6 +60,32 @@ def analyze_record(data: bytes, oid: bytes | None = None) -> Analysis:
         return analyze(data)
     except ValueError as exc:
         raise RecordDecodeError(str(exc), oid=oid) from None
+
+
+def _remote_edges(data: bytes, a: Analysis) -> list[Edge]:
+    if MARKER not in data:
+        return []
+    first = None
+    meta_end = -1
+    for g in a.globals:
+        if g.uses & Use.CLASS_META:
+            meta_end = g.end
+        elif first is None and g.module == REMOTE_MODULE and g.name == REMOTE_NAME:
+            first = g
+    if first is None:
+        return []
+    # Records ZODB writes name their class with a GLOBAL first: a remote
+    # reference after it is in the state pickle, where the walk may begin.
+    start = first.start if first.opcode == "global" and 0 <= meta_end < first.start else 0
+    out = []
+    for site in remote_sites(data, start=start):
+        klass: tuple[str | None, str | None] | None = None
+        if site.klass:
+            module, _, name = site.klass.rpartition(".")
+            klass = (module or None, name)
+        out.append(Edge(EdgeKind.REMOTE, site.oid, site.database, klass, None, -1, -1,
+                        site.pickle, False, site.via))
+    return out
 
 
 def edges_of(data: bytes, a: Analysis) -> list[Edge]:
@@ -86,6 +116,8 @@ def edges_of(data: bytes, a: Analysis) -> list[Edge]:
             Edge(p.kind, target, p.database, klass, klass_oid, p.oid_start, end, p.pickle,
                  p.shared)
         )
+    # A remote reference always holds a persistent reference (to its handle).
+    out.extend(_remote_edges(data, a))
     return out
 
 
@@ -94,8 +126,27 @@ def edges(data: bytes, oid: bytes | None = None) -> list[Edge]:
 
     A reference nested in another's class part (an instance of a
     database-resident class referred to with its class) comes first, as
-    ``ZODB.serialize.referencesf`` lists it.  Raises
+    ``ZODB.serialize.referencesf`` lists it.  Remote references of a tree of
+    databases (kind ``remote``, no byte range, ``via`` the handle's oid)
+    follow all persistent references, innermost first; the reference to
+    their handle is among the persistent ones.  Raises
     :class:`~pclasses.errors.RecordDecodeError` for bytes that are not a
     record the analyzer can walk.
     """
     return edges_of(data, analyze_record(data, oid))
+
+
+def targets(data: bytes, oid: bytes | None = None) -> list[tuple[EdgeKind, bytes, str | None]]:
+    """``(kind, target oid, target database or None)`` of every reference of
+    ``data`` with a known target: :func:`edges` without class parts and byte
+    ranges, for walks over whole databases (reference checks, gc)."""
+    a = analyze_record(data, oid)
+    sites = a.pids
+    if not sites:
+        return []
+    out = [(p.kind, data[p.oid_start:p.oid_start + p.oid_length], p.database)
+           for p in sites if p.oid_start >= 0]
+    if MARKER in data:
+        out.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a)
+                   if e.oid is not None)
+    return out

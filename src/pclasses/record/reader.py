@@ -623,7 +623,10 @@ def _reference(e: Edge, pid: Any) -> Reference:
     if e.oid is None:
         raise RecordDecodeError("persistent reference of an unknown shape")
     klass = None
-    if e.kind is EdgeKind.OID_CLASS or e.kind is EdgeKind.MULTI:
+    if e.kind is EdgeKind.REMOTE:
+        if e.klass is not None and e.klass[1] is not None:
+            klass = ClassRef(e.klass[0], e.klass[1], None, 0)
+    elif e.kind is EdgeKind.OID_CLASS or e.kind is EdgeKind.MULTI:
         if e.klass_oid is not None:
             klass = ClassRef(None, None, e.klass_oid, 0)
         elif e.klass is not None and e.klass[0] is not None and e.klass[1] is not None:

@@ -46,6 +46,7 @@ from .policy import (
     ImportPolicy,
     check_globals,
 )
+from .records import HANDLE_REFERENCE
 from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
     record_class
 from ..record import Analysis
@@ -174,7 +175,24 @@ class CheckPass:
             return
         table = class_table(self.connection, create=False)
         for oid, (guid, name) in sorted(declared.items()):
+            if guid == HANDLE_REFERENCE:
+                self._bind_handle(oid, name)
+                continue
             self._bind_class(oid, guid, name, table)
+
+    def _bind_handle(self, oid: bytes, name: str) -> None:
+        """A database handle the records refer to (remote references): the
+        target database's handle of that name, or a missing name."""
+        from ..tree.handle import HANDLES_KEY
+
+        root = self.connection.root()
+        handles = root.get(HANDLES_KEY) if hasattr(root, "get") else None
+        handle = handles.get(name) if handles is not None else None
+        if handle is None or handle._p_oid is None:
+            self.class_refs_missing.append(f"database handle {name!r} (remote references)")
+            return
+        self.mapping[oid] = handle._p_oid
+        self.bound.add(oid)
 
     def _bind_class(self, oid: bytes, guid: str, name: str, table: Any) -> bytes | None:
         cls = table.get(guid) if table is not None else None
@@ -513,10 +531,12 @@ class CheckPass:
         manifest = self.reader.manifest
         declared = manifest.class_references if manifest is not None else {}
         shapes = list(self.shapes)
+        handles = {o for o, (guid, _n) in declared.items() if guid == HANDLE_REFERENCE}
+        classes = (set(declared) | self.bound) - handles
         for oid, target in self.pid_calls:
             # A plain instance of a database-resident class: its class must
             # be a class reference rebound to the target's class table.
-            if target is None or not (target in declared or target in self.bound):
+            if target is None or target not in classes:
                 shapes.append(f"record {oid_repr(oid)}: a call of a persistent object that "
                               "is not a class reference")
         refused_names = sorted(f"{m}.{nm}" for m, nm in self.refused)
@@ -619,7 +639,7 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
                    allow_code: bool = ..., strict: Iterable[str] | None = ...,
-                   report: Literal[False] = ...) -> Any: ...
+                   report: Literal[False] = ..., references: str = ...) -> Any: ...
 
 
 @overload
@@ -628,7 +648,7 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
                    allow_code: bool = ..., strict: Iterable[str] | None = ...,
-                   report: Literal[True]) -> ImportReport: ...
+                   report: Literal[True], references: str = ...) -> ImportReport: ...
 
 
 def import_subtree(
@@ -645,6 +665,7 @@ def import_subtree(
     allow_code: bool = False,
     strict: Iterable[str] | None = None,
     report: bool = False,
+    references: str = "error",
 ) -> Any:
     """Import an export file (this package's format or ZODB's ``.zexp``).
 
@@ -677,6 +698,12 @@ def import_subtree(
     turn state into code (source methods, persistent classes); ``strict``
     (package names) admits only classes of those packages besides plain
     data types.
+
+    Intrinsic references (:mod:`pclasses.refs`) the records hold are
+    registered in the target: internal ones re-rooted under the new
+    location; external keys of always-mode references must resolve there
+    (:class:`~pclasses.errors.MissingReferencesError`, nothing written)
+    unless ``references="dangling"``.
     """
     t0 = time.perf_counter()
     policy = ImportPolicy(allow_code=bool(allow_code),
@@ -701,6 +728,9 @@ def import_subtree(
                     raise TransferError("give a name to import into a container")
                 if key in into:
                     raise TransferError(f"{key!r} already exists in the target container")
+            from ..refs.transfer import import_references
+
+            import_references(connection, plan, reader.manifest, into, key, references)
             own_reader = bool(plan.blobs) and isinstance(file, (str, os.PathLike))
             if own_reader:
                 # The store pass copies blobs from the export file after this

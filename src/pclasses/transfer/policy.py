@@ -199,7 +199,9 @@ def infrastructure_data_classes() -> dict[int, Any]:
     """The persistent data classes of the infrastructure a record may use.
 
     ``persistent``'s base class, mapping, list and weak-reference classes,
-    ``ZODB.blob.Blob``, ``BTrees.Length.Length`` and, for every ``BTrees``
+    ``ZODB.blob.Blob``, ``BTrees.Length.Length``, pclasses' own persistent
+    data (reference folders, key trees, database handles, remote
+    references) and, for every ``BTrees``
     family, its ``BTree``, ``Bucket``, ``Set`` and ``TreeSet`` classes (C and
     Python versions).
     """
@@ -208,6 +210,14 @@ def infrastructure_data_classes() -> dict[int, Any]:
         "persistent.list.PersistentList", "persistent.wref.WeakRef",
         "persistent.wref.PersistentWeakKeyDictionary",
         "ZODB.blob.Blob", "BTrees.Length.Length",
+        # pclasses' own persistent data: intrinsic-reference folders, key
+        # trees and registries, database handles, and remote references of a
+        # tree of databases (whose constructor only checks and keeps its
+        # four arguments).
+        "pclasses.refs.folder.Folder", "pclasses.refs.registry.RefRegistry",
+        "pclasses.refs.trees.KeyBucket", "pclasses.refs.trees.KeyTree",
+        "pclasses.refs.trees.KeySetBucket", "pclasses.refs.trees.KeySet",
+        "pclasses.tree.handle.DatabaseHandle", "pclasses.tree.reference.RemoteReference",
     ]
     for p in _BTREE_PREFIXES:
         for kind in ("BTree", "Bucket", "Set", "TreeSet"):

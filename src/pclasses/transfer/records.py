@@ -86,3 +86,19 @@ class no_gc:  # noqa: N801 - a context manager
 
         if self.was:
             gc.enable()
+
+
+#: The class of a database handle of a tree of databases (:mod:`pclasses.tree`).
+HANDLE_CLASS = ("pclasses.tree.handle", "DatabaseHandle")
+#: The "guid" of a manifest class reference that is a database handle: the
+#: reference is rebound by the handle's name, not by a class guid.
+HANDLE_REFERENCE = "pclasses.tree.handle"
+
+
+def handle_name(data: bytes, oid: bytes) -> str:
+    """The name of the database handle stored in ``data`` (read inertly)."""
+    state = read_record(data, oid).state
+    name = state.get("name") if isinstance(state, dict) else None
+    if not isinstance(name, str):
+        raise ExportFormatError(f"record {oid_repr(oid)} is a database handle without a name")
+    return name

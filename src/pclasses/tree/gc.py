@@ -1,0 +1,221 @@
+"""``collect_garbage``: objects unreachable from the roots of a whole tree.
+
+Reachability follows plain, ``m``, ``n`` and remote references (weak
+references do not keep alive) from the root of every database.  Objects
+written in the last ``days`` days are kept, with what they reach.  With
+``apply=True`` the garbage is deleted through the storage API
+(``deleteObject``, ZODB's external garbage collection interface: FileStorage,
+ZEO, RelStorage) in one two-phase commit across the databases; pins no remote
+reference holds any more are dropped first.  A storage that would collect
+garbage on pack by itself (FileStorage's and RelStorage's ``pack-gc``) is
+refused unless ``force=True``: packing it alone would lose objects only
+other databases refer to.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import transaction
+from persistent.timestamp import TimeStamp
+from ZODB.POSException import POSKeyError
+
+from ..errors import GarbageCollectionRefusedError
+from .pins import PINS_KEY
+from .walk import open_all, walk
+
+__all__ = ["GcReport", "collect_garbage"]
+
+
+@dataclass
+class GcReport:
+    """Garbage per database (oids), what was kept for being recent, pins dropped."""
+
+    garbage: dict[str, list[bytes]] = field(default_factory=dict)
+    recent: dict[str, int] = field(default_factory=dict)
+    stale_pins: dict[str, list[bytes]] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    days: float = 1
+    applied: bool = False
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.garbage.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        from ZODB.utils import oid_repr
+
+        return {
+            "applied": self.applied,
+            "days": self.days,
+            "count": self.count,
+            "unavailable": dict(self.unavailable),
+            "databases": {
+                name: {"garbage": [oid_repr(o) for o in oids],
+                       "count": len(oids),
+                       "recent": self.recent.get(name, 0),
+                       "stale_pins": [oid_repr(o) for o in self.stale_pins.get(name, [])]}
+                for name, oids in sorted(self.garbage.items())
+            },
+        }
+
+
+def gc_on_pack(storage: Any) -> bool:
+    """Whether packing ``storage`` collects garbage by itself (as far as we can tell)."""
+    if getattr(storage, "_pack_gc", False):  # FileStorage
+        return True
+    options = getattr(storage, "_options", None)
+    return bool(getattr(options, "pack_gc", False))  # RelStorage
+
+
+def _candidates(storage: Any, reached: set[bytes]) -> list[bytes]:
+    """Oids of ``storage``'s objects that exist and were not reached."""
+    index = getattr(storage, "_index", None)
+    if index is not None and hasattr(storage, "_file_name"):
+        out = []
+        for oid in index.keys():  # FileStorage: the index, no record read
+            if oid in reached:
+                continue
+            try:
+                storage.load(oid)
+            except POSKeyError:
+                continue  # deleted
+            out.append(oid)
+        return out
+    from ..scan import iter_records
+
+    return [oid for oid, _data in iter_records(storage) if oid not in reached]
+
+
+def _pins(db: Any) -> dict[bytes, Any]:
+    tm = transaction.TransactionManager()
+    conn = db.open(transaction_manager=tm)
+    try:
+        pins = conn.root().get(PINS_KEY) if hasattr(conn.root(), "get") else None
+        return {k: None for k in pins.keys()} if pins is not None else {}
+    finally:
+        tm.abort()
+        conn.close()
+
+
+def _drop_pins(databases: dict[str, Any], stale: dict[str, list[bytes]]) -> None:
+    tm = transaction.TransactionManager()
+    conns = {}
+    try:
+        for name, oids in stale.items():
+            if not oids:
+                continue
+            conn = conns[name] = databases[name].open(transaction_manager=tm)
+            pins = conn.root()[PINS_KEY]
+            for oid in oids:
+                del pins[oid]
+        tm.get().note("pclasses gc: drop pins no reference holds")
+        tm.commit()
+    except BaseException:
+        tm.abort()
+        raise
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def _recent(storage: Any, oids: list[bytes], cutoff: float) -> list[bytes]:
+    out = []
+    for oid in oids:
+        try:
+            _data, tid = storage.load(oid)
+        except POSKeyError:
+            continue
+        if TimeStamp(tid).timeTime() > cutoff:
+            out.append(oid)
+    return out
+
+
+def collect_garbage(db: Any, days: float = 1, apply: bool = False, *,
+                    force: bool = False) -> GcReport:
+    """Find (and with ``apply=True`` delete) the garbage of ``db``'s tree.
+
+    Dry run by default.  ``days=0`` means no grace period.  Raises
+    :class:`~pclasses.errors.GarbageCollectionRefusedError` before changing
+    anything when a database is unavailable or (unless ``force``) would
+    collect garbage on pack by itself.
+    """
+    databases, unavailable = open_all(db, read_only=not apply)
+    report = GcReport(days=days, unavailable=unavailable)
+    if apply:
+        if unavailable:
+            name = sorted(unavailable)[0]
+            raise GarbageCollectionRefusedError(
+                name, f"it cannot be opened ({unavailable[name]}); references from it "
+                      "are unknown")
+        if not force:
+            for name, each in sorted(databases.items()):
+                if gc_on_pack(each.storage):
+                    raise GarbageCollectionRefusedError(
+                        name, "its storage collects garbage on pack by itself (pack-gc); "
+                              "packing it alone loses objects other databases refer to "
+                              "(use force to go on)")
+    w = walk(databases, unavailable, follow_weak=False)
+    # Pins no remote reference holds any more.
+    for name, each in sorted(databases.items()):
+        pinned = _pins(each)
+        held = w.remote_targets.get(name, set())
+        stale = sorted(oid for oid in pinned if oid not in held)
+        if stale:
+            report.stale_pins[name] = stale
+    if report.stale_pins and apply:
+        _drop_pins(databases, report.stale_pins)
+        w = walk(databases, unavailable, follow_weak=False)
+    cutoff = time.time() - days * 86400.0
+    candidates = {name: _candidates(each.storage, w.reached[name])
+                  for name, each in databases.items()}
+    if days > 0:
+        roots: list[tuple[str, bytes]] = []
+        for name, oids in candidates.items():
+            recent = _recent(databases[name].storage, oids, cutoff)
+            report.recent[name] = len(recent)
+            roots.extend((name, oid) for oid in recent)
+        if roots:
+            w2 = walk(databases, unavailable, follow_weak=False, roots=roots)
+            candidates = {name: [oid for oid in oids if oid not in w2.reached[name]]
+                          for name, oids in candidates.items()}
+    report.garbage = {name: sorted(oids) for name, oids in sorted(candidates.items())}
+    if apply and report.count:
+        _delete(databases, report.garbage)
+        report.applied = True
+    elif apply:
+        report.applied = True
+    return report
+
+
+def _delete(databases: dict[str, Any], garbage: dict[str, list[bytes]]) -> None:
+    """Delete ``garbage`` through the storages, one two-phase commit across them."""
+    from ZODB.Connection import TransactionMetaData
+
+    txn = TransactionMetaData(description="pclasses gc")
+    begun = []
+    try:
+        for name, oids in sorted(garbage.items()):
+            if not oids:
+                continue
+            storage = databases[name].storage
+            storage.tpc_begin(txn)
+            begun.append(storage)
+            for oid in oids:
+                try:
+                    _data, tid = storage.load(oid)
+                except POSKeyError:
+                    continue
+                storage.deleteObject(oid, tid, txn)
+        for storage in begun:
+            storage.tpc_vote(txn)
+    except BaseException:
+        for storage in begun:
+            storage.tpc_abort(txn)
+        raise
+    for storage in begun:
+        storage.tpc_finish(txn)
+    for name in garbage:
+        databases[name].cacheMinimize()

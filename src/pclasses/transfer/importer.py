@@ -537,10 +537,12 @@ class CheckPass:
         manifest = self.reader.manifest
         declared = manifest.class_references if manifest is not None else {}
         shapes = list(self.shapes)
+        handles = {o for o, (guid, _n) in declared.items() if guid == HANDLE_REFERENCE}
+        classes = (set(declared) | self.bound) - handles
         for oid, target in self.pid_calls:
             # A plain instance of a database-resident class: its class must
             # be a class reference rebound to the target's class table.
-            if target is None or not (target in declared or target in self.bound):
+            if target is None or target not in classes:
                 shapes.append(f"record {oid_repr(oid)}: a call of a persistent object that "
                               "is not a class reference")
         refused_names = sorted(f"{m}.{nm}" for m, nm in self.refused)

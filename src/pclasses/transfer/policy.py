@@ -201,7 +201,7 @@ _BTREE_PREFIXES = ("OO", "OI", "OL", "OU", "OQ", "IO", "II", "IF", "IL", "IU", "
 #: runs no code beyond setting its state; the rest of ``pclasses`` stays
 #: infrastructure.
 PCLASSES_DATA_CLASSES: tuple[str, ...] = (
-    "pclasses.refs.folder.Folder",
+    "pclasses.refs.folder.Folder", "pclasses.refs.registry.RefRegistry",
     "pclasses.refs.trees.KeyTree", "pclasses.refs.trees.KeyBucket",
     "pclasses.refs.trees.KeySet", "pclasses.refs.trees.KeySetBucket",
     "pclasses.tree.handle.DatabaseHandle",
@@ -216,7 +216,9 @@ def infrastructure_data_classes() -> dict[int, Any]:
     """The persistent data classes of the infrastructure a record may use.
 
     ``persistent``'s base class, mapping, list and weak-reference classes,
-    ``ZODB.blob.Blob``, ``BTrees.Length.Length`` and, for every ``BTrees``
+    ``ZODB.blob.Blob``, ``BTrees.Length.Length``, pclasses' own persistent
+    data (reference folders, key trees, database handles, remote
+    references) and, for every ``BTrees``
     family, its ``BTree``, ``Bucket``, ``Set`` and ``TreeSet`` classes (C and
     Python versions).
     """

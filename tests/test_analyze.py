@@ -18,7 +18,6 @@ import pickletools
 import random
 import subprocess
 import sys
-import time
 
 import pytest
 import transaction
@@ -998,17 +997,16 @@ def test_random_opcode_soup_agrees():
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_deep_nesting_and_long_records(impl):
-    """Deep nesting needs no recursion; a 16 MB text record and 200k opcodes: quick."""
+    """Deep nesting needs no recursion; a 16 MB text record and 200k opcodes
+    are walked whole (no timing asserted: bench/bench_analyze.py measures)."""
     deep = b"N" + b"\x85" * 200_000 + b".N."
     assert impl(deep).end1 == 200_002
     lists = b"]" * 100_000 + b"a" * 99_999 + b".N."
     assert impl(lists).end1 == 200_000
     text = pickle.dumps("lorem ipsum " * (16 * 2**20 // 12), 3) + pickle.dumps(None, 3)
     many = pickle.dumps(Plain, 3) + pickle.dumps([str(i) for i in range(100_000)], 3)
-    for data, limit in ((text, 0.5), (many, 3.0)):
-        t0 = time.perf_counter()
+    for data in (text, many):
         got = impl(data)
-        assert time.perf_counter() - t0 < limit
         assert (got.end1, got.max_memo, got.has_ext) == skim_py(data)
 
 
@@ -1018,10 +1016,8 @@ def test_memo_bomb_refused_at_once(impl):
     data = (
         b"\x80\x03N" + b"r" + (0x40000000).to_bytes(4, "little") + b"." + b"\x80\x03N."
     )
-    t0 = time.perf_counter()
     with pytest.raises(ValueError, match="memo index 1073741824 at offset 3"):
         impl(data)
-    assert time.perf_counter() - t0 < 0.1
     # An index up to len(data) is fine.
     ok = b"Nr" + (9).to_bytes(4, "little") + b".h\x09."
     assert impl(ok).max_memo == 9
@@ -1110,17 +1106,3 @@ def test_fallback_without_extension():
         == "True True"
     )
 
-
-@pytest.mark.skipif(not HAVE_C_ANALYZE, reason="pclasses.record._skim not built")
-def test_c_analyze_is_cheap_per_record(zodb_records):
-    """The C analyze takes under 5 µs a small record (bench/bench_analyze.py: ~0.7)."""
-    sample = [d for d in zodb_records if len(d) < 400] * 50
-    assert sample
-    analyze_c = skim_mod.analyze_c
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for d in sample:
-            analyze_c(d)
-        best = min(best, (time.perf_counter() - t0) / len(sample))
-    assert best < 5e-6, best

@@ -60,6 +60,8 @@ SAMPLES: dict[str, object] = {
     "list[str]": ["a.B", "c.D", "a.B"],
     "tuple[str, ...]": ("a.B", "c.D"),
     "Iterable[str]": ["a.B", "c.D"],
+    "Sequence[Breach]": [errors.Breach("/cities/jena", "city", "app.Doc.city", "",
+                                       b"\x00\x00\x00\x00\x00\x00\x00\x07")],
     "Sequence[bytes]": [b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02"],
     "list[bytes]": [b"\x00" * 7 + b"\x01", b"\x00" * 7 + b"\x02"],
     "Mapping[str, str]": {"a.B": "c.D"},

@@ -29,6 +29,14 @@ FROZEN = [
     "pclasses.demo_models.Product",
     "pclasses.demo_models.Stamp",
     "pclasses.demo_models.Widget",
+    "pclasses.refs.registry.RefRegistry",
+    "pclasses.refs.trees.KeyTree",
+    "pclasses.refs.trees.KeyBucket",
+    "pclasses.refs.trees.KeySet",
+    "pclasses.refs.trees.KeySetBucket",
+    "pclasses.refs.folder.Folder",
+    "pclasses.refs.descriptor.Ref",
+    "pclasses.refs.descriptor.RefSet",
     "pclasses.tree.handle.DatabaseHandle",
     "pclasses.tree.reference.RemoteReference",
 ]
@@ -38,6 +46,8 @@ FROZEN_STRINGS = [
     ("pclasses.classtable", "GUID_PREFIX", "*"),
     ("pclasses.classtable", "TABLE_KEY", "__pclasses_class_table__"),
     ("pclasses.pclass", "_NAME_KEY", "__pclasses_name__"),
+    ("pclasses.refs.registry", "REGISTRY_KEY", "__pclasses_refs__"),
+    ("pclasses.refs.registry", "STATE_KEY", "__pclasses_refs__"),
     ("pclasses.tree.handle", "HANDLES_KEY", "pclasses.databases"),
     ("pclasses.tree.pins", "PINS_KEY", "pclasses.pins"),
 ]

@@ -11,6 +11,7 @@ concept (see ``design/ARCHITECTURE.md``):
 * :mod:`pclasses.broken`: broken classes and objects;
 * :mod:`pclasses.database`: opening targets (paths, ZConfig, zodburi);
 * :mod:`pclasses.census`: which classes the records name;
+* :mod:`pclasses.refs`: intrinsic references with integrity (``Ref``, ``Folder``...);
 * :mod:`pclasses.tree`: trees of databases, remote references, cross-database gc;
 * :mod:`pclasses.cli`: the command line.
 """
@@ -53,6 +54,30 @@ from .errors import (
     TransferError,
     UnknownDatabaseError,
     XrefPolicySyntaxError,
+    ReferentialIntegrityError,
+    DanglingReferenceError,
+    UnlocatedError,
+    MissingReferencesError,
+)
+from .refs import (
+    Folder,
+    KeyChanged,
+    Ref,
+    RefModeChanged,
+    RefSet,
+    ReferenceAdded,
+    ReferenceRemoved,
+    TargetReplaced,
+    is_referenced,
+    move,
+    place,
+    references,
+    referrers,
+    rekey,
+    remove,
+    rename,
+    replace_target,
+    set_ref_mode,
 )
 from .methods import BrokenMethodError, MethodSourceError, method
 from .pclass import PersistentClass, define_class
@@ -136,6 +161,28 @@ __all__ = [
     "UnknownDatabaseError",
     "XrefPolicySyntaxError",
     "ScanWorkerError",
+    "ReferentialIntegrityError",
+    "DanglingReferenceError",
+    "UnlocatedError",
+    "MissingReferencesError",
+    "Ref",
+    "RefSet",
+    "Folder",
+    "place",
+    "remove",
+    "move",
+    "rename",
+    "rekey",
+    "replace_target",
+    "set_ref_mode",
+    "referrers",
+    "is_referenced",
+    "references",
+    "ReferenceAdded",
+    "ReferenceRemoved",
+    "KeyChanged",
+    "TargetReplaced",
+    "RefModeChanged",
     "DatabaseHandle",
     "tree_of",
     "get_reference",
@@ -144,7 +191,6 @@ __all__ = [
     "Dangling",
     "is_dangling",
     "DatabaseUnavailableError",
-    "DanglingReferenceError",
     "UnreachableReferenceError",
     "DuplicateHandleError",
     "GarbageCollectionRefusedError",

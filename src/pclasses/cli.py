@@ -37,8 +37,10 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 #: Bad command-line usage (click's own convention).
 EXIT_USAGE = 2
+#: A check (``pclasses refs --verify``) found problems that remain.
+EXIT_PROBLEMS = 3
 #: ``refs-check`` ran and found dangling references.
-EXIT_DANGLING = 3
+EXIT_DANGLING = EXIT_PROBLEMS
 
 #: Set to ``1`` to see the traceback of an error.
 DEBUG_ENV = "PCLASSES_DEBUG"
@@ -603,6 +605,126 @@ def xrefs(target: str, as_json: bool, trust: tuple[str, ...], blob_dir: str | No
         for source, target_oid in g.dangling:
             _out(f"  dangling: {oid_repr(source)} -> {oid_repr(target_oid)} "
                        f"(no such record in {g.target_database!r})")
+
+
+@main.command()
+@click.argument("target")
+@click.argument("key", required=False)
+@click.option("--verify", is_flag=True,
+              help="Compare the reference registries with the records: dangling references, "
+                   "stale links, links missing from the registry.")
+@click.option("--fix", type=click.Choice(["keep", "null", "remove"]), default=None,
+              help="Repair what --verify finds (stale and missing links always; dangling "
+                   "references kept, set to None or removed).")
+@click.option("--mode", "modes", multiple=True, metavar="REF=MODE",
+              help="Set the effective mode (none, always, commit) of the reference REF "
+                   "(its id as --json shows it); repeatable.  Tightening refuses if a link "
+                   "dangles unless --fix null/remove.")
+@click.option("--dry-run", is_flag=True, help="Report what --fix or --mode would do; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def refs(target: str, key: str | None, verify: bool, fix: str | None, modes: tuple[str, ...],
+         dry_run: bool, as_json: bool) -> None:
+    """Intrinsic references of TARGET: list, verify, repair, change modes.
+
+    Without KEY, one row per reference (its mode, links, targets and
+    dangling targets); with KEY, the referrers of that key (and of the keys
+    under it).  --verify reads the records with the record engine (nothing
+    of the application is imported or unpickled) and exits 3 when problems
+    remain, 0 when none were found or --fix fixed them all; any command
+    exits 1 when it could not run.
+    """
+    from .database import open as open_db
+    from .refs.verify import referrers_of_key, summarize, verify_refs
+
+    parsed: list[tuple[str, str]] = []
+    for item in modes:
+        ref_id, sep, mode = item.rpartition("=")
+        if not sep or not ref_id or mode not in ("none", "always", "commit"):
+            _fail(f"--mode {item!r}: expected REF=MODE with MODE none, always or commit")
+        parsed.append((ref_id, mode))
+    writes = bool(parsed or (fix and verify)) and not dry_run
+    db = open_db(target, _registry(True), read_only=not writes, create=False)
+    try:
+        result: dict[str, Any] = {}
+        if parsed:
+            result["modes"] = _set_modes(db, parsed, fix, dry_run)
+        if verify:
+            report = verify_refs(db, fix=fix, dry_run=dry_run)
+            result["verify"] = report.to_dict()
+        elif key is not None:
+            result["referrers"] = referrers_of_key(db, key)
+        elif not parsed:
+            result["references"] = [row.to_dict() for row in summarize(db)]
+    finally:
+        for each in set(getattr(db, "databases", {None: db}).values()):
+            each.close()
+    if as_json:
+        out = result
+        if verify:  # the verify report at the top, what else was done beside it
+            out = dict(result["verify"])
+            if "modes" in result:
+                out["modes"] = result["modes"]
+        _emit_json(out)
+    else:
+        _render_refs(result)
+    if verify and result["verify"]["remaining"]:
+        raise click.exceptions.Exit(EXIT_PROBLEMS)
+
+
+def _set_modes(db: Any, parsed: list[tuple[str, str]], fix: str | None,
+               dry_run: bool) -> list[dict[str, Any]]:
+    from .refs import registry_of, set_ref_mode
+
+    dbs = getattr(db, "databases", None) or {db.database_name: db}
+    first = sorted(dbs)[0]
+    conn = dbs[first].open()
+    done = []
+    try:
+        for ref_id, mode in parsed:
+            where = conn
+            for name in sorted(dbs):
+                other = conn if name == first else conn.get_connection(name)
+                registry = registry_of(other, create=False)
+                if registry is not None and (ref_id in registry.names or ref_id in registry.modes):
+                    where = other
+                    break
+            change = set_ref_mode(where, ref_id, mode, fix=fix, dry_run=dry_run)
+            done.append(change.to_dict())
+        if not dry_run:
+            conn.transaction_manager.commit()
+    finally:
+        conn.transaction_manager.abort()
+        conn.close()
+    return done
+
+
+def _render_refs(result: dict[str, Any]) -> None:
+    for change in result.get("modes", []):
+        state = "set" if change["applied"] else "would set"
+        _out(f"{state} {printable(change['ref_id'])}: {change['old']} -> {change['new']} "
+             f"({len(change['dangling'])} dangling, {change['fixed']} fixed)")
+    if "references" in result:
+        rows = [[printable(r["database"]), printable(r["ref_id"]), r["mode"], str(r["links"]),
+                 str(r["targets"]), str(r["dangling"])] for r in result["references"]]
+        if rows:
+            _table("References", ["database", "reference", "mode", "links", "targets",
+                                  "dangling"], rows)
+        else:
+            _out("no references")
+    if "referrers" in result:
+        if not result["referrers"]:
+            _out("no referrers")
+        for r in result["referrers"]:
+            _out(f"{printable(r['key'])} <- {r['oid_repr']}.{printable(r['name'])} "
+                 f"in {printable(r['source_database'])}")
+    if "verify" in result:
+        report = result["verify"]
+        for p in report["problems"]:
+            fixed = " (fixed)" if p["fixed"] else ""
+            _out(f"{p['kind']}: {p['oid_repr']} in {printable(p['database'])} "
+                 f"{printable(p['ref_id'])} -> {printable(p['key'])}{fixed}")
+        _out(f"{report['records']} records, {report['links']} links, "
+             f"{len(report['problems'])} problems, {report['remaining']} remaining")
 
 
 def _open_tree(target: str, read_only: bool) -> Any:

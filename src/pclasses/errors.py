@@ -51,8 +51,11 @@ __all__ = [
     "XrefPolicySyntaxError",
     "ScanWorkerError",
     "RepairError",
-    "DatabaseUnavailableError",
+    "ReferentialIntegrityError",
     "DanglingReferenceError",
+    "UnlocatedError",
+    "MissingReferencesError",
+    "DatabaseUnavailableError",
     "UnreachableReferenceError",
     "DuplicateHandleError",
     "GarbageCollectionRefusedError",
@@ -344,6 +347,94 @@ class RepairError(PClassesError, RuntimeError):
         super().__init__(message)
 
 
+class Breach:
+    """One referrer that blocks a change: the link from ``source`` (its
+    attribute ``name``, reference ``ref_id``) to the target at ``key``.
+
+    ``database`` and ``oid`` name the source; :attr:`source` loads it through
+    the connection the breach was found with (``None`` once pickled).
+    """
+
+    __slots__ = ("key", "name", "ref_id", "database", "oid", "_jar")
+
+    def __init__(self, key: str, name: str, ref_id: str, database: str, oid: bytes,
+                 jar: Any = None) -> None:
+        self.key = key
+        self.name = name
+        self.ref_id = ref_id
+        self.database = database
+        self.oid = oid
+        self._jar = jar
+
+    @property
+    def source(self) -> Any:
+        """The referring object, loaded on access."""
+        if self._jar is None:
+            return None
+        jar = self._jar
+        if self.database and jar.db().database_name != self.database:
+            jar = jar.get_connection(self.database)
+        return jar.get(self.oid)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.key, self.name, self.ref_id, self.database, self.oid)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Breach, self._fields())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Breach) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"<Breach {self.ref_id} of {_oid_text(self.oid)} in {self.database!r} "
+                f"-> {self.key!r}>")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name, "ref_id": self.ref_id,
+                "database": self.database, "oid_repr": _oid_text(self.oid)}
+
+
+class ReferentialIntegrityError(PClassesError, ValueError):
+    """A change would leave (or left, at commit) a reference dangling.
+
+    ``breaches`` lists the referrers that block, each a :class:`Breach`
+    with ``source``, ``name`` and ``key``; ``action`` says what was refused.
+    """
+
+    def __init__(self, breaches: Sequence[Breach], action: str = "change") -> None:
+        self.breaches = list(breaches)
+        self.action = action
+        shown = ", ".join(f"{_oid_text(b.oid)}.{b.name} -> {b.key}" for b in self.breaches[:5])
+        more = f" and {len(self.breaches) - 5} more" if len(self.breaches) > 5 else ""
+        keys = sorted({b.key for b in self.breaches})
+        super().__init__(f"{action} refused: {', '.join(keys)} still referenced "
+                         f"by {shown}{more}")
+
+
+
+class UnlocatedError(PClassesError, TypeError):
+    """An object without a canonical location was used as a reference
+    target (not placed yet, or not persistent).  ``target`` describes it,
+    ``reason`` says what is missing."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        self.target = target
+        self.reason = reason
+        super().__init__(f"{target} has no location: {reason}")
+
+
+class MissingReferencesError(TransferError, LookupError):
+    """An import would leave always-mode references dangling: their
+    ``keys`` do not resolve in the target database.  Nothing was written."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = list(keys)
+        super().__init__(f"the import refers to keys the target database lacks: "
+                         f"{', '.join(self.keys)} (import with references='dangling' "
+                         "to accept that)")
 # -- trees of databases (issue 14) ---------------------------------------------
 
 
@@ -358,21 +449,6 @@ class DatabaseUnavailableError(PClassesError, OSError):
         self.reason = reason
         super().__init__(f"database {name!r} ({target}) is unavailable: {reason}")
 
-
-class DanglingReferenceError(PClassesError, POSKeyError):  # type: ignore[misc]
-    """A reference whose target is gone (packed away, deleted) was used.
-
-    ``database_name`` and ``oid`` name the target, ``klass`` its class as the
-    reference recorded it (dotted text, or ``None``).  Also ZODB's
-    ``POSKeyError`` (hence a ``KeyError``)."""
-
-    def __init__(self, database_name: str, oid: bytes, klass: str | None = None) -> None:
-        self.database_name = database_name
-        self.oid = oid
-        self.klass = klass
-        what = f" ({klass})" if klass else ""
-        super().__init__(f"the target {_oid_text(oid)}{what} of a reference into database "
-                         f"{database_name!r} is gone")
 
 
 class UnreachableReferenceError(PClassesError, ValueError):
@@ -405,3 +481,40 @@ class GarbageCollectionRefusedError(PClassesError, RuntimeError):
         self.database = database
         self.reason = reason
         super().__init__(f"garbage collection refused for database {database!r}: {reason}")
+
+
+class DanglingReferenceError(PClassesError, POSKeyError):  # type: ignore[misc]
+    """A reference whose target is gone was used.
+
+    One class for every kind of reference the package makes (also ZODB's
+    ``POSKeyError``, hence a ``KeyError``/``LookupError``):
+
+    * an intrinsic reference (:class:`pclasses.Ref`): ``key`` is the key
+      nothing is at (``None`` when the reference id itself is unknown),
+      ``reference_id`` the stored id, ``name`` the attribute read;
+    * a remote reference or a cross-database reference in a tree of
+      databases: ``database_name`` and ``oid`` name the target, ``klass`` its
+      class as the reference recorded it (dotted text, or ``None``).
+
+    Fields that do not apply are ``None``.
+    """
+
+    def __init__(self, *, key: str | None = None, reference_id: str | None = None,
+                 name: str | None = None, database_name: str | None = None,
+                 oid: bytes | None = None, klass: str | None = None) -> None:
+        self.key = key
+        self.reference_id = reference_id
+        self.name = name
+        self.database_name = database_name
+        self.oid = oid
+        self.klass = klass
+        if oid is not None:
+            what = f" ({klass})" if klass else ""
+            message = (f"the target {_oid_text(oid)}{what} of a reference into database "
+                       f"{database_name!r} is gone")
+        else:
+            where = f"key {key!r}" if key is not None else f"reference id {reference_id!r}"
+            message = f"dangling reference: nothing at {where}"
+        if name:
+            message = f"{name}: {message}"
+        super().__init__(message)

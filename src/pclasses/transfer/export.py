@@ -28,6 +28,8 @@ from ..errors import TransferError
 from ..record.edges import EdgeKind, edges_of
 from ..registry import ClassRegistry
 from ..scan import Progress
+from ..refs.transfer import MARK as REFS_MARK
+from ..refs.transfer import container_oid, export_references
 from ..trust import Trust
 from .reports import ExportReport
 from .records import HANDLE_CLASS, HANDLE_REFERENCE, handle_name
@@ -159,8 +161,12 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                             file=os.fspath(file) if isinstance(file, (str, os.PathLike)) else None)
     needs: dict[tuple[str, str], int] = {}
     externals: dict[tuple[str, bytes], None] = {}
+    ref_holders: list[tuple[bytes, bytes]] = []  # records holding intrinsic references
     queue: deque[bytes] = deque([start])
     seen = {start}
+    parent = container_oid(load, start)
+    if parent is not None:  # a placed object's __parent__ is not part of its subtree
+        seen.add(parent)
     own = isinstance(file, (str, os.PathLike))
     out: Any = open(file, "wb") if own else file  # noqa: SIM115
     body = tempfile.TemporaryFile(prefix="pclasses-export-") if format == "pclasses" else out
@@ -199,6 +205,8 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                 continue
             if pair is not None:
                 needs[pair] = needs.get(pair, 0) | 8
+            if REFS_MARK in data:
+                ref_holders.append((oid, data))
             for g in a.globals:
                 key = (g.module, g.name)
                 needs[key] = needs.get(key, 0) | int(g.uses)  # type: ignore[index]
@@ -235,6 +243,9 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             if progress is not None and not n % 4096:
                 progress(n, None)
         manifest.record_count = n
+        if ref_holders:
+            manifest.references_root, manifest.references = export_references(
+                connection, start, ref_holders, load)
         manifest.external_references = sorted(externals)
         manifest.classes = _needs(needs, registry, connection, trust)
         listed = {(c.module, c.name) for c in manifest.classes}

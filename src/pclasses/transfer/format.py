@@ -98,8 +98,18 @@ class Manifest:
     blobs: int = 0
     name: str | None = None
     bytes: int = 0
+    #: the intrinsic references the subtree holds (pclasses.refs.transfer)
+    references: list[dict[str, Any]] = field(default_factory=list)
+    #: the key of the exported root object, when it has one
+    references_root: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._to_dict()
+        if not self.references:  # listed only when the subtree holds references
+            del d["references"], d["references_root"]
+        return d
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
             "source_database": self.source_database,
@@ -113,6 +123,8 @@ class Manifest:
             "blobs": self.blobs,
             "name": self.name,
             "bytes": self.bytes,
+            "references": self.references,
+            "references_root": self.references_root,
         }
 
     @classmethod
@@ -135,6 +147,8 @@ class Manifest:
                 blobs=_count(d.get("blobs", 0)),
                 name=_text(d.get("name"), none=True),
                 bytes=_count(d.get("bytes", 0)),
+                references=[_reference(r) for r in _list(d.get("references", []))],
+                references_root=_text(d.get("references_root"), none=True),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
                 RecursionError, struct.error) as exc:
@@ -165,6 +179,15 @@ def _dict(value: Any) -> dict[Any, Any]:
     if type(value) is not dict:
         raise TypeError("not an object")
     return value
+
+
+def _reference(value: Any) -> dict[str, Any]:
+    """One entry of the manifest's ``references`` (pclasses.refs.transfer)."""
+    d = _dict(value)
+    return {"reference_id": _text(d["reference_id"]), "ref_id": _text(d["ref_id"]),
+            "database": _text(d.get("database"), none=True),
+            "key": _text(d.get("key"), none=True), "mode": _text(d.get("mode", "always")),
+            "internal": d.get("internal") is True}
 
 
 def _oid(value: Any) -> bytes:

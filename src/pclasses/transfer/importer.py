@@ -569,7 +569,7 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
-                   report: Literal[False] = ...) -> Any: ...
+                   report: Literal[False] = ..., references: str = ...) -> Any: ...
 
 
 @overload
@@ -577,7 +577,7 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
-                   report: Literal[True]) -> ImportReport: ...
+                   report: Literal[True], references: str = ...) -> ImportReport: ...
 
 
 def import_subtree(
@@ -592,6 +592,7 @@ def import_subtree(
     savepoint: bool = False,
     trust: Trust | Iterable[str] | None = None,
     report: bool = False,
+    references: str = "error",
 ) -> Any:
     """Import an export file (this package's format or ZODB's ``.zexp``).
 
@@ -618,6 +619,12 @@ def import_subtree(
     The checks resolve names without running modules that are not trusted
     (:mod:`pclasses.trust`; ``trust`` names more packages): a class whose
     module exists but is not trusted counts as missing until trusted.
+
+    Intrinsic references (:mod:`pclasses.refs`) the records hold are
+    registered in the target: internal ones re-rooted under the new
+    location; external keys of always-mode references must resolve there
+    (:class:`~pclasses.errors.MissingReferencesError`, nothing written)
+    unless ``references="dangling"``.
     """
     t0 = time.perf_counter()
     if missing not in ("error", "broken"):
@@ -638,6 +645,9 @@ def import_subtree(
                     raise TransferError("give a name to import into a container")
                 if key in into:
                     raise TransferError(f"{key!r} already exists in the target container")
+            from ..refs.transfer import import_references
+
+            import_references(connection, plan, reader.manifest, into, key, references)
             own_reader = bool(plan.blobs) and isinstance(file, (str, os.PathLike))
             if own_reader:
                 # The store pass copies blobs from the export file after this

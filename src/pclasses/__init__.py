@@ -84,7 +84,6 @@ from .pclass import PersistentClass, define_class
 from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
 from .registry import ClassRegistry, Resolution
 from .errors import (
-    DanglingReferenceError,
     DatabaseUnavailableError,
     DuplicateHandleError,
     GarbageCollectionRefusedError,

@@ -86,9 +86,13 @@ def make_broken_class(module: str, name: str) -> type:
     ZODB's ``find_global``; its persistent variant (what ZODB's reader uses
     for persistent objects) is made at the same time.
     """
-    cls = type(name, (_LosslessBroken,), {"__module__": module,
-                                          "__pclasses_missing__": (module, name)})
-    persistent = type(name, (_LosslessPersistentBroken, cls), {"__module__": module})
+    # A name read from a record may hold characters ``type()`` refuses (NUL):
+    # the class's own name shows them escaped; ``__pclasses_missing__`` keeps
+    # the name as read, which is what is written back.
+    shown = name.replace("\x00", "\\x00")
+    cls = type(shown, (_LosslessBroken,), {"__module__": module,
+                                           "__pclasses_missing__": (module, name)})
+    persistent = type(shown, (_LosslessPersistentBroken, cls), {"__module__": module})
     cls.__Broken_Persistent__ = persistent  # type: ignore[attr-defined]
     return cls
 
@@ -105,7 +109,8 @@ def missing_name(cls: Any) -> tuple[str, str] | None:
         # Only our own broken classes (and their persistent variants) stand
         # for the name they carry; a class that merely *inherits* from one
         # (a database-resident class whose base is missing) is itself.
-        if pair and pair == (cls.__module__, cls.__name__):
+        if pair and pair[0] == cls.__module__ and (
+                cls.__name__ == pair[1].replace("\x00", "\\x00")):
             return pair  # type: ignore[no-any-return]
         return (cls.__module__, cls.__name__)
     return None

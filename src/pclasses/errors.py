@@ -59,6 +59,7 @@ __all__ = [
     "UnreachableReferenceError",
     "DuplicateHandleError",
     "GarbageCollectionRefusedError",
+    "ImportPolicyError",
 ]
 
 
@@ -171,13 +172,17 @@ class MissingClassesError(TransferError, LookupError):
 class RefusedGlobalsError(TransferError, ValueError):
     """The file's records name callables that import refuses to let run.
 
-    ``refused`` lists them as dotted names.
+    ``refused`` lists them as dotted names; ``reasons`` maps some of them to
+    why (the import policy's judgement of the object a name resolves to).
     """
 
-    def __init__(self, refused: Sequence[str]) -> None:
+    def __init__(self, refused: Sequence[str],
+                 reasons: dict[str, str] | None = None) -> None:
         self.refused = list(refused)
+        self.reasons = dict(reasons or {})
         super().__init__("the file names globals that could run code when loaded: "
-                         + ", ".join(self.refused))
+                         + ", ".join(f"{n} ({self.reasons[n]})" if n in self.reasons else n
+                                     for n in self.refused))
 
 
 class FramedRecordError(PClassesError, ValueError):
@@ -518,3 +523,13 @@ class DanglingReferenceError(PClassesError, POSKeyError):  # type: ignore[misc]
         if name:
             message = f"{name}: {message}"
         super().__init__(message)
+class ImportPolicyError(TransferError, ValueError):
+    """An import policy option is malformed (e.g. ``strict`` names no package).
+
+    ``option`` names the option, ``value`` is what was given (as text).
+    """
+
+    def __init__(self, option: str, value: str) -> None:
+        self.option = option
+        self.value = value
+        super().__init__(f"{option}: {value!r} is not a package name")

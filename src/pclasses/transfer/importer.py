@@ -22,17 +22,21 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal, overload
 
 from ZODB.utils import oid_repr
 
 from ..classtable import GUID_PREFIX, class_table, is_guid_module
 from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
+from ..record import Analysis
+from ..record.analyze import Use
+from ..record.edges import EdgeKind
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
+from .callsites import record_facts
 from .format import END, ClassNeed, Reader, blob_ref_frame, opened, record_frame
 from .policy import (
     CALLED_BY_RECONSTRUCTOR,
@@ -40,14 +44,20 @@ from .policy import (
     REFUSED_PREFIX,
     USE_ARGUMENT,
     USE_CALLED,
+    USE_PID_CLASS,
+    USE_ROOT_CLASS,
+    ImportPolicy,
     check_globals,
 )
-from .records import HANDLE_REFERENCE
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
-    record_class
-from ..record import Analysis
-from ..record.analyze import Use
-from ..record.edges import EdgeKind
+from .records import (
+    CLASS_METACLASSES,
+    CLASS_TABLE,
+    HANDLE_REFERENCE,
+    analyze,
+    class_record_info,
+    no_gc,
+    record_class,
+)
 from .reports import ImportReport
 from .store import Plan, pending_import, root_ghost
 
@@ -59,6 +69,8 @@ __all__ = ["import_subtree", "NOWHERE", "CheckPass"]
 NOWHERE = b"\xff" * 8
 
 _FRAME_HEAD = 13  # b"R" + oid + u32
+#: uses of a global item that change it (BUILD / SETITEM(S) / APPEND(S) target)
+_CHANGED = int(Use.BUILD_TARGET | Use.ITEMS_TARGET)
 _BLOB_REF = 17  # b"P" + u64 + u64
 
 
@@ -129,6 +141,17 @@ class CheckPass:
     missing_keys: set[tuple[str, str]] = field(default_factory=set)
     externals: dict[tuple[str, bytes], None] = field(default_factory=dict)
     dangling: int = 0
+    #: what the import policy allows (:mod:`pclasses.transfer.policy`)
+    policy: ImportPolicy | None = None
+    #: why each refused global is refused (dotted name -> reason)
+    reasons: dict[str, str] = field(default_factory=dict)
+    #: call shapes no renaming makes inert (refused even with "broken")
+    shapes: list[str] = field(default_factory=list)
+    #: (record oid, oid of a persistent reference it calls): allowed only for
+    #: class references rebound to the target's class table (known at the end)
+    pid_calls: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    #: class names of ``(oid, class)`` references (strings cannot be renamed)
+    pid_classes: set[tuple[str, str]] = field(default_factory=set)
 
     def run(self) -> Plan:
         self.bind_class_references()
@@ -214,6 +237,16 @@ class CheckPass:
                 raise ExportFormatError(f"record {oid_repr(oid)} is declared a class reference")
             seen.add(oid)
             a = frame.analysis or analyze(data, oid)
+            if zexp:
+                meta = next(((g.module, g.name) for g in a.globals
+                             if int(g.uses) & _CLASS_META), None)
+                meta = meta or record_class(data, oid, a)
+                if meta == CLASS_TABLE or meta in CLASS_METACLASSES:
+                    # ZODB's exportFile copies class records along; they are
+                    # not imported (nor judged) but rebound by guid, as our
+                    # own format does.
+                    self.bind_zexp_class_record(frame.oid, data, meta, temp)
+                    continue
             verdict = signatures.get(sig := tuple(a.globals))
             if verdict is None:
                 verdict = signatures[sig] = self.judge_globals(a)
@@ -222,11 +255,11 @@ class CheckPass:
                 pair = record_class(data, oid, a)
                 if pair is not None:
                     refused_here = refused_here | self.judge_class_pair(pair)
-            if zexp and (pair == CLASS_TABLE or pair in CLASS_METACLASSES):
-                # ZODB's exportFile copies class records along; they are not
-                # imported but rebound by guid, as our own format does.
-                self.bind_zexp_class_record(frame.oid, data, pair, temp)
-                continue
+            self.check_shapes(data, oid, a)
+            if not index and pair is not None:
+                # the root object is made at once (a ghost of its class)
+                if self._judge(pair, 8 | USE_ROOT_CLASS, count_missing=False):
+                    refused_here = refused_here | {pair}
             if a.has_ext or a.has_stack_global or a.protocol > 5 or data[-1:] != b".":
                 _check_structure(data, oid, a)
             if refused_here and broken:
@@ -244,7 +277,10 @@ class CheckPass:
             if refused_here and broken:
                 record = self.make_inert(record, oid, a, refused_here)
             if record is not data:
-                a2 = self.recheck(data, a, record, oid, refused_here)
+                # (globals are renamed only with "broken"; with "error" the
+                # refusal is raised before anything is written)
+                a2 = self.recheck(data, a, record, oid,
+                                  refused_here if broken else frozenset())
             else:
                 a2 = a
             start = pos + _FRAME_HEAD
@@ -300,7 +336,7 @@ class CheckPass:
                 reconstructs = True
         pair = None
         for g in a.globals:
-            key: tuple[str, str] = (g.module, g.name)  # type: ignore[assignment]
+            key: tuple[str, str] = (g.module, g.name)
             uses = int(g.uses)  # (IntFlag operators are slow)
             if uses & _CLASS_META and pair is None:
                 pair = key
@@ -322,15 +358,38 @@ class CheckPass:
             verdict = self._judge(pair, 8)
         return frozenset({pair}) if verdict else frozenset()
 
-    def _judge(self, key: tuple[str, str], uses: int) -> bool:
-        missing, refused = check_globals({key: uses}, self.registry, self.connection,
-                                         self.missing, self.trust)
-        if missing:
+    def _judge(self, key: tuple[str, str], uses: int, count_missing: bool = True) -> bool:
+        verdict = self.judged.get((key, uses))
+        if verdict is not None:
+            return verdict
+        v = check_globals({key: uses}, self.registry, self.connection, self.missing,
+                          self.trust, self.policy)
+        if v.missing and count_missing:
             self.missing_keys.add(key)
-        self.missing_names.extend(missing)
-        self.refused.update(refused)
-        self.judged[(key, uses)] = verdict = bool(refused)
+            self.missing_names.extend(v.missing)
+        self.refused.update(v.refused)
+        self.reasons.update(v.reasons)
+        self.judged[(key, uses)] = verdict = bool(v.refused)
         return verdict
+
+    def check_shapes(self, data: bytes, oid: bytes, a: Any) -> None:
+        """Note calls of computed callables and state set on globals, the
+        persistent references a record calls, and judge the class names of
+        ``(oid, class)`` references (:mod:`pclasses.transfer.callsites`)."""
+        if a.calls_non_global or any(int(g.uses) & _CHANGED for g in a.globals):
+            try:
+                facts = record_facts(data, a)
+            except ValueError as exc:
+                raise ExportFormatError(f"record {oid_repr(oid)} is not a readable ZODB "
+                                        f"record ({exc})") from None
+            self.shapes.extend(f"record {oid_repr(oid)}: {p}" for p in facts.problems)
+            self.pid_calls.extend((oid, target) for target in facts.pid_calls)
+        for part in a.pid_classes:
+            if isinstance(part, tuple) and part[0] is not None and part[1] is not None:
+                pair = (part[0], part[1])
+                self.pid_classes.add(pair)
+                self.needs[pair] = self.needs.get(pair, 0) | USE_PID_CLASS
+                self._judge(pair, USE_PID_CLASS)
 
     def inert_class_metadata(self, data: bytes, oid: bytes, a: Any, pair: Any,
                              refused: frozenset[tuple[str, str]]) -> tuple[bytes, Any]:
@@ -396,7 +455,7 @@ class CheckPass:
         except FramedRecordError:
             raise ExportFormatError(f"record {oid_repr(oid)}: a framed record cannot be made "
                                     "inert") from None
-        return new  # type: ignore[no-any-return]
+        return new
 
     def recheck(self, old: bytes, a: Any, new: bytes, oid: bytes,
                 refused: frozenset[tuple[str, str]]) -> Any:
@@ -475,8 +534,22 @@ class CheckPass:
         for database in sorted({d for d, _o in self.externals}):
             if database not in dbs:
                 missing_names.append(f"database {database!r} (cross-database references)")
+        manifest = self.reader.manifest
+        declared = manifest.class_references if manifest is not None else {}
+        shapes = list(self.shapes)
+        for oid, target in self.pid_calls:
+            # A plain instance of a database-resident class: its class must
+            # be a class reference rebound to the target's class table.
+            if target is None or not (target in declared or target in self.bound):
+                shapes.append(f"record {oid_repr(oid)}: a call of a persistent object that "
+                              "is not a class reference")
+        refused_names = sorted(f"{m}.{nm}" for m, nm in self.refused)
+        if shapes or self.refused & self.pid_classes:
+            # Neither a computed callable nor a class named by strings in a
+            # reference can be renamed away: refused even with "broken".
+            raise RefusedGlobalsError(refused_names + shapes, self.reasons)
         if self.refused and self.missing == "error":
-            raise RefusedGlobalsError(sorted(f"{m}.{nm}" for m, nm in self.refused))
+            raise RefusedGlobalsError(refused_names, self.reasons)
         missing_names = list(dict.fromkeys(missing_names))
         class_refs_missing = list(dict.fromkeys(self.class_refs_missing))
         if missing_names and self.missing == "error":
@@ -569,7 +642,9 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
-                   report: Literal[False] = ..., references: str = ...) -> Any: ...
+                   default_name: str | None = ..., allow_code: bool = ...,
+                   strict: Iterable[str] | None = ..., report: Literal[False] = ...,
+                   references: str = ...) -> Any: ...
 
 
 @overload
@@ -577,7 +652,9 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
-                   report: Literal[True], references: str = ...) -> ImportReport: ...
+                   default_name: str | None = ..., allow_code: bool = ...,
+                   strict: Iterable[str] | None = ..., report: Literal[True],
+                   references: str = ...) -> ImportReport: ...
 
 
 def import_subtree(
@@ -591,6 +668,9 @@ def import_subtree(
     progress: Progress | None = None,
     savepoint: bool = False,
     trust: Trust | Iterable[str] | None = None,
+    default_name: str | None = None,
+    allow_code: bool = False,
+    strict: Iterable[str] | None = None,
     report: bool = False,
     references: str = "error",
 ) -> Any:
@@ -605,7 +685,7 @@ def import_subtree(
     refused globals into inert broken data.  The records are then stored in
     the caller's transaction under new oids; abort leaves the target as it
     was.  ``into`` (a mapping) receives the imported object under ``name``
-    (default: the manifest's name).  Returns the imported root object, or
+    (default: the manifest's name, else ``default_name``).  Returns the imported root object, or
     with ``report=True`` an :class:`~pclasses.transfer.reports.ImportReport`
     whose ``object`` it is.
 
@@ -618,7 +698,13 @@ def import_subtree(
 
     The checks resolve names without running modules that are not trusted
     (:mod:`pclasses.trust`; ``trust`` names more packages): a class whose
-    module exists but is not trusted counts as missing until trusted.
+    module exists but is not trusted is refused unjudged until trusted.
+
+    What the records may name is decided by :mod:`pclasses.transfer.policy`
+    (see ``docs/security.md``): ``allow_code=True`` also admits classes that
+    turn state into code (source methods, persistent classes); ``strict``
+    (package names) admits only classes of those packages besides plain
+    data types.
 
     Intrinsic references (:mod:`pclasses.refs`) the records hold are
     registered in the target: internal ones re-rooted under the new
@@ -627,6 +713,9 @@ def import_subtree(
     unless ``references="dangling"``.
     """
     t0 = time.perf_counter()
+    policy = ImportPolicy(allow_code=bool(allow_code),
+                          strict=strict if strict is None or isinstance(strict, str)
+                          else tuple(strict))
     if missing not in ("error", "broken"):
         raise TransferError(f"missing must be 'error' or 'broken', not {missing!r}")
     if registry is None:
@@ -637,9 +726,10 @@ def import_subtree(
         with no_gc():
             reader = Reader(f)
             reader.verify()
-            plan = CheckPass(connection, registry, missing, progress, reader, trust=trust).run()
+            plan = CheckPass(connection, registry, missing, progress, reader, trust=trust,
+                             policy=policy).run()
         try:
-            key = name or (reader.manifest.name if reader.manifest else None)
+            key = name or (reader.manifest.name if reader.manifest else None) or default_name
             if into is not None:
                 if not key:
                     raise TransferError("give a name to import into a container")

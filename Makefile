@@ -22,7 +22,7 @@ SMOKE_TESTS := tests/test_installed.py tests/test_cli.py tests/test_layout.py te
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=77'
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
@@ -47,7 +47,6 @@ wheel: $(STAMP)
 	rm -rf $(WHEELHOUSE) $(SMOKE)
 	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) .
 	$(BIN)/python -m venv $(SMOKE)/venv
-	$(SMOKE)/venv/bin/python -m pip install --quiet --upgrade pip
 	$(SMOKE)/venv/bin/python -m pip install --quiet "$$(ls $(WHEELHOUSE)/pclasses-*.whl)[test]"
 	mkdir -p $(SMOKE)/tests
 	cp tests/conftest.py $(SMOKE_TESTS) $(SMOKE)/tests/

@@ -67,11 +67,11 @@ def bench_reads_and_assign(tmp: Path) -> dict:
 
     def plain_read(n):
         for _ in range(n):
-            plain.ref
+            _ = plain.ref
 
     def cached_read(n):
         for _ in range(n):
-            src.ref
+            _ = src.ref
 
     registry = pclasses.refs.registry_of(conn)
 
@@ -79,16 +79,16 @@ def bench_reads_and_assign(tmp: Path) -> dict:
         d = registry.__dict__
         for _ in range(n):
             d.pop("_v_cache", None)
-            src.ref
+            _ = src.ref
 
     t0, t1 = targets
 
     def assign(n):
-        for i in range(n // 2):
+        for _ in range(n // 2):
             src.ref = t1
             src.ref = t0
 
-    src.ref  # warm
+    _ = src.ref  # warm
     out = {
         "plain_read_ns": per_call(plain_read, 200_000) * 1e9,
         "cached_read_ns": per_call(cached_read, 200_000) * 1e9,
@@ -120,7 +120,7 @@ def bench_removals(tmp: Path, sizes=(1_000, 10_000)) -> dict:
             pclasses.place(bulk, f"b{i}", Target())
         transaction.commit()
 
-        def timed(fn, runs: int = 5) -> float:
+        def timed(fn, runs: int = 5) -> float:  # noqa: B023 - called in this iteration
             times = []
             for _ in range(runs):
                 t0 = time.perf_counter()
@@ -132,9 +132,9 @@ def bench_removals(tmp: Path, sizes=(1_000, 10_000)) -> dict:
                 transaction.abort()
             return median(times)
 
-        none_mode = timed(lambda: pclasses.remove(master, "hot"))
-        refused = timed(lambda: pclasses.remove(master, "warm"))
-        folder = timed(lambda: pclasses.remove(root, "bulk"))
+        none_mode = timed(lambda: pclasses.remove(master, "hot"))  # noqa: B023
+        refused = timed(lambda: pclasses.remove(master, "warm"))  # noqa: B023
+        folder = timed(lambda: pclasses.remove(root, "bulk"))  # noqa: B023
         out[n] = {"remove_target_none_mode_ms": none_mode * 1e3,
                   "remove_target_always_refused_ms": refused * 1e3,
                   "remove_folder_unreferenced_ms": folder * 1e3}
@@ -179,7 +179,6 @@ def bench_commit(tmp: Path, n: int, rounds: int) -> dict:
 
 def bench_verify(n: int) -> dict:
     from _common import build_storage
-
     from pclasses.refs.verify import verify_refs
     from pclasses.xrefs import scan_xrefs
 

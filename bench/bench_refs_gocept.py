@@ -27,10 +27,10 @@ import zope.location.traversing
 import zope.traversing.adapters
 import zope.traversing.interfaces
 from persistent import Persistent
+from ZODB.FileStorage import FileStorage
 from zope.container.btree import BTreeContainer
 from zope.container.contained import Contained
 from zope.location.interfaces import ILocation
-from ZODB.FileStorage import FileStorage
 
 
 @zope.interface.implementer(zope.annotation.interfaces.IAttributeAnnotatable)
@@ -99,11 +99,11 @@ def main() -> None:
 
         def plain_read(n):
             for _ in range(n):
-                plain.ref
+                _ = plain.ref
 
         def read(n):
             for _ in range(n):
-                src.ref
+                _ = src.ref
 
         def assign(n):
             for _ in range(n // 2):

@@ -176,7 +176,8 @@ def main() -> None:
     by = {r["items"]: r for r in rows}
     if 100000 in by and 300000 in by:
         t = lambda r: r["pclasses_export_s"] + r["pclasses_import_s"]  # noqa: E731
-        print(json.dumps({"pclasses_scaling_300k_over_100k": round(t(by[300000]) / t(by[100000]), 2),
+        print(json.dumps({"pclasses_scaling_300k_over_100k":
+                          round(t(by[300000]) / t(by[100000]), 2),
                           "zodb_scaling_300k_over_100k": round(
                               (by[300000]["zodb_export_s"] + by[300000]["zodb_import_s"])
                               / (by[100000]["zodb_export_s"] + by[100000]["zodb_import_s"]), 2)}))

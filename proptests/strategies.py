@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
-
 from persistent import Persistent
 from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
@@ -347,7 +346,7 @@ def vspecs(draw: Any, n_objects: int, n_plains: int, leaves: st.SearchStrategy,
     return (tag, draw(st.lists(child, max_size=3)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _vspec_strategy(n_objects: int, n_plains: int, leaves: st.SearchStrategy, weak: bool,
                     depth: int) -> st.SearchStrategy:
     return vspecs(n_objects, n_plains, leaves, weak, depth)

@@ -46,9 +46,9 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 
 import pclasses
+from pclasses.errors import PClassesError
 from pclasses.record import analyze, read_class, read_record, scan_record, skim, split_record
 from pclasses.transfer import callsites
-from pclasses.errors import PClassesError
 
 DEEP = os.environ.get("PCLASSES_HYPOTHESIS_PROFILE") == "deep"
 pytestmark = pytest.mark.timeout(7200 if DEEP else 60)

@@ -11,7 +11,6 @@ from ZODB.utils import get_pickle_metadata
 
 from pclasses.record.reader import read_class, read_record, scan_record
 from pclasses.scan import iter_records
-
 from strategies import graphs
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import transaction
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from persistent import Persistent
 from ZODB import DB
 from ZODB.FileStorage import FileStorage
@@ -214,7 +214,7 @@ class RefsMachine(RuleBasedStateMachine):
             return
         for name in SOURCES:
             try:
-                self.src(name).r  # never a DanglingReferenceError
+                _ = self.src(name).r  # never a DanglingReferenceError
             except AttributeError:
                 pass
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import copy
 import importlib
 import io
-import os
 import pickle
 import pickletools
 import shutil
@@ -69,10 +68,8 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from persistent import Persistent
 from persistent.mapping import PersistentMapping
 from ZODB.broken import Broken, BrokenModified
-from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ConflictError
 from ZODB.utils import get_pickle_metadata, oid_repr
 

@@ -271,7 +271,8 @@ def store(dbs: Databases, target: Any, fill) -> dict[str, bytes]:
 
 
 def test_broken_class_is_zodb_broken_subclass_providing_IBroken():
-    """A missing name resolves to a cached subclass of ZODB's Broken whose instances provide IBroken."""
+    """A missing name resolves to a cached subclass of ZODB's Broken whose instances provide
+    IBroken."""
     registry = ClassRegistry()
     mod = f"pcl_brk_{uuid.uuid4().hex}.not.there"
     Atall = registry.find_global(mod, "Atall")
@@ -304,7 +305,8 @@ def test_broken_instances_record_new_and_init_arguments():
 
 
 def test_broken_object_state_can_be_set_but_attributes_cannot():
-    """__setstate__ stores the state (read back by broken_state) while attribute assignment is refused."""
+    """__setstate__ stores the state (read back by broken_state) while attribute assignment is
+    refused."""
     Atall = ClassRegistry().find_global("not.there", "Atall")
     a = Atall.__new__(Atall, 1, 2)
     with pytest.raises(BrokenModified):
@@ -315,14 +317,16 @@ def test_broken_object_state_can_be_set_but_attributes_cannot():
 
 
 def test_broken_state_refuses_objects_that_are_not_broken():
-    """broken_state raises TypeError for an object that is not broken, and is_broken is False for it."""
+    """broken_state raises TypeError for an object that is not broken, and is_broken is False for
+    it."""
     assert not pclasses.is_broken(Box(1))
     with pytest.raises(TypeError, match="not broken"):
         pclasses.broken_state(Box(1))
 
 
 def test_plain_broken_object_reduces_to_its_original_pickle_form():
-    """A plain broken object reduces to NEWOBJ of its own class with its newargs and state (not ZODB's rebuild)."""
+    """A plain broken object reduces to NEWOBJ of its own class with its newargs and state (not
+    ZODB's rebuild)."""
     from pclasses.broken import writing
 
     Atall = ClassRegistry().find_global("not.there", "Atall")
@@ -344,7 +348,8 @@ def test_plain_broken_object_reduces_to_its_original_pickle_form():
 
 
 def test_plain_broken_object_pickles_and_loads_back_through_a_database(tmp_path, dbs):
-    """A plain broken object stored in a database loads back with the same class name, newargs and state."""
+    """A plain broken object stored in a database loads back with the same class name, newargs and
+    state."""
     path = tmp_path / "Data.fs"
     registry = ClassRegistry()
     mod = f"pcl_brk_{uuid.uuid4().hex}.not.there"
@@ -367,7 +372,8 @@ def test_plain_broken_object_pickles_and_loads_back_through_a_database(tmp_path,
 
 
 def test_plain_broken_object_pickles_with_the_standard_pickler():
-    """ZODB doctest port: a plain broken object survives pickle.dumps/loads with its newargs and state."""
+    """ZODB doctest port: a plain broken object survives pickle.dumps/loads with its newargs and
+    state."""
     Atall = ClassRegistry().find_global(f"pcl_brk_{uuid.uuid4().hex}.not.there", "Atall")
     a = Atall.__new__(Atall, 1, 2)
     a.__setstate__({"x": 1})
@@ -378,7 +384,8 @@ def test_plain_broken_object_pickles_with_the_standard_pickler():
 
 
 def test_persistent_broken_objects_keep_persistence_metadata():
-    """Persistent broken objects work like broken ones but keep _p_ metadata and refuse __reduce__ (doctest port)."""
+    """Persistent broken objects work like broken ones but keep _p_ metadata and refuse __reduce__
+    (doctest port)."""
     Atall = ClassRegistry().find_global("not.there", "Atall")
     PAtall = ZODB.broken.persistentBroken(Atall)
     a = PAtall.__new__(PAtall, 1, 2)
@@ -400,7 +407,8 @@ def test_persistent_broken_objects_keep_persistence_metadata():
 
 
 def test_stored_objects_of_deleted_module_load_broken(tmp_path, modules, dbs):
-    """testBroken port: objects of a deleted module load as persistent broken objects with their state."""
+    """testBroken port: objects of a deleted module load as persistent broken objects with their
+    state."""
     path = tmp_path / "Data.fs"
     mod = modules.new(SOURCE)
     m = mod.write()
@@ -445,7 +453,8 @@ def test_broken_state_of_a_ghost_loads_it(tmp_path, modules, dbs):
 
 
 def test_find_global_repair_and_break_again(modules):
-    """find_global doctest port: real globals resolve, a missing one is broken, repaired by refresh, broken again."""
+    """find_global doctest port: real globals resolve, a missing one is broken, repaired by refresh,
+    broken again."""
     registry = ClassRegistry()
     assert registry.find_global("sys", "path") is sys.path
     assert registry.find_global("__builtin__", "object") is object
@@ -493,7 +502,8 @@ def _fill_lossless(m):
 
 
 def test_rewritten_container_records_are_lossless(tmp_path, modules, dbs):
-    """Committing containers holding broken objects changes their records only by the edit; the broken record is untouched."""
+    """Committing containers holding broken objects changes their records only by the edit; the
+    broken record is untouched."""
     path = tmp_path / "Data.fs"
     mod = modules.new(SOURCE)
     oids = store(dbs, path, _fill_lossless(mod.write()))
@@ -542,7 +552,8 @@ def test_rewritten_container_records_are_lossless(tmp_path, modules, dbs):
 
 
 def test_rewritten_objects_come_back_whole_when_the_class_returns(tmp_path, modules, dbs):
-    """After a rewrite with the class missing, a new DB with the class back loads real instances with the original state."""
+    """After a rewrite with the class missing, a new DB with the class back loads real instances
+    with the original state."""
     path = tmp_path / "Data.fs"
     mod = modules.new(SOURCE)
     oids = store(dbs, path, _fill_lossless(mod.write()))
@@ -578,7 +589,8 @@ def test_rewritten_objects_come_back_whole_when_the_class_returns(tmp_path, modu
 
 
 def test_records_of_argument_pickles_are_rewritten_byte_identically(tmp_path, modules, dbs):
-    """Plain broken objects pickled by REDUCE, NEWOBJ with args, slots or custom state rewrite byte-identically."""
+    """Plain broken objects pickled by REDUCE, NEWOBJ with args, slots or custom state rewrite
+    byte-identically."""
     path = tmp_path / "Data.fs"
     mod = modules.new(ARGS_SOURCE)
     m = mod.write()
@@ -623,7 +635,8 @@ def test_records_of_argument_pickles_are_rewritten_byte_identically(tmp_path, mo
 
 def test_reference_to_broken_object_of_getnewargs_class_is_rewritten_byte_identically(
         tmp_path, modules, dbs):
-    """A reference to a persistent broken object whose class has __getnewargs__ is rewritten as ZODB wrote it."""
+    """A reference to a persistent broken object whose class has __getnewargs__ is rewritten as ZODB
+    wrote it."""
     path = tmp_path / "Data.fs"
     mod = modules.new(ARGS_SOURCE)
     m = mod.write()
@@ -649,7 +662,8 @@ def test_reference_to_broken_object_of_getnewargs_class_is_rewritten_byte_identi
 
 
 def test_savepoints_write_records_holding_broken_objects(tmp_path, modules, dbs):
-    """Savepoints (and their rollback) work for containers holding broken objects; the commit keeps them."""
+    """Savepoints (and their rollback) work for containers holding broken objects; the commit keeps
+    them."""
     path = tmp_path / "Data.fs"
     mod = modules.new(SOURCE)
     oids = store(dbs, path, _fill_lossless(mod.write()))
@@ -677,7 +691,8 @@ def test_savepoints_write_records_holding_broken_objects(tmp_path, modules, dbs)
 
 def test_modifying_broken_objects_raises_brokenmodified_naming_class_and_oid(
         tmp_path, modules, dbs):
-    """Setting or deleting attributes of broken objects raises BrokenModified naming the class (and oid)."""
+    """Setting or deleting attributes of broken objects raises BrokenModified naming the class (and
+    oid)."""
     path = tmp_path / "Data.fs"
     mod = modules.new(SOURCE)
     m = mod.write()
@@ -707,7 +722,8 @@ def test_modifying_broken_objects_raises_brokenmodified_naming_class_and_oid(
 
 
 def test_persistent_broken_objects_accept_persistence_attributes(tmp_path, modules, dbs):
-    """_p_ attributes of a persistent broken object can be set (ghostify, activate, mark unchanged)."""
+    """_p_ attributes of a persistent broken object can be set (ghostify, activate, mark
+    unchanged)."""
     path = tmp_path / "Data.fs"
     mod = modules.new(SOURCE)
     m = mod.write()
@@ -867,12 +883,14 @@ def _reattach_scenario(target: Any, how: str, modules: Modules, dbs: Databases,
 
 @pytest.mark.parametrize("how", ["alias", "register", "refresh", "alias_module"])
 def test_reattach_live_on_filestorage(tmp_path, modules, dbs, events, how):
-    """alias/register/refresh/alias_module turn every connection's broken objects (open or pooled) real, keeping uncommitted changes, with one event per class."""
+    """alias/register/refresh/alias_module turn every connection's broken objects (open or pooled)
+    real, keeping uncommitted changes, with one event per class."""
     _reattach_scenario(tmp_path / "Data.fs", how, modules, dbs, events)
 
 
 def test_reattach_event_reaches_zope_component_handlers_without_extra_imports(tmp_path):
-    """A zope.component handler registered with provideHandler receives ClassReattached (as docs/index.md shows)."""
+    """A zope.component handler registered with provideHandler receives ClassReattached (as
+    docs/index.md shows)."""
     script = textwrap.dedent("""
         import ZODB, pclasses, zope.component
         from ZODB.MappingStorage import MappingStorage
@@ -932,7 +950,8 @@ def test_auto_reattach_false_waits_for_reattach(tmp_path, modules, dbs, events):
 
 @pytest.mark.parametrize("name", ["Reduced", "NewArgs"])
 def test_reattach_restores_objects_rebuilt_from_arguments(tmp_path, modules, dbs, name):
-    """A held plain broken object whose pickle carries its data in arguments is reattached with that data."""
+    """A held plain broken object whose pickle carries its data in arguments is reattached with that
+    data."""
     path = tmp_path / "Data.fs"
     mod = modules.new(ARGS_SOURCE)
     m = mod.write()
@@ -959,7 +978,8 @@ def test_reattach_restores_objects_rebuilt_from_arguments(tmp_path, modules, dbs
 
 
 def test_reattach_of_layout_incompatible_class_reloads_the_holder(tmp_path, modules, dbs):
-    """A plain object whose real class has __slots__ is reattached by reloading its unmodified holder."""
+    """A plain object whose real class has __slots__ is reattached by reloading its unmodified
+    holder."""
     path = tmp_path / "Data.fs"
     mod = modules.new(ARGS_SOURCE)
     m = mod.write()
@@ -1073,12 +1093,14 @@ def _load_in_threads_while_reattaching(tmp_path: Path, modules: Modules, dbs: Da
 
 
 def test_reattach_while_threads_keep_loading_plain_objects(tmp_path, modules, dbs, events):
-    """Four threads reloading a container of plain broken objects for ~1 s while the class returns raise nothing and end real."""
+    """Four threads reloading a container of plain broken objects for ~1 s while the class returns
+    raise nothing and end real."""
     _load_in_threads_while_reattaching(tmp_path, modules, dbs, events, things=False)
 
 
 def test_reattach_while_threads_keep_loading(tmp_path, modules, dbs, events):
-    """Four threads loading root -> container -> persistent and plain items for ~1 s while the classes return raise nothing and end real."""
+    """Four threads loading root -> container -> persistent and plain items for ~1 s while the
+    classes return raise nothing and end real."""
     _load_in_threads_while_reattaching(tmp_path, modules, dbs, events, things=True)
 
 
@@ -1096,7 +1118,8 @@ GATE_SOURCE = """
 
 
 def test_reattach_during_a_load_in_another_thread(tmp_path, modules, dbs):
-    """A load of a persistent broken object in progress in another thread while reattach runs completes without error, real."""
+    """A load of a persistent broken object in progress in another thread while reattach runs
+    completes without error, real."""
     path = tmp_path / "Data.fs"
     mod = modules.new(SOURCE)
     gate = modules.new("class Gate:\n    pass\n")
@@ -1163,7 +1186,8 @@ def test_reattach_during_a_load_in_another_thread(tmp_path, modules, dbs):
 @pytest.mark.zeo
 @pytest.mark.parametrize("how", ["alias", "register"])
 def test_reattach_live_over_zeo(zeo_uri, modules, dbs, events, how):
-    """Over a real ZEO server, alias/register reattach persistent and plain broken objects of every connection."""
+    """Over a real ZEO server, alias/register reattach persistent and plain broken objects of every
+    connection."""
     _reattach_scenario(zeo_uri, how, modules, dbs, events)
 
 
@@ -1172,7 +1196,8 @@ def test_reattach_live_over_zeo(zeo_uri, modules, dbs, events, how):
 
 
 def test_resident_class_put_back_in_table_reattaches_held_instance(tmp_path, dbs, events):
-    """An instance held broken after its class left the class table is real again after the class is put back and reattach()."""
+    """An instance held broken after its class left the class table is real again after the class is
+    put back and reattach()."""
     registry = ClassRegistry()
     db = dbs.open(tmp_path / "Data.fs", registry)
     conn0, tm0 = dbs.connect(db)

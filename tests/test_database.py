@@ -337,7 +337,8 @@ def _target(kind: str, tmp_path: Path, request) -> str:
 
 
 @pytest.mark.parametrize(
-    "kind", ["path", "zconfig", "zconfig-zodb", "file-uri", pytest.param("zeo", marks=pytest.mark.zeo)]
+    "kind",
+    ["path", "zconfig", "zconfig-zodb", "file-uri", pytest.param("zeo", marks=pytest.mark.zeo)],
 )
 def test_written_data_is_read_back_after_reopening(kind, tmp_path, request):
     target = _target(kind, tmp_path, request)
@@ -434,7 +435,8 @@ def test_zconfig_unclosed_section(tmp_path):
 
 def test_zconfig_unknown_key(tmp_path):
     conf = _write_conf(tmp_path / "key.conf",
-                       f"<filestorage>\n  path {tmp_path / 'k.fs'}\n  no-such-key 1\n</filestorage>\n")
+                       f"<filestorage>\n  path {tmp_path / 'k.fs'}\n  no-such-key 1\n"
+                       "</filestorage>\n")
     _expect_open_error(str(conf))
 
 
@@ -549,7 +551,8 @@ def test_zconfig_missing_filestorage_is_not_created(tmp_path):
 def test_zconfig_db_kwargs_reach_zodb_db(tmp_path, multi):
     conf = (_multi_conf(tmp_path) if multi else
             _write_conf(tmp_path / "z.conf",
-                        f"<zodb>\n <filestorage>\n  path {tmp_path / 'z.fs'}\n </filestorage>\n</zodb>\n"))
+                        f"<zodb>\n <filestorage>\n  path {tmp_path / 'z.fs'}\n"
+                        " </filestorage>\n</zodb>\n"))
     db = pclasses.open(conf, cache_size=123, pool_size=3)
     try:
         for each in db.databases.values():

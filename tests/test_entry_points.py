@@ -132,7 +132,8 @@ def our_failures(failures, dist: Dist):
 
 
 def test_distribution_is_visible_to_importlib_metadata(dist):
-    """The hand-built distribution is found by importlib.metadata with all four groups (sanity check of the fixture)."""
+    """The hand-built distribution is found by importlib.metadata with all four groups (sanity check
+    of the fixture)."""
     assert importlib.metadata.version(dist.pkg) == "1.0"
     for group, count in [
         (ENTRY_POINT_CLASSES, 3),
@@ -145,7 +146,8 @@ def test_distribution_is_visible_to_importlib_metadata(dist):
 
 
 def test_load_entry_points_reports_exactly_the_broken_entry_points(dist):
-    """load_entry_points returns one failure per unusable entry point, naming it, and nothing else."""
+    """load_entry_points returns one failure per unusable entry point, naming it, and nothing
+    else."""
     registry = ClassRegistry()
     failures = registry.load_entry_points()
     assert all(isinstance(f, EntryPointFailure) for f in failures)
@@ -192,7 +194,8 @@ def test_working_entry_points_take_effect_despite_failures(dist):
 
 
 def test_zodbupdate_rule_resolves_as_alias(dist):
-    """A zodbupdate rule 'old.mod OldName' -> 'new.mod NewName' makes old.mod.OldName load new.mod.NewName."""
+    """A zodbupdate rule 'old.mod OldName' -> 'new.mod NewName' makes old.mod.OldName load
+    new.mod.NewName."""
     registry = ClassRegistry()
     registry.load_entry_points()
     newmod = dist.module("newmod")
@@ -205,7 +208,8 @@ def test_zodbupdate_rule_resolves_as_alias(dist):
 
 
 def test_class_under_dotted_entry_point_name_resolves_under_that_name(dist):
-    """A pclasses.classes entry point with a dotted name registers the class under that name (the one records use)."""
+    """A pclasses.classes entry point with a dotted name registers the class under that name (the
+    one records use)."""
     registry = ClassRegistry()
     gone_mod = dist.gone
     # before loading: the name is broken (the module does not exist)
@@ -220,13 +224,15 @@ def test_class_under_dotted_entry_point_name_resolves_under_that_name(dist):
 
 
 def test_loading_entry_points_twice_is_harmless(dist):
-    """Calling load_entry_points again raises nothing, reports the same failures and leaves the same declarations."""
+    """Calling load_entry_points again raises nothing, reports the same failures and leaves the same
+    declarations."""
     registry = ClassRegistry()
     first = registry.load_entry_points()
     state = (dict(registry.registrations), dict(registry.aliases), dict(registry.module_aliases))
     second = registry.load_entry_points()
     assert second == first
-    assert (dict(registry.registrations), dict(registry.aliases), dict(registry.module_aliases)) == state
+    assert (dict(registry.registrations), dict(registry.aliases),
+            dict(registry.module_aliases)) == state
 
 
 def test_distribution_found_twice_on_sys_path_is_loaded_once(dist, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pickle
 
 import pytest
 
-from pclasses.equivalence import differences
+from pclasses.record.equivalence import differences
 from pclasses.records import read_record
 
 CLASS = b"\x80\x03cmod\nC\nq\x00."

@@ -499,7 +499,8 @@ def test_progress_callback(kept_importable: World):
     calls: list[tuple[int, int | None]] = []
     storage = FileStorage(str(kept_importable.path), read_only=True)
     try:
-        rep = pclasses.find_broken(storage, progress=lambda done, total: calls.append((done, total)))
+        rep = pclasses.find_broken(storage,
+                                   progress=lambda done, total: calls.append((done, total)))
     finally:
         storage.close()
     assert calls
@@ -727,24 +728,56 @@ def _with_crafted_bucket(tmp_path: Path, key_opcodes: bytes) -> tuple[Path, str,
     return path, name, oids["t"]
 
 
-@pytest.mark.parametrize("kind", ["deep", "long", "huge_int"])
+@pytest.mark.parametrize("kind", ["deep", "very_deep", "long", "huge_int"])
 def test_a_deep_or_long_key_on_the_path_is_shown_truncated(tmp_path: Path, kind):
-    """A key 100,000 tuples deep, a 2 MB string key or an int of 80,000 bits on
+    """A key 900 tuples deep, a 2 MB string key or an int of 80,000 bits on
     the path to a broken object is shown truncated, by the API and the CLI
-    (exit 0, no traceback)."""
-    key = {"deep": b")" + b"\x85" * 100_000,
+    (exit 0, no traceback); a key 100,000 tuples deep (beyond what the reader
+    unpickles safely) leaves the step unnamed (by oid), never a crash."""
+    key = {"deep": b")" + b"\x85" * 900,
+           "very_deep": b")" + b"\x85" * 100_000,
            "long": b"X" + (2_000_000).to_bytes(4, "little") + b"a" * 2_000_000,
            "huge_int": b"\x8b" + (10_000).to_bytes(4, "little") + b"\x7f" * 10_000}[kind]
     path, name, oid = _with_crafted_bucket(tmp_path, key)
     rep = _find(path)
     example = example_of(by_name(rep)[f"{name}.Thing"], oid)
-    assert example.path is not None and example.path.startswith("root['b'][")
+    step = f"<{oid_repr(oid)}>" if kind == "very_deep" else "["
+    assert example.path is not None and example.path.startswith("root['b']" + step)
     assert len(example.path) < 300
     result = CliRunner().invoke(main, ["broken", str(path), "--json"])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     [shown] = json.loads(result.output)["databases"][0]["broken_classes"][0]["examples"]
     assert shown["path"] == example.path
+
+
+def test_a_deeply_nested_dict_key_on_the_path_is_not_a_crash(tmp_path: Path):
+    """A PersistentMapping on the path whose dict has a key nested 200,000
+    tuples deep (hashing it would overflow the C stack) does not crash
+    ``pclasses broken`` (a process of its own exits normally); the step
+    through it is shown by oid."""
+    path = tmp_path / "deep.fs"
+    ZODB.DB(FileStorage(str(path))).close()
+    pm = b"\x80\x02cpersistent.mapping\nPersistentMapping\n."
+    s = FileStorage(str(path))
+    try:
+        gone = store_raw(s, b"\x80\x02cpcl_inv_gone_deep.mod\nThing\n.\x80\x02}.")
+        holder = store_raw(s, pm + b"\x80\x02}X\x04\x00\x00\x00data}(" + b")"
+                           + b"\x85" * 200_000 + b"K\x01X\x01\x00\x00\x00kU\x08" + gone
+                           + b"cpcl_inv_gone_deep.mod\nThing\n\x86Qus.")
+        data, serial = s.load(z64)
+        store_raw(s, pm + b"\x80\x02}X\x04\x00\x00\x00data}X\x01\x00\x00\x00hU\x08"
+                  + holder + b"cpersistent.mapping\nPersistentMapping\n\x86Qss.", z64, serial)
+    finally:
+        s.close()
+    here = Path(pclasses.__file__).resolve().parent.parent  # this pclasses, not another
+    result = run_cli("broken", str(path), "--json", env=cli_env(here))
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    [cls] = json.loads(result.stdout)["databases"][0]["broken_classes"]
+    [example] = cls["examples"]
+    assert example["oid"] == oid_repr(gone)
+    assert example["path"] == f"root['h']<{oid_repr(gone)}>"
 
 
 def test_report_objects_keep_names_from_data_raw(tmp_path: Path):
@@ -897,7 +930,8 @@ def test_cli_multi_database_zconfig(tmp_path: Path):
             db.close()
     conf = tmp_path / "multi.conf"
     conf.write_text("".join(
-        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n  </filestorage>\n</zodb>\n"
+        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n"
+        "  </filestorage>\n</zodb>\n"
         for n in ("one", "two")))
     result = run_cli("broken", str(conf), "--json", env=cli_env())
     assert result.returncode == 0, result.stderr

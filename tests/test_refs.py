@@ -20,8 +20,8 @@ from pclasses import (
     DanglingReferenceError,
     Folder,
     Ref,
-    RefSet,
     ReferentialIntegrityError,
+    RefSet,
     UnlocatedError,
     is_referenced,
     move,
@@ -118,7 +118,7 @@ def test_unassigned_reference_is_an_attribute_error(world):
     """Reading a Ref never assigned raises AttributeError, as a plain attribute would."""
     _root, _cities, book = world
     with pytest.raises(AttributeError):
-        book["a1"].city
+        _ = book["a1"].city
     assert getattr(book["a1"], "city", "default") == "default"
 
 
@@ -133,7 +133,7 @@ def test_none_and_del(world, conn):
     a1.city = cities["gera"]
     del a1.city
     with pytest.raises(AttributeError):
-        a1.city
+        _ = a1.city
     assert not is_referenced(cities["gera"])
     with pytest.raises(AttributeError):
         del a1.city
@@ -155,7 +155,7 @@ def test_unlocated_targets_are_refused(world):
     with pytest.raises(TypeError):
         book["a1"].city = object()
     with pytest.raises(AttributeError):
-        book["a1"].city
+        _ = book["a1"].city
 
 
 def test_key_of_root_placed_object(world, conn):
@@ -261,7 +261,7 @@ def test_none_mode_reads_dangling(world):
     del cities["jena"]
     transaction.commit()
     with pytest.raises(DanglingReferenceError) as info:
-        book["a1"].loose
+        _ = book["a1"].loose
     assert isinstance(info.value, LookupError) and isinstance(info.value, POSKeyError)
     assert info.value.key == "/cities/jena"
     # placing something again at the key makes it resolve
@@ -352,7 +352,7 @@ def test_refset_integrity(world):
 def test_unassigned_refset_is_an_attribute_error(world):
     _root, _cities, book = world
     with pytest.raises(AttributeError):
-        book["a1"].cities
+        _ = book["a1"].cities
 
 
 # ---------------------------------------------------------------------------
@@ -368,7 +368,7 @@ def test_loosening_takes_effect_at_once(world, conn):
     del cities["jena"]
     transaction.commit()
     with pytest.raises(DanglingReferenceError):
-        book["a1"].city
+        _ = book["a1"].city
     set_ref_mode(conn, Address.city.id, "always", fix="null")
     transaction.commit()
 
@@ -406,7 +406,7 @@ def test_fix_remove_drops_the_reference(world, conn):
     del cities["jena"]
     set_ref_mode(conn, Address.loose, "commit", fix="remove")
     with pytest.raises(AttributeError):
-        book["a1"].loose
+        _ = book["a1"].loose
     transaction.commit()
     set_ref_mode(conn, Address.loose, "none")
     transaction.commit()
@@ -568,7 +568,7 @@ def test_vetoes(world):
     finally:
         zope.event.subscribers.remove(veto)
     with pytest.raises(AttributeError):
-        book["a1"].city
+        _ = book["a1"].city
     assert "jena" in cities and not is_referenced(cities["jena"])
 
 

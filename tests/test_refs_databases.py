@@ -126,14 +126,13 @@ def test_ref_into_another_database(multi):
     cities["jena"] = Master()
     transaction.commit()
     pclasses.check_xrefs(multi)  # the seat belt: refuses any cross-db reference
+    policy = pclasses.XrefPolicy().deny("*", "*").install()
     try:
-        pclasses.XrefPolicy().deny("*", "*").install()
         holder = place(conn.root(), "h", Holder())
         holder.master = cities["jena"]
         transaction.commit()
     finally:
-        from pclasses.xrefs import XrefPolicy  # noqa: F401
-
+        policy.uninstall()
         pclasses.check_xrefs(multi, enabled=False)
     assert holder.master is cities["jena"]
     from pclasses.refs.registry import registry_of

@@ -157,7 +157,8 @@ def test_chain_of_aliases_is_followed(reg):
 
 
 def test_module_alias_maps_by_dotted_prefix(reg, mods):
-    """alias_module('old.pkg', 'new.pkg') maps old.pkg.sub.Cls to new.pkg.sub.Cls and old.pkg.Top to new.pkg.Top."""
+    """alias_module('old.pkg', 'new.pkg') maps old.pkg.sub.Cls to new.pkg.sub.Cls and old.pkg.Top to
+    new.pkg.Top."""
     u = uid()
     new = f"pcl_new_{u}.pkg"
     old = f"pcl_old_{u}.pkg"
@@ -176,7 +177,8 @@ def test_module_alias_maps_by_dotted_prefix(reg, mods):
 
 
 def test_module_alias_does_not_match_a_mere_string_prefix(reg):
-    """alias_module('old.pkg', ...) leaves old.pkgx.Cls alone (prefixes are whole dotted components)."""
+    """alias_module('old.pkg', ...) leaves old.pkgx.Cls alone (prefixes are whole dotted
+    components)."""
     u = uid()
     reg.alias_module(f"pcl_old_{u}.pkg", "collections")
     res = reg.explain(f"pcl_old_{u}.pkgx", "OrderedDict")
@@ -200,7 +202,8 @@ def test_import_resolution(reg):
     """A name with no registration or alias is imported, like ZODB's find_global."""
     assert reg(None, HERE, "Alpha") is Alpha
     res = reg.explain(HERE, "Alpha")
-    assert (res.how, res.chain, res.target, res.error) == ("imported", (dotted(Alpha),), Alpha, None)
+    assert (res.how, res.chain, res.target, res.error) == (
+        "imported", (dotted(Alpha),), Alpha, None)
 
 
 def test_import_of_module_not_yet_imported(reg, mods):
@@ -223,7 +226,8 @@ def test_import_of_module_not_yet_imported(reg, mods):
     ],
 )
 def test_python2_names_map_as_zodb_find_global_does(reg, module, name, expected):
-    """Python 2 globals in old records (copy_reg._reconstructor, __builtin__.set) resolve as ZODB's find_global resolves them."""
+    """Python 2 globals in old records (copy_reg._reconstructor, __builtin__.set) resolve as ZODB's
+    find_global resolves them."""
     assert ZODB.broken.find_global(module, name) is expected
     assert reg(None, module, name) is expected
     res = reg.explain(module, name)
@@ -257,7 +261,8 @@ def test_missing_attribute_resolves_broken(reg):
 
 
 def test_module_raising_at_import_resolves_broken(reg, mods):
-    """A module that raises while importing yields a broken class, not an exception, and explain carries the error."""
+    """A module that raises while importing yields a broken class, not an exception, and explain
+    carries the error."""
     name = f"pcl_raises_{uid()}"
     marker = f"boom-{uid()}"
     mods.write(name, f"raise RuntimeError({marker!r})\nclass Thing:\n    pass\n")
@@ -274,7 +279,8 @@ def test_module_raising_at_import_resolves_broken(reg, mods):
 
 @pytest.mark.parametrize("register_first", [True, False])
 def test_registration_wins_over_alias(reg, register_first):
-    """When a name is both registered and aliased, the registration is used whatever the declaration order."""
+    """When a name is both registered and aliased, the registration is used whatever the declaration
+    order."""
     name = f"pcl_both_{uid()}.X"
     if register_first:
         reg.register(Alpha, name)
@@ -344,7 +350,8 @@ def test_self_alias_refused(reg):
 
 
 def test_three_cycle_refused_with_message_naming_it(reg):
-    """Closing a -> b -> c -> a raises with the full cycle in the message; the registry is unchanged."""
+    """Closing a -> b -> c -> a raises with the full cycle in the message; the registry is
+    unchanged."""
     reg.alias("pa.A", "pb.B")
     reg.alias("pb.B", "pc.C")
     before = snapshot(reg)
@@ -357,7 +364,8 @@ def test_three_cycle_refused_with_message_naming_it(reg):
 
 
 def test_class_alias_closing_cycle_through_module_alias_refused(reg):
-    """With alias_module('a', 'b'), alias('b.X', 'a.X') is refused as a cycle through the module alias."""
+    """With alias_module('a', 'b'), alias('b.X', 'a.X') is refused as a cycle through the module
+    alias."""
     reg.alias_module("pcyc_a", "pcyc_b")
     before = snapshot(reg)
     with pytest.raises(AliasCycleError) as info:
@@ -367,7 +375,8 @@ def test_class_alias_closing_cycle_through_module_alias_refused(reg):
 
 
 def test_module_alias_closing_cycle_through_class_alias_refused(reg):
-    """With alias('b.X', 'a.X'), alias_module('a', 'b') is refused: a.X -> b.X -> a.X would cycle."""
+    """With alias('b.X', 'a.X'), alias_module('a', 'b') is refused: a.X -> b.X -> a.X would
+    cycle."""
     reg.alias("pcyc_b.X", "pcyc_a.X")
     before = snapshot(reg)
     try:
@@ -378,7 +387,8 @@ def test_module_alias_closing_cycle_through_class_alias_refused(reg):
 
 
 def test_module_alias_closing_cycle_through_submodule_alias_refused(reg):
-    """With alias_module('b.c', 'a.c'), alias_module('a', 'b') is refused: a.c.X -> b.c.X -> a.c.X would cycle."""
+    """With alias_module('b.c', 'a.c'), alias_module('a', 'b') is refused: a.c.X -> b.c.X -> a.c.X
+    would cycle."""
     reg.alias_module("pcyc_b.c", "pcyc_a.c")
     before = snapshot(reg)
     try:
@@ -398,7 +408,8 @@ def test_module_alias_two_cycle_refused(reg):
 
 
 def test_module_alias_into_own_submodule_refused(reg):
-    """alias_module('a', 'a.b') is refused (a.X -> a.b.X -> a.b.b.X never ends) and changes nothing."""
+    """alias_module('a', 'a.b') is refused (a.X -> a.b.X -> a.b.b.X never ends) and changes
+    nothing."""
     with pytest.raises(AliasCycleError) as info:
         reg.alias_module("pcyc_a", "pcyc_a.b")
     assert str(info.value).startswith("alias cycle: pcyc_a -> pcyc_a.b")
@@ -458,7 +469,8 @@ def test_unregister_unalias_unknown_are_no_ops(reg):
 
 @pytest.mark.parametrize("bad", ["NoDot", "", ".Lead", "Trail.", "pk."])
 def test_malformed_names_raise_registration_error(reg, bad):
-    """Malformed dotted names in register/alias raise RegistrationError (a ValueError) and change nothing."""
+    """Malformed dotted names in register/alias raise RegistrationError (a ValueError) and change
+    nothing."""
     with pytest.raises(RegistrationError):
         reg.register(Alpha, bad)
     with pytest.raises(RegistrationError):
@@ -534,7 +546,8 @@ def test_broken_name_resolvable_after_alias_module(reg):
 
 
 def test_broken_name_resolvable_after_refresh_when_module_appears(reg, mods):
-    """A module installed after a broken lookup is picked up by refresh() (and not before: broken results are cached)."""
+    """A module installed after a broken lookup is picked up by refresh() (and not before: broken
+    results are cached)."""
     name = f"pcl_late_{uid()}"
     first = reg(None, name, "Thing")
     assert issubclass(first, ZODB.broken.Broken)
@@ -677,7 +690,8 @@ def test_broken_classes_are_zodb_broken(reg):
 
 
 def test_same_broken_class_for_repeated_lookups(reg):
-    """Repeated lookups (and explain, and lookups after refresh) of a broken name return the same class object."""
+    """Repeated lookups (and explain, and lookups after refresh) of a broken name return the same
+    class object."""
     module = f"pcl_missing_{uid()}"
     first = reg(None, module, "Gone")
     assert all(reg(None, module, "Gone") is first for _ in range(10))
@@ -692,7 +706,8 @@ def test_same_broken_class_for_repeated_lookups(reg):
 
 
 def test_resident_resolver_class_is_database_resident_and_not_cached(reg):
-    """A class returned by resident_resolver is used, reported 'database-resident', and never cached globally."""
+    """A class returned by resident_resolver is used, reported 'database-resident', and never cached
+    globally."""
     calls = []
     conn = object()
 
@@ -714,7 +729,8 @@ def test_resident_resolver_class_is_database_resident_and_not_cached(reg):
 
 
 def test_resident_resolver_none_is_broken_and_not_cached(reg):
-    """A resident resolver returning None gives a broken class, counted, but not cached (the class may appear later)."""
+    """A resident resolver returning None gives a broken class, counted, but not cached (the class
+    may appear later)."""
     present = {}
 
     def resolver(connection, module, name):
@@ -860,7 +876,8 @@ def _check_final_state(reg: ClassRegistry, u: str) -> None:
 
 
 def test_concurrent_lookups_while_registering_and_aliasing(reg):
-    """Lookups from 8 threads never fail while another thread re-registers and (un)aliases, and see the final state afterwards."""
+    """Lookups from 8 threads never fail while another thread re-registers and (un)aliases, and see
+    the final state afterwards."""
     u = uid()
     errors = _hammer(reg, u, unregister=False)
     assert not errors, errors
@@ -868,7 +885,8 @@ def test_concurrent_lookups_while_registering_and_aliasing(reg):
 
 
 def test_concurrent_lookups_while_registering_unregistering_and_aliasing(reg):
-    """Lookups from 8 threads never fail while another thread registers, unregisters and aliases, and see the final state afterwards."""
+    """Lookups from 8 threads never fail while another thread registers, unregisters and aliases,
+    and see the final state afterwards."""
     u = uid()
     errors = _hammer(reg, u, unregister=True)
     assert not errors, errors
@@ -894,7 +912,8 @@ class _UnregisteredMeanwhile(dict):
 
 
 def test_lookup_survives_unregister_between_check_and_read(reg):
-    """A lookup racing an unregister of the same name returns a class (registered or not), never raises."""
+    """A lookup racing an unregister of the same name returns a class (registered or not), never
+    raises."""
     name = f"pcl_thr_{uid()}.Reg"
     reg.register(Alpha, name)
     reg._registered = _UnregisteredMeanwhile(reg, reg._registered)
@@ -934,7 +953,8 @@ class NewPlain:
 
 @pytest.fixture
 def stored_db(tmp_path, mods):
-    """A FileStorage holding a model Item and a Plain inside a PersistentMapping; the model module is then removed."""
+    """A FileStorage holding a model Item and a Plain inside a PersistentMapping; the model module
+    is then removed."""
     u = uid()
     old = f"pcl_reg_models_{u}"
     path = mods.write(old, MODEL_SOURCE)
@@ -984,7 +1004,8 @@ def test_real_zodb_alias_loads_new_class_with_state(stored_db, mods):
 
 
 def test_real_zodb_missing_class_loads_broken_with_state(stored_db):
-    """Records of a class that no longer exists load as broken objects keeping their stored state."""
+    """Records of a class that no longer exists load as broken objects keeping their stored
+    state."""
     fs_path, old, _ = stored_db
     registry = ClassRegistry()
     db = pclasses.open(fs_path, registry)
@@ -1014,7 +1035,8 @@ def test_real_zodb_missing_class_loads_broken_with_state(stored_db):
 
 
 def test_open_installs_the_registry(tmp_path):
-    """pclasses.open(target, registry) makes registry.class_factory the database's class factory and records the database."""
+    """pclasses.open(target, registry) makes registry.class_factory the database's class factory and
+    records the database."""
     registry = ClassRegistry()
     db = pclasses.open(tmp_path / "Data.fs", registry)
     try:

@@ -47,7 +47,7 @@ from ZODB.utils import get_pickle_metadata, oid_repr, z64
 
 import pclasses
 from pclasses.cli import main
-from pclasses.equivalence import differences
+from pclasses.record.equivalence import differences
 
 SCRIPT = Path(sys.executable).parent / "pclasses"
 OID_REPR_CHARS = set("0123456789abcdefx")
@@ -975,6 +975,54 @@ def test_lengths_changing_across_the_split_keep_the_state(tmp_path: Path):
                                        (old, "Helper"): (new, "Helper")}) is None
 
 
+def test_format3_record_naming_the_class_only_by_strings_is_renamed(tmp_path: Path):
+    """An instance of a persistent class names its class only by two strings
+    (format 3, no GLOBAL opcode anywhere): it is found and renamed too, with
+    its state intact."""
+    old, new = unique("pcl_rep_f3"), unique("pcl_rep_f3new")
+    state = b"\x80\x02}q\x04(" + _u("k") + b"K\x05" + _u("s") + _u(old) + b"u."
+    data = b"\x80\x02" + _u(old) + b"q\x00" + _u("Thing") + b"q\x01\x86q\x02N\x86q\x03." \
+        + state
+    s = FileStorage(str(tmp_path / "f3.fs"))
+    try:
+        oid = store_raw(s, data)
+        rep = pclasses.rename_classes(s, {f"{old}.Thing": f"{new}.Thing"})
+        stored = s.load(oid)[0]
+    finally:
+        s.close()
+    assert rep.changed == 1 and rep.skipped == []
+    assert rep.renamed == {f"{old}.Thing": 1}
+    info = pclasses.read_record(stored)
+    assert (info.klass.module, info.klass.name, info.klass.format) == (new, "Thing", 3)
+    assert info.state == {"k": 5, "s": old}  # text in the state is data, not a name
+
+
+def test_hostile_deep_record_on_the_tree_check_path_is_skipped_not_a_crash(tmp_path: Path):
+    """A format-3 record whose state nests 200,000 tuples deep as a dict key
+    (hashing it would overflow the C stack) is skipped with a reason by the
+    CLI, in a process of its own that exits normally; nothing is written."""
+    old = unique("pcl_rep_deep")
+    depth = 200_000
+    data = (b"\x80\x02" + _u(old) + _u("Thing") + b"\x86N\x86."
+            + b"\x80\x02}" + b")" + b"\x85" * depth + b"K\x01s.")
+    path = tmp_path / "deep.fs"
+    ZODB.DB(FileStorage(str(path))).close()
+    s = FileStorage(str(path))
+    try:
+        oid = store_raw(s, data)
+    finally:
+        s.close()
+    digest = file_digest(path)
+    here = Path(pclasses.__file__).resolve().parent.parent  # this pclasses, not another
+    result = run_cli("repair", str(path), "--rename", f"{old}.*=pcl_rep_deepnew.*", "--json",
+                     env=cli_env(here))
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert [x["oid"] for x in report["skipped"]] == [oid_repr(oid)]
+    assert file_digest(path) == digest
+
+
 def test_every_rewritten_record_means_what_it_meant(fs: Copy):
     """Oracle: for every record the repair changed, the safe reader's tree of
     the new record equals the old one's with the renamed globals mapped."""
@@ -1013,8 +1061,8 @@ def test_a_rewrite_that_does_not_parse_back_is_refused():
     """The check behind every in-place rewrite: bytes that are not exactly the
     old ones with the renamed opcodes replaced, or that do not walk as a
     record with the split where it belongs, are refused."""
-    from pclasses.equivalence import substitution_differences
     from pclasses.record import analyze
+    from pclasses.record.equivalence import substitution_differences
 
     old = b"\x80\x03cold.mod\nThing\nq\x00.\x80\x03}q\x01X\x01\x00\x00\x00kK\x05s."
     renamed = {("old.mod", "Thing"): ("new", "Thing")}
@@ -1123,7 +1171,8 @@ def test_multi_database_zconfig_repairs_every_database(tmp_path: Path):
             db.close()
     conf = tmp_path / "multi.conf"
     conf.write_text("".join(
-        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n  </filestorage>\n</zodb>\n"
+        f"<zodb {n}>\n  <filestorage>\n    path {tmp_path / (n + '.fs')}\n"
+        "  </filestorage>\n</zodb>\n"
         for n in ("one", "two")))
     pclasses.rename_classes(str(conf), {f"{old}.Thing": f"{new}.Thing"})
     for name in ("one", "two"):

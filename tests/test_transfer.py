@@ -2599,3 +2599,31 @@ def test_cli_export_of_a_plain_value_names_its_persistent_holder(fs, tmp_path):
         "export", str(tmp_path / "src.fs"), "site/data", "-o", str(tmp_path / "x.pcx")))
     assert "dict" in line and "'site'" in line and "persistent" in line
     assert not (tmp_path / "x.pcx").exists()
+
+
+def test_default_import_with_user_savepoints(fs):
+    """A default import inside a transaction that also makes savepoints (before
+    and after it) is written by the savepoint as ZODB does; rolling back to a
+    savepoint made before the import forgets it; the commit stores the rest."""
+    src = fs("src")
+    conn = src.open()
+    conn.root()["sub"] = PersistentMapping(kid=PersistentMapping(v=1))
+    transaction.commit()
+    data, _ = export_bytes(conn, conn.root()["sub"], name="sub")
+    dst, c2 = _target(fs)
+    c2.root()["early"] = 1
+    sp_before = transaction.savepoint()
+    one = import_subtree(c2, io.BytesIO(data), into=c2.root(), name="one")
+    assert one["kid"]["v"] == 1
+    transaction.savepoint()  # writes the pending import into the savepoint
+    assert one["kid"]["v"] == 1
+    sp_before.rollback()
+    assert "one" not in c2.root()
+    two = import_subtree(c2, io.BytesIO(data), into=c2.root(), name="two")
+    transaction.savepoint()
+    two["kid"]["v"] = 5
+    transaction.commit()
+    dst.close()
+    again = fs("target")
+    root = again.open().root()
+    assert "one" not in root and root["two"]["kid"]["v"] == 5 and root["early"] == 1

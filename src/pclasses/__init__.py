@@ -21,53 +21,51 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .broken import broken_state, is_broken
-from .classtable import ClassTable, class_table, guid_of
 from .census import Census, take_census
-from .events import ClassReattached
-from .interfaces import IClassReattachedEvent, ICrossDatabaseReferenceEvent
-from .inventory import BrokenReport, find_broken
-from .repair import RepairError, RepairReport, rename_classes
-from .xrefs import (
-    CrossDatabaseReference,
-    CrossDatabaseReferenceError,
-    XrefPolicy,
-    check_xrefs,
-    scan_xrefs,
-)
-from .transfer import Manifest, export_subtree, import_subtree, read_manifest
+from .classtable import ClassTable, class_table, guid_of
 from .errors import (
     AliasCycleError,
-    ExportFormatError,
-    MissingClassesError,
     BrokenObjectModifiedError,
     ClassNameError,
+    DanglingReferenceError,
+    DatabaseUnavailableError,
     DuplicateGuidError,
+    DuplicateHandleError,
+    ExportFormatError,
     FramedRecordError,
+    GarbageCollectionRefusedError,
     ImportPolicyError,
+    MissingClassesError,
+    MissingReferencesError,
     NotAGuidModuleError,
     NotBrokenError,
     PClassesError,
     RecordDecodeError,
+    ReferentialIntegrityError,
     RefusedGlobalsError,
     RegistrationError,
     ScanWorkerError,
     StorageOpenError,
     TransferError,
     UnknownDatabaseError,
-    XrefPolicySyntaxError,
-    ReferentialIntegrityError,
-    DanglingReferenceError,
     UnlocatedError,
-    MissingReferencesError,
+    UnreachableReferenceError,
+    XrefPolicySyntaxError,
 )
+from .events import ClassReattached
+from .interfaces import IClassReattachedEvent, ICrossDatabaseReferenceEvent
+from .inventory import BrokenReport, find_broken
+from .methods import BrokenMethodError, MethodSourceError, method
+from .pclass import PersistentClass, define_class
+from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
 from .refs import (
     Folder,
     KeyChanged,
     Ref,
-    RefModeChanged,
-    RefSet,
     ReferenceAdded,
     ReferenceRemoved,
+    RefModeChanged,
+    RefSet,
     TargetReplaced,
     is_referenced,
     move,
@@ -80,28 +78,27 @@ from .refs import (
     replace_target,
     set_ref_mode,
 )
-from .methods import BrokenMethodError, MethodSourceError, method
-from .pclass import PersistentClass, define_class
-from .record.reader import ClassRef, RecordInfo, Reference, read_class, read_record, scan_record
 from .registry import ClassRegistry, Resolution
-from .errors import (
-    DanglingReferenceError,
-    DatabaseUnavailableError,
-    DuplicateHandleError,
-    GarbageCollectionRefusedError,
-    UnreachableReferenceError,
-)
+from .repair import RepairError, RepairReport, rename_classes
+from .transfer import Manifest, export_subtree, import_subtree, read_manifest
 from .tree import (
-    check_refs,
-    collect_garbage,
     Dangling,
     DatabaseHandle,
     RemoteAttribute,
     RemoteReference,
+    check_refs,
+    collect_garbage,
     get_reference,
     is_dangling,
     open,
     tree_of,
+)
+from .xrefs import (
+    CrossDatabaseReference,
+    CrossDatabaseReferenceError,
+    XrefPolicy,
+    check_xrefs,
+    scan_xrefs,
 )
 
 __all__ = [

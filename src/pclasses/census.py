@@ -21,11 +21,11 @@ from typing import Any
 
 from ZODB.utils import oid_repr
 
-from .errors import RecordDecodeError
 from .classtable import GUID_PREFIX, is_guid_module
-from .record.reader import GlobalRef, PersistentRef, read_class, read_record
+from .errors import RecordDecodeError
 from .record.analyze import EdgeKind, Use, analyze
 from .record.edges import edges_of
+from .record.reader import GlobalRef, PersistentRef, read_class, read_record
 from .registry import ClassRegistry, Resolution
 from .scan import Progress, map_records
 from .trust import Trust, as_trust
@@ -214,25 +214,27 @@ class _Tally:
                 for e in edges_of(data, a):
                     if e.database is None and (e.kind is _OID or e.kind is _OID_CLASS):
                         child = e.oid
-                        if child != oid:
+                        if child is not None and child != oid:
                             _add_referrer(parents, child, oid)
         self.records += n
         return self
 
     def merge(self, other: _Tally) -> None:
         self.records += other.records
-        for mine, theirs in ((self.as_class, other.as_class), (self.mentioned, other.mentioned),
-                             (self.pclass_refs, other.pclass_refs)):
+        counters: tuple[tuple[dict[Any, int], dict[Any, int]], ...] = (
+            (self.as_class, other.as_class), (self.mentioned, other.mentioned),
+            (self.pclass_refs, other.pclass_refs))
+        for mine, theirs in counters:
             for k, v in theirs.items():
-                mine[k] = mine.get(k, 0) + v  # type: ignore[index,operator]
+                mine[k] = mine.get(k, 0) + v
         for mine_d, theirs_d in ((self.examples, other.examples),
                                  (self.mention_examples, other.mention_examples)):
             for k, oids in theirs_d.items():
                 mine_ex = mine_d.setdefault(k, [])
                 mine_ex.extend(oids[: max(0, self.limit - len(mine_ex))])
         if self.parents is not None and other.parents is not None:
-            for child, theirs in other.parents.items():
-                for parent in theirs if isinstance(theirs, list) else (theirs,):
+            for child, referrers in other.parents.items():
+                for parent in referrers if isinstance(referrers, list) else (referrers,):
                     _add_referrer(self.parents, child, parent)
         self.unreadable.extend(other.unreadable)
         self.resident.extend(other.resident)
@@ -268,13 +270,14 @@ def _resident(oid: bytes, data: bytes) -> ResidentClass:
     """Name, guid and bases of a class record, read inertly."""
     try:
         info = read_record(data, oid)
-        args = info.klass.args or ()
+        args: tuple[Any, ...] = info.klass.args or ()
         name = args[0] if args and isinstance(args[0], str) else "?"
-        bases = [_name_of(b) for b in args[1]] if len(args) > 1 and isinstance(args[1], tuple) else []
+        bases = ([_name_of(b) for b in args[1]]
+                 if len(args) > 1 and isinstance(args[1], tuple) else [])
         guid = None
         state = info.state
         if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
-            module = state[1].get("__module__")
+            module: Any = state[1].get("__module__")
             if is_guid_module(module):
                 guid = module[len(GUID_PREFIX):]
         return ResidentClass(oid, guid, name, bases)

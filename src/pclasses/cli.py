@@ -527,15 +527,9 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
     import transaction as txn
 
     from .database import open as open_db
-    from .transfer import import_subtree, read_manifest, resolve_path
+    from .transfer import import_subtree, resolve_path
 
     with _errors():
-        if name is None:
-            try:
-                recorded = read_manifest(file).name
-            except PClassesError:  # a .zexp file (no manifest), or a bad file
-                recorded = None
-            name = recorded or _default_import_name(file)
         db = open_db(target, _registry(True), create=False, blob_dir=blob_dir)
         try:
             tm = txn.TransactionManager()
@@ -545,6 +539,7 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
                 with progress_bar("importing", progress) as cb:
                     report = import_subtree(conn, file, missing=missing, into=container,
                                             name=name, progress=cb, trust=trust, report=True,
+                                            default_name=_default_import_name(file),
                                             allow_code=allow_code, strict=strict or None)
                 tm.get().note(f"pclasses import {os.path.basename(file)}")
                 tm.commit()
@@ -627,7 +622,8 @@ def xrefs(target: str, as_json: bool, trust: tuple[str, ...], blob_dir: str | No
               help="Set the effective mode (none, always, commit) of the reference REF "
                    "(its id as --json shows it); repeatable.  Tightening refuses if a link "
                    "dangles unless --fix null/remove.")
-@click.option("--dry-run", is_flag=True, help="Report what --fix or --mode would do; write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Report what --fix or --mode would do; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 def refs(target: str, key: str | None, verify: bool, fix: str | None, modes: tuple[str, ...],
          dry_run: bool, as_json: bool) -> None:

@@ -42,7 +42,8 @@ def _reason(exc: BaseException) -> str:
     name = type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if name == "LockError":
-        return f"the storage is locked by another process ({text})" if text else "the storage is locked"
+        return (f"the storage is locked by another process ({text})" if text
+                else "the storage is locked")
     if isinstance(exc, FileNotFoundError):
         return "no such file"
     if name == "ReadOnlyError":
@@ -69,8 +70,10 @@ def open(  # noqa: A001 - mirrors ZODB's own ``ZODB.DB`` / ``open`` habit
     (or give the names of the databases to switch; see
     :mod:`pclasses.xrefs`).  ``blob_dir`` goes to a FileStorage (a path
     target); without it, an existing FileStorage gets the blob directory
-    found where users keep it (:func:`find_blob_dir`).  Other keyword arguments go to ``ZODB.DB``.  Raises :class:`~pclasses.errors.StorageOpenError` for a
-    missing, locked or corrupt storage or a target that cannot be read.
+    found where users keep it (:func:`find_blob_dir`).  Other keyword
+    arguments go to ``ZODB.DB``.  Raises
+    :class:`~pclasses.errors.StorageOpenError` for a missing, locked or
+    corrupt storage or a target that cannot be read.
     """
     if registry is None:
         registry = ClassRegistry()

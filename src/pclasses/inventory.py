@@ -18,6 +18,7 @@ from typing import Any
 
 from ZODB.utils import oid_repr, z64
 
+from ._nesting import may_nest_too_deep
 from .census import Unreadable, census_and_tally
 from .errors import RecordDecodeError
 from .record.analyze import EdgeKind
@@ -198,6 +199,8 @@ class _Paths:
         if oid not in self._states:
             try:
                 data, _tid = self.storage.load(oid)
+                if may_nest_too_deep(data):  # hashing its keys could crash the reader
+                    raise RecordDecodeError("too deeply nested to read safely", oid=oid)
                 info = read_record(data, oid)
                 self._states[oid] = (info.klass.pair or ("", ""), info.state)
             except (RecordDecodeError, KeyError, RecursionError, MemoryError) as exc:
@@ -402,6 +405,6 @@ def _all_referrers(storage: Any, wanted: set[bytes], classes: list[BrokenClass])
             if child in found and oid not in found[child] and len(found[child]) < 10:
                 found[child].append(oid)
     for c in classes:
-        for e in c.examples:
-            if e.path is None:
-                e.referrers = found.get(e.oid, e.referrers)
+        for example in c.examples:
+            if example.path is None:
+                example.referrers = found.get(example.oid, example.referrers)

@@ -155,9 +155,10 @@ def reattach(registry: ClassRegistry) -> ReattachReport:
     # Non-persistent broken objects, wherever loaded state holds them.
     resolved: dict[tuple[str, str], Any] = {}
     for obj in gc.get_objects():
-        pair = plain.get(type(obj))
-        if pair is None:
+        found = plain.get(type(obj))
+        if found is None:
             continue
+        pair = found
         if pair not in resolved:
             resolved[pair] = _real(registry, None, pair)
         real = resolved[pair]
@@ -236,24 +237,30 @@ def _swap_plain(obj: Any, real: type) -> str:
             fresh = real(*initargs) if initargs is not None else real.__new__(real, *newargs)
         except Exception:
             return "reloaded" if _reload_holders(obj) else "left"
+    setstate = getattr(real, "__setstate__", None)
+    custom = setstate is not None and not _is_object_setstate(setstate)
+    slots = None
+    additions: dict[str, Any] = dict(getattr(fresh, "__dict__", {})) if fresh is not None else {}
+    if state is not None and not custom:
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slots = state
+        if state:
+            additions.update(state)
+    # Other threads may read the object meanwhile: the real state goes in
+    # beside the broken one first, so that whichever class a reader sees,
+    # the object has the state that class reads; the broken keys go last.
+    broken_keys = [k for k in d if k not in additions]
+    d.update(additions)
     try:
         _set_class(obj, real)
     except TypeError:
+        for k in additions:
+            d.pop(k, None)
         return "reloaded" if _reload_holders(obj) else "left"
-    d.clear()
-    if fresh is not None:
-        d.update(getattr(fresh, "__dict__", {}))
-    if state is None:
-        return "swapped"
-    setstate = getattr(obj, "__setstate__", None)
-    if setstate is not None and not _is_object_setstate(setstate):
-        setstate(state)
-        return "swapped"
-    slots = None
-    if isinstance(state, tuple) and len(state) == 2:
-        state, slots = state
-    if state:
-        obj.__dict__.update(state)
+    for k in broken_keys:
+        d.pop(k, None)
+    if custom and state is not None:
+        obj.__setstate__(state)
     for k, v in (slots or {}).items():
         setattr(obj, k, v)
     return "swapped"

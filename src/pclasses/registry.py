@@ -345,8 +345,9 @@ class ClassRegistry:
             target = resolver(connection, module, name)
             if target is not NOT_RESIDENT:
                 if target is None:
-                    res = self._broken(asked, tuple(chain),
-                                       f"database-resident class {dotted} is not in the class table")
+                    res = self._broken(
+                        asked, tuple(chain),
+                        f"database-resident class {dotted} is not in the class table")
                     return Resolution(res.module, res.name, res.how, res.chain, res.target,
                                       res.error, resident=True)
                 return Resolution(asked[0], asked[1], "database-resident", tuple(chain), target,
@@ -458,7 +459,7 @@ class ClassRegistry:
                 return
             if old == new:
                 raise AliasCycleError([old, new])
-            previous = self._aliases.get(old, _MISSING)
+            previous: Any = self._aliases.get(old, _MISSING)
             self._aliases[old] = new
             cycle = self._find_cycle([old])
             if cycle is not None:
@@ -491,7 +492,7 @@ class ClassRegistry:
                 return
             if old == new or new.startswith(old + "."):
                 raise AliasCycleError([old, new])
-            previous = self._module_aliases.get(old, _MISSING)
+            previous: Any = self._module_aliases.get(old, _MISSING)
             self._module_aliases[old] = new
             # Any new cycle passes through this rule, so it starts under
             # `old`: probe a name directly under it, and the names under it
@@ -705,13 +706,15 @@ class ClassRegistry:
 
     def _ep_aliases(self, name: str, rules: Any) -> None:
         if not isinstance(rules, Mapping):
-            raise RegistrationError(f"expected a mapping of rename rules, got {type(rules).__name__}")
+            raise RegistrationError(
+                f"expected a mapping of rename rules, got {type(rules).__name__}")
         for old, new in rules.items():
             self.alias(old, new)
 
     def _ep_module_aliases(self, name: str, rules: Any) -> None:
         if not isinstance(rules, Mapping):
-            raise RegistrationError(f"expected a mapping of module names, got {type(rules).__name__}")
+            raise RegistrationError(
+                f"expected a mapping of module names, got {type(rules).__name__}")
         for old, new in rules.items():
             self.alias_module(old, new)
 

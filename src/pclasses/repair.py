@@ -12,8 +12,9 @@ How a record is rewritten
 In the pickle protocols ZODB writes (1-3), a global is the GLOBAL opcode
 ``c<module>\\n<name>\\n`` (INST, ``i...``, for old-style instances) and no
 other opcode refers to byte offsets, so renaming is a byte substitution.
-A record is a candidate when a compiled pattern of every rule's source
-matches; the record analyzer (:func:`pclasses.record.analyze`) then gives the
+A record is a candidate when it holds the module name (or module prefix)
+of a rule's source, as GLOBAL opcodes and format-3 class metadata do; the
+record analyzer (:func:`pclasses.record.analyze`) then gives the
 exact byte range of every GLOBAL/INST opcode, and only those ranges are
 replaced (text that merely looks like an opcode is never touched).
 Records of format 3 (``((module, name), None)``, a persistent class's
@@ -29,12 +30,14 @@ Every rewritten record is checked to mean what the old one meant, except
 for the renamed globals: its inert tree (class and state, as the safe
 reader makes them) must equal the old one's.  A record whose class pickle
 was replaced is read again by the safe reader and the two trees are
-compared (:func:`pclasses.equivalence.differences`); a record whose
-GLOBAL/INST opcodes were replaced in place is analysed again by the C
-analyzer, which proves the same thing in about a microsecond
+compared (:func:`pclasses.equivalence.differences`; a record that might
+nest too deeply to unpickle safely is not compared, so not rewritten); a
+record whose GLOBAL/INST opcodes were replaced in place is proven to mean
+the same in about a microsecond
 (:func:`pclasses.equivalence.substitution_differences`: identical bytes
-elsewhere, each replacement parsing as exactly one opcode of the new name).
-A record that fails is reported as skipped, with the difference, and
+elsewhere, each replacement exactly one well-formed opcode of the new name,
+and the C pre-scan walks the new bytes with the split point where it
+belongs).  A record that fails is reported as skipped, with the reason, and
 nothing is written for it.
 
 Batches of records are committed as storage transactions; renaming is
@@ -65,9 +68,9 @@ from typing import Any
 
 from ZODB.utils import oid_repr
 
+from ._nesting import may_nest_too_deep
 from .census import Unreadable
 from .errors import RecordDecodeError, RepairError
-from .equivalence import differences, substitution_differences
 from .record import (
     FramedRecordError,
     analyze,
@@ -78,6 +81,7 @@ from .record import (
     skim,
 )
 from .record.analyze import Use
+from .record.equivalence import differences, substitution_differences
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
 
@@ -88,6 +92,9 @@ _CLASS_META = int(Use.CLASS_META)
 
 @dataclass
 class Skipped:
+    """A candidate record that was left as it was, and why (``reason`` may
+    quote names from the record as they are stored: render it escaped)."""
+
     oid: bytes
     reason: str
 
@@ -156,15 +163,19 @@ def _rules(renames: Mapping[str, str] | None, registry: ClassRegistry | None) ->
 
 
 def _candidate_pattern(rules: ClassRegistry) -> re.Pattern[bytes] | None:
-    parts = []
+    """Bytes every record that may name a renamed global contains.
+
+    A GLOBAL/INST opcode holds ``<module>\\n<name>\\n``; class metadata of
+    format 3 (instances of persistent classes) holds the module as a string
+    literal; so the module name (or module prefix) is what a candidate holds.
+    """
+    parts = set()
     for old in rules.aliases:
-        module, _, name = old.rpartition(".")
-        parts.append(re.escape(f"{module}\n{name}\n".encode()))
-    for old in rules.module_aliases:
-        parts.append(re.escape(old.encode()) + rb"[.\n]")
+        parts.add(old.rpartition(".")[0])
+    parts.update(rules.module_aliases)
     if not parts:
         return None
-    return re.compile(rb"[ci](?:" + b"|".join(parts) + rb")")
+    return re.compile(b"|".join(re.escape(p.encode()) for p in sorted(parts)))
 
 
 def rename_classes(
@@ -304,9 +315,9 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
     opcode, so only opcodes are rewritten, never text that looks like one.
     A class named by strings (format 3) gets a new class pickle, cut from
     the rewritten bytes at the split point found in those bytes.  The result
-    is then read again and must mean what the old record meant except for
-    the renamed globals (:func:`pclasses.equivalence.differences`);
-    otherwise the record is reported as skipped and nothing is written.
+    must then mean what the old record meant except for the renamed globals
+    (see "Checked against meaning" above); otherwise the record is reported
+    as skipped and nothing is written.
     """
     try:
         a = analyze(data)
@@ -354,8 +365,8 @@ def _rewrite(data: bytes, oid: bytes, rules: _Targets, report: RepairReport) -> 
     else:
         reason = substitution_differences(data, a, new, expected)
     if reason is not None:
-        report.skipped.append(Skipped(oid, f"the rewritten record would not mean what the "
-                                           f"old one did ({reason}); not written"))
+        report.skipped.append(Skipped(oid, f"the rewritten record would not provably mean "
+                                           f"what the old one did ({reason}); not written"))
         return None
     counts = rules.counts
     for pair in expected:
@@ -367,6 +378,8 @@ def _meaning_changed(old: bytes, new: bytes, oid: bytes,
                      renamed: dict[tuple[str, str], tuple[str, str]]) -> str | None:
     """What differs between the old record (with ``renamed`` applied) and the
     new one, read by the safe reader; ``None`` when they mean the same."""
+    if may_nest_too_deep(old) or may_nest_too_deep(new):
+        return "too deeply nested to compare safely"
     try:
         before = read_record(old, oid)
     except RecordDecodeError as exc:

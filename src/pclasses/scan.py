@@ -118,7 +118,7 @@ def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, byt
     always true.
     """
     mvcc = connection._storage
-    base = getattr(connection.db(), "storage", None)
+    base: Any = getattr(connection.db(), "storage", None)
     start = getattr(mvcc, "_start", None)
     if not _is_filestorage(base) or start is None or base.lastTransaction() >= start:
         return mvcc.load, lambda: True, lambda: None
@@ -141,7 +141,7 @@ def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, byt
         return read(plen), tid
 
     def still_valid() -> bool:
-        return base.lastTransaction() == last
+        return bool(base.lastTransaction() == last)
 
     return load, still_valid, f.close
 
@@ -234,7 +234,8 @@ def map_records(
             try:
                 os.close(r)
                 try:
-                    payload = pickle.dumps(("ok", func(_filestorage(storage, storage._index, start, stop))))
+                    part = _filestorage(storage, storage._index, start, stop)
+                    payload = pickle.dumps(("ok", func(part)))
                 except BaseException as exc:  # reported by the parent
                     try:
                         payload = pickle.dumps(("error", exc))

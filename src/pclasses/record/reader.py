@@ -84,7 +84,7 @@ from __future__ import annotations
 import copyreg
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import zodbpickle.pickle as _zpickle
 
@@ -184,6 +184,9 @@ class Inert:
 class _GlobalMeta(type):
     """Metaclass of the placeholder types; calling one builds an Inert."""
 
+    dotted_pair: tuple[str, str]
+    _classref: Any
+
     def __call__(cls, *args: Any, **kw: Any) -> Inert:  # REDUCE, INST, OBJ
         return Inert(cls, args, "reduce")
 
@@ -226,8 +229,8 @@ def _global_type(module: str, name: str) -> type[GlobalRef]:
         pass
     if len(_global_types) >= _GLOBAL_TYPES_MAX:  # hostile input: many names
         _global_types.clear()
-    t = _GlobalMeta("global", (GlobalRef,), {"dotted_pair": key, "__slots__": (),
-                                             "_classref": None})
+    t = cast("type[GlobalRef]", _GlobalMeta("global", (GlobalRef,), {
+        "dotted_pair": key, "__slots__": (), "_classref": None}))
     _global_types[key] = t
     return t
 
@@ -475,41 +478,6 @@ def _loaders(a: Analysis, data: bytes) -> int:
     return 0
 
 
-def _guard_extensions(data: bytes, oid: bytes | None) -> None:
-    """Refuse EXT opcodes while the process has extension codes registered.
-
-    The C unpickler answers EXT1/2/4 from ``copyreg._extension_cache`` (which
-    can hold real callables) before asking ``find_class``, and stores what
-    ``find_class`` returned there.  With nothing registered (the normal
-    case) EXT simply fails; otherwise a record that really uses EXT (checked
-    with a slow opcode walk, only for records containing such a byte) is
-    refused.
-    """
-    if not (_EXT_REGISTRY or _EXT_CACHE):
-        return
-    if b"\x82" not in data and b"\x83" not in data and b"\x84" not in data:
-        return
-    import pickletools
-
-    pos = 0
-    try:
-        for _ in range(2):
-            for op, arg, at in pickletools.genops(io.BytesIO(data[pos:])):
-                if op.name in ("EXT1", "EXT2", "EXT4"):
-                    raise RecordDecodeError(
-                        f"pickle extension code {arg} at byte {pos + at} refused "
-                        "(copyreg extension codes are registered in this process)",
-                        oid=oid, offset=pos + at,
-                    )
-                if op.name == "STOP":
-                    pos += at + 1
-                    break
-    except RecordDecodeError:
-        raise
-    except Exception:
-        return  # malformed: the unpickler will say so
-
-
 # ---------------------------------------------------------------------------
 # Decoding helpers
 # ---------------------------------------------------------------------------
@@ -640,7 +608,7 @@ def _reference(e: Edge, pid: Any) -> Reference:
 # The unpickler
 # ---------------------------------------------------------------------------
 
-class _SafeUnpickler(_Unpickler):  # type: ignore[misc]
+class _SafeUnpickler(_Unpickler):  # type: ignore[misc,valid-type]  # zodbpickle is untyped
     """zodbpickle's C unpickler whose ``find_class`` returns placeholders.
 
     ``globals_seen`` is set on each instance before loading.
@@ -660,7 +628,7 @@ def _open(data: bytes) -> tuple[Any, Any]:
     # A buffered reader gives the C unpickler ``peek``, so it prefetches the
     # record in one call instead of calling ``read`` for every opcode; its
     # ``tell`` still reports exactly where each pickle ended.
-    f = io.BufferedReader(io.BytesIO(data))  # type: ignore[arg-type]
+    f = io.BufferedReader(io.BytesIO(data))
     u = _SafeUnpickler(f, encoding="ASCII", errors="bytes")
     return f, u
 
@@ -863,7 +831,7 @@ def scan_record(data: bytes, oid: bytes | None = None) -> RecordInfo:
             return _build(data, oid, False, a)
         globs: list[tuple[str, str]] = []
         pids: list[Any] = []
-        f = io.BufferedReader(io.BytesIO(data))  # type: ignore[arg-type]
+        f = io.BufferedReader(io.BytesIO(data))
         u = _SafeUnpickler(f, encoding="ASCII", errors="bytes")
         u.globals_seen = globs
         u.persistent_load = pids.append

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from .containment import move, place, remove, rename
 from .descriptor import Ref, RefSet
-from .events import KeyChanged, RefModeChanged, ReferenceAdded, ReferenceRemoved, TargetReplaced
+from .events import KeyChanged, ReferenceAdded, ReferenceRemoved, RefModeChanged, TargetReplaced
 from .folder import Folder
 from .introspect import Referrer, is_referenced, references, referrers
 from .keys import rekey, replace_target

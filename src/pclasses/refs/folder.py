@@ -66,17 +66,17 @@ class Folder(Persistent, MutableMapping):  # type: ignore[misc,type-arg]
     def __len__(self) -> int:
         return self._count()  # type: ignore[no-any-return]
 
-    def keys(self) -> Any:  # type: ignore[override]
+    def keys(self) -> Any:
         return self._data.keys()
 
-    def values(self) -> Any:  # type: ignore[override]
+    def values(self) -> Any:
         return self._data.values()
 
-    def items(self) -> Any:  # type: ignore[override]
+    def items(self) -> Any:
         return self._data.items()
 
     def __repr__(self) -> str:
         return f"<Folder {self.__name__!r} with {len(self)} items>"
 
     __hash__ = object.__hash__
-    __eq__ = object.__eq__  # type: ignore[assignment]
+    __eq__ = object.__eq__

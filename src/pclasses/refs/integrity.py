@@ -16,8 +16,9 @@ from .events import ReferenceAdded, ReferenceRemoved, notify
 from .location import describe, locate, resolve
 from .registry import RefRegistry, registry_of
 
-__all__ = ["MODES", "ref_ids_in_modes", "has_links_of", "declared", "effective_mode", "resolve_id", "target_id", "link", "unlink",
-           "source_status", "blockers", "defer_check", "database_name", "check_mode"]
+__all__ = ["MODES", "ref_ids_in_modes", "has_links_of", "declared", "effective_mode",
+           "resolve_id", "target_id", "link", "unlink", "source_status", "blockers",
+           "defer_check", "database_name", "check_mode"]
 
 MODES = ("none", "always", "commit")
 #: ref id -> descriptor, for every Ref/RefSet the process has seen.

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .containment import container_key, move, raw_del, raw_set, _set_location
+from .containment import _set_location, container_key, move, raw_del, raw_set
 from .events import TargetReplaced, notify
-from .location import child, is_key_root, key_root, resolve, split_key, join_key, unwrap
+from .location import child, is_key_root, join_key, key_root, resolve, split_key, unwrap
 from .registry import registry_of
 
 __all__ = ["rekey", "replace_target"]
@@ -51,7 +51,7 @@ def replace_target(connection: Any, key: str, new_obj: Any) -> Any:
     if new_obj is old:
         return old
     if getattr(new_obj, "__parent__", None) is not None and child(
-            new_obj.__parent__, getattr(new_obj, "__name__", None)) is new_obj:
+            new_obj.__parent__, getattr(new_obj, "__name__", "")) is new_obj:
         raise ValueError("the new object is placed elsewhere; remove it first")
     container_key(parent)  # the parent must be located
     raw_del(parent, name)

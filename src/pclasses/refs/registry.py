@@ -48,8 +48,10 @@ STATE_KEY = "__pclasses_refs__"
 _CONN_ATTR = "_pclasses_refreg"
 
 
-class RefRegistry(Persistent):
+class RefRegistry(Persistent):  # type: ignore[misc]
     """The reference registry of one database (see the module docstring)."""
+
+    _v_cache: dict[str, Any]
 
     #: A random prefix of this database's reference ids, so that ids stay
     #: unique when subtrees move between databases (export/import).
@@ -74,7 +76,7 @@ class RefRegistry(Persistent):
 
     def cache(self) -> dict[str, Any]:
         try:
-            return self._v_cache  # type: ignore[no-any-return]
+            return self._v_cache
         except AttributeError:
             cache: dict[str, Any] = {}
             self._v_cache = cache

@@ -151,7 +151,7 @@ def import_references(connection: Any, plan: Any, manifest: Any, into: Any, name
                     continue
                 entry = listed.get((rid, database or None))
                 key = entry["key"] if entry else None
-                if entry and entry["internal"] and old_root is not None:
+                if entry and entry["internal"] and old_root is not None and key is not None:
                     key = (new_root + key[len(old_root):]) if new_root is not None else None
                 elif key is not None:
                     conn = connection.get_connection(database) if database else connection
@@ -167,6 +167,7 @@ def import_references(connection: Any, plan: Any, manifest: Any, into: Any, name
             ref_id, _, database = ref_key.partition("@")
             conn = connection.get_connection(database) if database else connection
             registry = registry_of(conn)
+            assert registry is not None
             if ref_id not in registry.names:
                 registry.names[ref_id] = ref_id.rpartition(".")[2]
             for rid in (value if isinstance(value, tuple) else (value,)):

@@ -92,7 +92,7 @@ class KeyTree(OOBTree):  # type: ignore[misc]
             inline = [_inline(s) for s in (old, s1, s2)]
             if any(i is _MISSING for i in inline):
                 raise
-            merged = _merge_flat(*inline)  # type: ignore[arg-type]
+            merged = _merge_flat(*inline)
             return (((merged,),),)
 
 

@@ -208,7 +208,8 @@ def _state_of(data: bytes, oid: bytes) -> Any:
         return None
 
 
-def _stored_links(name: str, holders: dict[bytes, Any]) -> dict[str, set[tuple[str, str, str, bytes]]]:
+def _stored_links(name: str,
+                  holders: dict[bytes, Any]) -> dict[str, set[tuple[str, str, str, bytes]]]:
     """Links the records hold, by target database."""
     found: dict[str, set[tuple[str, str, str, bytes]]] = defaultdict(set)
     for oid, refs in holders.items():
@@ -261,7 +262,7 @@ def verify_refs(db: Any, *, fix: str | None = None, dry_run: bool = False) -> Ve
             want = expected.get(name, set())
             resolver = _KeyResolver(dbs[name].storage)
             reachable_by_db = {n: s[1] for n, s in scans.items()}
-            ids = registry.ids if registry is not None else {}
+            ids: Any = registry.ids if registry is not None else {}
             for link in sorted(want - have):
                 rid, ref_id, sdb, oid = link
                 p = Problem("missing", sdb, oid, ref_id, rid, ids.get(rid), name)

@@ -26,13 +26,11 @@ from ZODB.utils import oid_repr, p64, repr_to_oid
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import TransferError
 from ..record.edges import EdgeKind, edges_of
-from ..registry import ClassRegistry
-from ..scan import Progress
 from ..refs.transfer import MARK as REFS_MARK
 from ..refs.transfer import container_oid, export_references
+from ..registry import ClassRegistry
+from ..scan import Progress
 from ..trust import Trust
-from .reports import ExportReport
-from .records import HANDLE_CLASS, HANDLE_REFERENCE, handle_name
 from .format import (
     CHUNK,
     VERSION,
@@ -40,13 +38,23 @@ from .format import (
     ZEXP_END,
     ZEXP_MAGIC,
     ClassNeed,
-    Manifest,
     blob_frame,
     record_frame,
     write_file,
 )
-from .records import BLOB_CLASS, CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
-    record_class
+from .records import (
+    BLOB_CLASS,
+    CLASS_METACLASSES,
+    CLASS_TABLE,
+    HANDLE_CLASS,
+    HANDLE_REFERENCE,
+    analyze,
+    class_record_info,
+    handle_name,
+    no_gc,
+    record_class,
+)
+from .reports import ExportReport
 
 __all__ = ["export_subtree"]
 
@@ -55,7 +63,8 @@ def _resolve_start(connection: Any, obj_or_oid: Any) -> bytes:
     if isinstance(obj_or_oid, bytes):
         return obj_or_oid
     if isinstance(obj_or_oid, str):
-        return repr_to_oid(obj_or_oid)
+        oid_of_text: bytes = repr_to_oid(obj_or_oid)
+        return oid_of_text
     oid = getattr(obj_or_oid, "_p_oid", None)
     from persistent import Persistent
 
@@ -149,7 +158,7 @@ def _export_once(connection: Any, start: bytes, file: Any, format: str,  # noqa:
 def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             registry: ClassRegistry, name: str | None, progress: Progress | None,
             load: Callable[[bytes], tuple[bytes, bytes]],
-            trust: Trust | Iterable[str] | None = None) -> Manifest:
+            trust: Trust | Iterable[str] | None = None) -> ExportReport:
     storage = connection._storage
     db_name = connection.db().database_name
     from ZODB.interfaces import IBlobStorage
@@ -208,8 +217,8 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             if REFS_MARK in data:
                 ref_holders.append((oid, data))
             for g in a.globals:
-                key = (g.module, g.name)
-                needs[key] = needs.get(key, 0) | int(g.uses)  # type: ignore[index]
+                key: Any = (g.module, g.name)
+                needs[key] = needs.get(key, 0) | int(g.uses)
             for e in edges_of(data, a) if a.pids else ():
                 child = e.oid
                 if child is None:

@@ -352,7 +352,7 @@ class Reader:
     def _read(self, n: int, what: str) -> bytes:
         if n > self.size - self.f.tell():
             raise ExportFormatError(f"truncated file: {what} incomplete")
-        data = self.f.read(n)
+        data: bytes = self.f.read(n)
         if len(data) != n:
             raise ExportFormatError(f"truncated file: {what} incomplete")
         return data

@@ -22,19 +22,22 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal, overload
 
 from ZODB.utils import oid_repr
 
 from ..classtable import GUID_PREFIX, class_table, is_guid_module
 from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
+from ..record import Analysis
+from ..record.analyze import Use
+from ..record.edges import EdgeKind
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
-from .format import END, ClassNeed, Reader, blob_ref_frame, opened, record_frame
 from .callsites import record_facts
+from .format import END, ClassNeed, Reader, blob_ref_frame, opened, record_frame
 from .policy import (
     CALLED_BY_RECONSTRUCTOR,
     RECONSTRUCTORS,
@@ -46,12 +49,15 @@ from .policy import (
     ImportPolicy,
     check_globals,
 )
-from .records import HANDLE_REFERENCE
-from .records import CLASS_METACLASSES, CLASS_TABLE, analyze, class_record_info, no_gc, \
-    record_class
-from ..record import Analysis
-from ..record.analyze import Use
-from ..record.edges import EdgeKind
+from .records import (
+    CLASS_METACLASSES,
+    CLASS_TABLE,
+    HANDLE_REFERENCE,
+    analyze,
+    class_record_info,
+    no_gc,
+    record_class,
+)
 from .reports import ImportReport
 from .store import Plan, pending_import, root_ghost
 
@@ -330,7 +336,7 @@ class CheckPass:
                 reconstructs = True
         pair = None
         for g in a.globals:
-            key: tuple[str, str] = (g.module, g.name)  # type: ignore[assignment]
+            key: tuple[str, str] = (g.module, g.name)
             uses = int(g.uses)  # (IntFlag operators are slow)
             if uses & _CLASS_META and pair is None:
                 pair = key
@@ -449,7 +455,7 @@ class CheckPass:
         except FramedRecordError:
             raise ExportFormatError(f"record {oid_repr(oid)}: a framed record cannot be made "
                                     "inert") from None
-        return new  # type: ignore[no-any-return]
+        return new
 
     def recheck(self, old: bytes, a: Any, new: bytes, oid: bytes,
                 refused: frozenset[tuple[str, str]]) -> Any:
@@ -535,7 +541,8 @@ class CheckPass:
         classes = (set(declared) | self.bound) - handles
         for oid, target in self.pid_calls:
             # A plain instance of a database-resident class: its class must
-            # be a class reference rebound to the target's class table.
+            # be a class reference rebound to the target's class table (a
+            # database handle is not one).
             if target is None or target not in classes:
                 shapes.append(f"record {oid_repr(oid)}: a call of a persistent object that "
                               "is not a class reference")
@@ -638,8 +645,9 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
-                   allow_code: bool = ..., strict: Iterable[str] | None = ...,
-                   report: Literal[False] = ..., references: str = ...) -> Any: ...
+                   default_name: str | None = ..., allow_code: bool = ...,
+                   strict: Iterable[str] | None = ..., report: Literal[False] = ...,
+                   references: str = ...) -> Any: ...
 
 
 @overload
@@ -647,8 +655,9 @@ def import_subtree(connection: Any, file: str | os.PathLike[str] | BinaryIO, *,
                    missing: str = ..., into: Any = ..., name: str | None = ...,
                    registry: ClassRegistry | None = ..., progress: Progress | None = ...,
                    savepoint: bool = ..., trust: Trust | Iterable[str] | None = ...,
-                   allow_code: bool = ..., strict: Iterable[str] | None = ...,
-                   report: Literal[True], references: str = ...) -> ImportReport: ...
+                   default_name: str | None = ..., allow_code: bool = ...,
+                   strict: Iterable[str] | None = ..., report: Literal[True],
+                   references: str = ...) -> ImportReport: ...
 
 
 def import_subtree(
@@ -662,6 +671,7 @@ def import_subtree(
     progress: Progress | None = None,
     savepoint: bool = False,
     trust: Trust | Iterable[str] | None = None,
+    default_name: str | None = None,
     allow_code: bool = False,
     strict: Iterable[str] | None = None,
     report: bool = False,
@@ -678,7 +688,7 @@ def import_subtree(
     refused globals into inert broken data.  The records are then stored in
     the caller's transaction under new oids; abort leaves the target as it
     was.  ``into`` (a mapping) receives the imported object under ``name``
-    (default: the manifest's name).  Returns the imported root object, or
+    (default: the manifest's name, else ``default_name``).  Returns the imported root object, or
     with ``report=True`` an :class:`~pclasses.transfer.reports.ImportReport`
     whose ``object`` it is.
 
@@ -722,7 +732,7 @@ def import_subtree(
             plan = CheckPass(connection, registry, missing, progress, reader, trust=trust,
                              policy=policy).run()
         try:
-            key = name or (reader.manifest.name if reader.manifest else None)
+            key = name or (reader.manifest.name if reader.manifest else None) or default_name
             if into is not None:
                 if not key:
                     raise TransferError("give a name to import into a container")

@@ -195,13 +195,28 @@ _BTREE_PREFIXES = ("OO", "OI", "OL", "OU", "OQ", "IO", "II", "IF", "IL", "IU", "
                    "LF", "LQ", "UO", "UU", "UF", "UI", "QO", "QQ", "QF", "QL", "fs")
 
 
+#: The package's own persistent data classes that application records hold
+#: (frozen names, design/decisions.md D14): containers, the key trees of the
+#: reference registry, database handles and remote references.  Making one
+#: runs no code beyond setting its state; the rest of ``pclasses`` stays
+#: infrastructure.
+PCLASSES_DATA_CLASSES: tuple[str, ...] = (
+    "pclasses.refs.folder.Folder",
+    "pclasses.refs.trees.KeyTree", "pclasses.refs.trees.KeyBucket",
+    "pclasses.refs.trees.KeySet", "pclasses.refs.trees.KeySetBucket",
+    "pclasses.tree.handle.DatabaseHandle",
+    "pclasses.tree.reference.RemoteReference",
+    "pclasses.demo_models.Folder", "pclasses.demo_models.Document",
+    "pclasses.demo_models.Product", "pclasses.demo_models.Stamp",
+    "pclasses.demo_models.Widget",
+)
+
+
 def infrastructure_data_classes() -> dict[int, Any]:
     """The persistent data classes of the infrastructure a record may use.
 
     ``persistent``'s base class, mapping, list and weak-reference classes,
-    ``ZODB.blob.Blob``, ``BTrees.Length.Length``, pclasses' own persistent
-    data (reference folders, key trees, database handles, remote
-    references) and, for every ``BTrees``
+    ``ZODB.blob.Blob``, ``BTrees.Length.Length`` and, for every ``BTrees``
     family, its ``BTree``, ``Bucket``, ``Set`` and ``TreeSet`` classes (C and
     Python versions).
     """
@@ -210,14 +225,7 @@ def infrastructure_data_classes() -> dict[int, Any]:
         "persistent.list.PersistentList", "persistent.wref.WeakRef",
         "persistent.wref.PersistentWeakKeyDictionary",
         "ZODB.blob.Blob", "BTrees.Length.Length",
-        # pclasses' own persistent data: intrinsic-reference folders, key
-        # trees and registries, database handles, and remote references of a
-        # tree of databases (whose constructor only checks and keeps its
-        # four arguments).
-        "pclasses.refs.folder.Folder", "pclasses.refs.registry.RefRegistry",
-        "pclasses.refs.trees.KeyBucket", "pclasses.refs.trees.KeyTree",
-        "pclasses.refs.trees.KeySetBucket", "pclasses.refs.trees.KeySet",
-        "pclasses.tree.handle.DatabaseHandle", "pclasses.tree.reference.RemoteReference",
+        *PCLASSES_DATA_CLASSES,
     ]
     for p in _BTREE_PREFIXES:
         for kind in ("BTree", "Bucket", "Set", "TreeSet"):

@@ -15,11 +15,11 @@ from ZODB.utils import oid_repr
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import ExportFormatError, PClassesError
 from ..record import Analysis, read_class, read_record
-from ..record.analyze import Use
 from ..record import analyze as _ANALYZE
+from ..record.analyze import Use
 
-__all__ = ["BLOB_CLASS", "CLASS_METACLASSES", "CLASS_TABLE", "analyze", "record_class", "class_record_info",
-           "no_gc"]
+__all__ = ["BLOB_CLASS", "CLASS_METACLASSES", "CLASS_TABLE", "analyze", "record_class",
+           "class_record_info", "no_gc"]
 
 #: Class-metadata globals of class records (never exported).
 CLASS_METACLASSES = {("pclasses.pclass", "PersistentClass"),
@@ -60,7 +60,7 @@ def class_record_info(data: bytes, oid: bytes) -> tuple[str, str] | None:
     state = info.state
     if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
         name = state[1].get("__pclasses_name__", name)
-        module = state[1].get("__module__")
+        module: Any = state[1].get("__module__")
         if is_guid_module(module):
             return module[len(GUID_PREFIX):], name
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,7 @@ class ImportReport:
     bytes: int
     name: str | None = None
     classes: list[ClassNeed] = field(default_factory=list)
-    external_references: list[tuple[str, bytes]] = field(default_factory=list)
+    external_references: list[tuple[str, builtins.bytes]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     placeholders: list[str] = field(default_factory=list)

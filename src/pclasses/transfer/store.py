@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ZODB.POSException import POSKeyError
 from ZODB.utils import oid_repr, z64
@@ -28,8 +28,8 @@ from zope.interface import directlyProvides, providedBy
 from ..connection import CommitImport
 from ..errors import ExportFormatError, TransferError
 from .format import Reader
-from .reports import ImportReport
 from .records import no_gc
+from .reports import ImportReport
 
 __all__ = ["Plan", "PendingImports", "Overlay", "pending_import", "root_ghost"]
 
@@ -235,7 +235,7 @@ class Overlay:
             self._blobdir = tempfile.mkdtemp(prefix="pclasses-import-blobs-")
         path = os.path.join(self._blobdir, oid.hex() + ".blob")
         if not os.path.exists(path):
-            plan.reader.blob_to(blob, path)
+            plan.reader.blob_to(cast("tuple[int, int]", blob), path)  # checked by _find
         self._served.add(oid)
         return path
 

@@ -43,7 +43,8 @@ class Dangling:
         object.__setattr__(self, "klass", klass)
 
     def error(self) -> DanglingReferenceError:
-        return DanglingReferenceError(database_name=self.database_name, oid=self.oid, klass=self.klass)
+        return DanglingReferenceError(database_name=self.database_name, oid=self.oid,
+                                      klass=self.klass)
 
     def _raise(self, *args: Any, **kw: Any) -> NoReturn:
         raise self.error()

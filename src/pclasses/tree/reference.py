@@ -114,7 +114,8 @@ class RemoteReference:
                 obj._p_activate()
         except POSKeyError:
             if strict:
-                raise DanglingReferenceError(database_name=self.database_name, oid=self.oid, klass=self.klass) from None
+                raise DanglingReferenceError(database_name=self.database_name, oid=self.oid,
+                                             klass=self.klass) from None
             return Dangling(self.database_name, self.oid, self.klass)
         object.__setattr__(self, "_hit", (self._top._p_jar, conn, obj))
         return obj

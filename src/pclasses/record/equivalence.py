@@ -41,7 +41,8 @@ from bisect import bisect_right
 from collections.abc import Mapping
 from typing import Any
 
-from .record import Analysis, ClassRef, GlobalRef, Inert, PersistentRef, RecordInfo, skim
+from .analyze import Analysis, skim
+from .reader import ClassRef, GlobalRef, Inert, PersistentRef, RecordInfo
 
 __all__ = ["differences", "substitution_differences"]
 

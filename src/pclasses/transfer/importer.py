@@ -541,7 +541,8 @@ class CheckPass:
         classes = (set(declared) | self.bound) - handles
         for oid, target in self.pid_calls:
             # A plain instance of a database-resident class: its class must
-            # be a class reference rebound to the target's class table.
+            # be a class reference rebound to the target's class table (a
+            # database handle is not one).
             if target is None or target not in classes:
                 shapes.append(f"record {oid_repr(oid)}: a call of a persistent object that "
                               "is not a class reference")

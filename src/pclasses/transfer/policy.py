@@ -216,9 +216,7 @@ def infrastructure_data_classes() -> dict[int, Any]:
     """The persistent data classes of the infrastructure a record may use.
 
     ``persistent``'s base class, mapping, list and weak-reference classes,
-    ``ZODB.blob.Blob``, ``BTrees.Length.Length``, pclasses' own persistent
-    data (reference folders, key trees, database handles, remote
-    references) and, for every ``BTrees``
+    ``ZODB.blob.Blob``, ``BTrees.Length.Length`` and, for every ``BTrees``
     family, its ``BTree``, ``Bucket``, ``Set`` and ``TreeSet`` classes (C and
     Python versions).
     """

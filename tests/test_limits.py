@@ -282,3 +282,27 @@ def test_twins_agree_on_number_models():
             assert all(o == outs[0] for o in outs)
         nan = struct.pack(">d", float("nan"))
         assert nan  # a NaN key is hashed by identity: never modelled
+
+
+def test_set_limits_changes_the_bounds_of_every_reader():
+    """set_limits() makes new bounds the process default for the C analyzer,
+    its Python twin and the reader alike, and returns the previous ones so a
+    caller can put them back."""
+    from pclasses.record import analyze as default_analyze
+    from pclasses.record import scan_record, set_limits
+
+    nested = pickle.dumps(PersistentMapping, 3) + pickle.dumps([[[[[1]]]]], 3)
+    scan_record(nested)  # fine under the defaults
+    previous = set_limits(Limits(max_depth=3))
+    try:
+        assert previous == DEFAULT_LIMITS
+        for impl in (default_analyze, analyze_py):
+            with pytest.raises(ValueError):
+                impl(nested)
+        with pytest.raises(RecordDecodeError):
+            scan_record(nested)
+    finally:
+        assert set_limits(previous) == Limits(max_depth=3)
+    scan_record(nested)
+    with pytest.raises(TypeError):
+        set_limits((1, 2, 3, 4))  # type: ignore[arg-type]

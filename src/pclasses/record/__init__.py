@@ -111,6 +111,7 @@ from .analyze import (
     Use,
     analyze,
     analyze_py,
+    set_limits,
     skim,
     skim_py,
 )
@@ -143,6 +144,7 @@ FORMATS_WRITTEN = (1, 3)
 __all__ = [
     "CLASS_FORMATS",
     "DEFAULT_LIMITS",
+    "set_limits",
     "Edge",
     "EdgeKind",
     "GlobalSite",

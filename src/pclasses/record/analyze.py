@@ -157,7 +157,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .limits import DEFAULT_LIMITS
+from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "skim",
@@ -1324,6 +1324,28 @@ else:
     # The C function returns the typed results once it knows the types.
     _set_types(Analysis, GlobalSite, PidSite, Use, PID_KINDS)
     _set_default_limits(_DEFAULT_LIMITS)
+
+_current_limits: Limits = DEFAULT_LIMITS
+
+
+def set_limits(limits: Limits) -> Limits:
+    """Make ``limits`` the bounds every reader of this process applies (C
+    and Python twin alike); returns the limits in force before.
+
+    For a database whose real records exceed the defaults (a container of
+    more than five million items, say), raise the one bound that is too
+    low; for untrusted input, lower them.  See ``docs/security.md``.
+    """
+    global _DEFAULT_LIMITS, _current_limits
+    if not isinstance(limits, Limits):
+        raise TypeError(f"set_limits() takes a pclasses.record.Limits, not {limits!r}")
+    previous = _current_limits
+    _current_limits = limits
+    _DEFAULT_LIMITS = limits.as_tuple()
+    if analyze_c is not None:
+        _set_default_limits(_DEFAULT_LIMITS)
+    return previous
+
 
 #: True when the C :func:`analyze` is importable.
 HAVE_C_ANALYZE: bool = analyze_c is not None

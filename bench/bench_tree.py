@@ -160,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="indented JSON (default: one line)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         directory = Path(d)
@@ -180,11 +180,7 @@ def main() -> None:
                             "speedup": round(t / o, 2)}
         result["warm_ref_us"] = round(warm_ref(directory) * 1e6, 3)
         result["commit_ratio"] = round(commit_ratio(directory, args.rounds), 3)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    print(json.dumps(result, indent=2) if args.json else json.dumps(result))
 
 
 if __name__ == "__main__":

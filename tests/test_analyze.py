@@ -997,12 +997,17 @@ def test_random_opcode_soup_agrees():
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_deep_nesting_and_long_records(impl):
-    """Deep nesting needs no recursion; a 16 MB text record and 200k opcodes
-    are walked whole (no timing asserted: bench/bench_analyze.py measures)."""
+    """Deep nesting needs no recursion (with limits that allow it; the default
+    limits refuse it); a 16 MB text record and 200k opcodes are walked whole
+    (no timing asserted: bench/bench_analyze.py measures)."""
+    roomy = (10**6, 5_000_000, 1 << 24, 64)
     deep = b"N" + b"\x85" * 200_000 + b".N."
-    assert impl(deep).end1 == 200_002
+    assert impl(deep, roomy).end1 == 200_002
     lists = b"]" * 100_000 + b"a" * 99_999 + b".N."
-    assert impl(lists).end1 == 200_000
+    assert impl(lists, roomy).end1 == 200_000
+    for data in (deep, lists):
+        with pytest.raises(ValueError, match="nesting deeper than 1000"):
+            impl(data)
     text = pickle.dumps("lorem ipsum " * (16 * 2**20 // 12), 3) + pickle.dumps(None, 3)
     many = pickle.dumps(Plain, 3) + pickle.dumps([str(i) for i in range(100_000)], 3)
     for data in (text, many):

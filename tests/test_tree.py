@@ -297,3 +297,56 @@ def test_child_on_a_real_zeo_server(tmp_path, zeo_uri):
     report = pclasses.check_refs(db)
     tree.close()
     assert report.ok and report.objects["zeo"] >= 2
+
+
+def test_conflict_in_child_aborts_the_parent_change_too(tmp_path):
+    """Two transactions change the same child object; the second commit fails
+    with a ConflictError and its change in the root database is not stored."""
+    from ZODB.POSException import ConflictError
+
+    paths = make_tree(tmp_path, levels=2)
+    db = pclasses.open(paths[0], tree=True)
+    tree = pclasses.tree_of(db)
+    tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()
+    c1, c2 = db.open(tm1), db.open(tm2)
+    o1 = tree.handle("a", c1).root()["obj"]
+    o2 = tree.handle("a", c2).root()["obj"]
+    o1.name, o2.name = "first", "second"
+    c2.root()["src"].name = "from the loser"
+    tm1.commit()
+    with pytest.raises(ConflictError):
+        tm2.commit()
+    tm2.abort()
+    c1.close()
+    c2.close()
+    tree.close()
+    db = pclasses.open(paths[0], tree=True)
+    tree = pclasses.tree_of(db)
+    conn = db.open()
+    assert conn.root()["src"].name == "src"
+    assert tree.handle("a", conn).root()["obj"].name == "first"
+    conn.close()
+    tree.close()
+
+
+def test_zeo_child_whose_server_is_down_is_unavailable(tmp_path):
+    """A handle naming a ZEO server nobody listens on: the referring object
+    loads, dereferencing raises DatabaseUnavailableError naming handle and target."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"zeo://127.0.0.1:{port}?wait_timeout=1"
+    db = pclasses.open(tmp_path / "root.fs", tree=True)
+    tree = pclasses.tree_of(db)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    conn.root()["h"] = handle = pclasses.DatabaseHandle("down", uri)
+    tm.commit()
+    with pytest.raises(pclasses.DatabaseUnavailableError) as info:
+        handle.root()
+    assert info.value.name == "down" and info.value.target == uri
+    assert "down" not in tree.opened
+    conn.close()
+    tree.close()

@@ -523,6 +523,8 @@ class DanglingReferenceError(PClassesError, POSKeyError):  # type: ignore[misc]
         if name:
             message = f"{name}: {message}"
         super().__init__(message)
+
+
 class ImportPolicyError(TransferError, ValueError):
     """An import policy option is malformed (e.g. ``strict`` names no package).
 

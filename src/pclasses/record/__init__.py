@@ -81,6 +81,10 @@ Modules
     the pre-scan :func:`skim` and the abstract pickle machine
     :func:`analyze` (C extension ``pclasses.record._skim`` with a
     pure-Python twin; ``PCLASSES_PURE_PYTHON=1`` forces the twin);
+:mod:`~pclasses.record.edges`
+    :func:`edges`: every persistent reference, classified once;
+:mod:`~pclasses.record.limits`
+    :class:`Limits`, the bounds the analyzer enforces on every read;
 :mod:`~pclasses.record.reader`
     the inert reader (:func:`scan_record`, :func:`read_record`,
     :func:`read_class`) built on zodbpickle's unpickler with placeholder
@@ -101,11 +105,18 @@ from .analyze import (
     HAVE_C_ANALYZE,
     PID_KINDS,
     Analysis,
+    EdgeKind,
+    GlobalSite,
+    PidSite,
+    Use,
     analyze,
     analyze_py,
+    set_limits,
     skim,
     skim_py,
 )
+from .edges import Edge, edges, edges_of
+from .limits import DEFAULT_LIMITS, Limits
 from .patch import FramedRecordError, rename_globals, replace_class_pickle
 from .reader import (
     CLASS_FORMATS,
@@ -132,6 +143,16 @@ FORMATS_WRITTEN = (1, 3)
 
 __all__ = [
     "CLASS_FORMATS",
+    "DEFAULT_LIMITS",
+    "set_limits",
+    "Edge",
+    "EdgeKind",
+    "GlobalSite",
+    "Limits",
+    "PidSite",
+    "Use",
+    "edges",
+    "edges_of",
     "FORMATS_READ_AS",
     "FORMATS_WRITTEN",
     "HAVE_C",

@@ -27,6 +27,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -436,7 +437,12 @@ enum {
     AK_GLOBAL,
     AK_TUPLE,
     AK_LIST,
-    AK_PREF      /* result of PERSID / BINPERSID; x[0]: the pid's index */
+    AK_PREF,     /* result of PERSID / BINPERSID; x[0]: the pid's index */
+    AK_NUM,      /* a number or None / True / False (fp: its hash model) */
+    AK_DICT,     /* EMPTY_DICT, DICT */
+    AK_SET,      /* EMPTY_SET */
+    AK_FSET,     /* FROZENSET */
+    AK_CALL      /* result of REDUCE, NEWOBJ, NEWOBJ_EX, OBJ, INST */
 };
 #define AK_IS_LIT(k) ((k) >= AK_BYTES && (k) <= AK_TUNI)
 
@@ -468,6 +474,10 @@ static const char *const pk_names[PK_COUNT] = {
 
 typedef struct {
     uint8_t kind, flags, bits, n; /* n: children, saturating at 4 */
+    uint8_t hasfp;                /* fp is set (else: hash not modelled) */
+    int64_t depth;                /* containers / calls nested inside */
+    Py_ssize_t count;             /* items a container received */
+    uint64_t fp;                  /* hash model of the value as a key */
     Py_ssize_t pending;           /* USE_OTHER uses not re-attributed */
     /* literal: offset, length; GLOBAL: entry; container: first 3 children */
     Py_ssize_t x[3];
@@ -497,7 +507,11 @@ enum {
     AN_ODD,
     AN_MEMO_UNSET,
     AN_MEMO_TOO_BIG,
-    AN_NOMEM
+    AN_NOMEM,
+    AN_DEEP,
+    AN_MANY_ITEMS,
+    AN_COLLISIONS,
+    AN_MEMO_LIMIT
 };
 
 #define AN_INLINE_ITEMS 64
@@ -538,6 +552,16 @@ typedef struct {
     Py_ssize_t *calls_ng, *calls_pid;
     Py_ssize_t ncalls_ng, ccalls_ng, ncalls_pid, ccalls_pid;
     Py_ssize_t calls_ng_buf[4], calls_pid_buf[4];
+
+    /* limits (pclasses.record.limits.Limits) */
+    int64_t max_depth, max_items, max_memo, max_coll;
+    int64_t limit; /* the limit an AN_DEEP/... error names */
+    /* every (container, key hash model, opcode offset) inserted; checked
+       after the walk (sorted), see an_check_collisions */
+    struct an_coll { Py_ssize_t c; uint64_t fp; Py_ssize_t at; } *coll;
+    Py_ssize_t ncoll, ccoll;
+    struct an_coll coll_buf[16];
+    Py_ssize_t consts[3]; /* shared items of None, True, False (0: none yet) */
 } an_state;
 
 static void
@@ -552,7 +576,16 @@ an_init(an_state *st)
     st->items[0].kind = AK_ANON;
     st->items[0].flags = st->items[0].bits = st->items[0].n = 0;
     st->items[0].pending = 0;
+    st->items[0].hasfp = 0;
+    st->items[0].depth = 0;
+    st->items[0].count = 0;
+    st->items[0].fp = 0;
     st->nitems = 1;
+    st->consts[0] = st->consts[1] = st->consts[2] = 0;
+    st->coll = st->coll_buf;
+    st->ncoll = 0;
+    st->ccoll = 16;
+    st->limit = 0;
     st->stack = st->stack_buf;
     st->cstack = AN_INLINE_STACK;
     st->sp = 0;
@@ -596,6 +629,8 @@ an_free(an_state *st)
         PyMem_RawFree(st->calls_ng);
     if (st->calls_pid != st->calls_pid_buf)
         PyMem_RawFree(st->calls_pid);
+    if (st->coll != st->coll_buf)
+        PyMem_RawFree(st->coll);
 }
 
 /* Grow *arr (capacity *cap, elements of elsize bytes, initially the inline
@@ -636,6 +671,10 @@ an_new(an_state *st, int kind, Py_ssize_t x0, Py_ssize_t x1)
     it = &st->items[st->nitems];
     it->kind = (uint8_t)kind;
     it->flags = it->bits = it->n = 0;
+    it->hasfp = 0;
+    it->depth = 0;
+    it->count = 0;
+    it->fp = 0;
     it->pending = 0;
     it->x[0] = x0;
     it->x[1] = x1;
@@ -829,6 +868,338 @@ an_add_global(an_state *st, unsigned char op, Py_ssize_t off, Py_ssize_t end,
     g->nlen = nlen;
     g->nmode = (uint8_t)nmode;
     return 0;
+}
+
+/* ---- Limits and the hash model (see pclasses/record/limits.py and the
+ * "hash floods" decision in design/decisions.md; analyze.py has the twin). */
+
+#define HASH_P ((uint64_t)0x1FFFFFFFFFFFFFFFULL) /* 2**61 - 1 */
+#define FP_UNKNOWN UINT64_C(0x9E3779B97F4A7C15)
+#define FP_NONE UINT64_C(0x6A09E667F3BCC908)
+#define FP_TEXTNUM UINT64_C(0x3C6EF372FE94F82B)
+#define FNV_BASIS UINT64_C(0xCBF29CE484222325)
+#define FNV_PRIME UINT64_C(0x100000001B3)
+#define XXP1 UINT64_C(11400714785074694791)
+#define XXP2 UINT64_C(14029467366897019727)
+#define XXP5 UINT64_C(2870177450012600261)
+
+/* u * 2**s mod P for u < P, 0 <= s < 61 (2**61 == 1 mod P). */
+static inline uint64_t
+mod_shl(uint64_t u, int s)
+{
+    uint64_t r;
+    if (s == 0)
+        return u;
+    r = ((u << s) & HASH_P) + (u >> (61 - s));
+    return r >= HASH_P ? r - HASH_P : r;
+}
+
+/* Python's hash of an int given |v| mod P and its sign, as 64 bits. */
+static inline uint64_t
+int_hash(uint64_t mag, int negative)
+{
+    int64_t h = negative ? -(int64_t)mag : (int64_t)mag;
+    if (h == -1)
+        h = -2;
+    return (uint64_t)h;
+}
+
+/* INT / LONG text: plain decimal hashes exactly, anything else FP_TEXTNUM. */
+static uint64_t
+text_int_fp(const unsigned char *s, const unsigned char *e, int is_long)
+{
+    int neg = 0;
+    uint64_t u = 0;
+    if (is_long && e > s && e[-1] == 'L')
+        e--;
+    else if (!is_long && e - s == 2 && s[0] == '0' && (s[1] == '0' || s[1] == '1'))
+        return (uint64_t)(s[1] - '0');
+    if (s < e && *s == '-') {
+        neg = 1;
+        s++;
+    }
+    if (s == e || (e - s > 1 && *s == '0'))
+        return FP_TEXTNUM;
+    for (; s < e; s++) {
+        unsigned d = (unsigned)(*s - '0');
+        uint64_t t;
+        if (d > 9)
+            return FP_TEXTNUM;
+        t = mod_shl(u, 3) + mod_shl(u, 1) + d; /* u * 10 + d */
+        while (t >= HASH_P)
+            t -= HASH_P;
+        u = t;
+    }
+    return int_hash(u, neg);
+}
+
+/* LONG1 / LONG4: little-endian two's complement. */
+static uint64_t
+long_bytes_fp(const unsigned char *p, Py_ssize_t n)
+{
+    uint64_t u = 0;
+    int neg;
+    if (n == 0)
+        return 0;
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        uint64_t t = mod_shl(u, 8) + p[i];
+        u = t >= HASH_P ? t - HASH_P : t;
+    }
+    neg = (p[n - 1] & 0x80) != 0;
+    if (neg) {
+        /* |v| = 2**(8n) - U */
+        uint64_t pw = mod_shl(1, (int)((8 * (uint64_t)n) % 61));
+        u = pw >= u ? pw - u : pw + HASH_P - u;
+        if (u >= HASH_P)
+            u -= HASH_P;
+    }
+    return int_hash(u, neg);
+}
+
+/* BINFLOAT: Python's hash of a finite double is its exact value mod P:
+ * v = M * 2**k with M a 53-bit integer. */
+static int
+binfloat_fp(const unsigned char *p, uint64_t *out)
+{
+    unsigned char b[8];
+    double v, m;
+    int e, neg = 0;
+    uint64_t mant;
+    int64_t k;
+    for (int i = 0; i < 8; i++) /* big-endian on the wire */
+        b[i] = p[7 - i];
+    {
+        uint64_t bits = 0;
+        for (int i = 7; i >= 0; i--)
+            bits = (bits << 8) | b[i];
+        memcpy(&v, &bits, sizeof v);
+    }
+    if (v != v)
+        return 0; /* NaN: hashed by identity */
+    if (v == HUGE_VAL || v == -HUGE_VAL) {
+        *out = (uint64_t)(int64_t)(v > 0 ? 314159 : -314159);
+        return 1;
+    }
+    if (v < 0) {
+        neg = 1;
+        v = -v;
+    }
+    m = frexp(v, &e); /* v = m * 2**e, 0.5 <= m < 1 (or v == 0) */
+    mant = (uint64_t)ldexp(m, 53);
+    k = (int64_t)e - 53;
+    k %= 61;
+    if (k < 0)
+        k += 61;
+    *out = int_hash(mod_shl(mant % HASH_P, (int)k), neg);
+    return 1;
+}
+
+static inline uint64_t
+fnv_fp(const unsigned char *p, Py_ssize_t n, uint64_t tag)
+{
+    uint64_t h = FNV_BASIS ^ tag;
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * FNV_PRIME;
+    return h;
+}
+
+/* The lane an item adds to a tuple's / frozenset's hash model. */
+static inline uint64_t
+an_lane(const an_state *st, const unsigned char *base, Py_ssize_t i)
+{
+    const an_item *it = &st->items[i];
+    if (it->hasfp)
+        return it->fp;
+    if (AK_IS_LIT(it->kind))
+        return fnv_fp(base + it->x[0], it->x[1], it->kind == AK_BYTES ? 2 : 1);
+    return FP_UNKNOWN;
+}
+
+/* i holds the k items at ch: its depth is one more than theirs. */
+static int
+an_nest(an_state *st, Py_ssize_t i, const Py_ssize_t *ch, Py_ssize_t k)
+{
+    int64_t d = 0;
+    if (i == 0)
+        return 0;
+    for (Py_ssize_t j = 0; j < k; j++)
+        if (st->items[ch[j]].depth > d)
+            d = st->items[ch[j]].depth;
+    d += 1;
+    if (d > st->items[i].depth) {
+        if (d > st->max_depth) {
+            st->limit = st->max_depth;
+            return AN_DEEP;
+        }
+        st->items[i].depth = d;
+    }
+    return 0;
+}
+
+static int
+an_add_items(an_state *st, Py_ssize_t i, Py_ssize_t n)
+{
+    int64_t c = i ? st->items[i].count + n : n;
+    if (c > st->max_items) {
+        st->limit = st->max_items;
+        return AN_MANY_ITEMS;
+    }
+    if (i)
+        st->items[i].count = c;
+    return 0;
+}
+
+/* One more key k in container c (a dict key or a set element), inserted
+ * by the opcode at offset at. */
+static int
+an_add_key(an_state *st, Py_ssize_t c, Py_ssize_t k, Py_ssize_t at)
+{
+    const an_item *it = &st->items[k];
+    struct an_coll *e;
+    if (!it->hasfp)
+        return 0;
+    if (st->ncoll == st->ccoll &&
+        an_grow((void **)&st->coll, &st->ccoll, sizeof(struct an_coll),
+                st->coll_buf, st->ncoll + 1) < 0)
+        return AN_NOMEM;
+    e = &st->coll[st->ncoll++];
+    e->c = c;
+    e->fp = it->fp;
+    e->at = at;
+    return 0;
+}
+
+static inline size_t
+an_bucket(Py_ssize_t c, uint64_t fp, size_t mask)
+{
+    /* splitmix64's finalizer over fp and the container */
+    uint64_t h = fp + (uint64_t)c * UINT64_C(0x9E3779B97F4A7C15);
+    h = (h ^ (h >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    h = (h ^ (h >> 27)) * UINT64_C(0x94D049BB133111EB);
+    h ^= h >> 31;
+    return (size_t)h & mask;
+}
+
+static int
+an_coll_cmp(const void *pa, const void *pb)
+{
+    const struct an_coll *a = pa, *b = pb;
+    if (a->c != b->c)
+        return a->c < b->c ? -1 : 1;
+    if (a->fp != b->fp)
+        return a->fp < b->fp ? -1 : 1;
+    return a->at < b->at ? -1 : a->at > b->at;
+}
+
+/* After the walk: no container got more than max_coll keys of one hash
+ * model.  The error names the first key (in byte order) past the limit.
+ * Only containers with more than max_coll keys are sorted. */
+static int
+an_check_collisions(an_state *st, Py_ssize_t *fail_at)
+{
+    Py_ssize_t n = 0, worst = -1;
+    for (Py_ssize_t i = 0; i < st->ncoll; i++)
+        if (st->items[st->coll[i].c].count > st->max_coll)
+            st->coll[n++] = st->coll[i];
+    if (n <= st->max_coll)
+        return 0;
+    {
+        /* Equal (container, fp) pairs share a bucket: keep only the keys of
+           buckets over the limit (none, for real data), then sort those. */
+        size_t nb = 4096, m = 0;
+        uint32_t *cnt;
+        while ((Py_ssize_t)nb < n / 4)
+            nb <<= 1;
+        cnt = PyMem_RawCalloc(nb, sizeof(uint32_t));
+        if (cnt == NULL)
+            return AN_NOMEM;
+        for (Py_ssize_t i = 0; i < n; i++)
+            cnt[an_bucket(st->coll[i].c, st->coll[i].fp, nb - 1)]++;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (cnt[an_bucket(st->coll[i].c, st->coll[i].fp, nb - 1)] >
+                (uint64_t)st->max_coll)
+                st->coll[m++] = st->coll[i];
+        PyMem_RawFree(cnt);
+        n = (Py_ssize_t)m;
+        if (n <= st->max_coll)
+            return 0;
+    }
+    qsort(st->coll, (size_t)n, sizeof(struct an_coll), an_coll_cmp);
+    for (Py_ssize_t i = 0; i < n;) {
+        Py_ssize_t j = i + 1;
+        while (j < n && st->coll[j].c == st->coll[i].c &&
+               st->coll[j].fp == st->coll[i].fp)
+            j++;
+        if (j - i > st->max_coll) {
+            Py_ssize_t at = st->coll[i + st->max_coll].at;
+            if (worst < 0 || at < worst)
+                worst = at;
+        }
+        i = j;
+    }
+    if (worst < 0)
+        return 0;
+    st->limit = st->max_coll;
+    *fail_at = worst;
+    return AN_COLLISIONS;
+}
+
+/* A new container of the k items at ch (not yet attached as children). */
+static int
+an_container(an_state *st, const unsigned char *base, int kind,
+             const Py_ssize_t *ch, Py_ssize_t k, Py_ssize_t *out, Py_ssize_t at)
+{
+    int rc;
+    Py_ssize_t t = an_new(st, kind, 0, 0);
+    if (t < 0)
+        return AN_NOMEM;
+    if ((rc = an_add_items(st, t, kind == AK_DICT ? k / 2 : k)) != 0)
+        return rc;
+    if ((rc = an_nest(st, t, ch, k)) != 0)
+        return rc;
+    if (kind == AK_TUPLE) {
+        uint64_t acc = XXP5;
+        for (Py_ssize_t j = 0; j < k; j++) {
+            acc += an_lane(st, base, ch[j]) * XXP2;
+            acc = (acc << 31) | (acc >> 33);
+            acc *= XXP1;
+        }
+        acc += (uint64_t)k ^ (XXP5 ^ UINT64_C(3527539));
+        st->items[t].fp = acc == UINT64_MAX ? UINT64_C(1546275796) : acc;
+        st->items[t].hasfp = 1;
+    }
+    else if (kind == AK_FSET) {
+        uint64_t h = 0;
+        for (Py_ssize_t j = 0; j < k; j++) {
+            uint64_t lane = an_lane(st, base, ch[j]);
+            if ((rc = an_add_key(st, t, ch[j], at)) != 0)
+                return rc;
+            h ^= ((lane ^ UINT64_C(89869747)) ^ (lane << 16)) * UINT64_C(3644798167);
+        }
+        h ^= ((uint64_t)k + 1) * UINT64_C(1927868237);
+        h ^= (h >> 11) ^ (h >> 25);
+        st->items[t].fp = h * UINT64_C(69069) + UINT64_C(907133923);
+        st->items[t].hasfp = 1;
+    }
+    else if (kind == AK_DICT) {
+        for (Py_ssize_t j = 0; j + 1 < k; j += 2)
+            if ((rc = an_add_key(st, t, ch[j], at)) != 0)
+                return rc;
+    }
+    *out = t;
+    return 0;
+}
+
+/* A number item with hash model fp (hasfp 0: not modelled). */
+static inline Py_ssize_t
+an_num(an_state *st, int hasfp, uint64_t fp)
+{
+    Py_ssize_t t = an_new(st, AK_NUM, 0, 0);
+    if (t >= 0) {
+        st->items[t].hasfp = (uint8_t)hasfp;
+        st->items[t].fp = fp;
+    }
+    return t;
 }
 
 /* A call (REDUCE, NEWOBJ, NEWOBJ_EX, OBJ) at offset off on callable c. */
@@ -1047,6 +1418,11 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                     st->index = idx;
                     AN_FAIL(AN_MEMO_TOO_BIG);
                 }
+                if (idx > st->max_memo) {
+                    st->index = idx;
+                    st->limit = st->max_memo;
+                    AN_FAIL(AN_MEMO_LIMIT);
+                }
                 NEED_STACK(1);
                 if (idx >= st->cmemo) {
                     /* Double, but never beyond len + 1 entries. */
@@ -1090,34 +1466,64 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 break;
 
             /* Constants and anonymous values. */
-            case 'N': case 0x88: case 0x89: case '}': case 0x8f:
             case 0x97: /* NEXT_BUFFER */
                 PUSH(0);
                 break;
-            case 'I': case 'L': case 'F':
+            case 'N': case 0x88: case 0x89: /* NONE NEWTRUE NEWFALSE */
+                /* one shared item each: they are scalars */
+                if (st->consts[0] == 0) {
+                    st->consts[0] = an_num(st, 1, FP_NONE);
+                    st->consts[1] = an_num(st, 1, 1);
+                    st->consts[2] = an_num(st, 1, 0);
+                    if (st->consts[2] < 0)
+                        AN_NOMEMORY();
+                }
+                PUSH(st->consts[*op == 'N' ? 0 : *op == 0x88 ? 1 : 2]);
+                break;
+            case '}': case 0x8f: { /* EMPTY_DICT EMPTY_SET */
+                int rc = an_container(st, base, *op == '}' ? AK_DICT : AK_SET,
+                                      NULL, 0, &t, op - base);
+                if (rc)
+                    AN_FAIL(rc);
+                PUSH(t);
+                break;
+            }
+            case 'I': case 'L':
                 READ_LINE(ls, le);
-                PUSH(0);
+                PUSH(an_num(st, 1, text_int_fp(ls, le, *op == 'L')));
+                break;
+            case 'F':
+                READ_LINE(ls, le);
+                PUSH(an_num(st, 1, FP_TEXTNUM));
                 break;
             case 'K':
                 NEED(1);
                 p += 1;
-                PUSH(0);
+                PUSH(an_num(st, 1, p[-1]));
                 break;
             case 'M':
                 NEED(2);
                 p += 2;
-                PUSH(0);
+                PUSH(an_num(st, 1, (uint64_t)p[-2] | ((uint64_t)p[-1] << 8)));
                 break;
-            case 'J':
+            case 'J': {
+                int32_t v;
                 NEED(4);
+                v = (int32_t)le32(p);
                 p += 4;
-                PUSH(0);
+                PUSH(an_num(st, 1, int_hash(v < 0 ? (uint64_t)(-(int64_t)v)
+                                                  : (uint64_t)v, v < 0)));
                 break;
-            case 'G':
+            }
+            case 'G': {
+                uint64_t f = 0;
+                int has;
                 NEED(8);
+                has = binfloat_fp(p, &f);
                 p += 8;
-                PUSH(0);
+                PUSH(an_num(st, has, f));
                 break;
+            }
             case 0x82: /* EXT1 */
                 NEED(1);
                 p += 1;
@@ -1161,9 +1567,12 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                     case 'C': case 'B': case 0x8e: k = AK_BYTES; break;
                     case 'U': case 'T': k = AK_STR; break;
                     case 0x8c: case 'X': case 0x8d: k = AK_UNI; break;
-                    default: k = AK_ANON; /* LONG1, LONG4, BYTEARRAY8 */
+                    case 0x8a: case 0x8b: k = AK_NUM; break; /* LONG1 LONG4 */
+                    default: k = AK_ANON; /* BYTEARRAY8 */
                     }
-                    if (k == AK_ANON)
+                    if (k == AK_NUM)
+                        PUSH(an_num(st, 1, long_bytes_fp(p, (Py_ssize_t)n)));
+                    else if (k == AK_ANON)
                         PUSH(0);
                     else
                         PUSH(an_new(st, k, p - base, (Py_ssize_t)n));
@@ -1194,18 +1603,22 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 break;
 
             /* Containers. */
-            case ')': /* EMPTY_TUPLE */
-                PUSH(an_new(st, AK_TUPLE, 0, 0));
+            case ')': case ']': { /* EMPTY_TUPLE EMPTY_LIST */
+                int rc = an_container(st, base, *op == ')' ? AK_TUPLE : AK_LIST,
+                                      NULL, 0, &t, op - base);
+                if (rc)
+                    AN_FAIL(rc);
+                PUSH(t);
                 break;
-            case ']': /* EMPTY_LIST */
-                PUSH(an_new(st, AK_LIST, 0, 0));
-                break;
+            }
             case 0x85: case 0x86: case 0x87: { /* TUPLE1 TUPLE2 TUPLE3 */
                 Py_ssize_t k = *op - 0x84;
+                int rc;
                 NEED_STACK(k);
-                t = an_new(st, AK_TUPLE, 0, 0);
-                if (t < 0)
-                    AN_NOMEMORY();
+                rc = an_container(st, base, AK_TUPLE, st->stack + st->sp - k, k, &t,
+                                  op - base);
+                if (rc)
+                    AN_FAIL(rc);
                 for (Py_ssize_t i = st->sp - k; i < st->sp; i++)
                     an_add_child(st, t, st->stack[i]);
                 st->sp -= k;
@@ -1216,20 +1629,28 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 /* TUPLE LIST FROZENSET DICT */
                 POP_MARK_TO(m);
                 if (m > st->sp) {
+                    int rc;
                     if (*op != 'd') /* DICT: {} */
                         AN_FAIL(AN_UNDERFLOW);
-                    PUSH(0);
+                    rc = an_container(st, base, AK_DICT, NULL, 0, &t, op - base);
+                    if (rc)
+                        AN_FAIL(rc);
+                    PUSH(t);
                     break;
                 }
+                {
+                    int ck = *op == 't' ? AK_TUPLE : *op == 'l' ? AK_LIST
+                             : *op == 'd' ? AK_DICT : AK_FSET;
+                    int rc = an_container(st, base, ck, st->stack + m,
+                                          st->sp - m, &t, op - base);
+                    if (rc)
+                        AN_FAIL(rc);
+                }
                 if (*op == 't' || *op == 'l') {
-                    t = an_new(st, *op == 't' ? AK_TUPLE : AK_LIST, 0, 0);
-                    if (t < 0)
-                        AN_NOMEMORY();
                     for (Py_ssize_t i = m; i < st->sp; i++)
                         an_add_child(st, t, st->stack[i]);
                 }
                 else {
-                    t = 0;
                     for (Py_ssize_t i = m; i < st->sp; i++)
                         an_use(st, st->stack[i], USE_OTHER);
                 }
@@ -1274,6 +1695,24 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 if (*op == 'u' && ((st->sp - x) & 1))
                     AN_FAIL(AN_ODD);
                 target = st->stack[x - 1];
+                {
+                    int pairs = *op == 's' || *op == 'u';
+                    Py_ssize_t k = st->sp - x;
+                    int rc = an_add_items(st, target, pairs ? k / 2 : k);
+                    if (rc == 0)
+                        rc = an_nest(st, target, st->stack + x, k);
+                    if (rc == 0 && pairs && st->items[target].kind == AK_DICT) {
+                        for (Py_ssize_t i = x; i < st->sp && rc == 0; i += 2)
+                            rc = an_add_key(st, target, st->stack[i], op - base);
+                    }
+                    else if (rc == 0 && *op == 0x90 &&
+                             st->items[target].kind == AK_SET) {
+                        for (Py_ssize_t i = x; i < st->sp && rc == 0; i++)
+                            rc = an_add_key(st, target, st->stack[i], op - base);
+                    }
+                    if (rc)
+                        AN_FAIL(rc);
+                }
                 ti = &st->items[target];
                 if (ti->kind == AK_LIST && (*op == 'a' || *op == 'e')) {
                     for (Py_ssize_t i = x; i < st->sp; i++)
@@ -1292,10 +1731,14 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 break;
             }
             case 'b': { /* BUILD */
-                Py_ssize_t target;
+                Py_ssize_t target, state;
+                int rc;
                 NEED_STACK(2);
-                an_use(st, st->stack[--st->sp], USE_OTHER);
+                state = st->stack[--st->sp];
+                an_use(st, state, USE_OTHER);
                 target = st->stack[st->sp - 1];
+                if ((rc = an_nest(st, target, &state, 1)) != 0)
+                    AN_FAIL(rc);
                 an_use(st, target, USE_OTHER);
                 if (st->items[target].kind == AK_GLOBAL)
                     an_use(st, target, USE_BUILD_TARGET);
@@ -1314,8 +1757,16 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                     AN_NOMEMORY();
                 an_use(st, st->stack[st->sp - k],
                        *op == 'R' ? USE_REDUCE : USE_NEWOBJ);
+                t = an_new(st, AK_CALL, 0, 0);
+                if (t < 0)
+                    AN_NOMEMORY();
+                {
+                    int rc = an_nest(st, t, st->stack + st->sp - k, k);
+                    if (rc)
+                        AN_FAIL(rc);
+                }
                 st->sp -= k;
-                PUSH(0);
+                PUSH(t);
                 break;
             }
             case 'o': /* OBJ: MARK cls args... */
@@ -1327,8 +1778,16 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 an_use(st, st->stack[m], USE_INSTANTIATE);
                 for (Py_ssize_t i = m + 1; i < st->sp; i++)
                     an_use(st, st->stack[i], USE_OTHER);
+                t = an_new(st, AK_CALL, 0, 0);
+                if (t < 0)
+                    AN_NOMEMORY();
+                {
+                    int rc = an_nest(st, t, st->stack + m, st->sp - m);
+                    if (rc)
+                        AN_FAIL(rc);
+                }
                 st->sp = m;
-                PUSH(0);
+                PUSH(t);
                 break;
             case 'i': /* INST: MARK args... INST module name */
                 READ_LINE(ls, le);
@@ -1342,8 +1801,16 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                     AN_NOMEMORY();
                 for (Py_ssize_t i = m; i < st->sp; i++)
                     an_use(st, st->stack[i], USE_OTHER);
+                t = an_new(st, AK_CALL, 0, 0);
+                if (t < 0)
+                    AN_NOMEMORY();
+                {
+                    int rc = an_nest(st, t, st->stack + m, st->sp - m);
+                    if (rc)
+                        AN_FAIL(rc);
+                }
                 st->sp = m;
-                PUSH(0);
+                PUSH(t);
                 break;
             case 'c': /* GLOBAL */
                 READ_LINE(ls, le);
@@ -1388,11 +1855,21 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
 
             /* Persistent references. */
             case 'Q': /* BINPERSID */
+            {
+                Py_ssize_t pid;
+                int rc;
                 NEED_STACK(1);
-                if (an_classify(st, base, st->stack[--st->sp], which) < 0)
+                pid = st->stack[--st->sp];
+                if (an_classify(st, base, pid, which) < 0)
                     AN_NOMEMORY();
-                PUSH(an_new(st, AK_PREF, st->npids - 1, 0));
+                t = an_new(st, AK_PREF, st->npids - 1, 0);
+                if (t < 0)
+                    AN_NOMEMORY();
+                if ((rc = an_nest(st, t, &pid, 1)) != 0)
+                    AN_FAIL(rc);
+                PUSH(t);
                 break;
+            }
             case 'P': { /* PERSID: the text is the oid */
                 an_pid *rec;
                 READ_LINE(ls, le);
@@ -1408,7 +1885,15 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
                 rec->klass = -1;
                 rec->oid_off = ls - base;
                 rec->oid_len = le - ls;
-                PUSH(an_new(st, AK_PREF, st->npids - 1, 0));
+                t = an_new(st, AK_PREF, st->npids - 1, 0);
+                if (t < 0)
+                    AN_NOMEMORY();
+                {
+                    int rc = an_nest(st, t, NULL, 0);
+                    if (rc)
+                        AN_FAIL(rc);
+                }
+                PUSH(t);
                 break;
             }
             case 0x98: /* READONLY_BUFFER */
@@ -1441,6 +1926,17 @@ an_walk(an_state *st, const unsigned char *base, Py_ssize_t len)
             }
         }
     next_pickle:;
+    }
+    {
+        Py_ssize_t at = 0;
+        int rc = an_check_collisions(st, &at);
+        if (rc) {
+            r->status = rc;
+            r->opcode = base[at];
+            r->offset = at;
+            r->which = at < r->end1 ? 1 : 2;
+            return;
+        }
     }
     if (st->protocol < 0)
         st->protocol = saw_binary ? 1 : 0;
@@ -1520,7 +2016,35 @@ typedef struct {
     PyObject *use_cache[USE_CACHE]; /* Use members by value, filled lazily */
     PyObject *pk_str[PK_COUNT];     /* EdgeKind members (or strings) */
     PyObject *op_global, *op_inst, *op_stack_global;
+    int64_t limits[4]; /* default max_depth, max_items, max_memo, max_coll */
 } skim_state;
+
+/* limits: a tuple of four ints from 1 to 2**62 (Limits.as_tuple()). */
+static int
+an_parse_limits(PyObject *obj, int64_t out[4])
+{
+    if (!PyTuple_CheckExact(obj) || PyTuple_GET_SIZE(obj) != 4)
+        goto bad;
+    for (int i = 0; i < 4; i++) {
+        PyObject *v = PyTuple_GET_ITEM(obj, i);
+        long long x;
+        int overflow;
+        if (!PyLong_CheckExact(v))
+            goto bad;
+        x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || x < 1 || x > ((long long)1 << 62)) {
+            if (PyErr_Occurred())
+                return -1;
+            goto bad;
+        }
+        out[i] = x;
+    }
+    return 0;
+bad:
+    PyErr_SetString(PyExc_TypeError,
+                    "limits: expected a tuple of four ints from 1 to 2**62");
+    return -1;
+}
 
 /* The Use member for a bit set (a new reference). */
 static PyObject *
@@ -1579,6 +2103,30 @@ an_error(const an_state *st, Py_ssize_t len)
         return NULL;
     case AN_NOMEM:
         return PyErr_NoMemory();
+    case AN_DEEP:
+        PyErr_Format(PyExc_ValueError,
+                     "nesting deeper than %lld: opcode 0x%02x at offset %zd "
+                     "(%s pickle)",
+                     (long long)st->limit, (unsigned)r->opcode, r->offset, which);
+        return NULL;
+    case AN_MANY_ITEMS:
+        PyErr_Format(PyExc_ValueError,
+                     "more than %lld items in one container: opcode 0x%02x at "
+                     "offset %zd (%s pickle)",
+                     (long long)st->limit, (unsigned)r->opcode, r->offset, which);
+        return NULL;
+    case AN_COLLISIONS:
+        PyErr_Format(PyExc_ValueError,
+                     "more than %lld keys of one hash in one container: opcode "
+                     "0x%02x at offset %zd (%s pickle)",
+                     (long long)st->limit, (unsigned)r->opcode, r->offset, which);
+        return NULL;
+    case AN_MEMO_LIMIT:
+        PyErr_Format(PyExc_ValueError,
+                     "memo index %lld at offset %zd (%s pickle) is above the "
+                     "limit %lld",
+                     (long long)st->index, r->offset, which, (long long)st->limit);
+        return NULL;
     default:
         return skim_error(r);
     }
@@ -1652,18 +2200,35 @@ an_is_text(int k)
     return k >= AK_STR && k <= AK_TUNI;
 }
 
+static void
+an_free_pairs(PyObject **pairs, Py_ssize_t n)
+{
+    if (pairs == NULL)
+        return;
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(pairs[i]);
+    PyMem_Free(pairs);
+}
+
 /* The class part of a pid (see Analysis.pid_classes); a new reference. */
 static PyObject *
 an_class_part(an_state *st, const unsigned char *base, PyObject *globals,
-              Py_ssize_t k)
+              PyObject **pairs, Py_ssize_t k)
 {
     const an_item *it;
     if (k < 0)
         Py_RETURN_NONE;
     it = &st->items[k];
     if (it->kind == AK_GLOBAL) {
-        PyObject *g = PyList_GET_ITEM(globals, it->x[0]);
-        return PyTuple_Pack(2, PyTuple_GET_ITEM(g, 0), PyTuple_GET_ITEM(g, 1));
+        /* one (module, name) tuple per global, shared by its references */
+        PyObject **slot = &pairs[it->x[0]];
+        if (*slot == NULL) {
+            PyObject *g = PyList_GET_ITEM(globals, it->x[0]);
+            *slot = PyTuple_Pack(2, PyTuple_GET_ITEM(g, 0), PyTuple_GET_ITEM(g, 1));
+            if (*slot == NULL)
+                return NULL;
+        }
+        return Py_NewRef(*slot);
     }
     if (it->kind == AK_PREF)
         return PyLong_FromSsize_t(it->x[0]);
@@ -1685,6 +2250,7 @@ static PyObject *
 an_result(skim_state *ms, an_state *st, const unsigned char *base)
 {
     PyObject *globals = NULL, *pids = NULL, *pid_classes = NULL, *v[13];
+    PyObject **pairs = NULL;
     int ok = !st->has_sg && !st->r.has_ext;
 
     globals = PyList_New(st->nglobals);
@@ -1731,6 +2297,13 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
     pid_classes = PyList_New(st->npids);
     if (pid_classes == NULL)
         goto error;
+    if (st->npids > 0 && st->nglobals > 0) {
+        pairs = PyMem_Calloc((size_t)st->nglobals, sizeof(PyObject *));
+        if (pairs == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+    }
     for (Py_ssize_t i = 0; i < st->npids; i++) {
         const an_pid *rec = &st->pids[i];
         PyObject *f[6], *t;
@@ -1761,7 +2334,8 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
         if (t == NULL)
             goto error;
         PyList_SET_ITEM(pids, i, t);
-        t = an_class_part(st, base, globals, rec->kind == PK_UNKNOWN ? -1 : rec->klass);
+        t = an_class_part(st, base, globals, pairs,
+                          rec->kind == PK_UNKNOWN ? -1 : rec->klass);
         if (t == NULL)
             goto error;
         PyList_SET_ITEM(pid_classes, i, t);
@@ -1780,9 +2354,11 @@ an_result(skim_state *ms, an_state *st, const unsigned char *base)
     v[10] = PyLong_FromSsize_t(st->class_pid);
     v[11] = an_offsets(st->calls_ng, st->ncalls_ng);
     v[12] = an_offsets(st->calls_pid, st->ncalls_pid);
+    an_free_pairs(pairs, st->nglobals);
     return an_pack((PyTypeObject *)ms->analysis_type, v, 13);
 
 error:
+    an_free_pairs(pairs, st->nglobals);
     Py_XDECREF(globals);
     Py_XDECREF(pids);
     Py_XDECREF(pid_classes);
@@ -1790,25 +2366,37 @@ error:
 }
 
 PyDoc_STRVAR(analyze_doc,
-"analyze(data, /) -> (end1, max_memo, has_ext, has_stack_global, protocol,\n"
-"                     globals, pids, ok_to_patch, has_frame)\n"
+"analyze(data, limits=None, /) -> Analysis\n"
 "\n"
 "Run an abstract pickle machine (nothing is called) over the two pickles\n"
 "of a ZODB record and report where its globals and persistent references\n"
 "sit in the bytes.  See pclasses.record.analyze.  Raises ValueError, naming\n"
 "the byte offset, for what skim refuses, a memo index larger than\n"
-"len(data), a stack or mark underflow, and a GET of an unset memo index.");
+"len(data), a stack or mark underflow, a GET of an unset memo index, and\n"
+"a record beyond limits (max_depth, max_items, max_memo, max_collisions).");
 
 static PyObject *
-skim_analyze(PyObject *module, PyObject *arg)
+skim_analyze(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     skim_state *ms = (skim_state *)PyModule_GetState(module);
     an_state st;
-    PyObject *result;
+    PyObject *result, *arg;
     Py_buffer view;
     const unsigned char *base;
     Py_ssize_t len;
     int have_view = 0;
+    int64_t limits[4];
+
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "analyze(data, limits=None) takes 1 or 2 arguments");
+        return NULL;
+    }
+    arg = args[0];
+    memcpy(limits, ms->limits, sizeof limits);
+    if (nargs == 2 && args[1] != Py_None &&
+        an_parse_limits(args[1], limits) < 0)
+        return NULL;
 
     if (PyBytes_CheckExact(arg)) {
         base = (const unsigned char *)PyBytes_AS_STRING(arg);
@@ -1822,6 +2410,10 @@ skim_analyze(PyObject *module, PyObject *arg)
         len = view.len;
     }
     an_init(&st);
+    st.max_depth = limits[0];
+    st.max_items = limits[1];
+    st.max_memo = limits[2];
+    st.max_coll = limits[3];
     /* Only immutable bytes are walked without the GIL. */
     if (!have_view && len >= SKIM_NOGIL_THRESHOLD) {
         Py_BEGIN_ALLOW_THREADS
@@ -1913,9 +2505,23 @@ skim_set_types(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+skim_set_default_limits(PyObject *module, PyObject *arg)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    int64_t limits[4];
+    if (an_parse_limits(arg, limits) < 0)
+        return NULL;
+    memcpy(ms->limits, limits, sizeof limits);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef skim_methods[] = {
     {"skim", (PyCFunction)skim_skim, METH_O, skim_doc},
-    {"analyze", (PyCFunction)skim_analyze, METH_O, analyze_doc},
+    {"analyze", (PyCFunction)(void (*)(void))skim_analyze, METH_FASTCALL,
+     analyze_doc},
+    {"_set_default_limits", (PyCFunction)skim_set_default_limits, METH_O,
+     "_set_default_limits(limits): the limits analyze() uses by default."},
     {"_set_types", (PyCFunction)skim_set_types, METH_VARARGS,
      "_set_types(Analysis, GlobalSite, PidSite, Use, kinds): the types\n"
      "analyze() returns (NamedTuples, the Use flag type, the EdgeKind\n"
@@ -1927,6 +2533,10 @@ static int
 skim_exec(PyObject *module)
 {
     skim_state *ms = (skim_state *)PyModule_GetState(module);
+    ms->limits[0] = 1000;
+    ms->limits[1] = 5000000;
+    ms->limits[2] = (int64_t)1 << 24;
+    ms->limits[3] = 64;
     for (int i = 0; i < PK_COUNT; i++) {
         ms->pk_str[i] = PyUnicode_InternFromString(pk_names[i]);
         if (ms->pk_str[i] == NULL)

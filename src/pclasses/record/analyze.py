@@ -103,6 +103,16 @@ rewrite a record by byte patching::
     usually share one literal (the pickler memoizes the oid): they report the
     same offset and are not shared, so patch each distinct offset once, with
     a new oid that is a function of the old;
+``pid_classes``, ``class_pid``
+    per pid, its class part (``(module, name)`` or the index of the inner
+    reference), and the index of the pid that is the record's class (-1);
+``calls_non_global``, ``calls_pid``
+    byte offsets of every REDUCE / NEWOBJ / NEWOBJ_EX / OBJ whose callable is
+    not a GLOBAL item (a call's result, a memo-fetched non-global, a
+    literal, a container, a persistent reference), and the subset whose
+    callable is a persistent reference.  With :data:`Use.BUILD_TARGET` and
+    :data:`Use.ITEMS_TARGET` on globals these are the call-site facts the
+    import checker's policy needs;
 ``ok_to_patch``
     True when same-length oid patches at the reported offsets are safe: no
     STACK_GLOBAL or EXT opcode, and every pid is recognised, not shared, and
@@ -111,6 +121,15 @@ rewrite a record by byte patching::
     value cannot be put there).  FRAME does not matter to it (equal lengths
     keep frames valid); renaming globals changes lengths, which breaks FRAME
     lengths, hence ``has_frame``.
+
+Limits: ``analyze(data, limits)`` takes
+:meth:`Limits.as_tuple() <pclasses.record.limits.Limits.as_tuple>`
+(default :data:`~pclasses.record.limits.DEFAULT_LIMITS`) and raises
+:class:`ValueError` for nesting deeper than ``max_depth``, a container given
+more than ``max_items`` items, a memo index above ``max_memo`` and more than
+``max_collisions`` dict keys / set elements of one modelled hash in one
+container (see ``design/decisions.md``, D27); the last is checked after the
+walk and names the first key past the limit.
 
 The machine gives every opcode of protocols 0-5 its stack effect on
 abstract items (literals with their payload position, GLOBALs, tuples and
@@ -134,8 +153,11 @@ from __future__ import annotations
 
 import enum
 import os
+import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple
+
+from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "skim",
@@ -473,6 +495,64 @@ _GLOBAL = 6
 _TUPLE = 7
 _LIST = 8
 _PREF = 9  # the result of a PERSID / BINPERSID (x0: its pid's index)
+_NUM = 10  # a number or None / True / False (fp: its hash model)
+_DICT = 11  # EMPTY_DICT, DICT
+_SET = 12  # EMPTY_SET
+_FSET = 13  # FROZENSET
+_CALL = 14  # the result of REDUCE, NEWOBJ, NEWOBJ_EX, OBJ, INST
+
+# Hash model (see design/decisions.md, "hash floods").  64-bit values.
+_M64 = (1 << 64) - 1
+_FP_UNKNOWN = 0x9E3779B97F4A7C15  # lane of a value whose hash is not modelled
+_FP_NONE = 0x6A09E667F3BCC908  # None (its hash is a per-process constant)
+_FP_TEXTNUM = 0x3C6EF372FE94F82B  # FLOAT text, INT/LONG text not plain decimal
+_FNV_BASIS = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_XXP1 = 11400714785074694791
+_XXP2 = 14029467366897019727
+_XXP5 = 2870177450012600261
+
+
+def _fnv(data: bytes, tag: int) -> int:
+    h = _FNV_BASIS ^ tag
+    for c in data:
+        h = ((h ^ c) * _FNV_PRIME) & _M64
+    return h
+
+
+def _tuple_fp(lanes: list[int]) -> int:
+    # CPython's tuple hash (xxHash-based, 3.8+) over the lanes.
+    acc = _XXP5
+    for lane in lanes:
+        acc = (acc + lane * _XXP2) & _M64
+        acc = ((acc << 31) | (acc >> 33)) & _M64
+        acc = (acc * _XXP1) & _M64
+    acc = (acc + (len(lanes) ^ (_XXP5 ^ 3527539))) & _M64
+    return 1546275796 if acc == _M64 else acc
+
+
+def _fset_fp(lanes: list[int]) -> int:
+    h = 0
+    for lane in lanes:
+        h ^= (((lane ^ 89869747) ^ (lane << 16)) * 3644798167) & _M64
+    h ^= ((len(lanes) + 1) * 1927868237) & _M64
+    h ^= (h >> 11) ^ (h >> 25)
+    return (h * 69069 + 907133923) & _M64
+
+
+def _text_int_fp(arg: bytes, long: bool) -> int:
+    # INT / LONG text: plain decimal (what pickle writes) hashes exactly;
+    # anything the unpickler reads otherwise (octal, hex, spaces,
+    # underscores) shares one conservative value.
+    if long and arg.endswith(b"L"):
+        arg = arg[:-1]
+    elif not long and arg in (b"00", b"01"):
+        return arg[1] - 0x30  # False / True
+    digits = arg[1:] if arg[:1] == b"-" else arg
+    if not digits or any(c not in _DIGITS for c in digits) or (
+            len(digits) > 1 and digits[0] == 0x30):
+        return _FP_TEXTNUM
+    return hash(int(arg)) & _M64
 # Item flags.
 _F_ATTR = 1  # the placements of this container's path children were re-attributed
 _F_NONPID = 2  # used in a role with a bit (1, 2, 4, 8, 16)
@@ -498,19 +578,31 @@ def _machine_error(what: str, op: int, at: int, which: str) -> ValueError:
     return ValueError(f"{what}: opcode 0x{op:02x} at offset {at} ({which} pickle)")
 
 
-def analyze_py(data: Any) -> Analysis:
+def analyze_py(data: Any, limits: tuple[int, int, int, int] | None = None) -> Analysis:
     """Pure-Python :func:`analyze`; same results and errors as the C version.
 
-    ``data`` is any bytes-like object.  See the module docstring for the
-    fields of the :class:`Analysis` and the errors raised.
+    ``data`` is any bytes-like object; ``limits`` is
+    :meth:`Limits.as_tuple() <pclasses.record.limits.Limits.as_tuple>`
+    (default :data:`~pclasses.record.limits.DEFAULT_LIMITS`).  See the module
+    docstring for the fields of the :class:`Analysis` and the errors raised.
     """
     if not isinstance(data, bytes):
         with memoryview(data) as view, view.cast("B") as flat:
             data = flat.tobytes()
-    return Analysis._make(_analyze_bytes(data))
+    if limits is None:
+        limits = _DEFAULT_LIMITS
+    elif not (isinstance(limits, tuple) and len(limits) == 4
+              and all(type(v) is int and 1 <= v <= 2**62 for v in limits)):
+        raise TypeError("limits: expected a tuple of four ints from 1 to 2**62")
+    return Analysis._make(_analyze_bytes(data, limits))
 
 
-def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode switch
+_DEFAULT_LIMITS = DEFAULT_LIMITS.as_tuple()
+
+
+def _analyze_bytes(  # noqa: C901 - one opcode switch
+    buf: bytes, limits: tuple[int, int, int, int]
+) -> tuple[Any, ...]:
     length = len(buf)
     # The item arena, as parallel lists.  x0/x1/x2 hold a literal's payload
     # offset and length, a GLOBAL's entry index, or a container's first three
@@ -524,8 +616,16 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
     x1 = [0]
     x2 = [0]
     slots = (x0, x1, x2)
+    depth = [0]  # containers and calls nested inside (0 for scalars)
+    fp: list[int | None] = [None]  # hash model of a key (None: not modelled, skipped)
+    count = [0]  # items a container received
+    max_depth, max_items, max_memo_limit, max_coll = limits
+    keys: list[tuple[int, int, int]] = []  # (container, fp, offset) per key
 
     def new(k: int, a: int = 0, b: int = 0) -> int:
+        depth.append(0)
+        fp.append(None)
+        count.append(0)
         kind.append(k)
         flags.append(0)
         bits.append(0)
@@ -561,6 +661,61 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
         if n < 4:
             cnt[c] = n + 1
 
+    def lane(i: int) -> int:
+        f = fp[i]
+        if f is not None:
+            return f
+        k = kind[i]
+        if _BYTES <= k <= _TUNI:
+            return _fnv(lit(i), 2 if k == _BYTES else 1)
+        return _FP_UNKNOWN
+
+    def limit_error(what: str) -> ValueError:
+        return _machine_error(what, op, at, wname)
+
+    def nest(i: int, children: list[int]) -> None:
+        # i holds children: its depth is one more than theirs.
+        if i:
+            d = 1 + max((depth[c] for c in children), default=0)
+            if d > depth[i]:
+                if d > max_depth:
+                    raise limit_error(f"nesting deeper than {max_depth}")
+                depth[i] = d
+
+    def add_items(i: int, n: int) -> None:
+        c = count[i] + n if i else n
+        if c > max_items:
+            raise limit_error(f"more than {max_items} items in one container")
+        if i:
+            count[i] = c
+
+    def add_key(c: int, k: int) -> None:
+        f = fp[k]
+        if f is not None:
+            keys.append((c, f, at))
+
+    def container(k: int, children: list[int]) -> int:
+        t = new(k)
+        add_items(t, len(children) // 2 if k == _DICT else len(children))
+        nest(t, children)
+        if k == _TUPLE:
+            fp[t] = _tuple_fp([lane(i) for i in children])
+        elif k == _FSET:
+            for i in children:
+                add_key(t, i)
+            fp[t] = _fset_fp([lane(i) for i in children])
+        elif k == _DICT:
+            for i in children[: len(children) - len(children) % 2 : 2]:
+                add_key(t, i)
+        return t
+
+    def num(f: int | None) -> int:
+        t = new(_NUM)
+        fp[t] = f
+        return t
+
+    op = at = 0
+    wname = _WHICH[0]
     stack: list[int] = []
     marks: list[int] = []
     memo: list[int] = []  # item per index, -1 when empty
@@ -740,6 +895,11 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                         f"memo index {value} at offset {at} ({wname} pickle) "
                         f"is more than a {length}-byte record can fill"
                     )
+                if value > max_memo_limit:
+                    raise ValueError(
+                        f"memo index {value} at offset {at} ({wname} pickle) "
+                        f"is above the limit {max_memo_limit}"
+                    )
                 if not stack:
                     raise _machine_error("stack underflow", op, at, wname)
                 if value >= len(memo):
@@ -760,7 +920,10 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                     stack.append(new(_STR, start, value))
                 elif op in (0x8C, 0x58, 0x8D):  # SHORT_BINUNICODE BINUNICODE(8)
                     stack.append(new(_UNI, start, value))
-                else:  # LONG1 LONG4 BYTEARRAY8
+                elif op in (0x8A, 0x8B):  # LONG1 LONG4
+                    v = int.from_bytes(buf[start : start + value], "little", signed=True)
+                    stack.append(num(hash(v) & _M64))
+                else:  # BYTEARRAY8
                     stack.append(0)
             elif op == 0x53:  # STRING: 'quoted', trailing blanks stripped
                 e = arg_end
@@ -780,17 +943,37 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                     stack.append(new(_TUNI, start, arg_end - start))
                 else:
                     stack.append(0)
-            elif op in b"NIJKLMFG\x88\x89}\x8f":  # constants, EMPTY_DICT/SET
-                stack.append(0)
+            elif op in (0x4B, 0x4D):  # BININT1 BININT2 (unsigned)
+                stack.append(num(value))
+            elif op == 0x4A:  # BININT (signed)
+                v = value - (1 << 32) if value >= 1 << 31 else value
+                stack.append(num(hash(v) & _M64))
+            elif op == 0x47:  # BINFLOAT (big-endian double)
+                f = struct.unpack(">d", buf[pos - 8 : pos])[0]
+                stack.append(num(None if f != f else hash(f) & _M64))  # NaN: by identity
+            elif op == 0x49:  # INT
+                stack.append(num(_text_int_fp(buf[start:arg_end], False)))
+            elif op == 0x4C:  # LONG
+                stack.append(num(_text_int_fp(buf[start:arg_end], True)))
+            elif op == 0x46:  # FLOAT text: not modelled, one conservative value
+                stack.append(num(_FP_TEXTNUM))
+            elif op == 0x4E:  # NONE
+                stack.append(num(_FP_NONE))
+            elif op in (0x88, 0x89):  # NEWTRUE NEWFALSE
+                stack.append(num(1 if op == 0x88 else 0))
+            elif op == 0x7D:  # EMPTY_DICT
+                stack.append(container(_DICT, []))
+            elif op == 0x8F:  # EMPTY_SET
+                stack.append(container(_SET, []))
             elif op == 0x29:  # EMPTY_TUPLE
-                stack.append(new(_TUPLE))
+                stack.append(container(_TUPLE, []))
             elif op == 0x5D:  # EMPTY_LIST
-                stack.append(new(_LIST))
+                stack.append(container(_LIST, []))
             elif op in (0x85, 0x86, 0x87):  # TUPLE1 TUPLE2 TUPLE3
                 k = op - 0x84
                 if len(stack) < k:
                     raise _machine_error("stack underflow", op, at, wname)
-                t = new(_TUPLE)
+                t = container(_TUPLE, stack[-k:])
                 for i in stack[-k:]:
                     add_child(t, i)
                 del stack[-k:]
@@ -802,14 +985,14 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 if m > len(stack):
                     if op != 0x64:  # DICT with the mark above the top: {}
                         raise _machine_error("stack underflow", op, at, wname)
-                    stack.append(0)
+                    stack.append(container(_DICT, []))
                     continue
                 if op == 0x74 or op == 0x6C:
-                    t = new(_TUPLE if op == 0x74 else _LIST)
+                    t = container(_TUPLE if op == 0x74 else _LIST, stack[m:])
                     for i in stack[m:]:
                         add_child(t, i)
                 else:
-                    t = 0
+                    t = container(_DICT if op == 0x64 else _FSET, stack[m:])
                     for i in stack[m:]:
                         use(i, USE_OTHER)
                 del stack[m:]
@@ -847,6 +1030,16 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 if op == 0x75 and (len(stack) - x) % 2:
                     raise _machine_error("odd number of items", op, at, wname)
                 target = stack[x - 1]
+                added = stack[x:]
+                pairs = op in (0x73, 0x75)  # SETITEM SETITEMS
+                add_items(target, len(added) // 2 if pairs else len(added))
+                nest(target, added)
+                if pairs and kind[target] == _DICT:
+                    for i in added[::2]:
+                        add_key(target, i)
+                elif op == 0x90 and kind[target] == _SET:
+                    for i in added:
+                        add_key(target, i)
                 if kind[target] == _LIST and op in (0x61, 0x65):
                     for i in stack[x:]:
                         add_child(target, i)
@@ -862,8 +1055,10 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
             elif op == 0x62:  # BUILD
                 if len(stack) < 2:
                     raise _machine_error("stack underflow", op, at, wname)
-                use(stack.pop(), USE_OTHER)
+                state = stack.pop()
+                use(state, USE_OTHER)
                 target = stack[-1]
+                nest(target, [state])
                 use(target, USE_OTHER)
                 if kind[target] == _GLOBAL:
                     use(target, USE_BUILD_TARGET)
@@ -881,8 +1076,10 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                     if kind[c] == _PREF:
                         calls_pid.append(at)
                 use(c, USE_REDUCE if op == 0x52 else USE_NEWOBJ)
+                t = new(_CALL)
+                nest(t, stack[-k:])
                 del stack[-k:]
-                stack.append(0)
+                stack.append(t)
             elif op == 0x6F:  # OBJ: MARK cls args... -> obj
                 if not marks:
                     raise _machine_error("no MARK", op, at, wname)
@@ -897,8 +1094,10 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 use(c, USE_INSTANTIATE)
                 for i in stack[m + 1 :]:
                     use(i, USE_OTHER)
+                t = new(_CALL)
+                nest(t, stack[m:])
                 del stack[m:]
-                stack.append(0)
+                stack.append(t)
             elif op == 0x69:  # INST: MARK args... INST module name -> obj
                 if not marks:
                     raise _machine_error("no MARK", op, at, wname)
@@ -919,8 +1118,10 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 )
                 for i in stack[m:]:
                     use(i, USE_OTHER)
+                t = new(_CALL)
+                nest(t, stack[m:])
                 del stack[m:]
-                stack.append(0)
+                stack.append(t)
             elif op == 0x63:  # GLOBAL
                 g = new(_GLOBAL, len(globs))
                 globs.append(
@@ -954,13 +1155,18 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
             elif op == 0x51:  # BINPERSID
                 if not stack:
                     raise _machine_error("stack underflow", op, at, wname)
-                classify(stack.pop(), which)
-                stack.append(new(_PREF, len(pids) - 1))
+                p = stack.pop()
+                classify(p, which)
+                t = new(_PREF, len(pids) - 1)
+                nest(t, [p])
+                stack.append(t)
             elif op == 0x50:  # PERSID: the text is the oid
                 pids.append(
                     ["oid", which, -1, -1, -1, -1, start, arg_end - start, True, -1]
                 )
-                stack.append(new(_PREF, len(pids) - 1))
+                t = new(_PREF, len(pids) - 1)
+                nest(t, [])
+                stack.append(t)
             elif op == 0x98:  # READONLY_BUFFER
                 if not stack:
                     raise _machine_error("stack underflow", op, at, wname)
@@ -978,6 +1184,28 @@ def _analyze_bytes(buf: bytes) -> tuple[Any, ...]:  # noqa: C901 - one opcode sw
                 has_frame = True
             else:  # pragma: no cover - every opcode is handled above
                 raise AssertionError(hex(op))
+
+    # Hash floods: checked after the walk, in one sort (see the C twin).
+    # The error names the first key, in byte order, past the limit.
+    big = sorted(key for key in keys if count[key[0]] > max_coll)
+    worst = -1
+    i = 0
+    while i < len(big):
+        j = i + 1
+        while j < len(big) and big[j][:2] == big[i][:2]:
+            j += 1
+        if j - i > max_coll:
+            a = big[i + max_coll][2]
+            if worst < 0 or a < worst:
+                worst = a
+        i = j
+    if worst >= 0:
+        raise _machine_error(
+            f"more than {max_coll} keys of one hash in one container",
+            buf[worst],
+            worst,
+            _WHICH[0] if worst < end1 else _WHICH[1],
+        )
 
     def nonpid(i: int) -> bool:
         return i >= 0 and (pend[i] > 0 or bool(flags[i] & _F_NONPID))
@@ -1086,7 +1314,7 @@ analyze_c: _AnalyzeFunc | None
 try:
     if PURE_PYTHON:
         raise ImportError("PCLASSES_PURE_PYTHON is set")
-    from ._skim import _set_types
+    from ._skim import _set_default_limits, _set_types
     from ._skim import analyze as _c_analyze
 
     analyze_c = _c_analyze
@@ -1095,6 +1323,29 @@ except ImportError:  # not built (or built before analyze)
 else:
     # The C function returns the typed results once it knows the types.
     _set_types(Analysis, GlobalSite, PidSite, Use, PID_KINDS)
+    _set_default_limits(_DEFAULT_LIMITS)
+
+_current_limits: Limits = DEFAULT_LIMITS
+
+
+def set_limits(limits: Limits) -> Limits:
+    """Make ``limits`` the bounds every reader of this process applies (C
+    and Python twin alike); returns the limits in force before.
+
+    For a database whose real records exceed the defaults (a container of
+    more than five million items, say), raise the one bound that is too
+    low; for untrusted input, lower them.  See ``docs/security.md``.
+    """
+    global _DEFAULT_LIMITS, _current_limits
+    if not isinstance(limits, Limits):
+        raise TypeError(f"set_limits() takes a pclasses.record.Limits, not {limits!r}")
+    previous = _current_limits
+    _current_limits = limits
+    _DEFAULT_LIMITS = limits.as_tuple()
+    if analyze_c is not None:
+        _set_default_limits(_DEFAULT_LIMITS)
+    return previous
+
 
 #: True when the C :func:`analyze` is importable.
 HAVE_C_ANALYZE: bool = analyze_c is not None

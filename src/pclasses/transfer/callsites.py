@@ -18,6 +18,8 @@ import pickletools
 from dataclasses import dataclass
 from typing import Any
 
+from ..record.analyze import Use
+
 __all__ = ["CallFacts", "call_facts", "record_facts"]
 
 
@@ -33,14 +35,15 @@ def record_facts(data: bytes, analysis: Any = None) -> CallFacts:
     if calls is None or calls_pid is None or calls_pid:
         return call_facts(data)
     mutated = tuple(dict.fromkeys(
-        (g[0], g[1]) for g in analysis.globals if g[5] & (_BUILD_TARGET | _ITEMS_TARGET)))
+        (g.module, g.name) for g in analysis.globals
+        if g.uses & (_BUILD_TARGET | _ITEMS_TARGET)))
     return CallFacts(tuple(calls), mutated, ())
 
 
 #: Uses of a global item that change it (the analyzer's Use.BUILD_TARGET,
 #: Use.ITEMS_TARGET).
-_BUILD_TARGET = 64
-_ITEMS_TARGET = 128
+_BUILD_TARGET = Use.BUILD_TARGET
+_ITEMS_TARGET = Use.ITEMS_TARGET
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ def _walk(f: io.BytesIO, memo: dict[Any, Any], calls: list[int],  # noqa: C901
             raise ValueError("stack underflow")
         return stack[-1]
 
-    def called(item: Any, at: int) -> None:
+    def called(item: Any, at: Any) -> None:  # at: genops' int position
         if isinstance(item, _Pid):
             pid_calls.append(item.oid)
         elif not isinstance(item, _Global):

@@ -554,10 +554,13 @@ class CheckPass:
         manifest = self.reader.manifest
         declared = manifest.class_references if manifest is not None else {}
         shapes = list(self.shapes)
+        handles = {o for o, (guid, _n) in declared.items() if guid == HANDLE_REFERENCE}
+        classes = (set(declared) | self.bound) - handles
         for oid, target in self.pid_calls:
             # A plain instance of a database-resident class: its class must
-            # be a class reference rebound to the target's class table.
-            if target is None or not (target in declared or target in self.bound):
+            # be a class reference rebound to the target's class table (a
+            # database handle is not one).
+            if target is None or target not in classes:
                 shapes.append(f"record {oid_repr(oid)}: a call of a persistent object that "
                               "is not a class reference")
         refused_names = sorted(f"{m}.{nm}" for m, nm in self.refused)
@@ -732,8 +735,8 @@ def import_subtree(
     """
     t0 = time.perf_counter()
     policy = ImportPolicy(allow_code=bool(allow_code),
-                          strict=strict if strict is None or isinstance(strict, str)
-                          else tuple(strict))
+                          strict=None if strict is None
+                          else (strict,) if isinstance(strict, str) else tuple(strict))
     if missing not in ("error", "broken"):
         raise TransferError(f"missing must be 'error' or 'broken', not {missing!r}")
     if registry is None:

@@ -201,7 +201,7 @@ _BTREE_PREFIXES = ("OO", "OI", "OL", "OU", "OQ", "IO", "II", "IF", "IL", "IU", "
 #: runs no code beyond setting its state; the rest of ``pclasses`` stays
 #: infrastructure.
 PCLASSES_DATA_CLASSES: tuple[str, ...] = (
-    "pclasses.refs.folder.Folder",
+    "pclasses.refs.folder.Folder", "pclasses.refs.registry.RefRegistry",
     "pclasses.refs.trees.KeyTree", "pclasses.refs.trees.KeyBucket",
     "pclasses.refs.trees.KeySet", "pclasses.refs.trees.KeySetBucket",
     "pclasses.tree.handle.DatabaseHandle",

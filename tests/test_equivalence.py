@@ -14,7 +14,7 @@ import pickle
 import pytest
 
 from pclasses.record.equivalence import differences
-from pclasses.records import read_record
+from pclasses.record.reader import read_record
 
 CLASS = b"\x80\x03cmod\nC\nq\x00."
 

@@ -741,9 +741,13 @@ def test_a_deep_or_long_key_on_the_path_is_shown_truncated(tmp_path: Path, kind)
     path, name, oid = _with_crafted_bucket(tmp_path, key)
     rep = _find(path)
     example = example_of(by_name(rep)[f"{name}.Thing"], oid)
-    step = f"<{oid_repr(oid)}>" if kind == "very_deep" else "["
-    assert example.path is not None and example.path.startswith("root['b']" + step)
-    assert len(example.path) < 300
+    if kind == "very_deep":
+        # Beyond the reader's nesting limit (issue 11): the bucket holding the
+        # key is unreadable, so no path goes through it.
+        assert example.path is None
+    else:
+        assert example.path is not None and example.path.startswith("root['b'][")
+        assert len(example.path) < 300
     result = CliRunner().invoke(main, ["broken", str(path), "--json"])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
@@ -777,7 +781,9 @@ def test_a_deeply_nested_dict_key_on_the_path_is_not_a_crash(tmp_path: Path):
     [cls] = json.loads(result.stdout)["databases"][0]["broken_classes"]
     [example] = cls["examples"]
     assert example["oid"] == oid_repr(gone)
-    assert example["path"] == f"root['h']<{oid_repr(gone)}>"
+    # The holder is beyond the reader's nesting limit (issue 11): unreadable,
+    # so no path goes through it.
+    assert example["path"] is None
 
 
 def test_report_objects_keep_names_from_data_raw(tmp_path: Path):

@@ -1093,7 +1093,7 @@ def test_results_are_typed():
 
 
 def test_fallback_without_extension():
-    """Without pclasses._skim, analyze is the pure-Python twin."""
+    """Without pclasses.record._skim, analyze is the pure-Python twin."""
     code = (
         "import sys; sys.modules['pclasses.record._skim'] = None\n"
         "import pclasses.record.analyze; s = sys.modules['pclasses.record.analyze']\n"

@@ -1047,10 +1047,13 @@ def _load_in_threads_while_reattaching(tmp_path: Path, modules: Modules, dbs: Da
                         continue
                     if isinstance(obj, Persistent):
                         obj._p_activate()
-                    if pclasses.is_broken(obj):
+                    try:
+                        # reattach may run between a check and a read, so
+                        # read the state first: broken_state refuses an
+                        # object that has just become real
                         pclasses.broken_state(obj)
                         broken_seen[k] += 1
-                    else:
+                    except pclasses.NotBrokenError:
                         obj.value  # noqa: B018 - loads and reads the state
                         real_seen[k] += 1
                 last[k] = items

@@ -14,7 +14,7 @@ import pickle
 import pytest
 
 from pclasses.record.equivalence import differences
-from pclasses.records import read_record
+from pclasses.record.reader import read_record
 
 CLASS = b"\x80\x03cmod\nC\nq\x00."
 
@@ -65,11 +65,18 @@ def test_cycles_terminate():
 
 
 def test_deep_trees_do_not_recurse():
-    """A very deeply nested state is compared without recursion."""
+    """A very deeply nested state (lists, beyond the default limits, which a
+    user may raise) is compared without recursion."""
+    from pclasses.record import Limits, set_limits
+
     depth = 50_000
     data = CLASS + b"\x80\x03" + b"]" * depth + b"a" * (depth - 1) + b"."
-    info = read_record(data)
-    assert differences(info, read_record(data), {}) is None
+    previous = set_limits(Limits(max_depth=2 * depth))
+    try:
+        info = read_record(data)
+        assert differences(info, read_record(data), {}) is None
+    finally:
+        set_limits(previous)
 
 
 def test_renamed_globals_are_mapped_and_others_are_not():

@@ -190,7 +190,7 @@ def test_no_module_defines_errors_elsewhere():
     ("pclasses.methods", "BrokenMethodError"),
     ("pclasses.xrefs", "CrossDatabaseReferenceError"),
     ("pclasses.pclass", "DuplicateGuidError"),
-    ("pclasses.rewrite", "FramedRecordError"),
+    ("pclasses.record.patch", "FramedRecordError"),
     ("pclasses.repair", "RepairError"),
     ("pclasses.transfer", "TransferError"),
     ("pclasses.transfer", "ExportFormatError"),

@@ -1019,7 +1019,9 @@ def test_hostile_deep_record_on_the_tree_check_path_is_skipped_not_a_crash(tmp_p
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr
     report = json.loads(result.stdout)
-    assert [x["oid"] for x in report["skipped"]] == [oid_repr(oid)]
+    # Beyond the reader's nesting limit (issue 11) the record is refused when
+    # first read (unreadable), before the tree check would skip it.
+    assert [x["oid"] for x in report["skipped"] + report["unreadable"]] == [oid_repr(oid)]
     assert file_digest(path) == digest
 
 

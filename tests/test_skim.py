@@ -536,7 +536,7 @@ def test_ext_opcodes_detected(impl):
 
 
 def test_fallback_without_extension():
-    """Without pclasses._skim, skim is the pure-Python twin and HAVE_C is False."""
+    """Without pclasses.record._skim, skim is the pure-Python twin and HAVE_C is False."""
     code = (
         "import sys; sys.modules['pclasses.record._skim'] = None\n"
         "import pclasses.record.analyze; s = sys.modules['pclasses.record.analyze']\n"
@@ -550,7 +550,7 @@ def test_fallback_without_extension():
 
 
 def test_have_c_matches_extension():
-    """HAVE_C is True exactly when pclasses._skim imports; skim is then the C one."""
+    """HAVE_C is True exactly when pclasses.record._skim imports; skim is then the C one."""
     try:
         from pclasses.record import _skim
     except ImportError:

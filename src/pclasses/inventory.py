@@ -18,7 +18,6 @@ from typing import Any
 
 from ZODB.utils import oid_repr, z64
 
-from ._nesting import may_nest_too_deep
 from .census import Unreadable, census_and_tally
 from .errors import RecordDecodeError
 from .record.analyze import EdgeKind
@@ -199,8 +198,6 @@ class _Paths:
         if oid not in self._states:
             try:
                 data, _tid = self.storage.load(oid)
-                if may_nest_too_deep(data):  # hashing its keys could crash the reader
-                    raise RecordDecodeError("too deeply nested to read safely", oid=oid)
                 info = read_record(data, oid)
                 self._states[oid] = (info.klass.pair or ("", ""), info.state)
             except (RecordDecodeError, KeyError, RecursionError, MemoryError) as exc:

@@ -188,18 +188,21 @@ def test_resident_class_with_missing_base_no_edit_no_loss(
 #
 # Shrunk example: an object holding a plain instance of a database-resident
 # class, exported and imported with missing="broken" into a database whose
-# class table lacks that class.  The import refuses (there is no class
-# record to rebind the plain instance to, not even as a broken object) and
-# writes nothing; the machine relies on that.
+# class table lacks that class.  The import stores a placeholder class
+# under the class's guid and the plain instance loads as a broken object,
+# its state kept (issue 12); with missing="error" it is refused and nothing
+# is written.
 
 
-def test_import_of_plain_resident_instance_without_its_class_is_refused(
+def test_import_of_plain_resident_instance_without_its_class_is_broken(
         tmp_path: Path) -> None:
     db, conn, tm = _open(tmp_path / "src.fs")
     try:
         card = pclasses.define_class(conn, "Card", (object,), {"a": 2}, guid="g1")
         obj = PersistentMapping()
-        obj["p"] = card()
+        c = card()
+        c.w = 7
+        obj["p"] = c
         conn.root()["o"] = obj
         tm.commit()
         export = io.BytesIO()
@@ -213,15 +216,20 @@ def test_import_of_plain_resident_instance_without_its_class_is_refused(
         tm.commit()
         export.seek(0)
         with pytest.raises(pclasses.MissingClassesError, match="g1"):
-            pclasses.import_subtree(conn, export, missing="broken",
-                                    into=conn.root()["copies"], name="o")
+            pclasses.import_subtree(conn, export, into=conn.root()["copies"], name="o")
+        tm.commit()
+        assert dict(conn.root()["copies"]) == {}
+        export.seek(0)
+        pclasses.import_subtree(conn, export, missing="broken",
+                                into=conn.root()["copies"], name="o")
         tm.commit()
     finally:
         _close(db, conn, tm)
     db, conn, tm = _open(dst)
     try:
-        assert dict(conn.root()["copies"]) == {}
-        assert not pclasses.find_broken(db)
+        p = conn.root()["copies"]["o"]["p"]
+        assert pclasses.is_broken(p)
+        assert pclasses.broken_state(p) == {"w": 7}
     finally:
         _close(db, conn, tm)
 

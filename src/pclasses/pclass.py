@@ -158,9 +158,10 @@ def make_placeholder(guid: str, name: str) -> PersistentClass:
     the real class, in place.
     """
     module = guid_module(guid)
-    ns = {"__module__": module, "__qualname__": name, PLACEHOLDER_KEY: True,
+    shown = str(name).replace("\x00", "\\x00")  # (a name read from a file)
+    ns = {"__module__": module, "__qualname__": shown, PLACEHOLDER_KEY: True,
           "__pclasses_missing__": (module, name)}
-    cls = PersistentClass(name, (object,), ns)
+    cls = PersistentClass(shown, (object,), ns)
     _install_placeholder_methods(cls)
     return cls
 

@@ -27,6 +27,7 @@ from .record.reader import PersistentRef, read_record
 
 __all__ = [
     "GUID_PREFIX",
+    "NOT_RESIDENT",
     "TABLE_KEY",
     "ClassTable",
     "class_table",
@@ -46,6 +47,9 @@ TABLE_KEY = "__pclasses_class_table__"
 
 #: Marks a placeholder class (see :func:`pclasses.pclass.make_placeholder`).
 PLACEHOLDER_KEY = "__pclasses_placeholder__"
+#: What :func:`resolve_resident` returns for a module that is not a guid
+#: module (not its business: the registry resolves it otherwise).
+NOT_RESIDENT = object()
 
 _GUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -163,8 +167,6 @@ def resolve_resident(connection: Any, module: str, name: str) -> Any:
     registry then gives a broken class), or ``NOT_RESIDENT`` for modules
     that are not guid modules.  The class name is ignored, as with ZClasses.
     """
-    from .registry import NOT_RESIDENT
-
     if not is_guid_module(module):
         return NOT_RESIDENT
     if connection is None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .broken import make_broken_class
-from .classtable import is_guid_module, resolve_resident
+from .classtable import NOT_RESIDENT, is_guid_module, resolve_resident
 from .connection import install as install_connection
 from .errors import AliasCycleError, RegistrationError
 from .trust import Trust, as_trust, forget_installed
@@ -54,8 +54,6 @@ ENTRY_POINT_ZODBUPDATE = "zodbupdate"
 
 _MAX_CHAIN = 64
 
-#: A resident resolver returns this when the module is not its business.
-NOT_RESIDENT = object()
 _MISSING = object()
 
 Key = tuple[str, str]

@@ -103,7 +103,10 @@ def _live_root(connection: Any) -> Any:
     return root
 
 
-def _table_oid_from_record(connection: Any) -> bytes | None:
+def root_entry_oid(connection: Any, key: str) -> bytes | None:
+    """The oid the root mapping holds under ``key``, read from the root's
+    record with the inert reader (the root object is not activated, so it
+    works while the root itself is being loaded); ``None`` when absent."""
     try:
         data, _serial = connection._storage.load(z64)
     except (POSKeyError, KeyError):
@@ -114,10 +117,14 @@ def _table_oid_from_record(connection: Any) -> bytes | None:
     mapping = state.get("data", state.get("_container"))
     if not isinstance(mapping, dict):
         return None
-    ref = mapping.get(TABLE_KEY)
+    ref = mapping.get(key)
     if isinstance(ref, PersistentRef):
         return ref.reference.oid
     return None
+
+
+def _table_oid_from_record(connection: Any) -> bytes | None:
+    return root_entry_oid(connection, TABLE_KEY)
 
 
 @overload

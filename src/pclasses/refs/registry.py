@@ -33,7 +33,7 @@ from persistent import Persistent
 from ZODB.POSException import POSKeyError
 from ZODB.utils import u64, z64
 
-from ..record.reader import PersistentRef, read_record
+from ..classtable import root_entry_oid
 from .trees import KeySet, KeyTree
 
 __all__ = ["REGISTRY_KEY", "STATE_KEY", "RefRegistry", "registry_of", "new_reference_id",
@@ -184,20 +184,7 @@ def new_reference_id(registry: RefRegistry, oid: bytes | None) -> str:
 
 
 def _registry_oid_from_record(connection: Any) -> bytes | None:
-    try:
-        data, _serial = connection._storage.load(z64)
-    except (POSKeyError, KeyError):
-        return None
-    state = read_record(data, z64).state
-    if not isinstance(state, dict):
-        return None
-    mapping = state.get("data", state.get("_container"))
-    if not isinstance(mapping, dict):
-        return None
-    ref = mapping.get(REGISTRY_KEY)
-    if isinstance(ref, PersistentRef):
-        return ref.reference.oid
-    return None
+    return root_entry_oid(connection, REGISTRY_KEY)
 
 
 def _usable(registry: Any, connection: Any) -> bool:

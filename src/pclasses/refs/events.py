@@ -7,12 +7,14 @@ The others are sent after the change.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import zope.event
+from zope.interface import implementedBy
 
 __all__ = ["ReferenceAdded", "ReferenceRemoved", "KeyChanged", "TargetReplaced",
-           "RefModeChanged", "notify"]
+           "RefModeChanged", "notify", "listened"]
 
 
 class _Event:
@@ -72,3 +74,38 @@ class RefModeChanged(_Event):
 def notify(event: Any) -> None:
     if zope.event.subscribers:
         zope.event.notify(event)
+
+
+def listened(cls: type) -> bool:
+    """Whether an event of class ``cls`` would reach a subscriber.
+
+    Assignments send two events each; making them costs more than the rest
+    of an assignment when nobody listens.  When zope.component's dispatcher
+    is ``zope.event``'s only subscriber (as it is whenever zope.component
+    is imported), this asks the current site manager for the subscriptions
+    to ``cls`` the way that dispatcher does (the registry's lookup cache
+    answers); any other subscriber listens to everything.
+    """
+    subscribers = zope.event.subscribers
+    if not subscribers:
+        return False
+    if len(subscribers) == 1 and subscribers[0] is _dispatch[0]:
+        return bool(_dispatch[1]().adapters.subscriptions(_SPECS[cls], None))
+    return _listened_slow(cls)
+
+
+def _listened_slow(cls: type) -> bool:
+    subscribers = zope.event.subscribers
+    module = sys.modules.get("zope.component.event")
+    if len(subscribers) == 1 and module is not None and subscribers[0] is getattr(
+            module, "dispatch", None):
+        _dispatch[:] = [subscribers[0], sys.modules["zope.component"].getSiteManager]
+        return listened(cls)
+    return True
+
+
+#: zope.component's dispatcher and getSiteManager, once seen subscribed.
+_dispatch: list[Any] = [object(), None]
+_SPECS: dict[type, tuple[Any]] = {
+    cls: (implementedBy(cls),)
+    for cls in (ReferenceAdded, ReferenceRemoved, KeyChanged, TargetReplaced, RefModeChanged)}

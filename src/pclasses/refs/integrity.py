@@ -92,6 +92,10 @@ def source_status(registry: RefRegistry, jar: Any, database: str, oid: bytes,
         return "gone"
     try:
         sjar, key = locate(source)
+    except KeyError:
+        # A container that does not load (an imported object's old
+        # __parent__): the source is there, where cannot be told.
+        return "alive"
     except UnlocatedError:
         # Never placed (kept in a plain attribute): only a dropped parent
         # chain tells it is gone.

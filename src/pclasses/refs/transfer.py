@@ -331,7 +331,7 @@ def null_reference_ids(data: bytes, drop: dict[str, set[str]]) -> bytes | None:
             if name in _TEXT_OPS:
                 end = start + (listed[i + 1][2] if i + 1 < len(listed)  # type: ignore[operator]
                                else len(data) - start)
-                stack.append(_Str(arg, at, end))
+                stack.append(_Str(str(arg), at, end))
             elif name == "EMPTY_DICT":
                 stack.append(_Dict())
             elif name == "EMPTY_TUPLE":

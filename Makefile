@@ -13,6 +13,8 @@
 #              and runs a smoke subset from a directory where src/ is not
 #              importable
 PYTHON ?= python3
+# test processes (pytest-xdist): one per core of the 2-core CI machine
+JOBS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -40,10 +42,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS)
 
 pure: $(STAMP)
-	PCLASSES_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests --ignore=tests/test_zodb_dropin.py
+	PCLASSES_PURE_PYTHON=1 $(BIN)/python -m pytest -q -n $(JOBS) tests --ignore=tests/test_zodb_dropin.py
 
 wheel: $(STAMP)
 	rm -rf $(WHEELHOUSE) $(SMOKE)

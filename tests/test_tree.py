@@ -427,3 +427,56 @@ def test_commit_fails_before_anything_when_the_child_file_vanished(tmp_path):
     conn.close()
     tree.close()
     assert _names_in(paths[0], "src") == "root only"
+
+
+def test_dangling_placeholder_for_zodb_n_references(tmp_path):
+    """ZODB writes ['n', (db, oid)] for a cross-database reference to an
+    object whose class defines __getnewargs__; with dangling="placeholder" a
+    packed-away target of that form loads as a Dangling (database and oid,
+    class unknown) and refs-check lists it with form 'n'; without it, using
+    the target raises POSKeyError."""
+    from pclasses.record.edges import edges
+    from tree_models import Keyed
+
+    paths = make_tree(tmp_path, levels=2)
+    db = pclasses.open(paths[0], tree=True)
+    tree = pclasses.tree_of(db)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    ha = tree.handle("a", conn)
+    gone = ha.root()["gone"] = Keyed("k")
+    tm.commit()
+    src = conn.root()["src"]
+    src.direct = gone
+    tm.commit()
+    data, _ = db.storage.load(src._p_oid)
+    assert [(str(e.kind), e.database) for e in edges(data) if e.database] == [("multi_oid", "a")]
+    del ha.root()["gone"]
+    tm.commit()
+    oid = gone._p_oid
+    conn.close()
+    tree.close()
+    import ZODB
+    from ZODB.FileStorage import FileStorage
+
+    plain = ZODB.DB(FileStorage(str(paths[1])))
+    plain.pack(days=0)
+    plain.close()
+    db = pclasses.open(paths[0], tree=True, dangling="placeholder")
+    conn = db.open()
+    d = conn.root()["src"].direct
+    assert pclasses.is_dangling(d) and not d
+    assert (d.database_name, d.oid, d.klass) == ("a", oid, None)
+    with pytest.raises(pclasses.DanglingReferenceError):
+        d.key  # noqa: B018
+    conn.close()
+    report = pclasses.check_refs(db)
+    pclasses.tree_of(db).close()
+    assert [(x.target_database, x.target_oid, x.form, x.reason) for x in report.dangling] == [
+        ("a", oid, "n", "missing")]
+    db = pclasses.open(paths[0], tree=True)
+    conn = db.open()
+    with pytest.raises(POSKeyError):
+        conn.root()["src"].direct.key  # noqa: B018
+    conn.close()
+    pclasses.tree_of(db).close()

@@ -237,3 +237,49 @@ def test_gc_apply_deletes_on_a_relstorage_postgresql_child(tmp_path, pg_server):
     conf = _relstorage_conf(tmp_path, adapter, pack_gc=False)
     paths, ids = build(tmp_path, child=str(conf))
     _gc_apply_deletes_from_child(paths[0], ids, lambda: _open_conf(conf))
+
+
+def test_zconfig_multi_database_m_keeps_alive_weak_does_not(tmp_path):
+    """On a ZConfig multi-database (no handles): an object of 'b' reached only
+    through ZODB's ['m', ...] reference from 'a' is alive; one reached only
+    through a weak reference is garbage; refs-check follows both forms and
+    is clean; gc --apply --force deletes only the weakly referenced one."""
+    import persistent.wref
+
+    paths = {n: tmp_path / f"{n}.fs" for n in ("a", "b")}
+    conf = tmp_path / "multi.conf"
+    conf.write_text("".join(f"<zodb {n}>\n  <filestorage>\n    path {p}\n  </filestorage>\n"
+                            "</zodb>\n" for n, p in paths.items()))
+    db = pclasses.open(conf)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    assert db.database_name == "a"
+    broot = conn.get_connection("b").root()
+    strong, weak = broot["strong"], broot["weak"] = Node("strong"), Node("weak")
+    tm.commit()
+    conn.root()["src"] = src = Node("src")
+    src.strong, src.weak = strong, persistent.wref.WeakRef(weak)
+    del broot["strong"], broot["weak"]
+    tm.commit()
+    ids = {"strong": strong._p_oid, "weak": weak._p_oid}
+    conn.close()
+    for each in set(db.databases.values()):
+        each.close()
+    result = CliRunner().invoke(main, ["refs-check", str(conf), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["dangling"] == []
+    result = CliRunner().invoke(main, ["gc", str(conf), "--days", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["databases"]["b"]["garbage"] == [oid_repr(ids["weak"])]
+    result = CliRunner().invoke(main, ["gc", str(conf), "--days", "0", "--apply", "--force"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["refs-check", str(conf), "--json"])
+    assert result.exit_code == 3, result.output
+    assert [(d["target_oid"], d["form"], d["reason"])
+            for d in json.loads(result.output)["dangling"]] == [
+        (oid_repr(ids["weak"]), "weak", "missing")]
+    fs = FileStorage(str(paths["b"]), read_only=True)
+    try:
+        fs.load(ids["strong"])
+    finally:
+        fs.close()

@@ -37,14 +37,15 @@ __all__ = ["LIMITS", "DatabaseSection", "Link", "Suggestion", "ReportData", "col
 
 #: How many items of each growing list a report keeps.
 LIMITS = {
-    "classes": 2000,         # rows of the classes table, per database
-    "broken_classes": 200,   # broken classes shown with their examples, per database
+    "classes": 1000,         # rows of the classes table, per database
+    "broken_classes": 100,   # broken classes shown with their examples, per database
+    "broken_names": 500,     # broken class names listed in the summary
     "examples": 3,           # example objects per broken class
-    "dangling": 200,         # dangling references listed
+    "dangling": 100,         # dangling references listed
     "xref_dangling": 20,     # dangling references kept per cross-database group
     "unreadable": 100,       # unreadable records listed, per database
-    "refs_problems": 200,    # intrinsic-reference problems listed
-    "text": 2000,            # characters of one path or message
+    "refs_problems": 100,    # intrinsic-reference problems listed
+    "text": 600,             # characters of one path or message
 }
 
 #: A step of the work: ``step(label)`` returns a context giving a progress
@@ -201,7 +202,7 @@ class ReportData:
                 "records": self.records,
                 "classes": self.classes,
                 "broken_classes": len(self.broken_classes),
-                "broken_class_names": self.broken_classes,
+                "broken_class_names": self.broken_classes[: LIMITS["broken_names"]],
                 "dangling_references": self.dangling,
                 "unreadable_records": self.unreadable,
                 "refs_problems": self.refs_problems,

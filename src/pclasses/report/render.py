@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import __version__
+from .collect import LIMITS
 from .svg import draw
 from .text import h
 
@@ -183,7 +184,7 @@ def _summary(data: dict[str, Any]) -> str:
     names = s["broken_class_names"]
     listing = ""
     if names:
-        shown = names[:200]
+        shown = names[: LIMITS["broken_names"]]
         more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
         listing = ('<p class="names">Broken classes: '
                    + ", ".join(f'<code class="broken-name">{h(n)}</code>' for n in shown)

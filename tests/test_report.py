@@ -363,3 +363,41 @@ def test_tree_root_reports_every_database(tmp_path):
     names = [d["name"] for d in data["databases"]]
     assert "catalog" in names and len(names) == 2
     assert data["summary"]["dangling_references"] == 0
+
+
+@pytest.mark.postgres
+def test_relstorage_target(pg_server, tmp_path):
+    """A ZConfig file naming a RelStorage on PostgreSQL: the page shows its
+    records and its broken class, as for any other storage."""
+    dbname = pg_server.createdb()
+    conf = tmp_path / "rel.conf"
+    conf.write_text(
+        "%import relstorage\n<zodb main>\n  <relstorage>\n    keep-history false\n"
+        f"    <postgresql>\n      dsn {pg_server.dsn(dbname)}\n    </postgresql>\n"
+        "  </relstorage>\n</zodb>\n")
+    made = types.ModuleType("rel_gone")
+
+    class Thing(Persistent):
+        pass
+
+    Thing.__module__ = "rel_gone"
+    made.Thing = Thing  # type: ignore[attr-defined]
+    sys.modules["rel_gone"] = made
+    try:
+        db = pclasses.open(conf)
+        try:
+            with db.transaction() as conn:
+                conn.root()["things"] = PersistentMapping({i: Thing() for i in range(3)})
+        finally:
+            db.close()
+    finally:
+        del sys.modules["rel_gone"]
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(main, ["report", str(conf), "-o", str(out), "--json"])
+    page = page_of(result, out)
+    summary = text_of(page, "summary")
+    assert "5 records" in summary  # root, the mapping, 3 things
+    assert "rel_gone.Thing" in summary and "1 broken class" in summary
+    data = json.loads(result.output)
+    (broken,) = data["databases"][0]["broken_classes"]
+    assert all(e["path"] and e["path"].startswith("root['things']") for e in broken["examples"])

@@ -309,27 +309,45 @@ def test_multi_database_drawing(browser, tmp_path):
     assert browser.problems() == []
 
 
+def _page(target: Path, tmp: str, out: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pclasses.cli", "report", str(target), "-o",
+                    str(out)], check=True, stdout=subprocess.DEVNULL)
+    out.write_text(out.read_text(encoding="utf-8").replace(tmp, "var"), encoding="utf-8")
+
+
 def main(argv: list[str]) -> int:
-    """Write the screenshot of the demo database's page (1280 px wide)."""
+    """Write the screenshots: the demo database's page (1280 px wide) and,
+    beside it (``-tree``), the drawing of the demo's tree of databases."""
     sys.path.insert(0, str(Path(__file__).parent))
+    from pclasses.demo import _tree
     from test_report import demo_fs
 
     target = Path(argv[0]) if argv else Path("docs/report.png")
     with tempfile.TemporaryDirectory() as tmp:
-        path = demo_fs(Path(tmp))
-        page = Path(tmp) / "report.html"
-        subprocess.run([sys.executable, "-m", "pclasses.cli", "report", str(path), "-o",
-                        str(page)], check=True, stdout=subprocess.DEVNULL)
-        text = page.read_text(encoding="utf-8").replace(tmp, "var")
-        page.write_text(text, encoding="utf-8")
+        page, tree_page = Path(tmp) / "report.html", Path(tmp) / "tree.html"
+        _page(demo_fs(Path(tmp)), tmp, page)
+        _tree(Path(tmp))
+        _page(Path(tmp) / "tree" / "main.fs", tmp, tree_page)
         b = Browser()
         try:
             b.open(page)
             b.click('details.broken-class[data-name="legacy_shop.Product"] > summary')
             b.screenshot(target)
+            b.open(tree_page)
+            b.js("document.getElementById('dangling').open = true")
+            b.call("Emulation.setDeviceMetricsOverride", width=1280, deviceScaleFactor=1,
+                   height=int(b.js("document.documentElement.scrollHeight")), mobile=False)
+            top = b.js("document.getElementById('databases').getBoundingClientRect().top "
+                       "+ scrollY")
+            height = b.js("document.getElementById('databases').offsetHeight")
+            shot = b.call("Page.captureScreenshot", format="png",
+                          clip={"x": 0, "y": top - 8, "width": 1280, "height": height + 16,
+                                "scale": 1})
+            tree_png = target.with_name(target.stem + "-tree.png")
+            tree_png.write_bytes(base64.b64decode(shot["data"]))
         finally:
             b.close()
-    print(f"wrote {target}")
+    print(f"wrote {target} and {tree_png}")
     return 0
 
 

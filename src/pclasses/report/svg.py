@@ -33,13 +33,19 @@ def draw(nodes: list[tuple[str, int]], links: list[tuple[str, str, int, int, boo
             names.append(target)
     missing_names = {t for _s, t, _c, _d, m in links if m}
     n = len(names)
-    radius = 0 if n <= 1 else max(120, min(300, 60 * n))
+    radius = 0 if n <= 1 else max(100, min(280, 45 * n))
     height = 2 * radius + _BOX_H + 90
     cx, cy = _W / 2, radius + _BOX_H / 2 + 40
     pos: dict[str, tuple[float, float]] = {}
     for i, name in enumerate(names):
         angle = -math.pi / 2 + 2 * math.pi * i / max(n, 1)
         pos[name] = (cx + radius * math.cos(angle) * 1.25, cy + radius * math.sin(angle))
+    if pos:  # fit the height to the nodes (a circle of three leaves its bottom empty)
+        top = min(y for _, y in pos.values())
+        bottom = max(y for _, y in pos.values())
+        shift = _BOX_H / 2 + 40 - top
+        pos = {k: (x, y + shift) for k, (x, y) in pos.items()}
+        height = bottom - top + _BOX_H + 80
     self_dangling = {s: d for s, t, _c, d, _m in links if s == t and d}
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="db-drawing" role="img" '

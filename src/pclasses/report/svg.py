@@ -34,7 +34,7 @@ def draw(nodes: list[tuple[str, int]], links: list[tuple[str, str, int, int, boo
     missing_names = {t for _s, t, _c, _d, m in links if m}
     n = len(names)
     radius = 0 if n <= 1 else max(100, min(280, 45 * n))
-    height = 2 * radius + _BOX_H + 90
+    height: float = 2 * radius + _BOX_H + 90
     cx, cy = _W / 2, radius + _BOX_H / 2 + 40
     pos: dict[str, tuple[float, float]] = {}
     for i, name in enumerate(names):

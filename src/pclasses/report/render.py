@@ -137,7 +137,7 @@ _STATUS_ORDER = {"broken": 0, "not-imported": 1, "aliased": 2, "database-residen
 
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:
-    return f"{n:,} {word if n == 1 else (plural or word + 's')}"
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
 def render(data: dict[str, Any], *, generated: datetime | None = None) -> str:

@@ -401,3 +401,40 @@ def test_relstorage_target(pg_server, tmp_path):
     data = json.loads(result.output)
     (broken,) = data["databases"][0]["broken_classes"]
     assert all(e["path"] and e["path"].startswith("root['things']") for e in broken["examples"])
+
+
+def test_unreadable_and_hostile_records_are_findings(tmp_path):
+    """Records that cannot be read (garbage, a pickle that would call
+    os.system) are listed on the page; the command still exits 0 and nothing
+    of them runs."""
+    import pickle
+
+    from ZODB.Connection import TransactionMetaData
+    from ZODB.utils import p64, z64
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "bad.fs"
+    db = ZODB.DB(FileStorage(str(path)))
+    with db.transaction() as conn:
+        conn.root()["x"] = PersistentMapping(a=1)
+    db.close()
+    storage = FileStorage(str(path))
+    try:
+        t = TransactionMetaData()
+        storage.tpc_begin(t)
+        storage.store(p64(100), z64, b"\x80\x03garbage", "", t)
+        evil = (b"\x80\x03cos\nsystem\nq\x00X" + len(f"touch {marker}").to_bytes(4, "little")
+                + f"touch {marker}".encode() + b"\x85R.")
+        storage.store(p64(101), z64, pickle.dumps((PersistentMapping, None), 3) + evil, "", t)
+        storage.tpc_vote(t)
+        storage.tpc_finish(t)
+    finally:
+        storage.close()
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(main, ["report", str(path), "-o", str(out), "--json"])
+    page = page_of(result, out)
+    assert not marker.exists()
+    data = json.loads(result.output)
+    assert data["summary"]["unreadable_records"] >= 1
+    assert "0x64" in text_of(page, "unreadable")
+    assert "unreadable record" in text_of(page, "summary")

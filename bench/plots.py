@@ -7,7 +7,9 @@ refs-check and gc (zc.zodbdgc).  The x axis is logarithmic; a tool whose
 time grows linearly with the data draws a flat line, one that grows faster
 draws a rising line.
 
-    python bench/plots.py [RESULTS] [--out DIR]
+    python bench/plots.py [RESULTS ...] [--out DIR]
+
+Several results files are read as one (a later run of the same size wins).
 """
 
 from __future__ import annotations
@@ -114,10 +116,10 @@ def main() -> None:
     from _common import CACHE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", nargs="?", type=Path, default=CACHE / "results.json")
+    ap.add_argument("results", nargs="*", type=Path, default=[CACHE / "results.json"])
     ap.add_argument("--out", type=Path, default=HERE.parent / "docs")
     args = ap.parse_args()
-    results = json.loads(args.results.read_text())
+    results = [entry for path in args.results for entry in json.loads(path.read_text())]
     args.out.mkdir(parents=True, exist_ok=True)
     for path in plot(results, args.out):
         print(f"wrote {path}")

@@ -22,7 +22,10 @@ WHEELHOUSE := build/wheelhouse
 SMOKE := build/smoke
 SMOKE_TESTS := tests/test_installed.py tests/test_cli.py tests/test_layout.py tests/test_errors.py
 
-.PHONY: demo test lint typecheck unit pure wheel bench clean
+test-deps:
+	sh scripts/install-test-deps.sh || echo 'make: chromium could not be installed; the browser tests will be skipped'
+
+.PHONY: test-deps demo test lint typecheck unit pure wheel bench clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +44,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q -n $(JOBS)
 
 pure: $(STAMP)

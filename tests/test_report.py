@@ -438,3 +438,38 @@ def test_unreadable_and_hostile_records_are_findings(tmp_path):
     assert data["summary"]["unreadable_records"] >= 1
     assert "0x64" in text_of(page, "unreadable")
     assert "unreadable record" in text_of(page, "summary")
+
+
+def test_dangling_reference_within_one_database(tmp_path):
+    """A reference to a record deleted underneath (a raw delete, as a
+    careless gc does) is counted in the summary, listed under the drawing,
+    and marked on its database by a badge."""
+    from ZODB.Connection import TransactionMetaData
+
+    path = tmp_path / "d.fs"
+    db = ZODB.DB(FileStorage(str(path)))
+    with db.transaction() as conn:
+        target = conn.root()["target"] = PersistentMapping(v=1)
+        conn.root()["holder"] = PersistentMapping(ref=target)
+    conn = db.open()
+    oid = conn.root()["target"]._p_oid
+    serial = conn.root()["target"]._p_serial
+    conn.close()
+    storage = db.storage
+    t = TransactionMetaData()
+    storage.tpc_begin(t)
+    storage.deleteObject(oid, serial, t)
+    storage.tpc_vote(t)
+    storage.tpc_finish(t)
+    db.close()
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(main, ["report", str(path), "-o", str(out), "--json"])
+    page = page_of(result, out)
+    data = json.loads(result.output)
+    assert data["summary"]["dangling_references"] == 2  # from the root and from holder
+    assert "2 dangling references" in text_of(page, "summary")
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert '<g class="badge">' in svg and "2 dangling reference(s) within" in svg
+    from ZODB.utils import oid_repr
+
+    assert oid_repr(oid) in text_of(page, "dangling")

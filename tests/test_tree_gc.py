@@ -283,3 +283,39 @@ def test_zconfig_multi_database_m_keeps_alive_weak_does_not(tmp_path):
         fs.load(ids["strong"])
     finally:
         fs.close()
+
+
+def test_bare_oid_references_are_followed_where_zc_zodbdgc_asserts(tmp_path):
+    """An object referred to by bare oid (its class defines __getnewargs__,
+    so ZODB writes no class) is followed: refs-check counts it and is clean,
+    gc keeps it and collects it once unreferenced.  zc.zodbdgc's check stops
+    with AssertionError on the same database."""
+    import zc.zodbdgc
+
+    from tree_models import Keyed
+
+    path, conf = tmp_path / "a.fs", tmp_path / "m.conf"
+    conf.write_text(f"<zodb a>\n  <filestorage>\n    path {path}\n  </filestorage>\n</zodb>\n")
+    db = pclasses.open(path)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    node = conn.root()["n"] = Node("n")
+    node.k = Keyed("x")
+    tm.commit()
+    kept = node.k._p_oid
+    conn.close()
+    db.close()
+    with pytest.raises(AssertionError):
+        zc.zodbdgc.check(str(conf))
+    result = CliRunner().invoke(main, ["refs-check", str(conf), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["objects"]["a"] == 3  # root, node, the Keyed
+    db = pclasses.open(conf)
+    assert pclasses.collect_garbage(db, days=0).count == 0
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    del conn.root()["n"].k
+    tm.commit()
+    conn.close()
+    assert pclasses.collect_garbage(db, days=0).garbage["a"] == [kept]
+    db.close()

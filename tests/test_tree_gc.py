@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -319,3 +320,48 @@ def test_bare_oid_references_are_followed_where_zc_zodbdgc_asserts(tmp_path):
     conn.close()
     assert pclasses.collect_garbage(db, days=0).garbage["a"] == [kept]
     db.close()
+
+
+def test_commit_fails_everywhere_when_the_postgresql_child_server_stops(tmp_path):
+    """A child on RelStorage over its own real PostgreSQL server: parent and
+    child changed in one transaction, then the server stops; the commit
+    fails (in RelStorage's part of the two-phase commit) and the parent's
+    file does not hold the change."""
+    pytest.importorskip("relstorage")
+    pytest.importorskip("psycopg2")
+    from pgserver import PostgresServer, find_bindir
+
+    if find_bindir() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    server = PostgresServer()
+    running = True
+    try:
+        dbname = server.createdb()
+        adapter = f"  <postgresql>\n    dsn {server.dsn(dbname)}\n  </postgresql>\n"
+        conf = _relstorage_conf(tmp_path, adapter, pack_gc=False)
+        root_path = tmp_path / "root.fs"
+        db = pclasses.open(root_path, tree=True)
+        tree = pclasses.tree_of(db)
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        src = conn.root()["src"] = Node("src")
+        hp = tree.add(conn, "pg", str(conf))
+        obj = hp.root()["obj"] = Node("on postgresql")
+        tm.commit()
+        src.name, obj.name = "changed in root", "changed on postgresql"
+        server.stop()
+        running = False
+        with pytest.raises(Exception):  # noqa: B017 - RelStorage's own error
+            tm.commit()
+        with contextlib.suppress(Exception):  # RelStorage's rollback needs its server too
+            tm.abort()
+        conn.close()
+        tree.close()
+    finally:
+        if running:
+            server.stop()
+    plain = ZODB.DB(FileStorage(str(root_path), read_only=True))
+    try:
+        assert plain.open().root()["src"].name == "src"
+    finally:
+        plain.close()

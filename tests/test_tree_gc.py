@@ -190,10 +190,14 @@ def _gc_apply_deletes_from_child(root: Path, ids: dict[str, bytes], open_child) 
 
 @pytest.mark.zeo
 def test_gc_apply_deletes_on_a_zeo_child(tmp_path, zeo_server):
-    """A child served by a real ZEO server: gc --apply deletes its garbage
-    through ClientStorage.deleteObject in the tree's one two-phase commit."""
+    """A child served by a real ZEO server: gc --apply refuses without force
+    (the server's storage decides whether pack collects garbage; the client
+    cannot tell), and with it deletes the garbage through
+    ClientStorage.deleteObject in the tree's one two-phase commit."""
     address, name = zeo_server.fresh()
     paths, ids = build(tmp_path, child=zeo_server.uri(address, name))
+    refused = CliRunner().invoke(main, ["gc", str(paths[0]), "--days", "0", "--apply"])
+    assert refused.exit_code == 1 and "ZEO client" in refused.output, refused.output
     _gc_apply_deletes_from_child(paths[0], ids,
                                  lambda: zeo_server.client(address, name, read_only=True))
 

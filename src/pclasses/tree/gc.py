@@ -7,9 +7,9 @@ written in the last ``days`` days are kept, with what they reach.  With
 (``deleteObject``, ZODB's external garbage collection interface: FileStorage,
 ZEO, RelStorage) in one two-phase commit across the databases; pins no remote
 reference holds any more are dropped first.  A storage that would collect
-garbage on pack by itself (FileStorage's and RelStorage's ``pack-gc``) is
-refused unless ``force=True``: packing it alone would lose objects only
-other databases refer to.
+garbage on pack by itself (FileStorage's and RelStorage's ``pack-gc``, and a
+ZEO client, whose server decides) is refused unless ``force=True``: packing
+it alone would lose objects only other databases refer to.
 """
 
 from __future__ import annotations

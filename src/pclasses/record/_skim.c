@@ -2530,10 +2530,213 @@ an_text_is(const unsigned char *base, Py_ssize_t off, Py_ssize_t n,
     return off >= 0 && (size_t)n == len && memcmp(base + off, want, len) == 0;
 }
 
-static PyObject *
-refs_result(skim_state *ms, an_state *st, const unsigned char *base)
+/* rr_single: the one remote reference of a record in the form ZODB's
+ * pickler writes it (pclasses.record.remote.single_remote_site is the twin;
+ * keep the two in step): 1 with the offsets of oid, class, database and via
+ * set, 0 for any other record. */
+static Py_ssize_t
+rr_find(const unsigned char *b, Py_ssize_t n, Py_ssize_t from,
+        const unsigned char *needle, Py_ssize_t k)
 {
-    PyObject *plain = NULL, *other = NULL, *v[3];
+    for (Py_ssize_t i = from; i + k <= n; i++) {
+        const unsigned char *p = memchr(b + i, needle[0], (size_t)(n - k + 1 - i));
+        if (p == NULL)
+            return -1;
+        i = p - b;
+        if (memcmp(p, needle, (size_t)k) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static Py_ssize_t
+rr_skip_put(const unsigned char *b, Py_ssize_t n, Py_ssize_t i)
+{
+    if (i < n && b[i] == 0x71)
+        return i + 2;
+    if (i < n && b[i] == 0x72)
+        return i + 5;
+    return i;
+}
+
+/* i at a GLOBAL: the offset after its two lines, or -1. */
+static Py_ssize_t
+rr_after_global(const unsigned char *b, Py_ssize_t n, Py_ssize_t i)
+{
+    const unsigned char *p;
+    if (i + 1 >= n)
+        return -1;
+    p = memchr(b + i + 1, '\n', (size_t)(n - i - 1));
+    if (p == NULL)
+        return -1;
+    i = p - b + 1;
+    if (i >= n)
+        return -1;
+    p = memchr(b + i, '\n', (size_t)(n - i));
+    return p == NULL ? -1 : p - b + 1;
+}
+
+/* A BINUNICODE / SHORT_BINUNICODE at *i: its payload's offset and length. */
+static int
+rr_text(const unsigned char *b, Py_ssize_t n, Py_ssize_t *i, Py_ssize_t *off,
+        Py_ssize_t *len)
+{
+    Py_ssize_t j = *i, l;
+    if (j >= n)
+        return -1;
+    if (b[j] == 0x58) {
+        if (j + 5 > n)
+            return -1;
+        l = (Py_ssize_t)le32(b + j + 1);
+        j += 5;
+    }
+    else if (b[j] == 0x8c) {
+        if (j + 2 > n)
+            return -1;
+        l = b[j + 1];
+        j += 2;
+    }
+    else
+        return -1;
+    if (l > n - j)
+        return -1;
+    *off = j;
+    *len = l;
+    *i = j + l;
+    return 0;
+}
+
+static int
+rr_oid8(const unsigned char *b, Py_ssize_t n, Py_ssize_t i)
+{
+    return i + 10 <= n && b[i] == 0x43 && b[i + 1] == 8;
+}
+
+static int
+rr_single(const unsigned char *b, Py_ssize_t n, Py_ssize_t start,
+          Py_ssize_t *oid, Py_ssize_t *via, Py_ssize_t *koff, Py_ssize_t *klen,
+          Py_ssize_t *doff, Py_ssize_t *dlen)
+{
+    static const unsigned char marker[] = "RemoteReference";
+    Py_ssize_t i, first;
+    if (start <= 0 || start >= n || b[start] != 0x63)
+        return 0;
+    first = rr_find(b, n, 0, marker, 15);
+    if (first < 0 || rr_find(b, n, first + 1, marker, 15) >= 0)
+        return 0;
+    i = rr_after_global(b, n, start);
+    if (i < 0 || i >= n)
+        return 0;
+    if (b[i] == 0x71 || b[i] == 0x72) {
+        unsigned char get[16];
+        uint32_t k;
+        int m;
+        if (b[i] == 0x71) {
+            if (i + 2 > n)
+                return 0;
+            k = b[i + 1];
+        }
+        else {
+            if (i + 5 > n)
+                return 0;
+            k = le32(b + i + 1);
+        }
+        get[0] = 'j';
+        get[1] = (unsigned char)(k & 0xff);
+        get[2] = (unsigned char)((k >> 8) & 0xff);
+        get[3] = (unsigned char)((k >> 16) & 0xff);
+        get[4] = (unsigned char)((k >> 24) & 0xff);
+        if (rr_find(b, n, 0, get, 5) >= 0)
+            return 0;
+        m = snprintf((char *)get, sizeof get, "g%u\n", (unsigned)k);
+        if (m > 0 && rr_find(b, n, 0, get, m) >= 0)
+            return 0;
+        if (k < 256) {
+            get[0] = 'h';
+            get[1] = (unsigned char)k;
+            if (rr_find(b, n, 0, get, 2) >= 0)
+                return 0;
+        }
+        i += b[i] == 0x71 ? 2 : 5;
+    }
+    if (i >= n || b[i] != 0x28) /* MARK */
+        return 0;
+    i++;
+    if (!rr_oid8(b, n, i))
+        return 0;
+    *via = i + 2;
+    i = rr_skip_put(b, n, i + 10);
+    if (i >= n)
+        return 0;
+    if (b[i] != 0x51) { /* an (oid, class) tuple */
+        if (b[i] == 0x63) {
+            i = rr_after_global(b, n, i);
+            if (i < 0)
+                return 0;
+        }
+        else if (b[i] == 0x68)
+            i += 2;
+        else if (b[i] == 0x6a)
+            i += 5;
+        else
+            return 0;
+        i = rr_skip_put(b, n, i);
+        if (i >= n || b[i] != 0x86)
+            return 0;
+        i = rr_skip_put(b, n, i + 1);
+        if (i >= n || b[i] != 0x51)
+            return 0;
+    }
+    i++;
+    if (!rr_oid8(b, n, i))
+        return 0;
+    *oid = i + 2;
+    i = rr_skip_put(b, n, i + 10);
+    if (i >= n)
+        return 0;
+    if (b[i] == 0x4e) {
+        *koff = -1;
+        *klen = 0;
+        i++;
+    }
+    else if (rr_text(b, n, &i, koff, klen) < 0)
+        return 0;
+    i = rr_skip_put(b, n, i);
+    if (rr_text(b, n, &i, doff, dlen) < 0)
+        return 0;
+    i = rr_skip_put(b, n, i);
+    if (i >= n || b[i] != 0x74) /* TUPLE */
+        return 0;
+    i = rr_skip_put(b, n, i + 1);
+    return i < n && b[i] == 0x52; /* REDUCE */
+}
+
+static PyObject *
+rr_site(const unsigned char *b, Py_ssize_t n, Py_ssize_t start)
+{
+    Py_ssize_t oid, via, koff, klen, doff, dlen;
+    PyObject *f[4];
+    if (!rr_single(b, n, start, &oid, &via, &koff, &klen, &doff, &dlen))
+        Py_RETURN_NONE;
+    f[0] = PyBytes_FromStringAndSize((const char *)b + oid, 8);
+    f[1] = koff < 0 ? Py_NewRef(Py_None)
+                    : PyUnicode_DecodeUTF8((const char *)b + koff, klen, NULL);
+    f[2] = PyUnicode_DecodeUTF8((const char *)b + doff, dlen, NULL);
+    f[3] = PyBytes_FromStringAndSize((const char *)b + via, 8);
+    if ((f[1] == NULL || f[2] == NULL) &&
+        PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+        for (int j = 0; j < 4; j++)
+            Py_XDECREF(f[j]);
+        Py_RETURN_NONE; /* not text: the full walker decides */
+    }
+    return an_pack(NULL, f, 4);
+}
+
+static PyObject *
+refs_result(skim_state *ms, an_state *st, const unsigned char *base, Py_ssize_t len)
+{
+    PyObject *plain = NULL, *other = NULL, *v[4];
     Py_ssize_t nplain = 0, meta_end = -1, remote = -1;
     const an_global *first = NULL;
     char *out;
@@ -2600,7 +2803,8 @@ refs_result(skim_state *ms, an_state *st, const unsigned char *base)
     v[0] = plain;
     v[1] = other != NULL ? other : Py_NewRef(Py_None);
     v[2] = PyLong_FromSsize_t(remote);
-    return an_pack(NULL, v, 3);
+    v[3] = remote > 0 ? rr_site(base, len, remote) : Py_NewRef(Py_None);
+    return an_pack(NULL, v, 4);
 
 error:
     Py_XDECREF(plain);
@@ -2609,14 +2813,16 @@ error:
 }
 
 PyDoc_STRVAR(refs_doc,
-"refs(data, limits=None, /) -> (plain, other, remote)\n"
+"refs(data, limits=None, /) -> (plain, other, remote, site)\n"
 "\n"
 "analyze()'s walk with a lean result: plain, the 8-byte oids of the\n"
 "record's oid / oid_class references concatenated; other, None or a list of\n"
 "(kind, oid, database) for every other reference with a known oid; remote,\n"
 "-1 when no global names pclasses.tree.reference.RemoteReference, else the\n"
-"offset a walk for remote references may start from.  Same errors as\n"
-"analyze.");
+"offset a walk for remote references may start from; site, None or\n"
+"(oid, klass, database, via) of the record's one remote reference when it\n"
+"is written as ZODB's pickler writes it (see\n"
+"pclasses.record.remote.single_remote_site).  Same errors as analyze.");
 
 static PyObject *
 skim_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -2667,7 +2873,7 @@ skim_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (st.r.status != SKIM_OK)
         result = an_error(&st, len);
     else
-        result = refs_result(ms, &st, base);
+        result = refs_result(ms, &st, base, len);
     an_free(&st);
     if (have_view)
         PyBuffer_Release(&view);

@@ -667,6 +667,14 @@ class ClassRegistry:
         install_connection(db)
         return db
 
+    def adopt(self, db: Any) -> None:
+        """Count ``db`` among this registry's databases (for :meth:`reattach`)
+        without changing its class factory or connection class: for a
+        database that names the registry's factory itself, as ZConfig's
+        ``class-factory`` does (:func:`pclasses.class_factory`)."""
+        if db not in self._databases:
+            self._databases.add(db)
+
     @property
     def databases(self) -> list[Any]:
         """The databases this registry is installed on (while they exist)."""

@@ -39,6 +39,7 @@ FROZEN = [
     "pclasses.refs.descriptor.RefSet",
     "pclasses.tree.handle.DatabaseHandle",
     "pclasses.tree.reference.RemoteReference",
+    "pclasses.stores.sqlstore.SQLStore",
 ]
 
 #: Strings stored in records: (module, attribute, value).
@@ -50,6 +51,10 @@ FROZEN_STRINGS = [
     ("pclasses.refs.registry", "STATE_KEY", "__pclasses_refs__"),
     ("pclasses.tree.handle", "HANDLES_KEY", "pclasses.databases"),
     ("pclasses.tree.pins", "PINS_KEY", "pclasses.pins"),
+    ("pclasses.stores.dialect", "VERSION_COLUMN", "pclasses_version"),
+    ("pclasses.stores.dialect", "SEQUENCES_TABLE", "pclasses_sequences"),
+    ("pclasses.stores.dialect", "GID_PREFIX", "pclasses:"),
+    ("pclasses.stores.jar", "EXTENSION_KEY", "pclasses.sql"),
 ]
 
 DECISIONS = Path(__file__).resolve().parent.parent / "design" / "decisions.md"

@@ -39,13 +39,18 @@ from .errors import (
     MissingReferencesError,
     NotAGuidModuleError,
     NotBrokenError,
+    OidKindError,
     PClassesError,
     RecordDecodeError,
     ReferentialIntegrityError,
     RefusedGlobalsError,
     RegistrationError,
+    RowNotFoundError,
     ScanWorkerError,
+    SQLRecoveryError,
+    SQLReferenceError,
     StorageOpenError,
+    StoreMappingError,
     TransferError,
     UnknownDatabaseError,
     UnlocatedError,
@@ -80,6 +85,7 @@ from .refs import (
 )
 from .registry import ClassRegistry, Resolution
 from .repair import RepairError, RepairReport, rename_classes
+from .stores import SQLStore, oid_kinds
 from .transfer import Manifest, export_subtree, import_subtree, read_manifest
 from .tree import (
     Dangling,
@@ -195,4 +201,11 @@ __all__ = [
     "GarbageCollectionRefusedError",
     "check_refs",
     "collect_garbage",
+    "SQLStore",
+    "oid_kinds",
+    "RowNotFoundError",
+    "SQLReferenceError",
+    "StoreMappingError",
+    "OidKindError",
+    "SQLRecoveryError",
 ]

@@ -17,9 +17,27 @@ from typing import Any
 from ..errors import DatabaseUnavailableError, DuplicateHandleError, PClassesError
 from .handle import HANDLES_KEY, DatabaseHandle
 
-__all__ = ["HandleInfo", "TreeDatabases", "databases_of"]
+__all__ = ["HandleInfo", "TreeDatabases", "databases_of", "register_foreign", "foreign_scheme"]
 
 log = logging.getLogger(__name__)
+
+#: Databases that are not ZODB databases (SQL stores, issue 15), by URL
+#: scheme: ``scheme -> (opener(info, databases) -> database, handle class)``.
+#: Registered by :mod:`pclasses.stores` (a layer above the tree).
+FOREIGN: dict[str, tuple[Any, type]] = {}
+
+
+def register_foreign(scheme: str, opener: Any, handle_class: type) -> None:
+    """Targets ``scheme:...`` open with ``opener`` and get handles of ``handle_class``."""
+    FOREIGN[scheme.lower()] = (opener, handle_class)
+
+
+def foreign_scheme(target: object) -> str | None:
+    """The registered foreign scheme of ``target`` (``"sqlite"``...), else None."""
+    if not isinstance(target, str) or ":" not in target:
+        return None
+    scheme = target.split(":", 1)[0].lower()
+    return scheme if scheme in FOREIGN else None
 
 
 @dataclass(frozen=True)
@@ -127,6 +145,11 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
         with self.lock:
             db = dict.get(self, info.name)
             if db is not None:
+                return db
+            scheme = foreign_scheme(info.target)
+            if scheme is not None:  # an SQL store: not a ZODB database
+                db = FOREIGN[scheme][0](info, self)
+                dict.__setitem__(self, info.name, db)
                 return db
             from ..database import open as open_db
             from ..registry import ClassRegistry

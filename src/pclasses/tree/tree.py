@@ -46,7 +46,11 @@ class Tree:
         dbs = self.databases
         if name in dbs.known or dict.__contains__(dbs, name):
             raise DuplicateHandleError(name)
-        handle = DatabaseHandle(name, target, **kw)
+        from .databases import FOREIGN, foreign_scheme
+
+        scheme = foreign_scheme(target)
+        cls = FOREIGN[scheme][1] if scheme is not None else DatabaseHandle
+        handle: DatabaseHandle = cls(name, target, **kw)
         root = connection.root()
         handles = root.get(HANDLES_KEY)
         if handles is None:

@@ -57,7 +57,9 @@ def open_all(db: Any, *, read_only: bool = True) -> tuple[dict[str, Any], dict[s
                     unavailable[info.name] = exc.reason
     finally:
         dbs.force_read_only = old
-    return dict(dict.items(dbs)), unavailable
+    # Foreign databases (SQL stores) hold no ZODB records: not walked.
+    return {n: d for n, d in dict.items(dbs) if not getattr(d, "pclasses_foreign", False)}, \
+        unavailable
 
 
 @dataclass
@@ -84,16 +86,19 @@ def walk(databases: dict[str, Any], unavailable: Iterable[str] = (), *,
     oids not to follow (still counted as reached).
     """
     out = Walk()
+    databases = {n: d for n, d in databases.items() if not getattr(d, "pclasses_foreign", False)}
     storages = {name: _Loader(db.storage) for name, db in databases.items()}
     try:
-        return _walk(out, storages, set(unavailable), follow_weak, roots, skip or {})
+        return _walk(out, storages, set(unavailable), follow_weak, roots, skip or {},
+                     _foreign_names(databases))
     finally:
         for loader in storages.values():
             loader.close()
 
 
 def _walk(out: Walk, storages: dict[str, Any], unavailable: set[str], follow_weak: bool,
-          roots: Iterable[tuple[str, bytes]], skip: dict[str, set[bytes]]) -> Walk:
+          roots: Iterable[tuple[str, bytes]], skip: dict[str, set[bytes]],
+          foreign: frozenset[str] = frozenset()) -> Walk:
     reached = out.reached
     for name in storages:
         reached[name] = set()
@@ -135,6 +140,8 @@ def _walk(out: Walk, storages: dict[str, Any], unavailable: set[str], follow_wea
                 remote_targets.setdefault(target, set()).add(toid)
             tseen = reached.get(target)
             if tseen is None:
+                if target in foreign:  # a row of an SQL store: not walked here
+                    continue
                 reason = "unavailable" if target in unavailable else "unknown-database"
                 dangling.append((name, oid, target, toid, form, reason))
                 continue
@@ -150,6 +157,18 @@ def _walk(out: Walk, storages: dict[str, Any], unavailable: set[str], follow_wea
                 continue
             push((target, toid, name, oid, form))
     return out
+
+
+def _foreign_names(databases: dict[str, Any]) -> frozenset[str]:
+    """Names of the foreign databases (SQL stores) of the tree of ``databases``."""
+    from .databases import TreeDatabases, foreign_scheme
+
+    for db in databases.values():
+        tree = getattr(db, "databases", None)
+        if isinstance(tree, TreeDatabases):
+            return frozenset(n for n, info in tree.known.items()
+                             if foreign_scheme(info.target) is not None)
+    return frozenset()
 
 
 class _Loader:

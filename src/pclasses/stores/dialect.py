@@ -96,11 +96,16 @@ class Dialect:
         conn.execute(f"CREATE TABLE IF NOT EXISTS {SEQUENCES_TABLE} "
                      f"(name TEXT PRIMARY KEY, value BIGINT NOT NULL)")
 
-    def next_value(self, conn: Any, name: str, table: str, key: str) -> int:
-        """The next number of sequence ``name``, above every key of ``table``."""
+    def next_value(self, conn: Any, name: str, table: str | None, key: str) -> int:
+        """The next number of sequence ``name``, above every key of ``table``
+        (an integer column; ``None``: just the next number)."""
         p = self.placeholder
         conn.execute(f"INSERT INTO {SEQUENCES_TABLE} (name, value) VALUES ({p}, 0) "
                      f"ON CONFLICT (name) DO NOTHING", (name,))
+        if table is None:
+            row = conn.execute(f"UPDATE {SEQUENCES_TABLE} SET value = value + 1 "
+                               f"WHERE name = {p} RETURNING value", (name,)).fetchone()
+            return int(row[0])
         row = conn.execute(
             f"UPDATE {SEQUENCES_TABLE} SET value = {self.greatest}(value + 1, "
             f"(SELECT COALESCE(MAX({quote(key)}), 0) + 1 FROM {quote(table)})) "

@@ -99,9 +99,11 @@ class SQLDatabase:
 
     def next_key_number(self, conn: Any, bound: BoundMapping) -> int:
         """The next number of ``bound``'s sequence (on ``conn``, inside its transaction)."""
+        from .kinds import IntKind
+
         self.dialect.ensure_sequences(conn)
-        return self.dialect.next_value(conn, f"{bound.table}.{bound.key}", bound.table,
-                                       bound.key)
+        table = bound.table if isinstance(bound.kind, IntKind) else None
+        return self.dialect.next_value(conn, f"{bound.table}.{bound.key}", table, bound.key)
 
 
 def open_store_database(info: Any, databases: Any) -> SQLDatabase:

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import DatabaseUnavailableError
 
 __all__ = ["Dialect", "SQLiteDialect", "PostgreSQLDialect", "dialect_for", "quote",
-           "VERSION_COLUMN", "SEQUENCES_TABLE", "GID_PREFIX", "is_our_gid"]
+           "VERSION_COLUMN", "SEQUENCES_TABLE", "GID_PREFIX", "PREPARED_TABLE", "is_our_gid"]
 
 #: The column a store adds to every mapped table (optimistic concurrency).
 VERSION_COLUMN = "pclasses_version"
@@ -24,6 +24,11 @@ VERSION_COLUMN = "pclasses_version"
 SEQUENCES_TABLE = "pclasses_sequences"
 #: Every prepared transaction a store makes has a global id starting so.
 GID_PREFIX = "pclasses:"
+#: PostgreSQL: the table naming, for each prepared transaction, the ZODB
+#: databases whose transaction log decides it (a row is inserted before
+#: PREPARE and deleted inside the prepared transaction: it disappears when
+#: the transaction commits).
+PREPARED_TABLE = "pclasses_prepared"
 _GID = re.compile(r"pclasses:[0-9a-f]{12}:[0-9a-f]{32}")
 
 
@@ -91,6 +96,15 @@ class Dialect:
     def prepared(self, conn: Any) -> list[tuple[str, Any]]:
         """``(gid, prepared at)`` of this database's prepared transactions."""
         return []
+
+    def log_prepared(self, admin: Any, conn: Any, gid: str, targets: str) -> None:
+        raise NotImplementedError
+
+    def forget_prepared(self, admin: Any, gid: str) -> None:
+        pass
+
+    def logged(self, conn: Any) -> dict[str, str]:
+        return {}
 
     def ensure_sequences(self, conn: Any) -> None:
         conn.execute(f"CREATE TABLE IF NOT EXISTS {SEQUENCES_TABLE} "
@@ -187,6 +201,25 @@ class PostgreSQLDialect(Dialect):
             "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
             "ORDER BY attnum", (quote(table),)).fetchall()
         return [(r[0], r[1]) for r in rows]
+
+    def log_prepared(self, admin: Any, conn: Any, gid: str, targets: str) -> None:
+        """Record ``gid``'s ZODB ``targets`` (JSON) before it is prepared, and
+        delete the record inside the transaction itself (``conn``)."""
+        admin.execute(f"CREATE TABLE IF NOT EXISTS {PREPARED_TABLE} (gid TEXT PRIMARY KEY, "
+                      f"targets TEXT NOT NULL, created TIMESTAMPTZ NOT NULL DEFAULT now())")
+        admin.execute(f"INSERT INTO {PREPARED_TABLE} (gid, targets) VALUES (%s, %s)",
+                      (gid, targets))
+        conn.execute(f"DELETE FROM {PREPARED_TABLE} WHERE gid = %s", (gid,))
+
+    def forget_prepared(self, admin: Any, gid: str) -> None:
+        admin.execute(f"DELETE FROM {PREPARED_TABLE} WHERE gid = %s", (gid,))
+
+    def logged(self, conn: Any) -> dict[str, str]:
+        """``gid -> targets`` of the prepared log (empty when there is none)."""
+        if conn.execute("SELECT to_regclass(%s)", (PREPARED_TABLE,)).fetchone()[0] is None:
+            return {}
+        rows = conn.execute(f"SELECT gid, targets FROM {PREPARED_TABLE}").fetchall()
+        return {r[0]: r[1] for r in rows}
 
     def prepare(self, conn: Any, gid: str) -> None:
         conn.execute(f"PREPARE TRANSACTION '{_literal(gid)}'")

@@ -28,6 +28,7 @@ new transaction makes every cached row a ghost again, so it is re-read.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any
@@ -395,6 +396,9 @@ class SQLJar:
         dialect = self._db.dialect
         if dialect.two_phase:
             assert self._gid is not None
+            with self._db._lock:
+                dialect.log_prepared(self._db.admin(), self.sql(), self._gid,
+                                     zodb_targets(self))
             dialect.prepare(self.sql(), self._gid)
             self._prepared = True
             self._writing = False
@@ -426,6 +430,8 @@ class SQLJar:
         try:
             if self._prepared and self._gid is not None:
                 self._db.dialect.rollback_prepared(self.sql(), self._gid)
+                with self._db._lock:
+                    self._db.dialect.forget_prepared(self._db.admin(), self._gid)
             elif self._writing:
                 self._db.dialect.rollback(self.sql())
         finally:
@@ -511,6 +517,36 @@ class SQLSavepoint:
             jar._cache.invalidate(oid)
         jar._registered.clear()
         jar._deleted.clear()
+
+
+def zodb_targets(jar: SQLJar) -> str:
+    """JSON: what ``pclasses.open`` opens to read the transaction logs of the ZODB
+    databases in ``jar``'s connection group (FileStorage paths, ZEO URIs)."""
+    import json
+
+    out = []
+    for conn in list(jar.connections.values()):
+        if conn is jar or isinstance(conn, SQLJar):
+            continue
+        storage = getattr(conn.db(), "storage", None)
+        target = storage_target(storage)
+        if target:
+            out.append(target)
+    return json.dumps(sorted(set(out)))
+
+
+def storage_target(storage: Any) -> str | None:
+    """A target ``pclasses.open`` understands for ``storage``, when there is one."""
+    name = getattr(storage, "_file_name", None)
+    if isinstance(name, str):
+        return os.path.abspath(name)
+    addr = getattr(storage, "_addr", None)
+    if isinstance(addr, (list, tuple)) and addr and isinstance(addr[0], tuple):
+        addr = addr[0]
+    if isinstance(addr, tuple) and len(addr) == 2:
+        name = getattr(storage, "_storage", "1")
+        return f"zeo://{addr[0]}:{addr[1]}?storage={name}"
+    return None
 
 
 def _is_integrity(exc: BaseException) -> bool:

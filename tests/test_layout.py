@@ -40,6 +40,7 @@ FROZEN = [
     "pclasses.tree.handle.DatabaseHandle",
     "pclasses.tree.reference.RemoteReference",
     "pclasses.stores.sqlstore.SQLStore",
+    "pclasses.stores.stubs.Stub",
 ]
 
 #: Strings stored in records: (module, attribute, value).
@@ -55,6 +56,8 @@ FROZEN_STRINGS = [
     ("pclasses.stores.dialect", "SEQUENCES_TABLE", "pclasses_sequences"),
     ("pclasses.stores.dialect", "GID_PREFIX", "pclasses:"),
     ("pclasses.stores.jar", "EXTENSION_KEY", "pclasses.sql"),
+    ("pclasses.stores.dialect", "PREPARED_TABLE", "pclasses_prepared"),
+    ("pclasses.stores.stubs", "STUBS_KEY", "pclasses.stubs"),
 ]
 
 DECISIONS = Path(__file__).resolve().parent.parent / "design" / "decisions.md"

@@ -85,7 +85,7 @@ from .refs import (
 )
 from .registry import ClassRegistry, Resolution
 from .repair import RepairError, RepairReport, rename_classes
-from .stores import SQLStore, oid_kinds
+from .stores import SQLStore, enable_stubs, oid_kinds
 from .transfer import Manifest, export_subtree, import_subtree, read_manifest
 from .tree import (
     Dangling,
@@ -203,6 +203,7 @@ __all__ = [
     "collect_garbage",
     "SQLStore",
     "oid_kinds",
+    "enable_stubs",
     "RowNotFoundError",
     "SQLReferenceError",
     "StoreMappingError",

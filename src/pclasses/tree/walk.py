@@ -23,6 +23,11 @@ from .databases import databases_of
 
 __all__ = ["open_all", "Walk", "walk", "FORMS"]
 
+#: More references a record may stand for, read from its bytes: functions
+#: ``data -> [(database, oid)]`` (the stubs of :mod:`pclasses.stores.stubs`
+#: register here); reported with the form ``remote``.
+record_extras: list[Any] = []
+
 #: Reference forms as reports name them.
 FORMS = ("plain", "m", "n", "weak", "remote")
 
@@ -130,6 +135,10 @@ def _walk(out: Walk, storages: dict[str, Any], unavailable: set[str], follow_wea
         except PClassesError as exc:
             out.unreadable.append((name, oid, str(exc)))
             continue
+        if record_extras:
+            more = [(EdgeKind.REMOTE, o, d) for fn in record_extras for d, o in fn(data)]
+            if more:
+                found = [*found, *more]
         out.references += len(found)
         for kind, toid, database in found:
             form = _FORM.get(kind)

@@ -29,3 +29,10 @@ class Doc(Persistent):
 
     def __init__(self, title: str = "") -> None:
         self.title = title
+
+
+class Member(pclasses.SplitPersistent):
+    """Split: ``name`` and ``email`` in table ``people``, the rest in ZODB;
+    ``email`` is also copied into the ZODB part."""
+
+    copied = ("email",)

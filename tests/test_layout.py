@@ -58,6 +58,7 @@ FROZEN_STRINGS = [
     ("pclasses.stores.jar", "EXTENSION_KEY", "pclasses.sql"),
     ("pclasses.stores.dialect", "PREPARED_TABLE", "pclasses_prepared"),
     ("pclasses.stores.stubs", "STUBS_KEY", "pclasses.stubs"),
+    ("pclasses.stores.split", "SPLIT_KEY", "pclasses.split"),
 ]
 
 DECISIONS = Path(__file__).resolve().parent.parent / "design" / "decisions.md"

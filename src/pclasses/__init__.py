@@ -85,7 +85,7 @@ from .refs import (
 )
 from .registry import ClassRegistry, Resolution
 from .repair import RepairError, RepairReport, rename_classes
-from .stores import SQLStore, enable_stubs, oid_kinds
+from .stores import SplitPersistent, SQLStore, adopt, enable_stubs, oid_kinds
 from .transfer import Manifest, export_subtree, import_subtree, read_manifest
 from .tree import (
     Dangling,
@@ -204,6 +204,8 @@ __all__ = [
     "SQLStore",
     "oid_kinds",
     "enable_stubs",
+    "SplitPersistent",
+    "adopt",
     "RowNotFoundError",
     "SQLReferenceError",
     "StoreMappingError",

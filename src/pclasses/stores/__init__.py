@@ -9,7 +9,8 @@ One concept per module:
 * :mod:`.jar`: the store's data manager in the ZODB transaction;
 * :mod:`.sqlstore`: :class:`SQLStore`, the persistent handle;
 * :mod:`.recover`: ``pclasses sql-recover`` (prepared transactions after a crash);
-* :mod:`.stubs`: :func:`enable_stubs`, DB-2 keeping stubs for DB-1's objects.
+* :mod:`.stubs`: :func:`enable_stubs`, DB-2 keeping stubs for DB-1's objects;
+* :mod:`.split`: :class:`SplitPersistent` and :func:`adopt`, state split over two databases.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from ..tree.databases import register_foreign
 from ..tree.walk import record_extras
 from .kinds import OidKind, oid_kinds
+from .split import SplitPersistent, adopt
 from .sqldb import open_store_database
 from .sqlstore import SQLStore
 from .stubs import Stub, enable_stubs, stub_targets
@@ -26,4 +28,5 @@ for _scheme in ("sqlite", "postgresql", "postgres"):
 if stub_targets not in record_extras:
     record_extras.append(stub_targets)
 
-__all__ = ["OidKind", "SQLStore", "Stub", "enable_stubs", "oid_kinds"]
+__all__ = ["OidKind", "SQLStore", "SplitPersistent", "Stub", "adopt", "enable_stubs",
+           "oid_kinds"]

@@ -16,7 +16,11 @@ from ..errors import StoreMappingError
 from .dialect import VERSION_COLUMN, Dialect, quote
 from .kinds import SEP, OidKind, oid_kinds
 
-__all__ = ["spec", "BoundMapping", "bind", "split_oid"]
+__all__ = ["spec", "BoundMapping", "bind", "split_oid", "COLUMNS_BY_CLASS"]
+
+#: ``class -> (store name, mapping name, column names)`` of every mapping
+#: bound in this process (split objects find their SQL columns here).
+COLUMNS_BY_CLASS: dict[type, tuple[str, str, frozenset[str]]] = {}
 
 
 def spec(table: str, key: str, cls: type, columns: Any, kind: str | None) -> dict[str, Any]:
@@ -139,5 +143,7 @@ def bind(store: str, name: str, stored: dict[str, Any], dialect: Dialect,
     kind_name = stored["kind"]
     if kind_name is None:
         kind_name = name if name in oid_kinds else oid_kinds.infer(types[key])
-    return BoundMapping(store, name, table, key, cls, columns, kind_name,
-                        oid_kinds[kind_name], dialect)
+    bound = BoundMapping(store, name, table, key, cls, columns, kind_name,
+                         oid_kinds[kind_name], dialect)
+    COLUMNS_BY_CLASS[cls] = (store, name, frozenset(columns))
+    return bound

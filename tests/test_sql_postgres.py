@@ -250,3 +250,34 @@ def test_sql_recover_is_in_the_help():
     """``pclasses --help`` lists the sql-recover command."""
     result = cli("--help")
     assert "sql-recover" in result.stdout
+
+
+def test_uuid_uid_and_int_kinds_on_postgresql(tmp_path, pg_url):
+    """Keys of PostgreSQL's uuid, text and integer columns round-trip (kinds
+    inferred from the column types), and rows can be queried with %s."""
+    import uuid
+
+    from sql_models import Person
+
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE u (id uuid PRIMARY KEY, name text);"
+                  "CREATE TABLE t (uid varchar(40) PRIMARY KEY, name text)")
+    db = pclasses.open(tmp_path / "root.fs", tree=True)
+    try:
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        store = pclasses.tree_of(db).add(conn, "pg", pg_url)
+        store.map("byuuid", "u", "id", Person)
+        store.map("bytext", "t", "uid", Person)
+        k1 = store.new("byuuid", Person("a"))
+        k2 = store.new("bytext", Person("b"))
+        tm.commit()
+        assert isinstance(k1, uuid.UUID) and isinstance(k2, str)
+        assert store.get("byuuid", k1).name == "a"
+        assert store.get("bytext", k2).name == "b"
+        assert [p.name for p in store.query("byuuid", "name = %s", ("a",))] == ["a"]
+        assert store.query("byuuid", "name = %s", ("a",))[0] is store.get("byuuid", k1)
+        tm.abort()
+        conn.close()
+    finally:
+        pclasses.tree_of(db).close()

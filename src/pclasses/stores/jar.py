@@ -156,9 +156,9 @@ class SQLJar:
     def setstate(self, obj: Any) -> None:
         oid = obj._p_oid
         found = self._prefetch.pop(oid, None)
-        name, _k = split_oid(oid)
-        bound = self._db.mapping(name)
         if found is None:
+            name, _k = split_oid(oid)
+            bound = self._db.mapping(name)
             key = bound.key_of(oid)
             row = self._execute(bound.select_one, (bound.kind.to_sql(key),)).fetchone()
             if row is None:
@@ -278,7 +278,9 @@ class SQLJar:
 
     def load(self, bound: BoundMapping, key: Any) -> Any:
         """The row object of ``key`` (a ghost; one SELECT proves it exists)."""
-        oid = bound.oid(key)
+        kind = bound.kind
+        key = kind.normalize(key)
+        oid = bound.prefix + kind.encode(key)
         obj = self._cache.get(oid)
         if obj is None:
             obj = self._new.get(oid)
@@ -291,8 +293,7 @@ class SQLJar:
                 return obj
         if oid in self._deleted:
             raise RowNotFoundError(self._db.database_name, bound.name, repr(key))
-        row = self._execute(bound.select_one,
-                            (bound.kind.to_sql(bound.kind.normalize(key)),)).fetchone()
+        row = self._execute(bound.select_one, (kind.to_sql(key),)).fetchone()
         if row is None:
             raise RowNotFoundError(self._db.database_name, bound.name, repr(key))
         if obj is None:
@@ -354,16 +355,23 @@ class SQLJar:
         self._flush_if_writing()
         rows = self._execute(bound.select_where(where), tuple(params)).fetchall()
         out = []
+        from_sql, encode, prefix = bound.kind.from_sql, bound.kind.encode, bound.prefix
+        cache, deleted, versions = self._cache, self._deleted, self._versions
+        cls, columns = bound.cls, bound.columns
+        n = len(columns)
         for row in rows:
-            key = bound.kind.from_sql(row[0])
-            oid = bound.oid(key)
-            if oid in self._deleted:
+            oid = prefix + encode(from_sql(row[0]))
+            if deleted and oid in deleted:
                 continue
-            obj = self._cache.get(oid)
-            if obj is None:
-                obj = bound.cls.__new__(bound.cls)
-                self._cache.new_ghost(oid, obj)
-            if obj._p_changed is None:
+            obj = cache.get(oid)
+            if obj is None:  # loaded at once: the SELECT brought the state
+                obj = cls.__new__(cls)
+                obj.__setstate__(dict(zip(columns, row[1:n + 1], strict=True)))
+                obj._p_jar = self
+                obj._p_oid = oid
+                cache[oid] = obj
+                versions[oid] = int(row[n + 1] or 0)
+            elif obj._p_changed is None:
                 self._prefetch[oid] = bound.state_of(row[1:])
             out.append(obj)
         return out

@@ -79,11 +79,15 @@ class SQLStore(DatabaseHandle):
                 if jar is None or jar.opened is None:
                     jar = per_tm[id(db)] = db.open(tm)
         else:
-            jar = super().connection()
-        db = jar.db()
-        for name, stored in list(self.mappings.items()):
-            if name not in db.bound:
-                db.bind(name, stored)
+            jar = self._p_jar.connections.get(self.name)
+            if jar is None:
+                jar = super().connection()
+        db = jar._db
+        mappings = self.mappings
+        if len(db.bound) < len(mappings):
+            for name, stored in list(mappings.items()):
+                if name not in db.bound:
+                    db.bind(name, stored)
         return jar
 
     def _bound(self, name: str) -> tuple[Any, BoundMapping]:
@@ -91,7 +95,10 @@ class SQLStore(DatabaseHandle):
         stored = self.mappings.get(name)
         if stored is None:
             raise StoreMappingError(self.name, name, "no such mapping (store.map it first)")
-        return jar, jar.db().bind(name, stored)
+        bound = jar._db.bound.get(name)
+        if bound is None or bound.cls is not stored["class"] or bound.table != stored["table"]:
+            bound = jar._db.bind(name, stored)
+        return jar, bound
 
     # -- mappings ---------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ measured with ``--pg`` (a server started from the system's binaries with
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sqlite3
 import statistics
@@ -55,11 +56,13 @@ def make_rows(conn: Any, n: int, placeholder: str) -> None:
 
 
 def paired(a: Any, b: Any, rounds: int) -> tuple[float, float]:
-    """Medians of ``a()`` and ``b()`` timed alternately."""
+    """Medians of ``a()`` and ``b()`` timed alternately (a full garbage
+    collection before each, so neither pays for the other's garbage)."""
     ta: list[float] = []
     tb: list[float] = []
     for r in range(rounds):
         for f, out in ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta)):
+            gc.collect()
             t0 = time.perf_counter()
             f()
             out.append(time.perf_counter() - t0)

@@ -288,3 +288,50 @@ def test_a_store_stored_directly_in_the_parent_database(tmp_path):
         conn.close()
     finally:
         pclasses.tree_of(db).close()
+
+
+def test_threads_incrementing_one_row_lose_nothing(tree):
+    """Four threads, each with its own connection and transaction manager,
+    increment one row through ``attempts()``: conflicts are retried and no
+    increment is lost."""
+    import threading
+
+    db, _tm, _conn, _store, url = tree
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            tm = transaction.TransactionManager()
+            conn = db.open(tm)
+            store = conn.root()["pclasses.databases"]["sql"]
+            for _ in range(10):
+                for attempt in tm.attempts(50):
+                    with attempt:
+                        store.get("item", 1).qty += 1
+            conn.close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sqlite_rows(url, "SELECT qty FROM items WHERE id = 1") == [(3 + 40,)]
+
+
+def test_a_store_outside_any_database_uses_the_thread_transaction(tmp_path):
+    """An SQLStore not stored anywhere works on the thread's transaction manager."""
+    url = sqlite_file(tmp_path / "solo.db", ITEMS, SEED)
+    store = pclasses.SQLStore("solo", url)
+    store.map("item", "items", "id", Item)
+    try:
+        store.get("item", 1).qty = 30
+        key = store.new("item", Item("quince", 4))
+        transaction.commit()
+        assert sqlite_rows(url, "SELECT id, qty FROM items ORDER BY id") == [
+            (1, 30), (2, 5), (key, 4)]
+    finally:
+        transaction.abort()
+        store.database().close()

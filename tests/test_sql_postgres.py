@@ -281,3 +281,36 @@ def test_uuid_uid_and_int_kinds_on_postgresql(tmp_path, pg_url):
         conn.close()
     finally:
         pclasses.tree_of(db).close()
+
+
+def test_threads_incrementing_one_row_lose_nothing(tree):
+    """Four threads with their own connections increment one PostgreSQL row
+    through ``attempts()``: a writer blocked by a prepared transaction sees
+    the new version, conflicts, retries; no increment is lost, nothing is
+    left prepared."""
+    import threading
+
+    db, _tm, _conn, _store, url = tree
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            tm = transaction.TransactionManager()
+            conn = db.open(tm)
+            store = conn.root()["pclasses.databases"]["sql"]
+            for _ in range(10):
+                for attempt in tm.attempts(50):
+                    with attempt:
+                        store.get("item", 1).qty += 1
+            conn.close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert rows(url, "SELECT qty FROM items WHERE id = 1") == [(43,)]
+    assert prepared(url) == []

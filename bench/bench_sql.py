@@ -70,7 +70,7 @@ def paired(a: Any, b: Any, rounds: int) -> tuple[float, float]:
 
 
 def measure(directory: Path, url: str, driver_connect: Any, n: int, rounds: int,
-            repeat: int, label: str) -> dict[str, Any]:
+            gets: int, repeat: int, label: str) -> dict[str, Any]:
     db = pclasses.open(directory / f"{label}.fs", tree=True)
     tm = transaction.TransactionManager()
     conn = db.open(tm)
@@ -96,13 +96,13 @@ def measure(directory: Path, url: str, driver_connect: Any, n: int, rounds: int,
     def ours_get() -> None:
         tm.abort()
         total = 0
-        for k in keys[:repeat]:
+        for k in keys[:gets]:
             total += store.get("item", k).qty
 
     def driver_get() -> None:
         total = 0
         sql = f"SELECT title, qty FROM items WHERE id = {ph}"
-        for k in keys[:repeat]:
+        for k in keys[:gets]:
             total += raw.execute(sql, (k,)).fetchone()[1]
 
     note = conn.root()["note"]
@@ -133,8 +133,8 @@ def measure(directory: Path, url: str, driver_connect: Any, n: int, rounds: int,
         "rows": n,
         "scan_us_per_row": {"store": s_ours / n * 1e6, "driver": s_drv / n * 1e6,
                             "overhead": (s_ours - s_drv) / n * 1e6, "ratio": s_ours / s_drv},
-        "get_us_per_row": {"store": g_ours / repeat * 1e6, "driver": g_drv / repeat * 1e6,
-                           "overhead": (g_ours - g_drv) / repeat * 1e6,
+        "get_us_per_row": {"store": g_ours / gets * 1e6, "driver": g_drv / gets * 1e6,
+                           "overhead": (g_ours - g_drv) / gets * 1e6,
                            "ratio": g_ours / g_drv},
         "commit_ms": {"row_and_zodb": c_both / repeat * 1e3, "zodb_alone": c_zodb / repeat * 1e3,
                       "ratio": c_both / c_zodb},
@@ -144,8 +144,8 @@ def measure(directory: Path, url: str, driver_connect: Any, n: int, rounds: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=200,
-                        help="gets / commits per timed run")
+    parser.add_argument("--gets", type=int, default=2000, help="gets per timed run")
+    parser.add_argument("--repeat", type=int, default=100, help="commits per timed run")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pg", action="store_true",
                         help="also PostgreSQL, on a server started from the system's binaries")
@@ -163,7 +163,7 @@ def main() -> None:
         result["sqlite"] = measure(
             directory, f"sqlite:///{path}",
             lambda: sqlite3.connect(path, isolation_level=None), args.rows, args.rounds,
-            args.repeat, "sqlite")
+            min(args.gets, args.rows), args.repeat, "sqlite")
         server = None
         url = args.pg_url
         if args.pg and url is None:
@@ -179,7 +179,7 @@ def main() -> None:
                     make_rows(pg, args.rows, "%s")
                 result["postgresql"] = measure(
                     directory, url, lambda: psycopg.connect(url, autocommit=True), args.rows,
-                    args.rounds, args.repeat, "pg")
+                    args.rounds, min(args.gets, args.rows), args.repeat, "pg")
             finally:
                 if server is not None:
                     server.stop()

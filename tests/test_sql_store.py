@@ -335,3 +335,23 @@ def test_a_store_outside_any_database_uses_the_thread_transaction(tmp_path):
     finally:
         transaction.abort()
         store.database().close()
+
+
+def test_sql_recover_on_sqlite_and_on_a_missing_target(tree, tmp_path):
+    """``sql-recover`` on an SQLite store finds nothing prepared (SQLite commits
+    at vote) and exits 0; a target that cannot be opened is one line on
+    stderr and exit status 1, never a traceback."""
+    import json
+    import subprocess
+
+    _db, _tm, _conn, _store, url = tree
+    env = {"PYTHONPATH": str(Path(pclasses.__file__).parent.parent), "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run([sys.executable, "-m", "pclasses.cli", "sql-recover", url, "--json"],
+                        capture_output=True, text=True, timeout=120, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["prepared"] == []
+    bad = subprocess.run([sys.executable, "-m", "pclasses.cli", "sql-recover",
+                          str(tmp_path / "missing.fs")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 1
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

@@ -355,3 +355,18 @@ def test_sql_recover_on_sqlite_and_on_a_missing_target(tree, tmp_path):
                          capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 1
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_refs_check_and_gc_of_a_tree_holding_a_store(tree):
+    """The tree's reference check and garbage collection run over a tree
+    holding an SQL store and references to its rows: the store is not a ZODB
+    database to walk, nothing dangles, the referring object is no garbage."""
+    db, tm, conn, store, _url = tree
+    doc = conn.root()["doc"] = Doc()
+    conn.add(doc)
+    doc.item = store.get("item", 1)
+    tm.commit()
+    report = pclasses.check_refs(db)
+    assert report.ok and report.to_dict()["databases"] == ["unnamed"]
+    garbage = pclasses.collect_garbage(db, days=0)
+    assert doc._p_oid not in garbage.garbage.get("unnamed", [])

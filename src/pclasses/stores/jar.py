@@ -223,9 +223,9 @@ class SQLJar:
         """Write every pending change inside the SQL write transaction."""
         if not (self._registered or self._new or self._deleted):
             return
-        self._begin()
         mapping = self._db.mapping
         try:
+            self._begin()
             for oid in sorted(self._deleted):
                 obj = self._deleted[oid]
                 bound = mapping(split_oid(oid)[0])

@@ -39,6 +39,7 @@ class SQLDatabase:
         self._admin: Any = None
         self._jars: list[Any] = []
         self.closed = False
+        self._sequences_ready = False
 
     def __repr__(self) -> str:
         return f"<SQLDatabase {self.database_name!r} {self.dialect.name}>"
@@ -101,7 +102,9 @@ class SQLDatabase:
         """The next number of ``bound``'s sequence (on ``conn``, inside its transaction)."""
         from .kinds import IntKind
 
-        self.dialect.ensure_sequences(conn)
+        if not self._sequences_ready:
+            self.dialect.ensure_sequences(conn)
+            self._sequences_ready = True
         table = bound.table if isinstance(bound.kind, IntKind) else None
         return self.dialect.next_value(conn, f"{bound.table}.{bound.key}", table, bound.key)
 

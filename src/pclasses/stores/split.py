@@ -38,8 +38,18 @@ def _is_row(obj: Any) -> bool:
     return isinstance(obj._p_jar, SQLJar)
 
 
-def _columns(cls: type) -> frozenset[str]:
+def _columns(obj: Any) -> frozenset[str]:
+    """The mapped columns of ``obj``'s class (binding its store's mappings
+    first when this process has not yet: an object loaded before any use of
+    its store)."""
+    cls = type(obj)
     found = COLUMNS_BY_CLASS.get(cls)
+    if found is None:
+        link = obj.__dict__.get(_LINK)
+        jar = obj._p_jar
+        if link is not None and jar is not None and not _is_row(obj):
+            _store(jar, link[0]).connection()  # binds every mapping of the store
+            found = COLUMNS_BY_CLASS.get(cls)
     return found[2] if found is not None else frozenset()
 
 
@@ -51,13 +61,15 @@ class SplitPersistent(Persistent):  # type: ignore[misc]
 
     def __getattr__(self, name: str) -> Any:
         # Only called when the instance has no such attribute: a column of the row.
-        if name.startswith("_") or name not in _columns(type(self)) or _is_row(self):
+        if name.startswith("_") or _is_row(self) or name not in _columns(self):
             raise AttributeError(name)
         return getattr(self._pclasses_row(), name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if (name.startswith(("_p_", "_v_")) or name not in _columns(type(self))
-                or _is_row(self) or _LINK not in self.__dict__):
+        if not name.startswith(("_p_", "_v_")) and self._p_jar is not None:
+            self._p_activate()  # a ghost's __dict__ is empty until loaded
+        if (name.startswith(("_p_", "_v_")) or _LINK not in self.__dict__
+                or _is_row(self) or name not in _columns(self)):
             super().__setattr__(name, value)
             return
         setattr(self._pclasses_row(), name, value)

@@ -314,3 +314,35 @@ def test_threads_incrementing_one_row_lose_nothing(tree):
     assert errors == []
     assert rows(url, "SELECT qty FROM items WHERE id = 1") == [(43,)]
     assert prepared(url) == []
+
+
+def test_sql_recover_opens_only_what_stores_log(tmp_path, pg_url):
+    """The prepared log is data: a logged target that is a ZConfig file (whose
+    ``%import`` would run code) is never opened; its transaction is reported
+    with an unknown ZODB side and left prepared, even with --resolve."""
+    pkg = tmp_path / "evil_h25"
+    pkg.mkdir()
+    marker = tmp_path / "MARKER"
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    conf = tmp_path / "evil.conf"
+    conf.write_text("%import evil_h25\n<filestorage>\n  path x.fs\n</filestorage>\n")
+    gid = "pclasses:000000000001:" + "ab" * 16
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE TABLE pclasses_prepared (gid TEXT PRIMARY KEY, targets TEXT NOT "
+                  "NULL, created TIMESTAMPTZ NOT NULL DEFAULT now())")
+        c.execute("INSERT INTO pclasses_prepared (gid, targets) VALUES (%s, %s)",
+                  (gid, json.dumps([str(conf)])))
+        c.execute("BEGIN")
+        c.execute("UPDATE items SET qty = 0")
+        c.execute(f"PREPARE TRANSACTION '{gid}'")
+    env = {"PYTHONPATH": f"{Path(pclasses.__file__).parent.parent}:{tmp_path}",
+           "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "pclasses.cli", "sql-recover", pg_url,
+                           "--resolve", "--json"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 3, done.stderr
+    item = json.loads(done.stdout)["prepared"][0]
+    assert (item["gid"], item["zodb"], item["action"]) == (gid, "unknown", None)
+    assert not marker.exists()
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(f"ROLLBACK PREPARED '{gid}'")

@@ -108,8 +108,11 @@ def recover(target: str, *, resolve: bool = False) -> RecoveryReport:
             for gid, prepared in dialect.prepared(conn):
                 if not is_our_gid(gid):
                     continue
-                targets = json.loads(logged.get(gid, "null") or "null")
-                if targets is None:
+                try:
+                    targets = json.loads(logged.get(gid, "null") or "null")
+                except ValueError:
+                    targets = None
+                if not isinstance(targets, list):
                     state = "unknown"
                     targets = []
                 else:
@@ -137,6 +140,19 @@ def _iso(value: Any) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
+def _plain_target(target: object) -> bool:
+    """A FileStorage path or a ``zeo://`` URI (never a ZConfig file, whose
+    ``%import`` would run code named by the data)."""
+    from ..database import target_kind
+
+    if not isinstance(target, str) or not target or "\x00" in target:
+        return False
+    kind = target_kind(target)
+    if kind == "uri":
+        return target.startswith("zeo://")
+    return kind == "filestorage" and target.startswith("/")
+
+
 def _zodb_state(gid: str, prepared: Any, targets: list[str]) -> str:
     """``finished`` when a transaction of one of ``targets`` names ``gid``."""
     from ZODB.TimeStamp import TimeStamp
@@ -150,6 +166,9 @@ def _zodb_state(gid: str, prepared: Any, targets: list[str]) -> str:
                           t.second + t.microsecond / 1e6).raw()
     unknown = False
     for target in targets:
+        if not _plain_target(target):  # the log is data: open only what we write
+            unknown = True
+            continue
         try:
             storage = open_storage(target, read_only=True)
         except (PClassesError, OSError, ValueError):

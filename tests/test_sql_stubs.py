@@ -128,3 +128,33 @@ def test_enable_stubs_refuses_its_own_name(tmp_path):
         assert z64  # the root exists
     finally:
         db.close()
+
+
+def test_stubs_for_the_rows_of_an_sql_store(tmp_path):
+    """With stubs on for an SQL store, a ZODB object may hold a row directly:
+    the record holds a stub naming the row's mapping and key, and loading
+    forwards to the row."""
+    from sql_models import Item
+    from sql_util import ITEMS, sqlite_file
+
+    url = sqlite_file(tmp_path / "s.db", ITEMS,
+                      "INSERT INTO items (id, title, qty) VALUES (7, 'fig', 2)")
+    db = pclasses.open(tmp_path / "main.fs", tree=True)
+    try:
+        conn = db.open()
+        store = pclasses.tree_of(db).add(conn, "sql", url)
+        store.map("item", "items", "id", Item)
+        transaction.commit()
+        pclasses.enable_stubs(db, for_databases=["sql"])
+        conn.root()["n"] = Node("holder")
+        conn.root()["n"].row = store.get("item", 7)
+        transaction.commit()
+        stub = conn.root()["pclasses.stubs"][("sql", store.get("item", 7)._p_oid)]
+        assert stub.keys == {"mapping": "item", "key": 7}
+        conn.root()["n"]._p_invalidate()
+        assert conn.root()["n"].row.title == "fig"
+        assert conn.root()["n"].row is store.get("item", 7)
+        transaction.abort()
+        conn.close()
+    finally:
+        pclasses.tree_of(db).close()

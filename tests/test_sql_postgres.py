@@ -229,7 +229,9 @@ def test_a_crash_between_prepare_and_commit_is_recovered(tmp_path, pg_url):
     assert rows(url, "SELECT qty FROM items WHERE id = 1") == [(41,)]
     assert prepared(url) == ["someone-else"]
 
-    crash(tmp_path, "vote", "zz-after", 77)  # prepared, ZODB never finished
+    # after PostgreSQL's vote (its key sorts after every printable key): prepared,
+    # ZODB never finished
+    crash(tmp_path, "vote", "\U0010ffff" * 3 + "q-after", 77)
     done = cli("sql-recover", url, "--resolve", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["prepared"][0]["action"] == "rolled-back"
@@ -346,3 +348,45 @@ def test_sql_recover_opens_only_what_stores_log(tmp_path, pg_url):
     assert not marker.exists()
     with psycopg.connect(pg_url, autocommit=True) as c:
         c.execute(f"ROLLBACK PREPARED '{gid}'")
+
+
+def test_recovery_with_the_root_database_on_zeo(tmp_path, pg_url, zeo_server):
+    """The same recovery when the ZODB side is a real ZEO server: the prepared
+    log names the ZEO storage and ``sql-recover`` reads its transactions."""
+    url = pg_url
+    root = zeo_server.fresh_uri()
+    db = pclasses.open(root, tree=True)
+    conn = db.open()
+    pclasses.tree_of(db).add(conn, "sql", url).map("item", "items", "id", Item)
+    transaction.commit()
+    conn.close()
+    pclasses.tree_of(db).close()
+
+    script = tmp_path / "crash_zeo.py"
+    script.write_text(CRASHER.format(tests=str(TESTS), root=root, qty=55, phase="finish",
+                                     key="zz-between"))
+    env = {"PYTHONPATH": str(Path(pclasses.__file__).parent.parent), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 17, result.stderr
+    assert len(prepared(url)) == 1
+    done = cli("sql-recover", root, "--resolve", "--json")
+    assert done.returncode == 0, done.stderr
+    item = json.loads(done.stdout)["prepared"][0]
+    assert (item["zodb"], item["action"]) == ("finished", "committed")
+    assert item["databases"][0].startswith("zeo://")
+    assert rows(url, "SELECT qty FROM items WHERE id = 1") == [(55,)]
+    assert prepared(url) == []
+
+
+def test_postgresql_finishes_after_every_zodb_storage(tree):
+    """The PostgreSQL jar's sortKey sorts after every printable key (every
+    ZODB storage finishes first) and before an SQLite jar's."""
+    _db, _tm, _conn, store, _url = tree
+    key = store.connection().sortKey()
+    highest = max(c for c in map(chr, range(0x110000)) if c.isprintable())
+    for other in (highest * 40, "t0_1:('127.0.0.1', 8100)", "/var/Data.fs"):
+        assert key > other
+    from pclasses.stores.jar import LAST_SORT_KEY
+
+    assert key < LAST_SORT_KEY + "pclasses.sqlite"

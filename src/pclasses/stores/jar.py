@@ -12,7 +12,9 @@ in the two-phase commit of the transaction it joined:
   ``transaction.attempts()`` retries);
 * ``tpc_vote``: SQLite *commits* here, as the last resource (its
   :meth:`sortKey` sorts after any printable key, so every other resource has
-  voted); PostgreSQL *prepares* (``PREPARE TRANSACTION``), the global id
+  voted); PostgreSQL *prepares* (``PREPARE TRANSACTION``; its key sorts after
+  every printable key too, before SQLite's, so it finishes after every ZODB
+  storage), the global id
   being recorded in the ZODB transaction's metadata (extension
   ``"pclasses.sql"``) so ``pclasses sql-recover`` can tell after a crash
   whether the ZODB side finished;
@@ -126,8 +128,12 @@ class SQLJar:
         return False
 
     def sortKey(self) -> str:
+        # Both sort after every printable key, so every ZODB storage finishes
+        # first: its transaction log is what decides a prepared PostgreSQL
+        # transaction after a crash.  SQLite, which cannot prepare, comes
+        # last of all (it commits at its vote).
         if self._db.dialect.two_phase:
-            return f"pclasses.sql:{self._db.database_name}:{id(self)}"
+            return f"{LAST_SORT_KEY[:-1]}pclasses.postgresql:{self._db.database_name}:{id(self)}"
         return f"{LAST_SORT_KEY}pclasses.sqlite:{self._db.database_name}:{id(self)}"
 
     def _implicitlyAdding(self, oid: bytes) -> bool:

@@ -156,12 +156,12 @@ def enable_stubs(db: Any, for_databases: Iterable[str]) -> None:
 def stub_targets(data: bytes) -> list[tuple[str, bytes]]:
     """``(database, oid)`` a stub's record refers to (read with the record
     engine, never unpickled); ``[]`` for any other record."""
-    if _MARK not in data[:96]:
+    if _MARK not in bytes(data[:96]):
         return []
     from ..record.reader import read_record
 
     try:
-        info = read_record(data)
+        info = read_record(bytes(data))
     except Exception:
         return []
     if info.klass.module != "pclasses.stores.stubs" or info.klass.name != "Stub":

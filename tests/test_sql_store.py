@@ -25,9 +25,10 @@ def tree(tmp_path):
     url = sqlite_file(tmp_path / "shop.db", ITEMS, SEED)
     db, tm, conn, store = make_tree(tmp_path, url)
     yield db, tm, conn, store, url
-    tm.abort()
-    conn.close()
-    pclasses.tree_of(db).close()
+    if conn.opened is not None:
+        tm.abort()
+        conn.close()
+        pclasses.tree_of(db).close()
 
 
 def test_a_row_and_a_zodb_object_commit_together(tmp_path):
@@ -370,3 +371,25 @@ def test_refs_check_and_gc_of_a_tree_holding_a_store(tree):
     assert report.ok and report.to_dict()["databases"] == ["unnamed"]
     garbage = pclasses.collect_garbage(db, days=0)
     assert doc._p_oid not in garbage.garbage.get("unnamed", [])
+
+
+def test_the_report_of_a_tree_holding_a_store(tree, tmp_path):
+    """``pclasses report`` of a tree holding an SQL store describes the ZODB
+    databases (the store is no database to take a census of)."""
+    import json
+    import subprocess
+
+    db, tm, conn, store, _url = tree
+    doc = conn.root()["doc"] = Doc()
+    conn.add(doc)
+    doc.item = store.get("item", 1)
+    tm.commit()
+    conn.close()
+    pclasses.tree_of(db).close()
+    env = {"PYTHONPATH": str(Path(pclasses.__file__).parent.parent), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "pclasses.cli", "report",
+                           str(tmp_path / "root.fs"), "--json", "--no-progress"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert "sql" not in json.dumps([d.get("name") for d in data.get("databases", [])])

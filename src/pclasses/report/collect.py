@@ -301,8 +301,6 @@ def collect(
         except PClassesError as exc:
             data.refs_check_error = _clip(str(exc))
     dbs = dict(getattr(db, "databases", None) or {db.database_name: db})
-    # SQL stores of a tree (issue 15) are no ZODB databases: no census.
-    dbs = {n: d for n, d in dbs.items() if not getattr(d, "pclasses_foreign", False)}
 
     for name, each in sorted(dbs.items()):
         conn = each.open()

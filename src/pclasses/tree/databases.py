@@ -75,6 +75,8 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
         self.unreachable: set[str] = set()
         #: open children read-only whatever their handles say (inspection)
         self.force_read_only = False
+        #: foreign databases (SQL stores) open now, by name: not listed (see get)
+        self.foreign: dict[str, Any] = {}
 
     # -- learning handles -----------------------------------------------------
 
@@ -114,7 +116,8 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
             if info is not None:
                 return info
             closed = [i for n, i in sorted(self.known.items())
-                      if not dict.__contains__(self, n) and n not in self.unreachable]
+                      if not dict.__contains__(self, n) and n not in self.unreachable
+                      and n not in self.foreign]
             if not closed:
                 return None
             for each in closed:
@@ -125,7 +128,19 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
 
     # -- opening ----------------------------------------------------------------
 
+    def get(self, name: str, default: Any = None) -> Any:
+        # Foreign databases (SQL stores) are found by name (ZODB's writer and
+        # get_connection look them up) but never listed: code iterating a
+        # multi-database sees ZODB databases only.
+        db = dict.get(self, name)
+        if db is None:
+            return self.foreign.get(name, default)
+        return db
+
     def __missing__(self, name: str) -> Any:
+        db = self.foreign.get(name)
+        if db is not None:
+            return db
         info = self.known.get(name)
         if info is None:
             raise KeyError(name)
@@ -133,6 +148,8 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
 
     def open_handle(self, handle: DatabaseHandle) -> Any:
         db = dict.get(self, handle.name)
+        if db is None:
+            db = self.foreign.get(handle.name)
         if db is not None:
             return db
         info = self.known.get(handle.name)
@@ -145,12 +162,13 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
     def open_info(self, info: HandleInfo) -> Any:
         with self.lock:
             db = dict.get(self, info.name)
+            if db is None:
+                db = self.foreign.get(info.name)
             if db is not None:
                 return db
             scheme = foreign_scheme(info.target)
             if scheme is not None:  # an SQL store: not a ZODB database
-                db = FOREIGN[scheme][0](info, self)
-                dict.__setitem__(self, info.name, db)
+                db = self.foreign[info.name] = FOREIGN[scheme][0](info, self)
                 return db
             from ..database import open as open_db
             from ..registry import ClassRegistry
@@ -186,6 +204,9 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
 
     def close_all(self) -> None:
         with self.lock:
+            for name, db in list(self.foreign.items()):
+                db.close()
+                del self.foreign[name]
             root = dict.get(self, self.root_name) if self.root_name else None
             for name, db in list(self.items()):
                 if db is not root:

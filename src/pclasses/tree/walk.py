@@ -54,7 +54,8 @@ def open_all(db: Any, *, read_only: bool = True) -> tuple[dict[str, Any], dict[s
     try:
         while True:
             pending = [info for name, info in sorted(dbs.known.items())
-                       if not dict.__contains__(dbs, name) and name not in unavailable]
+                       if not dict.__contains__(dbs, name) and name not in unavailable
+                       and name not in getattr(dbs, "foreign", ())]
             if not pending:
                 break
             for info in pending:
@@ -64,9 +65,7 @@ def open_all(db: Any, *, read_only: bool = True) -> tuple[dict[str, Any], dict[s
                     unavailable[info.name] = exc.reason
     finally:
         dbs.force_read_only = old
-    # Foreign databases (SQL stores) hold no ZODB records: not walked.
-    return {n: d for n, d in dict.items(dbs) if not getattr(d, "pclasses_foreign", False)}, \
-        unavailable
+    return dict(dict.items(dbs)), unavailable
 
 
 @dataclass
@@ -97,7 +96,6 @@ def walk(databases: dict[str, Any], unavailable: Iterable[str] = (), *,
     """
     out = Walk() if after is None else after
     foreign = _foreign_names(databases)
-    databases = {n: d for n, d in databases.items() if not getattr(d, "pclasses_foreign", False)}
     if loaders is not None:
         return _walk(out, loaders, set(unavailable), follow_weak, roots, foreign)
     own = {name: loader_for(db.storage) for name, db in databases.items()}

@@ -53,6 +53,7 @@ def test_a_row_and_a_zodb_object_commit_together(tmp_path):
         doc2 = conn2.root()["doc"]
         assert pclasses.tree_of(db2).opened == {"unnamed"}  # loading doc opened nothing
         assert (doc2.item.title, doc2.item.qty) == ("apple", 7)
+        assert pclasses.tree_of(db2).opened == {"unnamed", "sql"}
         tm2.abort()
         conn2.close()
     finally:

@@ -28,7 +28,7 @@ class Tree:
     @property
     def opened(self) -> frozenset[str]:
         """Names of the databases actually open (the root's included)."""
-        return frozenset(dict.keys(self.databases))
+        return frozenset(dict.keys(self.databases)) | frozenset(self.databases.foreign)
 
     @property
     def known(self) -> dict[str, HandleInfo]:

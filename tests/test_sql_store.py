@@ -394,3 +394,16 @@ def test_the_report_of_a_tree_holding_a_store(tree, tmp_path):
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert "sql" not in json.dumps([d.get("name") for d in data.get("databases", [])])
+
+
+def test_query_sees_the_transactions_own_changes(tree):
+    """A query made after changes in the same transaction matches the changed,
+    new and deleted rows as they now are."""
+    _db, tm, _conn, store, url = tree
+    store.get("item", 1).qty = 50
+    store.new("item", Item("melon", 60), key=9)
+    store.delete(store.get("item", 2))
+    assert sorted(r.title for r in store.query("item", "qty >= ?", (5,))) == ["apple", "melon"]
+    tm.abort()
+    assert sqlite_rows(url, "SELECT id, qty FROM items ORDER BY id") == [(1, 3), (2, 5)]
+    assert sorted(r.title for r in store.query("item", "qty >= ?", (5,))) == ["pear"]

@@ -357,8 +357,10 @@ class SQLJar:
         self._deleted[oid] = obj
 
     def query(self, bound: BoundMapping, where: str, params: Any) -> list[Any]:
-        """The row objects matching ``where`` (loaded by the same SELECT)."""
-        self._flush_if_writing()
+        """The row objects matching ``where`` (loaded by the same SELECT); this
+        transaction's own changes are written first, so the query sees them."""
+        if self._writing or self._registered or self._new or self._deleted:
+            self._flush()
         rows = self._execute(bound.select_where(where), tuple(params)).fetchall()
         out = []
         from_sql, encode, prefix = bound.kind.from_sql, bound.kind.encode, bound.prefix
@@ -381,10 +383,6 @@ class SQLJar:
                 self._prefetch[oid] = bound.state_of(row[1:])
             out.append(obj)
         return out
-
-    def _flush_if_writing(self) -> None:
-        if self._writing:
-            self._flush()
 
     def _detach(self, obj: Any) -> None:
         oid = obj._p_oid

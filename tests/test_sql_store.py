@@ -407,3 +407,18 @@ def test_query_sees_the_transactions_own_changes(tree):
     tm.abort()
     assert sqlite_rows(url, "SELECT id, qty FROM items ORDER BY id") == [(1, 3), (2, 5)]
     assert sorted(r.title for r in store.query("item", "qty >= ?", (5,))) == ["pear"]
+
+
+def test_a_refused_mapping_leaves_the_table_as_it_was(tmp_path):
+    """``map`` naming a column the table lacks fails before touching the
+    table: no version column is added."""
+    url = sqlite_file(tmp_path / "t.db", ITEMS)
+    store = pclasses.SQLStore("t", url)
+    try:
+        with pytest.raises(pclasses.StoreMappingError):
+            store.map("item", "items", "id", Item, columns=["title", "colour"])
+        columns = [r[1] for r in sqlite_rows(url, "PRAGMA table_info(items)")]
+        assert "pclasses_version" not in columns
+        assert store.mappings == {}
+    finally:
+        store.database().close()

@@ -125,8 +125,6 @@ def bind(store: str, name: str, stored: dict[str, Any], dialect: Dialect,
     types = dict(cols)
     if key not in types:
         raise StoreMappingError(store, name, f"table {table!r} has no column {key!r}")
-    if VERSION_COLUMN not in types:
-        dialect.add_version_column(conn, table)
     wanted = stored["columns"]
     if wanted is None:
         columns = tuple(c for c, _t in cols if c not in (key, VERSION_COLUMN))
@@ -143,7 +141,9 @@ def bind(store: str, name: str, stored: dict[str, Any], dialect: Dialect,
     kind_name = stored["kind"]
     if kind_name is None:
         kind_name = name if name in oid_kinds else oid_kinds.infer(types[key])
-    bound = BoundMapping(store, name, table, key, cls, columns, kind_name,
-                         oid_kinds[kind_name], dialect)
+    kind = oid_kinds[kind_name]
+    if VERSION_COLUMN not in types:  # only once everything else was checked
+        dialect.add_version_column(conn, table)
+    bound = BoundMapping(store, name, table, key, cls, columns, kind_name, kind, dialect)
     COLUMNS_BY_CLASS[cls] = (store, name, frozenset(columns))
     return bound

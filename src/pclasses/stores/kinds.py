@@ -49,7 +49,7 @@ class OidKind:
         return key
 
     def encode(self, key: Any) -> bytes:
-        """The bytes of ``key``, already normalised (:meth:`normalize`)."""
+        """The bytes of ``key`` (normalised first when it is not yet)."""
         raise NotImplementedError
 
     def decode(self, data: bytes) -> Any:
@@ -81,7 +81,7 @@ class IntKind(OidKind):
         return key
 
     def encode(self, key: Any) -> bytes:
-        value: int = key
+        value: int = key if type(key) is int else self.normalize(key)
         return value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
 
     def decode(self, data: bytes) -> int:
@@ -107,7 +107,7 @@ class UUIDKind(OidKind):
         raise OidKindError("uuid", f"{key!r} is not a UUID")
 
     def encode(self, key: Any) -> bytes:
-        return key.bytes  # type: ignore[no-any-return]
+        return (key if type(key) is uuid.UUID else self.normalize(key)).bytes
 
     def decode(self, data: bytes) -> uuid.UUID:
         return uuid.UUID(bytes=data)
@@ -131,7 +131,8 @@ class UidKind(OidKind):
         return key
 
     def encode(self, key: Any) -> bytes:
-        return key.encode("utf-8", "surrogatepass")  # type: ignore[no-any-return]
+        text: str = key if type(key) is str and type(self) is UidKind else self.normalize(key)
+        return text.encode("utf-8", "surrogatepass")
 
     def decode(self, data: bytes) -> str:
         return data.decode("utf-8", "surrogatepass")

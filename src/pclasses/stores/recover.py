@@ -96,7 +96,9 @@ def recover(target: str, *, resolve: bool = False) -> RecoveryReport:
     """List the prepared transactions the stores of ``target`` left behind;
     with ``resolve``, commit those whose ZODB side finished and roll back
     the others (see the module)."""
-    report = RecoveryReport(target, resolve)
+    from .dialect import _safe
+
+    report = RecoveryReport(_safe(target) if "://" in target else target, resolve)
     for name, url in stores_of(target):
         report.stores.append(name)
         dialect = dialect_for(url)

@@ -40,13 +40,18 @@ from .errors import (
     MissingReferencesError,
     NotAGuidModuleError,
     NotBrokenError,
+    OidKindError,
     PClassesError,
     RecordDecodeError,
     ReferentialIntegrityError,
     RefusedGlobalsError,
     RegistrationError,
+    RowNotFoundError,
     ScanWorkerError,
+    SQLRecoveryError,
+    SQLReferenceError,
     StorageOpenError,
+    StoreMappingError,
     TransferError,
     UnknownDatabaseError,
     UnlocatedError,
@@ -82,6 +87,7 @@ from .refs import (
 )
 from .registry import ClassRegistry, Resolution
 from .repair import RepairError, RepairReport, rename_classes
+from .stores import SplitPersistent, SQLStore, adopt, enable_stubs, oid_kinds
 from .transfer import Manifest, export_subtree, import_subtree, read_manifest
 from .tree import (
     Dangling,
@@ -199,4 +205,14 @@ __all__ = [
     "GarbageCollectionRefusedError",
     "check_refs",
     "collect_garbage",
+    "SQLStore",
+    "oid_kinds",
+    "enable_stubs",
+    "SplitPersistent",
+    "adopt",
+    "RowNotFoundError",
+    "SQLReferenceError",
+    "StoreMappingError",
+    "OidKindError",
+    "SQLRecoveryError",
 ]

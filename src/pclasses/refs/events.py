@@ -14,7 +14,7 @@ import zope.event
 from zope.interface import implementedBy
 
 __all__ = ["ReferenceAdded", "ReferenceRemoved", "KeyChanged", "TargetReplaced",
-           "RefModeChanged", "notify", "listened"]
+           "RefModeChanged", "notify", "listened", "own_subscriber"]
 
 
 class _Event:
@@ -87,21 +87,33 @@ def listened(cls: type) -> bool:
     answers); any other subscriber listens to everything.
     """
     subscribers = zope.event.subscribers
-    if not subscribers:
-        return False
-    if len(subscribers) == 1 and subscribers[0] is _dispatch[0]:
+    n = len(subscribers)
+    if n == 1:
+        first = subscribers[0]
+    elif n == 2 and subscribers[1] is own_subscriber[0]:
+        first = subscribers[0]
+    elif n == 2 and subscribers[0] is own_subscriber[0]:
+        first = subscribers[1]
+    else:
+        return n > 0
+    if first is _dispatch[0]:
         return bool(_dispatch[1]().adapters.subscriptions(_SPECS[cls], None))
-    return _listened_slow(cls)
+    if first is own_subscriber[0]:
+        return False
+    return _listened_slow(cls, first)
 
 
-def _listened_slow(cls: type) -> bool:
-    subscribers = zope.event.subscribers
+def _listened_slow(cls: type, subscriber: Any) -> bool:
     module = sys.modules.get("zope.component.event")
-    if len(subscribers) == 1 and module is not None and subscribers[0] is getattr(
-            module, "dispatch", None):
-        _dispatch[:] = [subscribers[0], sys.modules["zope.component"].getSiteManager]
+    if module is not None and subscriber is getattr(module, "dispatch", None):
+        _dispatch[:] = [subscriber, sys.modules["zope.component"].getSiteManager]
         return listened(cls)
     return True
+
+
+#: The package's own zope.event subscriber (pclasses.refs.frameworks), which
+#: does not listen to these events.
+own_subscriber: list[Any] = [object()]
 
 
 #: zope.component's dispatcher and getSiteManager, once seen subscribed.

@@ -114,3 +114,50 @@ def test_zope_container_mode_none_and_pclasses_operations(zapp):
     assert a1.city is new and old.__parent__ is None
     transaction.commit()
     assert a1.city is new
+
+
+class PSource(Persistent):
+    """A plain persistent source (an OFS item's acquisition wrapper would
+    unwrap the target it is given; see docs/references.md)."""
+
+    city = Ref()
+
+
+def test_ofs_delete_objects_refused_before_anything_changes(tmp_path):
+    """In a Zope database (key root: the root's "Application"), OFS targets
+    are located through their acquisition wrappers; manage_delObjects of a
+    referenced object raises ReferentialIntegrityError on OFS's will-be
+    event, before anything changes; an unreferenced one is deleted."""
+    application = pytest.importorskip("OFS.Application")
+    from OFS.Folder import Folder as OFSFolder
+    from persistent.mapping import PersistentMapping
+
+    db = DB(FileStorage(str(tmp_path / "ofs.fs")))
+    conn = db.open()
+    try:
+        root = conn.root()
+        root["Application"] = application.Application()
+        root["sources"] = PersistentMapping()
+        transaction.commit()
+        app = root["Application"]
+        app._setObject("cities", OFSFolder("cities"))
+        app.cities._setObject("jena", OFSFolder("jena"))
+        app.cities._setObject("gera", OFSFolder("gera"))
+        src = root["sources"]["s"] = PSource()
+        transaction.commit()
+        assert pclasses.refs.key_of(app.cities.jena) == "/cities/jena"
+        src.city = app.cities.jena
+        transaction.commit()
+        assert src.city.aq_base is app.cities.jena.aq_base
+        with pytest.raises(pclasses.ReferentialIntegrityError) as info:
+            app.cities.manage_delObjects(["jena"])
+        assert [b.key for b in info.value.breaches] == ["/cities/jena"]
+        assert "jena" in app.cities.objectIds()
+        app.cities.manage_delObjects(["gera"])
+        transaction.commit()
+        assert app.cities.objectIds() == ["jena"]
+        assert src.city.aq_base is app.cities.jena.aq_base
+    finally:
+        transaction.abort()
+        conn.close()
+        db.close()

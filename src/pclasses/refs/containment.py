@@ -23,7 +23,7 @@ from .integrity import (
     has_links_of,
     ref_ids_in_modes,
 )
-from .location import child, is_key_root, join_key, locate, parent_of, unwrap
+from .location import child, is_key_root, join_key, locate, parent_of, same, unwrap
 from .registry import registry_of
 
 __all__ = ["place", "remove", "move", "rename", "container_key", "raw_set", "raw_del",
@@ -81,7 +81,7 @@ def _is_placed(obj: Any) -> bool:
         if found is None:
             return False
         parent, name = found
-        return child(parent, name) is obj
+        return same(child(parent, name), obj)
     except KeyError:  # a __parent__ that does not load (an imported object's)
         return False
 
@@ -210,7 +210,7 @@ def move(obj: Any, container: Any, name: str | None = None) -> Any:
     """
     container = unwrap(container)
     found = parent_of(obj)
-    if found is None or child(found[0], found[1]) is not obj:
+    if found is None or not same(child(found[0], found[1]), obj):
         if name is None:
             raise ValueError("name needed to place an object that is not placed yet")
         return place(container, name, obj)

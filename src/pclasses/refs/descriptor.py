@@ -27,7 +27,7 @@ from .integrity import (
     resolve_id,
     target_id,
 )
-from .location import describe, resolve
+from .location import describe, resolve, same
 from .registry import STATE_KEY, RefRegistry, log_link, registry_of
 
 __all__ = ["Ref", "RefSet", "stored_refs"]
@@ -259,9 +259,9 @@ _EMPTY: dict[str, Any] = {}
 def _resolves_to(registry: RefRegistry, jar: Any, key: str, rid: str, target: Any) -> bool:
     """Whether ``key`` resolves to ``target`` (the resolved-target cache first)."""
     cache = registry.cache()
-    if cache.get(rid) is target:
+    if same(cache.get(rid), target):
         return True
-    if resolve(jar, key) is target:
+    if same(resolve(jar, key), target):
         if target._p_serial != z64:  # objects new in this transaction may be aborted
             cache[rid] = target
         return True

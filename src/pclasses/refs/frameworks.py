@@ -50,7 +50,7 @@ def _key(parent: Any, name: Any) -> tuple[Any, str] | None:
     if parent is None or not isinstance(name, str) or not name:
         return None
     try:
-        jar, key = container_key(_base(parent))
+        jar, key = container_key(parent)  # (wrapped: OFS locates through it)
     except (UnlocatedError, KeyError, AttributeError):
         return None
     if jar is None:
@@ -65,13 +65,15 @@ def _base(obj: Any) -> Any:
 
 def handle(event: Any) -> None:
     """The ``zope.event`` subscriber (see the module docstring)."""
-    lifecycle = sys.modules.get("zope.lifecycleevent.interfaces")
-    if lifecycle is None:
+    # (getattr: the modules may be half imported when their own import
+    # sends an event)
+    moved = getattr(sys.modules.get("zope.lifecycleevent.interfaces"), "IObjectMovedEvent", None)
+    if moved is None:
         return
-    ofs = sys.modules.get("OFS.interfaces")
-    if ofs is not None and ofs.IObjectWillBeMovedEvent.providedBy(event):
+    will = getattr(sys.modules.get("OFS.interfaces"), "IObjectWillBeMovedEvent", None)
+    if will is not None and will.providedBy(event):
         _before(event)
-    elif lifecycle.IObjectMovedEvent.providedBy(event):
+    elif moved.providedBy(event):
         _after(event)
 
 

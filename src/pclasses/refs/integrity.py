@@ -14,7 +14,7 @@ from typing import Any
 from ZODB.utils import z64
 
 from ..errors import Breach, DanglingReferenceError, ReferentialIntegrityError, UnlocatedError
-from .location import describe, locate, resolve
+from .location import describe, locate, resolve, same
 from .registry import RefRegistry, flush_links, registry_of
 
 __all__ = ["MODES", "ref_ids_in_modes", "has_links_of", "declared", "effective_mode",
@@ -90,6 +90,10 @@ def source_status(registry: RefRegistry, jar: Any, database: str, oid: bytes,
         source._p_activate()
     except Exception:
         return "gone"
+    if getattr(source, "__parent__", None) is None and hasattr(source, "getPhysicalPath"):
+        # OFS: an object loaded on its own has no parent to tell where it is
+        # (its acquisition wrapper would): it is there, where cannot be told.
+        return "alive"
     try:
         sjar, key = locate(source)
     except KeyError:
@@ -100,7 +104,7 @@ def source_status(registry: RefRegistry, jar: Any, database: str, oid: bytes,
         # Never placed (kept in a plain attribute): only a dropped parent
         # chain tells it is gone.
         return "gone" if getattr(source, "__parent__", None) is not None else "alive"
-    if resolve(sjar, key) is not source:
+    if not same(resolve(sjar, key), source):
         return "gone"
     if within is not None and (key == within or key.startswith(within.rstrip("/") + "/")):
         return "inside"

@@ -2433,6 +2433,329 @@ skim_analyze(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+PyDoc_STRVAR(census_doc,
+"census(data, /) -> (klass, names)\n"
+"\n"
+"What a class census needs from a record, walked like analyze(data) (same\n"
+"limits, same ValueError): klass is (module, name) of the first global\n"
+"used as the record's class metadata, or None; names is a tuple of the\n"
+"(module, name) of every other GLOBAL / INST / literal STACK_GLOBAL, in\n"
+"byte order (repeats kept).  See pclasses.record.analyze.census_py.");
+
+/* (module, name) of global g, a new reference. */
+static PyObject *
+an_pair(const unsigned char *base, const an_global *g)
+{
+    PyObject *f[2];
+    f[0] = an_decode(base, g->moff, g->mlen, g->mmode);
+    f[1] = an_decode(base, g->noff, g->nlen, g->nmode);
+    return an_pack(NULL, f, 2);
+}
+
+static PyObject *
+skim_census(PyObject *module, PyObject *arg)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    an_state st;
+    PyObject *result = NULL, *klass = NULL, *names = NULL;
+    Py_buffer view;
+    const unsigned char *base;
+    Py_ssize_t len, nnames = 0, k = 0, meta = -1;
+    int have_view = 0;
+
+    if (PyBytes_CheckExact(arg)) {
+        base = (const unsigned char *)PyBytes_AS_STRING(arg);
+        len = PyBytes_GET_SIZE(arg);
+    }
+    else {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        have_view = 1;
+        base = (const unsigned char *)view.buf;
+        len = view.len;
+    }
+    an_init(&st);
+    st.max_depth = ms->limits[0];
+    st.max_items = ms->limits[1];
+    st.max_memo = ms->limits[2];
+    st.max_coll = ms->limits[3];
+    if (!have_view && len >= SKIM_NOGIL_THRESHOLD) {
+        Py_BEGIN_ALLOW_THREADS
+        an_walk(&st, base, len);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        an_walk(&st, base, len);
+    }
+    if (st.r.status != SKIM_OK) {
+        result = an_error(&st, len);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < st.nglobals; i++) {
+        const an_global *g = &st.globals[i];
+        long uses;
+        if (g->moff < 0 || g->noff < 0)
+            continue;
+        if (g->item < 0)
+            uses = USE_INSTANTIATE;
+        else
+            uses = st.items[g->item].bits;
+        if (meta < 0 && (uses & USE_CLASS_META))
+            meta = i;
+        else
+            nnames++;
+    }
+    if (meta >= 0) {
+        klass = an_pair(base, &st.globals[meta]);
+        if (klass == NULL)
+            goto done;
+    }
+    else
+        klass = Py_NewRef(Py_None);
+    names = PyTuple_New(nnames);
+    if (names == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < st.nglobals && k < nnames; i++) {
+        const an_global *g = &st.globals[i];
+        PyObject *t;
+        if (g->moff < 0 || g->noff < 0 || i == meta)
+            continue;
+        t = an_pair(base, g);
+        if (t == NULL)
+            goto done;
+        PyTuple_SET_ITEM(names, k++, t);
+    }
+    result = PyTuple_Pack(2, klass, names);
+done:
+    Py_XDECREF(klass);
+    Py_XDECREF(names);
+    an_free(&st);
+    if (have_view)
+        PyBuffer_Release(&view);
+    return result;
+}
+
+PyDoc_STRVAR(rename_doc,
+"rename(data, table, /) -> (new, renamed) or None\n"
+"\n"
+"The fast path of offline repair.  Walks data like analyze(data) (same\n"
+"limits, same ValueError), looks up table[(module, name)] for every\n"
+"GLOBAL / INST (None: keep it; else the new (module, name)) and replaces\n"
+"the opcodes to rename.  The result is proven like\n"
+"equivalence.substitution_differences proves it: the bytes between the\n"
+"replaced opcodes are copied unchanged, each replacement is one opcode of\n"
+"printable names, and the new bytes walk (skim) with the split point moved\n"
+"by exactly the replacements before it and the same memo and extension\n"
+"codes.  renamed maps each renamed (module, name) to its target; (data, {})\n"
+"when nothing is renamed.  None when the record needs the full path: a\n"
+"STACK_GLOBAL, a frame with something to rename, class metadata that is\n"
+"not a global (format 3/7, a persistent class), a target that is not a\n"
+"pair of printable strings, or a proof that fails.");
+
+typedef struct {
+    Py_ssize_t start, end;
+    PyObject *text; /* the new opcode, bytes */
+} an_edit;
+
+static PyObject *
+an_opcode_text(char op, PyObject *target)
+{
+    PyObject *m, *n;
+    const char *ms, *ns;
+    Py_ssize_t ml, nl;
+    PyObject *out;
+    char *w;
+    if (!PyTuple_CheckExact(target) || PyTuple_GET_SIZE(target) != 2)
+        return NULL;
+    m = PyTuple_GET_ITEM(target, 0);
+    n = PyTuple_GET_ITEM(target, 1);
+    if (!PyUnicode_CheckExact(m) || !PyUnicode_CheckExact(n))
+        return NULL;
+    for (int j = 0; j < 2; j++) {
+        PyObject *u = j ? n : m;
+        int kind = PyUnicode_KIND(u);
+        const void *d = PyUnicode_DATA(u);
+        for (Py_ssize_t i = 0; i < PyUnicode_GET_LENGTH(u); i++)
+            if (!Py_UNICODE_ISPRINTABLE(PyUnicode_READ(kind, d, i)))
+                return NULL;
+    }
+    ms = PyUnicode_AsUTF8AndSize(m, &ml);
+    if (ms == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    ns = PyUnicode_AsUTF8AndSize(n, &nl);
+    if (ns == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    out = PyBytes_FromStringAndSize(NULL, ml + nl + 3);
+    if (out == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    w = PyBytes_AS_STRING(out);
+    *w++ = op;
+    memcpy(w, ms, (size_t)ml);
+    w += ml;
+    *w++ = '\n';
+    memcpy(w, ns, (size_t)nl);
+    w += nl;
+    *w++ = '\n';
+    return out;
+}
+
+static PyObject *
+skim_rename(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    an_state st;
+    PyObject *result = NULL, *renamed = NULL, *data, *table, *newb = NULL;
+    const unsigned char *base;
+    Py_ssize_t len, nedits = 0, newlen, shift1 = 0;
+    an_edit *edits = NULL;
+    int meta = 0, fallback = 0;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "rename(data, table) takes 2 arguments");
+        return NULL;
+    }
+    data = args[0];
+    table = args[1];
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "rename: data must be bytes");
+        return NULL;
+    }
+    base = (const unsigned char *)PyBytes_AS_STRING(data);
+    len = PyBytes_GET_SIZE(data);
+    an_init(&st);
+    st.max_depth = ms->limits[0];
+    st.max_items = ms->limits[1];
+    st.max_memo = ms->limits[2];
+    st.max_coll = ms->limits[3];
+    if (len >= SKIM_NOGIL_THRESHOLD) {
+        Py_BEGIN_ALLOW_THREADS
+        an_walk(&st, base, len);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        an_walk(&st, base, len);
+    }
+    if (st.r.status != SKIM_OK) {
+        result = an_error(&st, len);
+        goto done;
+    }
+    if (st.has_sg)
+        goto full;
+    renamed = PyDict_New();
+    if (renamed == NULL)
+        goto done;
+    if (st.nglobals > 0) {
+        edits = PyMem_Calloc((size_t)st.nglobals, sizeof(an_edit));
+        if (edits == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    newlen = len;
+    for (Py_ssize_t i = 0; i < st.nglobals; i++) {
+        const an_global *g = &st.globals[i];
+        PyObject *pair, *target, *text;
+        long uses = g->item < 0 ? USE_INSTANTIATE
+                                : st.items[g->item].bits |
+                                      (st.items[g->item].pending > 0 ? USE_OTHER : 0);
+        if (uses & USE_CLASS_META)
+            meta = 1;
+        if (g->moff < 0 || g->noff < 0 || (g->op != 'c' && g->op != 'i'))
+            continue;
+        pair = an_pair(base, g);
+        if (pair == NULL)
+            goto done;
+        target = PyObject_GetItem(table, pair);
+        if (target == NULL) {
+            Py_DECREF(pair);
+            goto done;
+        }
+        if (target == Py_None) {
+            Py_DECREF(target);
+            Py_DECREF(pair);
+            continue;
+        }
+        text = an_opcode_text((char)g->op, target);
+        if (text == NULL || PyDict_SetItem(renamed, pair, target) < 0) {
+            Py_XDECREF(text);
+            Py_DECREF(target);
+            Py_DECREF(pair);
+            if (PyErr_Occurred())
+                goto done;
+            goto full;
+        }
+        Py_DECREF(target);
+        Py_DECREF(pair);
+        edits[nedits].start = g->off;
+        edits[nedits].end = g->end;
+        edits[nedits].text = text;
+        nedits++;
+        newlen += PyBytes_GET_SIZE(text) - (g->end - g->off);
+        if (g->end <= st.r.end1)
+            shift1 += PyBytes_GET_SIZE(text) - (g->end - g->off);
+    }
+    if (!meta)
+        goto full; /* class named by strings or a persistent class */
+    if (nedits == 0) {
+        result = PyTuple_Pack(2, data, renamed);
+        goto done;
+    }
+    if (st.has_frame)
+        goto full;
+    newb = PyBytes_FromStringAndSize(NULL, newlen);
+    if (newb == NULL)
+        goto done;
+    {
+        char *w = PyBytes_AS_STRING(newb);
+        Py_ssize_t pos = 0;
+        skim_result r;
+        for (Py_ssize_t i = 0; i < nedits; i++) {
+            Py_ssize_t tl = PyBytes_GET_SIZE(edits[i].text);
+            if (edits[i].start < pos) { /* not in byte order: never written */
+                fallback = 1;
+                break;
+            }
+            memcpy(w, base + pos, (size_t)(edits[i].start - pos));
+            w += edits[i].start - pos;
+            memcpy(w, PyBytes_AS_STRING(edits[i].text), (size_t)tl);
+            w += tl;
+            pos = edits[i].end;
+        }
+        if (!fallback) {
+            memcpy(w, base + pos, (size_t)(len - pos));
+            /* the proof: the new bytes walk with the split point where the
+               replacements put it, and the same memo and extension codes */
+            memset(&r, 0, sizeof r);
+            skim_buffer((const unsigned char *)PyBytes_AS_STRING(newb), newlen, &r);
+            if (r.status != SKIM_OK || r.end1 != st.r.end1 + shift1 ||
+                r.max_memo != st.r.max_memo || r.has_ext != st.r.has_ext)
+                fallback = 1;
+        }
+    }
+    if (fallback)
+        goto full;
+    result = PyTuple_Pack(2, newb, renamed);
+    goto done;
+full:
+    result = Py_NewRef(Py_None);
+done:
+    if (edits != NULL) {
+        for (Py_ssize_t i = 0; i < nedits; i++)
+            Py_XDECREF(edits[i].text);
+        PyMem_Free(edits);
+    }
+    Py_XDECREF(newb);
+    Py_XDECREF(renamed);
+    an_free(&st);
+    return result;
+}
+
 static int
 an_check_tuple_type(PyObject *arg, const char *what)
 {
@@ -2882,6 +3205,8 @@ skim_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef skim_methods[] = {
     {"skim", (PyCFunction)skim_skim, METH_O, skim_doc},
+    {"census", (PyCFunction)skim_census, METH_O, census_doc},
+    {"rename", (PyCFunction)(void (*)(void))skim_rename, METH_FASTCALL, rename_doc},
     {"analyze", (PyCFunction)(void (*)(void))skim_analyze, METH_FASTCALL,
      analyze_doc},
     {"refs", (PyCFunction)(void (*)(void))skim_refs, METH_FASTCALL, refs_doc},

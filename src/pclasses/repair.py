@@ -41,7 +41,13 @@ belongs).  A record that fails is reported as skipped, with the reason, and
 nothing is written for it.
 
 Batches of records are committed as storage transactions; renaming is
-idempotent, so an interrupted run is resumed by running it again.
+idempotent, so an interrupted run is resumed by running it again.  A
+repair runs beside a writing application: a batch that conflicts with the
+application's commits is re-read and rewritten from the records as they are
+now, then stored again (a bounded number of times, then in halves; a record
+that keeps changing is reported as not rewritten), and a batch too large
+for the storage's lock table (PostgreSQL's ``max_locks_per_transaction``
+under RelStorage) is stored in halves, later batches as small.
 
 Blobs
 -----
@@ -234,40 +240,152 @@ def _rename_storage(storage: Any, pattern: re.Pattern[bytes] | None, targets: _T
     done = 0
     if progress is not None:
         progress(0, total)
+    committer = _Committer(storage, pattern, targets, report, batch_size)
     for oid, tid, data in iter_current(storage):
         done += 1
         if progress is not None and not done % 4096:
             progress(done, total)
-        if pattern.search(data) is None:
-            try:  # still report records that cannot be read at all
-                skim(data)
-            except ValueError as exc:
-                report.unreadable.append(Unreadable(oid, str(exc)))
-                if warn is not None:
-                    warn(f"record {oid_repr(oid)} skipped: {exc}")
-            continue
-        try:
-            new = _rewrite(data, oid, targets, report)
-        except RecordDecodeError as exc:
-            report.unreadable.append(Unreadable(oid, exc.reason))
-            if warn is not None:
-                warn(f"record {oid_repr(oid)} skipped: {exc.reason}")
-            continue
-        if new is None or new == data:
+        new = _candidate(oid, data, pattern, targets, report, warn)
+        if new is None:
             continue
         report.changed += 1
         if not dry_run:
             batch.append((oid, tid, new))
-            if len(batch) >= batch_size:
-                _commit(storage, batch)
-                report.transactions += 1
+            if len(batch) >= committer.size:
+                committer.commit(batch)
                 batch = []
     if batch:
-        _commit(storage, batch)
-        report.transactions += 1
+        committer.commit(batch)
     report.records += done
     if progress is not None:
         progress(done, total)
+
+
+def _candidate(oid: bytes, data: bytes, pattern: re.Pattern[bytes], targets: _Targets,
+               report: RepairReport, warn: Callable[[str], None] | None) -> bytes | None:
+    """The rewritten record, or ``None`` when ``data`` stays as it is."""
+    if pattern.search(data) is None:
+        try:  # still report records that cannot be read at all
+            skim(data)
+        except ValueError as exc:
+            report.unreadable.append(Unreadable(oid, str(exc)))
+            if warn is not None:
+                warn(f"record {oid_repr(oid)} skipped: {exc}")
+        return None
+    try:
+        new = _rewrite(data, oid, targets, report)
+    except RecordDecodeError as exc:
+        report.unreadable.append(Unreadable(oid, exc.reason))
+        if warn is not None:
+            warn(f"record {oid_repr(oid)} skipped: {exc.reason}")
+        return None
+    if new is None or new == data:
+        return None
+    return new
+
+
+#: How often a batch that conflicts with a writing application is re-read
+#: and stored again before it is cut in halves (a record alone that keeps
+#: conflicting is reported as not rewritten).
+CONFLICT_RETRIES = 3
+
+
+def _lock_table_full(exc: BaseException) -> bool:
+    """PostgreSQL ran out of lock slots (RelStorage takes one advisory lock
+    an object it stores; the lock table holds ``max_locks_per_transaction``
+    times the connections)."""
+    text = str(exc)
+    return "out of shared memory" in text or "max_locks_per_transaction" in text
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0].strip() if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class _Committer:
+    """Commits batches of rewritten records, so that a repair finishes while
+    an application writes: a batch that conflicts is re-read and rewritten
+    from the records as they are now, and stored again (at most
+    :data:`CONFLICT_RETRIES` times, then in halves); a batch too large for
+    the storage's lock table is stored in halves, and later batches stay
+    that small.  What cannot be stored is rolled back and the error is one
+    line."""
+
+    def __init__(self, storage: Any, pattern: re.Pattern[bytes], targets: _Targets,
+                 report: RepairReport, size: int) -> None:
+        self.storage = storage
+        self.pattern = pattern
+        self.targets = targets
+        self.report = report
+        self.size = size
+
+    def commit(self, batch: list[tuple[bytes, bytes, bytes]]) -> None:
+        from ZODB.POSException import ConflictError
+
+        pending = [(batch, 0)]
+        while pending:
+            part, tries = pending.pop()
+            if not part:
+                continue
+            try:
+                _commit(self.storage, part)
+            except ConflictError:
+                part = self._reread(part)
+                if tries + 1 < CONFLICT_RETRIES:
+                    pending.append((part, tries + 1))
+                elif len(part) > 1:
+                    half = len(part) // 2
+                    pending += [(part[half:], 0), (part[:half], 0)]
+                elif part:
+                    oid = part[0][0]
+                    self.report.changed -= 1
+                    self.report.skipped.append(Skipped(
+                        oid, f"it changed while repair ran ({CONFLICT_RETRIES + 1} "
+                             "conflicts in a row); run repair again"))
+                continue
+            except Exception as exc:
+                if _lock_table_full(exc) and len(part) > 1:
+                    half = len(part) // 2
+                    self.size = min(self.size, half)
+                    pending += [(part[half:], tries), (part[:half], tries)]
+                    continue
+                raise RepairError(f"a batch failed and was rolled back ({_one_line(exc)}); "
+                                  "batches committed before it stay repaired, run again to "
+                                  "continue") from exc
+            self.report.transactions += 1
+
+    def _reread(self, part: list[tuple[bytes, bytes, bytes]]
+                ) -> list[tuple[bytes, bytes, bytes]]:
+        """The records of ``part`` as they are now, rewritten again (those
+        that no longer need a change, or went away, drop out)."""
+        from ZODB.POSException import POSKeyError
+
+        sync = getattr(self.storage, "poll_invalidations", None) or getattr(
+            self.storage, "sync", None)
+        if sync is not None:  # see what the application committed (RelStorage, ZEO)
+            sync()
+        out = []
+        counts, self.targets.counts = self.targets.counts, {}  # counted the first time
+        try:
+            for oid, _tid, _new in part:
+                try:
+                    data, tid = self.storage.load(oid)
+                except POSKeyError:
+                    self.report.changed -= 1
+                    continue
+                scratch = RepairReport(dry_run=False)
+                new = _candidate(oid, data, self.pattern, self.targets, scratch, None)
+                if new is None:
+                    self.report.changed -= 1
+                    self.report.unreadable += scratch.unreadable
+                    self.report.skipped += scratch.skipped
+                    continue
+                out.append((oid, tid, new))
+        finally:
+            self.targets.counts = counts
+        return out
 
 
 def _storages(target: Any, dry_run: bool) -> tuple[list[tuple[str | None, Any]],
@@ -443,7 +561,8 @@ def _copy_blob(storage: Any, oid: bytes, tid: bytes, directory: str) -> str | No
 
 
 def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:
-    """Store ``batch`` (``(oid, serial, new data)``) in one storage transaction.
+    """Store ``batch`` (``(oid, serial, new data)``) in one storage transaction,
+    or roll it back and raise what the storage raised.
 
     A record that holds a blob keeps it: a copy of its committed blob file
     is stored with the new record (``storeBlob``), on every storage.  The
@@ -473,10 +592,6 @@ def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:
         except BaseException:
             storage.tpc_abort(t)
             raise
-    except BaseException as exc:
-        raise RepairError(f"a batch failed and was rolled back ({type(exc).__name__}: {exc}); "
-                          "batches committed before it stay repaired, run again to "
-                          "continue") from exc
     finally:
         for path in copies.values():  # copies never handed to the storage
             try:

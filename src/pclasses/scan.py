@@ -3,8 +3,12 @@
 * FileStorage: one sequential pass of ``iterator()`` (about 1.3 us a
   record), keeping a record only when the index says it is the current
   revision of its oid.  Deleted objects and old revisions are skipped.
-* Storages with ``record_iternext`` (ZEO, MappingStorage, RelStorage):
-  current records in oid order.
+* RelStorage: current states with their tids streamed from one
+  server-side cursor (:mod:`pclasses.storages.relstorage`).
+* ZEO: ``record_iternext`` for runs of oids with every request of a run in
+  flight at once (:mod:`pclasses.storages.zeo`).
+* Other storages with ``record_iternext`` (MappingStorage): current
+  records in oid order.
 * Anything else with ``iterator()``: every transaction, the last revision
   of each oid wins.
 
@@ -28,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .errors import ScanWorkerError
+from .storages import storage_kind
 
 __all__ = ["iter_records", "iter_current", "count_records", "map_records"]
 
@@ -52,8 +57,11 @@ def count_records(storage: Any) -> int | None:
 def iter_records(storage: Any, progress: Progress | None = None) -> Iterator[tuple[bytes, bytes]]:
     """Yield ``(oid, data)`` for the current revision of every object."""
     total = count_records(storage)
-    if _is_filestorage(storage):
+    kind = storage_kind(storage)
+    if kind == "filestorage":
         it = _filestorage(storage, storage._index)
+    elif kind in ("relstorage", "zeo"):
+        it = ((oid, data) for oid, _tid, data in iter_current(storage))
     elif hasattr(storage, "record_iternext"):
         it = _iternext(storage)
     else:
@@ -114,11 +122,26 @@ def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, byt
     back to the storage.  Returns ``(load, still_valid, close)``:
     ``still_valid()`` is false when a transaction was committed meanwhile,
     and the caller must then redo its work with ``connection._storage.load``.
-    Other storages get ``connection._storage.load`` and ``still_valid`` is
+    RelStorage and ZEO get a loader that, once told the queue of oids a walk
+    will ask for (``load.follow(queue)``), fetches the next ones in one
+    batch (one query, or many requests in flight); ``still_valid`` is
+    always true for them: they read at the connection's snapshot.  Other
+    storages get ``connection._storage.load`` and ``still_valid`` is
     always true.
     """
     mvcc = connection._storage
     base: Any = getattr(connection.db(), "storage", None)
+    kind = storage_kind(base)
+    if kind == "relstorage" and storage_kind(mvcc) == "relstorage":
+        from .storages.relstorage import BatchLoader
+
+        return BatchLoader(mvcc), lambda: True, lambda: None
+    if kind == "zeo" and getattr(mvcc, "_start", None) is not None:
+        from .storages.zeo import BatchLoader as ZEOBatchLoader
+        from .storages.zeo import _can_pipeline
+
+        if _can_pipeline(base):
+            return ZEOBatchLoader(mvcc, base), lambda: True, lambda: None
     start = getattr(mvcc, "_start", None)
     if not _is_filestorage(base) or start is None or base.lastTransaction() >= start:
         return mvcc.load, lambda: True, lambda: None
@@ -151,10 +174,23 @@ def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
 
     Only what was committed when the iteration started is visited, so the
     caller may store new revisions meanwhile (each oid is visited once).
+    RelStorage streams from a snapshot of its own; ZEO reads in oid order
+    (an oid stored meanwhile is behind the cursor, so never seen again).
     """
-    if _is_filestorage(storage):
+    kind = storage_kind(storage)
+    if kind == "filestorage":
         yield from _filestorage(storage, storage._index, with_tid=True,
                                 last_tid=storage.lastTransaction())
+        return
+    if kind == "relstorage":
+        from .storages import relstorage
+
+        yield from relstorage.iter_current(storage)
+        return
+    if kind == "zeo":
+        from .storages import zeo
+
+        yield from zeo.iter_current(storage)
         return
     if hasattr(storage, "record_iternext"):
         items = []

@@ -236,11 +236,22 @@ def _rename_storage(storage: Any, pattern: re.Pattern[bytes] | None, targets: _T
     if pattern is None:
         return
     total = count_records(storage)
-    batch: list[tuple[bytes, bytes, bytes]] = []
-    done = 0
     if progress is not None:
         progress(0, total)
     committer = _Committer(storage, pattern, targets, report, batch_size)
+    try:
+        _scan_and_commit(storage, pattern, targets, report, dry_run, committer, progress,
+                         warn, total)
+    finally:
+        committer.close()
+
+
+def _scan_and_commit(storage: Any, pattern: re.Pattern[bytes], targets: _Targets,
+                     report: RepairReport, dry_run: bool, committer: _Committer,
+                     progress: Progress | None, warn: Callable[[str], None] | None,
+                     total: int | None) -> None:
+    batch: list[tuple[bytes, bytes, bytes]] = []
+    done = 0
     for oid, tid, data in iter_current(storage):
         done += 1
         if progress is not None and not done % 4096:
@@ -311,18 +322,27 @@ class _Committer:
     :data:`CONFLICT_RETRIES` times, then in halves); a batch too large for
     the storage's lock table is stored in halves, and later batches stay
     that small.  What cannot be stored is rolled back and the error is one
-    line."""
+    line.
+
+    A storage that serves each connection its own view (RelStorage, an
+    ``IMVCCStorage``) is written through an instance of its own, brought up
+    to date before each batch, as a ZODB connection would be."""
 
     def __init__(self, storage: Any, pattern: re.Pattern[bytes], targets: _Targets,
                  report: RepairReport, size: int) -> None:
+        self.root = storage
         self.storage = storage
+        if hasattr(storage, "new_instance") and hasattr(storage, "poll_invalidations"):
+            self.storage = storage.new_instance()
         self.pattern = pattern
         self.targets = targets
         self.report = report
         self.size = size
 
     def commit(self, batch: list[tuple[bytes, bytes, bytes]]) -> None:
-        from ZODB.POSException import ConflictError
+        # ConflictError, and RelStorage's CacheConsistencyError when a record
+        # changed after the scan read it: both say "read again and retry"
+        from transaction.interfaces import TransientError
 
         pending = [(batch, 0)]
         while pending:
@@ -330,8 +350,9 @@ class _Committer:
             if not part:
                 continue
             try:
+                self._sync()
                 _commit(self.storage, part)
-            except ConflictError:
+            except TransientError:
                 part = self._reread(part)
                 if tries + 1 < CONFLICT_RETRIES:
                     pending.append((part, tries + 1))
@@ -356,16 +377,24 @@ class _Committer:
                                   "continue") from exc
             self.report.transactions += 1
 
+    def _sync(self) -> None:
+        """See what others committed (an MVCC instance polls)."""
+        if self.storage is not self.root:
+            self.storage.poll_invalidations()
+
+    def close(self) -> None:
+        if self.storage is not self.root:
+            self.storage.release()
+
     def _reread(self, part: list[tuple[bytes, bytes, bytes]]
                 ) -> list[tuple[bytes, bytes, bytes]]:
         """The records of ``part`` as they are now, rewritten again (those
         that no longer need a change, or went away, drop out)."""
         from ZODB.POSException import POSKeyError
 
-        sync = getattr(self.storage, "poll_invalidations", None) or getattr(
-            self.storage, "sync", None)
-        if sync is not None:  # see what the application committed (RelStorage, ZEO)
-            sync()
+        self._sync()
+        if self.storage is not self.root:  # one query for the batch (RelStorage)
+            self.storage.prefetch([oid for oid, _tid, _new in part])
         out = []
         counts, self.targets.counts = self.targets.counts, {}  # counted the first time
         try:

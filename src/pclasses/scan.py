@@ -47,9 +47,14 @@ _STEP = 4096
 
 
 def count_records(storage: Any) -> int | None:
-    """The number of objects in ``storage``, when it can tell cheaply."""
+    """The number of objects in ``storage``, when it can tell cheaply
+    (RelStorage's is PostgreSQL's estimate, ``None`` before the first
+    ``ANALYZE``)."""
     try:
-        return len(storage)
+        n = len(storage)
+        if not n and storage_kind(storage) == "relstorage":
+            return None
+        return n
     except Exception:
         return None
 

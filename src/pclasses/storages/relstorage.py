@@ -90,6 +90,8 @@ def open_relstorage(make_adapter: Callable[[Any], Any], options: Any, *, read_on
 
 
 def is_relstorage_uri_resolver(resolver: Any) -> bool:
+    if not type(resolver).__module__.startswith("relstorage"):
+        return False  # (without importing RelStorage for other schemes)
     try:
         from relstorage.zodburi_resolver import RelStorageURIResolver
     except ImportError:

@@ -274,3 +274,17 @@ def test_batches_shrink_to_fit_the_lock_table(site: Any):
     finally:
         hog.close()
     assert report.changed == 200 and report.transactions > 1 and not report.skipped
+
+
+def test_repair_says_what_old_revisions_take_and_how_to_pack(site: Any):
+    """After repair, a history-preserving RelStorage reports how many bytes
+    the replaced revisions take and the pack that reclaims them (days 0); a
+    history-free one reports nothing to reclaim."""
+    s, mods = site
+    report = pclasses.rename_classes(s.uri(), mods.rule)
+    assert report.changed == 200
+    if s.keep_history:
+        assert report.old_revisions_bytes is not None and report.old_revisions_bytes > 4000
+        assert report.pack_hint is not None and "zodbpack -d 0" in report.pack_hint
+    else:
+        assert report.old_revisions_bytes is None and report.pack_hint is None

@@ -151,3 +151,13 @@ def test_repair_over_zeo_finishes_while_the_application_writes(site: Any):
     finally:
         db.close()
         app.close()
+
+
+def test_repair_over_zeo_says_how_to_pack(site: Any):
+    """Repair over ZEO (a FileStorage server keeps history) says how much
+    the replaced revisions take and how to pack them away on the server."""
+    uri, _path, mods = site
+    result = run("repair", uri, "--rename", f"{mods.old}.Thing={mods.new}.Thing",
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "until the storage is packed" in result.output and "zeopack -d 0" in result.output

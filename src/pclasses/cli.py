@@ -418,6 +418,9 @@ def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_r
             report = rename_classes(
                 target, rules, registry=registry, dry_run=dry_run, batch_size=batch_size,
                 progress=cb, warn=_warn)
+    if report.old_revisions_bytes:  # on stderr: --json's keys stay as they are
+        _warn(f"the replaced revisions take about {report.old_revisions_bytes / 1e6:.1f} MB "
+              f"until the storage is packed; {report.pack_hint}")
     if as_json:
         _emit_json(report.to_dict())
         return
@@ -429,6 +432,7 @@ def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_r
     if report.unreadable or report.skipped:
         _out(f"{len(report.unreadable)} unreadable, {len(report.skipped)} not rewritten "
                    "(see warnings)")
+
 
 
 @main.command("export")

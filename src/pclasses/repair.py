@@ -89,6 +89,7 @@ from .record.analyze import Use
 from .record.equivalence import differences, substitution_differences
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
+from .storages import keeps_history, pack_hint
 
 __all__ = ["RepairError", "RepairReport", "rename_classes", "parse_rename"]
 
@@ -120,6 +121,14 @@ class RepairReport:
     skipped: list[Skipped] = field(default_factory=list)
     #: the databases repaired (for a multi-database target)
     databases: list[str] = field(default_factory=list)
+    #: bytes the replaced revisions of rewritten records keep taking until
+    #: the storage is packed (``None``: the storage keeps no history, or
+    #: cannot tell, or nothing was written); blobs of rewritten blob
+    #: records are kept twice as well.  (Not in :meth:`to_dict`, whose keys
+    #: stay as they were; the command line prints it on stderr.)
+    old_revisions_bytes: int | None = None
+    #: how to reclaim them (``None`` where nothing is to be reclaimed)
+    pack_hint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,6 +253,9 @@ def _rename_storage(storage: Any, pattern: re.Pattern[bytes] | None, targets: _T
                          warn, total)
     finally:
         committer.close()
+    if committer.old_bytes and keeps_history(storage):
+        report.old_revisions_bytes = (report.old_revisions_bytes or 0) + committer.old_bytes
+        report.pack_hint = pack_hint(storage)
 
 
 def _scan_and_commit(storage: Any, pattern: re.Pattern[bytes], targets: _Targets,
@@ -262,6 +274,7 @@ def _scan_and_commit(storage: Any, pattern: re.Pattern[bytes], targets: _Targets
         report.changed += 1
         if not dry_run:
             batch.append((oid, tid, new))
+            committer.pending_bytes[oid] = len(data)
             if len(batch) >= committer.size:
                 committer.commit(batch)
                 batch = []
@@ -332,6 +345,10 @@ class _Committer:
                  report: RepairReport, size: int) -> None:
         self.root = storage
         self.storage = storage
+        #: sizes of the old revisions of the records waiting to be committed
+        self.pending_bytes: dict[bytes, int] = {}
+        #: sizes of the old revisions of the records committed
+        self.old_bytes = 0
         if hasattr(storage, "new_instance") and hasattr(storage, "poll_invalidations"):
             self.storage = storage.new_instance()
         self.pattern = pattern
@@ -376,6 +393,8 @@ class _Committer:
                                   "batches committed before it stay repaired, run again to "
                                   "continue") from exc
             self.report.transactions += 1
+            sizes = self.pending_bytes
+            self.old_bytes += sum(sizes.pop(oid, 0) for oid, _tid, _new in part)
 
     def _sync(self) -> None:
         """See what others committed (an MVCC instance polls)."""

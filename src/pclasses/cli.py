@@ -846,5 +846,50 @@ def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: boo
             _out(f"  stale pin {oid_repr(oid)}{' (dropped)' if report.applied else ''}")
 
 
+@main.command("report")
+@click.argument("target")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="The HTML file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's data as JSON.")
+@click.option("--examples", default=3, show_default=True, type=click.IntRange(0, 10),
+              help="Example objects per broken class.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar (only on a terminal).")
+@click.option("--jobs", type=click.IntRange(min=1), envvar="PCLASSES_JOBS", default=None,
+              help="Processes scanning a large FileStorage at once [env PCLASSES_JOBS].")
+@_trust_option
+@_blob_dir_option
+def report_cmd(target: str, output: str | None, as_json: bool, examples: int, progress: bool,
+               jobs: int | None, trust: tuple[str, ...], blob_dir: str | None) -> None:
+    """Write one self-contained HTML page on the health of TARGET.
+
+    The page shows a summary with a verdict, every class with counts and
+    status (sortable, filterable), the broken classes with example objects
+    and their paths from the root, a drawing of the databases and the
+    references between them (dangling ones marked), and the commands that
+    would repair what was found.  Every database of a multi-database or of a
+    tree is included.  Records are read with the record engine; nothing
+    stored is run.  The page needs no network.  Exit status 0 whatever is
+    found, 1 when TARGET cannot be read.
+    """
+    from .report import render, report_target
+
+    if output is None and not as_json:
+        raise click.UsageError("give -o FILE (the page), --json, or both")
+    data = report_target(target, _registry(True), jobs=jobs, trust=trust, blob_dir=blob_dir,
+                         examples=examples,
+                         progress=lambda label: progress_bar(label, progress)).to_dict()
+    if output is not None:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(render(data))
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc.strerror or exc}", exc)
+    if as_json:
+        _emit_json(data)
+    elif output is not None:
+        _out(f"wrote {output}: {data['summary']['verdict']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -2516,10 +2516,169 @@ skim_set_default_limits(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------
+ * refs(data, limits=None): analyze's walk with a lean result, for walks over
+ * whole databases (pclasses.record.edges.split_targets; added for the tree
+ * reference check and gc, issue 14).  Same errors and limits as analyze.
+ * ------------------------------------------------------------------------ */
+
+static int
+an_text_is(const unsigned char *base, Py_ssize_t off, Py_ssize_t n,
+           const char *want)
+{
+    size_t len = strlen(want);
+    return off >= 0 && (size_t)n == len && memcmp(base + off, want, len) == 0;
+}
+
+static PyObject *
+refs_result(skim_state *ms, an_state *st, const unsigned char *base)
+{
+    PyObject *plain = NULL, *other = NULL, *v[3];
+    Py_ssize_t nplain = 0, meta_end = -1, remote = -1;
+    const an_global *first = NULL;
+    char *out;
+
+    for (Py_ssize_t i = 0; i < st->npids; i++) {
+        const an_pid *rec = &st->pids[i];
+        if (rec->oid_off >= 0 && rec->oid_len == 8 &&
+            (rec->kind == PK_OID || rec->kind == PK_OID_CLASS))
+            nplain++;
+    }
+    plain = PyBytes_FromStringAndSize(NULL, nplain * 8);
+    if (plain == NULL)
+        return NULL;
+    out = PyBytes_AS_STRING(plain);
+    for (Py_ssize_t i = 0; i < st->npids; i++) {
+        const an_pid *rec = &st->pids[i];
+        PyObject *t, *f[3];
+        if (rec->kind == PK_UNKNOWN || rec->oid_off < 0)
+            continue;
+        if (rec->oid_len == 8 &&
+            (rec->kind == PK_OID || rec->kind == PK_OID_CLASS)) {
+            memcpy(out, base + rec->oid_off, 8);
+            out += 8;
+            continue;
+        }
+        if (other == NULL && (other = PyList_New(0)) == NULL)
+            goto error;
+        f[0] = Py_NewRef(ms->pk_str[rec->kind]);
+        f[1] = PyBytes_FromStringAndSize((const char *)base + rec->oid_off,
+                                         rec->oid_len);
+        if (rec->d < 0)
+            f[2] = Py_NewRef(Py_None);
+        else {
+            const an_item *d = &st->items[rec->d];
+            f[2] = an_decode(base, d->x[0], d->x[1],
+                             d->kind == AK_UNI ? DEC_UTF8 : DEC_LATIN1);
+        }
+        t = an_pack(NULL, f, 3);
+        if (t == NULL)
+            goto error;
+        if (PyList_Append(other, t) < 0) {
+            Py_DECREF(t);
+            goto error;
+        }
+        Py_DECREF(t);
+    }
+    /* Where a walk for remote references may begin (edges._remote_edges'
+       rule): -1 when no global names RemoteReference. */
+    for (Py_ssize_t i = 0; i < st->nglobals; i++) {
+        const an_global *g = &st->globals[i];
+        long uses = g->item < 0 ? USE_INSTANTIATE
+                                : st->items[g->item].bits |
+                                  (st->items[g->item].pending > 0 ? USE_OTHER : 0);
+        if (uses & USE_CLASS_META)
+            meta_end = g->end;
+        else if (first == NULL &&
+                 an_text_is(base, g->moff, g->mlen, "pclasses.tree.reference") &&
+                 an_text_is(base, g->noff, g->nlen, "RemoteReference"))
+            first = g;
+    }
+    if (first != NULL)
+        remote = (first->op == 'c' && meta_end >= 0 && meta_end < first->off)
+                     ? first->off : 0;
+    v[0] = plain;
+    v[1] = other != NULL ? other : Py_NewRef(Py_None);
+    v[2] = PyLong_FromSsize_t(remote);
+    return an_pack(NULL, v, 3);
+
+error:
+    Py_XDECREF(plain);
+    Py_XDECREF(other);
+    return NULL;
+}
+
+PyDoc_STRVAR(refs_doc,
+"refs(data, limits=None, /) -> (plain, other, remote)\n"
+"\n"
+"analyze()'s walk with a lean result: plain, the 8-byte oids of the\n"
+"record's oid / oid_class references concatenated; other, None or a list of\n"
+"(kind, oid, database) for every other reference with a known oid; remote,\n"
+"-1 when no global names pclasses.tree.reference.RemoteReference, else the\n"
+"offset a walk for remote references may start from.  Same errors as\n"
+"analyze.");
+
+static PyObject *
+skim_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    an_state st;
+    PyObject *result, *arg;
+    Py_buffer view;
+    const unsigned char *base;
+    Py_ssize_t len;
+    int have_view = 0;
+    int64_t limits[4];
+
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "refs(data, limits=None) takes 1 or 2 arguments");
+        return NULL;
+    }
+    arg = args[0];
+    memcpy(limits, ms->limits, sizeof limits);
+    if (nargs == 2 && args[1] != Py_None &&
+        an_parse_limits(args[1], limits) < 0)
+        return NULL;
+    if (PyBytes_CheckExact(arg)) {
+        base = (const unsigned char *)PyBytes_AS_STRING(arg);
+        len = PyBytes_GET_SIZE(arg);
+    }
+    else {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        have_view = 1;
+        base = (const unsigned char *)view.buf;
+        len = view.len;
+    }
+    an_init(&st);
+    st.max_depth = limits[0];
+    st.max_items = limits[1];
+    st.max_memo = limits[2];
+    st.max_coll = limits[3];
+    if (!have_view && len >= SKIM_NOGIL_THRESHOLD) {
+        Py_BEGIN_ALLOW_THREADS
+        an_walk(&st, base, len);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        an_walk(&st, base, len);
+    }
+    if (st.r.status != SKIM_OK)
+        result = an_error(&st, len);
+    else
+        result = refs_result(ms, &st, base);
+    an_free(&st);
+    if (have_view)
+        PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef skim_methods[] = {
     {"skim", (PyCFunction)skim_skim, METH_O, skim_doc},
     {"analyze", (PyCFunction)(void (*)(void))skim_analyze, METH_FASTCALL,
      analyze_doc},
+    {"refs", (PyCFunction)(void (*)(void))skim_refs, METH_FASTCALL, refs_doc},
     {"_set_default_limits", (PyCFunction)skim_set_default_limits, METH_O,
      "_set_default_limits(limits): the limits analyze() uses by default."},
     {"_set_types", (PyCFunction)skim_set_types, METH_VARARGS,

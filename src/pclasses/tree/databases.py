@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DatabaseUnavailableError, DuplicateHandleError, PClassesError
+from .guard import guard_child
 from .handle import HANDLES_KEY, DatabaseHandle
 
 __all__ = ["HandleInfo", "TreeDatabases", "databases_of"]
@@ -151,6 +152,7 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
                     dict.__setitem__(self, other_name, other)
                     other.databases = self
             adopt_settings(self, db)
+            guard_child(db, info.name, info.target)
             log.debug("opened database %r from %s", info.name, info.target)
             try:
                 self.learn_database(db)

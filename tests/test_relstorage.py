@@ -288,3 +288,41 @@ def test_repair_says_what_old_revisions_take_and_how_to_pack(site: Any):
         assert report.pack_hint is not None and "zodbpack -d 0" in report.pack_hint
     else:
         assert report.old_revisions_bytes is None and report.pack_hint is None
+
+
+@pytest.mark.parametrize("keep_history", [False, True], ids=["history-free",
+                                                             "history-preserving"])
+def test_unshared_blob_directory_repair_keeps_blobs(pg_server: Any, tmp_path: Path,
+                                                     keep_history: bool):
+    """With blobs stored in PostgreSQL (shared-blob-dir false), repair
+    rewrites records with and without blobs, and every blob record keeps
+    its blob's bytes."""
+    dbname = pg_server.createdb()
+    uri = (f"postgres://postgres@{pg_server.host}:{pg_server.port}/{dbname}"
+           f"?keep_history={str(keep_history).lower()}&blob_dir={tmp_path / 'cache'}"
+           "&shared_blob_dir=false")
+    with modules() as mods:
+        db = pclasses.open(uri)
+        try:
+            populate(db, mods, n=40, blobs=3)
+            before = {oid: data for oid, data in iter_records(db.storage)
+                      if data[2:].startswith(b"cZODB.blob\nBlob\n")}
+            blobs = {}
+            for oid in before:
+                tid = db.storage.load(oid)[1]
+                with db.storage.openCommittedBlobFile(oid, tid) as f:
+                    blobs[oid] = f.read()
+        finally:
+            db.close()
+        assert len(blobs) == 3
+        report = pclasses.rename_classes(uri, {**mods.rule, "ZODB.blob.Blob": "h26blob.Blob"})
+        assert report.changed >= 43 and not report.skipped
+        db = pclasses.open(uri, read_only=True)
+        try:
+            for oid, content in blobs.items():
+                data, tid = db.storage.load(oid)
+                assert b"h26blob" in data
+                with db.storage.openCommittedBlobFile(oid, tid) as f:
+                    assert f.read() == content
+        finally:
+            db.close()

@@ -89,7 +89,7 @@ from .record.analyze import Use
 from .record.equivalence import differences, substitution_differences
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
-from .storages import keeps_history, pack_hint
+from .storages import keeps_history, pack_hint, storage_kind
 
 __all__ = ["RepairError", "RepairReport", "rename_classes", "parse_rename"]
 
@@ -623,7 +623,14 @@ def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:
     try:
         if _holds_blobs(storage):
             directory = storage.temporaryDirectory()
+            with_blobs = None
+            if storage_kind(storage) == "relstorage":
+                from .storages.relstorage import blob_oids
+
+                with_blobs = blob_oids(storage, [oid for oid, _tid, _data in batch])
             for oid, tid, _data in batch:
+                if with_blobs is not None and oid not in with_blobs:
+                    continue
                 path = _copy_blob(storage, oid, tid, directory)
                 if path is not None:
                     copies[oid] = path

@@ -41,7 +41,7 @@ from ZODB.utils import p64, u64
 from ..errors import StorageOpenError
 
 __all__ = ["open_relstorage", "open_uri", "patch_zconfig_factory", "iter_current",
-           "BatchLoader", "history_kept", "is_relstorage_uri_resolver"]
+           "BatchLoader", "history_kept", "is_relstorage_uri_resolver", "blob_oids"]
 
 #: Rows a server-side cursor fetches per round trip.
 FETCH_ROWS = 10_000
@@ -206,3 +206,18 @@ class BatchLoader:
         for oid_int, state, tid_int in self._mover.load_currents(cursor, wanted):
             if state:
                 got[p64(oid_int)] = (state, p64(tid_int))
+
+
+def blob_oids(storage: Any, oids: list[bytes]) -> set[bytes] | None:
+    """Which of ``oids`` hold a blob, asked in one query a thousand oids,
+    when the blobs live in the database (an unshared blob directory);
+    ``None`` when they live in a shared blob directory (then asking the
+    directory costs no query).  Asking RelStorage's PostgreSQL adapter
+    one record at a time would also fail with an ``AssertionError`` for a
+    record without a blob."""
+    if storage._options.shared_blob_dir:
+        return None
+    cursor = storage._load_connection.cursor
+    batcher = storage._adapter.mover.make_batcher(cursor, row_limit=1000)
+    rows = batcher.select_from(("zoid",), "blob_chunk", zoid=[u64(o) for o in oids])
+    return {p64(row[0]) for row in rows}

@@ -41,6 +41,12 @@ LOAD_BATCH = 2_000
 def pipelined(storage: Any, method: str, argss: list[tuple[Any, ...]]) -> list[Any]:
     """Call ``method`` once per argument tuple, all requests in flight at
     once; one result (or the exception raised) per call, in order."""
+    return start_pipelined(storage, method, argss).result()  # type: ignore[no-any-return]
+
+
+def start_pipelined(storage: Any, method: str, argss: list[tuple[Any, ...]]) -> Any:
+    """:func:`pipelined` without waiting: a future of its list of results
+    (the caller works on the last batch while the server answers this one)."""
     runner = storage._server
     client = runner.client
 
@@ -55,7 +61,7 @@ def pipelined(storage: Any, method: str, argss: list[tuple[Any, ...]]) -> list[A
                 out.append(exc)
         return out
 
-    return runner.io_call(batch())  # type: ignore[no-any-return]
+    return runner.io_call(batch(), wait=False)
 
 
 def _can_pipeline(storage: Any) -> bool:
@@ -84,14 +90,19 @@ def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
     last = oid
     start = u64(nxt)
     run = FIRST_RUN
-    while True:
-        results = pipelined(storage, "record_iternext",
-                            [(p64(k),) for k in range(start, start + run)])
+    future = _run_from(storage, start, run)
+    while future is not None:
+        results = future.result()
+        # Records of this run: the next run is asked for before they are
+        # handed on, so the server works while the caller does.
+        records: list[tuple[bytes, bytes, bytes]] = []
         following = None
         fresh = 0
+        ended = False
         for r in results:
             if isinstance(r, BaseException):
                 if isinstance(r, ValueError):  # past the last oid
+                    ended = True
                     break
                 raise r
             oid, tid, data, following = r
@@ -100,16 +111,23 @@ def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
             last = oid
             fresh += 1
             if data is not None:
-                yield oid, tid, data
+                records.append((oid, tid, data))
             if following is None:
-                return
-        if following is None:
-            return
-        start = u64(following)
-        if fresh * 2 >= run:
-            run = min(run * 2, MAX_RUN)
-        elif fresh * 8 < run:
-            run = max(run // 2, MIN_RUN)
+                ended = True
+                break
+        future = None
+        if not ended and following is not None:
+            if fresh * 2 >= run:
+                run = min(run * 2, MAX_RUN)
+            elif fresh * 8 < run:
+                run = max(run // 2, MIN_RUN)
+            future = _run_from(storage, u64(following), run)
+        yield from records
+
+
+def _run_from(storage: Any, start: int, run: int) -> Any:
+    return start_pipelined(storage, "record_iternext",
+                           [(p64(k),) for k in range(start, start + run)])
 
 
 class BatchLoader:

@@ -161,3 +161,26 @@ def test_repair_over_zeo_says_how_to_pack(site: Any):
                  "--no-progress")
     assert result.exit_code == 0, result.output
     assert "until the storage is packed" in result.output and "zeopack -d 0" in result.output
+
+
+def test_zeo_blobs_export_like_the_file(tmp_path: Path):
+    """Over a ZEO server with a blob directory, export (batched loads and
+    the client's blob cache) writes the file the server's own FileStorage
+    and blob directory give, byte for byte."""
+    from test_repair_blobs import zeo_blob_server
+
+    with zeo_blob_server(tmp_path / "zeo") as (address, blob_dir), modules() as mods:
+        uri = (f"zeo://{address[0]}:{address[1]}?wait_timeout=20"
+               f"&blob_dir={tmp_path / 'cache'}")
+        db = pclasses.open(uri)
+        try:
+            populate(db, mods, n=50, blobs=3)
+        finally:
+            db.close()
+        out_a, out_b = tmp_path / "zeo.pclasses", tmp_path / "file.pclasses"
+        result = run("export", uri, "/", "-o", str(out_a), "--no-progress")
+        assert result.exit_code == 0, result.output
+        result = run("export", str(tmp_path / "zeo" / "zeo.fs"), "/", "-o", str(out_b),
+                     "--blob-dir", str(blob_dir), "--no-progress")
+        assert result.exit_code == 0, result.output
+        assert out_a.read_bytes() == out_b.read_bytes()

@@ -326,3 +326,14 @@ def test_unshared_blob_directory_repair_keeps_blobs(pg_server: Any, tmp_path: Pa
                     assert f.read() == content
         finally:
             db.close()
+
+
+def test_role_without_select_is_one_line(site: Any):
+    """A role that may not read the tables gets PostgreSQL's reason in one
+    line, exit 1, not a traceback."""
+    s, _mods = site
+    role = f"nobody_{s.dbname}"
+    s.server.create_role(role)
+    result = run("classes", s.uri(role), "--no-progress")
+    assert result.exit_code == 1
+    assert "permission denied" in result.output and result.output.count("\n") == 1

@@ -895,5 +895,37 @@ def report_cmd(target: str, output: str | None, as_json: bool, examples: int, pr
         _out(f"wrote {output}: {data['summary']['verdict']}")
 
 
+@main.command("sql-recover")
+@click.argument("target")
+@click.option("--resolve", is_flag=True,
+              help="Commit each prepared transaction whose ZODB side finished, roll back "
+                   "the others.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def sql_recover(target: str, resolve: bool, as_json: bool) -> None:
+    """List the prepared transactions SQL stores left behind by a crash.
+
+    TARGET is an SQL store's URL (postgresql://...) or the root database of
+    a tree holding SQL stores.  Only prepared transactions this package
+    created (ids starting with "pclasses:") are listed or touched; with
+    --resolve each one whose ZODB side finished is committed and the others
+    are rolled back (one whose ZODB databases cannot be read is left alone).
+    Exit status 0 when nothing is left prepared, 3 when something is.
+    """
+    from .stores.recover import recover
+
+    report = recover(target, resolve=resolve)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        _out(f"stores: {', '.join(report.stores) or 'none'}")
+        for t in report.transactions:
+            done = t.action or ("left prepared" if t.error is None else f"failed: {t.error}")
+            _out(f"{t.store} {t.gid} prepared {t.prepared}: ZODB side {t.zodb}; {done}")
+        if not report.transactions:
+            _out("no prepared transactions")
+    if not report.ok:
+        raise click.exceptions.Exit(EXIT_PROBLEMS)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -25,6 +25,11 @@ from .oidset import NO_OID, OidSet
 
 __all__ = ["open_all", "Walk", "walk", "FORMS"]
 
+#: More references a record may stand for, read from its bytes: functions
+#: ``data -> [(database, oid)]`` (the stubs of :mod:`pclasses.stores.stubs`
+#: register here); reported with the form ``remote``.
+record_extras: list[Any] = []
+
 #: Reference forms as reports name them.
 FORMS = ("plain", "m", "n", "weak", "remote")
 
@@ -49,7 +54,8 @@ def open_all(db: Any, *, read_only: bool = True) -> tuple[dict[str, Any], dict[s
     try:
         while True:
             pending = [info for name, info in sorted(dbs.known.items())
-                       if not dict.__contains__(dbs, name) and name not in unavailable]
+                       if not dict.__contains__(dbs, name) and name not in unavailable
+                       and name not in getattr(dbs, "foreign", ())]
             if not pending:
                 break
             for info in pending:
@@ -89,11 +95,12 @@ def walk(databases: dict[str, Any], unavailable: Iterable[str] = (), *,
     reached sets, and returns ``after``.
     """
     out = Walk() if after is None else after
+    foreign = _foreign_names(databases)
     if loaders is not None:
-        return _walk(out, loaders, set(unavailable), follow_weak, roots)
+        return _walk(out, loaders, set(unavailable), follow_weak, roots, foreign)
     own = {name: loader_for(db.storage) for name, db in databases.items()}
     try:
-        return _walk(out, own, set(unavailable), follow_weak, roots)
+        return _walk(out, own, set(unavailable), follow_weak, roots, foreign)
     finally:
         for loader in own.values():
             loader.close()
@@ -102,8 +109,20 @@ def walk(databases: dict[str, Any], unavailable: Iterable[str] = (), *,
 _SWAP = sys.byteorder == "little"
 
 
+def _foreign_names(databases: dict[str, Any]) -> frozenset[str]:
+    """Names of the foreign databases (SQL stores) of the tree of ``databases``."""
+    from .databases import TreeDatabases, foreign_scheme
+
+    for db in databases.values():
+        tree = getattr(db, "databases", None)
+        if isinstance(tree, TreeDatabases):
+            return frozenset(n for n, info in tree.known.items()
+                             if foreign_scheme(info.target) is not None)
+    return frozenset()
+
+
 def _walk(out: Walk, loaders: dict[str, Loader], unavailable: set[str], follow_weak: bool,
-          roots: Iterable[tuple[str, bytes]]) -> Walk:
+          roots: Iterable[tuple[str, bytes]], foreign: frozenset[str] = frozenset()) -> Walk:
     # One stack per database of (oid, referring oid) as two arrays of ints:
     # plain references push a whole record's targets at once.  A target
     # pushed with the referrer NO_OID was checked (or is a root): it is not
@@ -133,6 +152,8 @@ def _walk(out: Walk, loaders: dict[str, Loader], unavailable: set[str], follow_w
             out.remote_targets.setdefault(target, set()).add(toid)
         tseen = reached.get(target)
         if tseen is None:
+            if target in foreign:  # a row of an SQL store: not walked here
+                return
             reason = "unavailable" if target in unavailable else "unknown-database"
             dangling.append((name, _b(oid), target, toid, form, reason))
             return
@@ -210,6 +231,11 @@ def _walk(out: Walk, loaders: dict[str, Loader], unavailable: set[str], follow_w
                     references += len(other)
                     for kind, toid, database in other:
                         other_edge(name, oid, kind, toid, database)
+                if record_extras:
+                    for extra in record_extras:
+                        for database, toid in extra(data):
+                            references += 1
+                            other_edge(name, oid, EdgeKind.REMOTE, toid, database)
             seen.count += count
     out.references = references
     return out

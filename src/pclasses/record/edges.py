@@ -15,7 +15,7 @@ from ..errors import RecordDecodeError
 from .analyze import Analysis, EdgeKind, Use, analyze
 from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites
 
-__all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record", "targets"]
+__all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record", "targets", "targets_of"]
 
 
 class Edge(NamedTuple):
@@ -149,4 +149,20 @@ def targets(data: bytes, oid: bytes | None = None) -> list[tuple[EdgeKind, bytes
     if MARKER in data:
         out.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a)
                    if e.oid is not None)
+    return out
+
+
+def targets_of(data: bytes, a: Analysis) -> list[tuple[EdgeKind, bytes | None, str | None]]:
+    """``(kind, target oid, target database)`` of each of :func:`edges_of`'s
+    edges, in the same order (``None`` for an ``unknown`` reference's oid):
+    for walks that follow references of records they have analysed already
+    (export), without an :class:`Edge` per reference."""
+    sites = a.pids
+    if not sites:
+        return []
+    out: list[tuple[EdgeKind, bytes | None, str | None]] = [
+        (p.kind, data[p.oid_start:p.oid_start + p.oid_length] if p.oid_start >= 0 else None,
+         p.database) for p in sites]
+    if MARKER in data:
+        out.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a))
     return out

@@ -454,7 +454,7 @@ class CheckPass:
 
     def judge_pid_classes(self, a: Any) -> None:
         """Judge the class names of ``(oid, class)`` references."""
-        for part in a.pid_classes:
+        for part in dict.fromkeys(a.pid_classes):  # (in order, each once)
             if isinstance(part, tuple) and part[0] is not None and part[1] is not None:
                 pair = (part[0], part[1])
                 self.pid_classes.add(pair)
@@ -489,7 +489,30 @@ class CheckPass:
         expect: dict[int, tuple[bytes, bool]] = {}
         ordered = True
         last = -1
-        for site in a.pids:
+        new_oid = self.connection._storage.new_oid
+        if a.ok_to_patch:
+            # the analyzer found every oid a binary payload, recognised and
+            # not used as anything else
+            for site in a.pids:
+                off = site.oid_start
+                if off in patches:
+                    continue  # a literal shared by several references (memoized oid)
+                if site.oid_length != 8:
+                    raise ExportFormatError(f"record {oid_repr(oid)} has a malformed oid")
+                target = data[off:off + 8]
+                if site.database is not None:
+                    externals[(site.database, target)] = None
+                    continue  # the other database's oid stays
+                new = mapping.get(target)
+                if new is None:
+                    new = mapping[target] = new_oid()
+                if target not in seen and target not in bound:
+                    expect[off] = (target, False)
+                patches[off] = new
+                if off < last:
+                    ordered = False
+                last = off
+        for site in () if a.ok_to_patch else a.pids:
             off, length, database = site.oid_start, site.oid_length, site.database
             if site.kind is EdgeKind.UNKNOWN or off < 0 or site.shared or length != 8:
                 if length != 8 and site.kind is not EdgeKind.UNKNOWN and off >= 0 and \
@@ -506,7 +529,7 @@ class CheckPass:
                 continue  # the other database's oid stays
             new = mapping.get(target)
             if new is None:
-                new = mapping[target] = self.connection._storage.new_oid()
+                new = mapping[target] = new_oid()
             text = data[off - 2:off] not in _SHORT_BINARY and _literal_head(data, off) < 0
             if text and not _text_safe(new):
                 raise ExportFormatError(
@@ -540,36 +563,37 @@ class CheckPass:
         """Prove without a second analysis that ``new`` is the checked record
         ``old`` with only its references' oids replaced, when it can be.
 
-        Every reference's oid range (from the analysis ``a`` of ``old``)
-        must be the whole payload of a binary string opcode that declares
-        exactly 8 bytes (SHORT_BINBYTES, SHORT_BINSTRING, BINBYTES,
-        BINSTRING, BINBYTES8) whose opcode and length lie outside the other
-        ranges, must hold the new oid of the old one (the other database's
-        oid, unchanged, for a cross-database reference), and every byte
-        outside the ranges must be the old record's.  An unpickler (and the
-        analyzer) reads such a payload whatever its bytes are, so the new
-        record walks exactly as the checked one.  Returns False (the caller
-        analyses ``new`` again, :meth:`recheck`) for what this cannot decide:
-        text forms, overlapping ranges, a different length; raises when the
-        bytes differ elsewhere.
+        The analysis ``a`` of ``old`` must have found every reference's oid
+        to be the whole payload of a binary string opcode (``ok_to_patch``:
+        SHORT_BINBYTES, BINBYTES, BINBYTES8, SHORT_BINSTRING, BINSTRING; not
+        shared with anything but references): an unpickler (and the
+        analyzer) reads such a payload whatever its bytes are.  ``new`` must
+        then be exactly ``old`` with each of those 8-byte payloads replaced
+        by the new oid of the old one (a cross-database reference keeps its
+        oid): rebuilt here from ``old`` and the oid mapping, independently
+        of :meth:`remap`, and compared whole.  Returns False (the caller
+        analyses ``new`` again, :meth:`recheck`) for what this cannot decide
+        (text forms, overlapping ranges); raises when ``new`` differs.
         """
-        if len(new) != len(old):
+        if not a.ok_to_patch:
             return False
         mapping = self.mapping
-        offsets = {p.oid_start: p.database for p in a.pids}
+        ranges = {p.oid_start: p.database for p in a.pids}
+        parts: list[bytes] = []
         done = 0
-        for off in (offsets if list(offsets) == sorted(offsets) else sorted(offsets)):
-            head = _literal_head(new, off)
-            if head < done:  # a text form, or an opcode inside the range before
-                return False
+        for off in sorted(ranges):
+            if off < done:
+                return False  # overlapping ranges: only the analyzer can tell
             end = off + 8
             was = old[off:end]
-            now = new[off:end]
-            if new[done:off] != old[done:off] or now != (
-                    was if offsets[off] is not None else mapping.get(was)):
-                raise self._changed(oid, "meaning")
+            now = was if ranges[off] is not None else mapping.get(was)
+            if now is None:
+                raise self._changed(oid, "references")
+            parts.append(old[done:off])
+            parts.append(now)
             done = end
-        if new[done:] != old[done:]:
+        parts.append(old[done:])
+        if b"".join(parts) != new:
             raise self._changed(oid, "meaning")
         return True
 

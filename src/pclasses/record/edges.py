@@ -163,6 +163,6 @@ def targets_of(data: bytes, a: Analysis) -> list[tuple[EdgeKind, bytes | None, s
     out: list[tuple[EdgeKind, bytes | None, str | None]] = [
         (p.kind, data[p.oid_start:p.oid_start + p.oid_length] if p.oid_start >= 0 else None,
          p.database) for p in sites]
-    if MARKER in data:
+    if data.find(MARKER) >= 0:
         out.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a))
     return out

@@ -243,7 +243,7 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                 shapes[sig] = (shape[0], shape[1], None)
             if pair is not None and needs.get(pair, 0) & 8 == 0:
                 needs[pair] = needs.get(pair, 0) | 8
-            if REFS_MARK in data:
+            if data.find(REFS_MARK) >= 0:  # (faster than "in" for bytes)
                 ref_holders.append((oid, data))
             if a.pids:
                 for kind, child, database in targets_of(data, a):

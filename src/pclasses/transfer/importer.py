@@ -158,9 +158,12 @@ class CheckPass:
     seen: set[bytes] = field(default_factory=set)
     #: oids of class records rebound to the target's class table
     bound: set[bytes] = field(default_factory=set)
-    #: referenced oids with no record yet -> where their new oid was written
-    #: (absolute positions in the temporary file, and whether in text form)
-    forward: dict[bytes, list[tuple[int, bool]]] = field(default_factory=dict)
+    #: references to records not met yet when they were written, per
+    #: record: (where the record starts in the temporary file, {offset in the
+    #: record: (old oid, text form?)}); settled at the end
+    forward: list[tuple[int, dict[int, tuple[bytes, bool]]]] = field(default_factory=list)
+    #: oids of a ``.zexp``'s class records (rebound, not imported)
+    zexp_classes: set[bytes] = field(default_factory=set)
     #: every global the records name -> how they use it (for the report)
     needs: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (global, uses) -> refused?  Judged once, when first met.
@@ -295,8 +298,7 @@ class CheckPass:
                     # ZODB's exportFile copies class records along; they are
                     # not imported (nor judged) but rebound by guid, as our
                     # own format does.
-                    spool.flush()
-                    self.bind_zexp_class_record(oid, data, meta, temp)
+                    self.bind_zexp_class_record(oid, data, meta)
                     continue
             verdict = signatures.get(sig := tuple(a.globals))
             if verdict is None:
@@ -322,8 +324,6 @@ class CheckPass:
             new = mapping.get(oid)
             if new is None:
                 new = mapping[oid] = new_oid()
-            if forward:
-                forward.pop(oid, None)  # its references hold ``new`` already
             if not index:
                 plan.root = new
             start = spool.pos
@@ -334,16 +334,13 @@ class CheckPass:
                 if record is not data and (inert or not self.prove(data, a, record, oid)):
                     # (globals are renamed only with "broken"; with "error"
                     # the refusal is raised before anything is written)
-                    a2 = self.recheck(data, a, record, oid,
-                                      refused_here if broken else frozenset())
-                    pids2 = a2.pids
-                else:
-                    pids2 = a.pids
-                for p, q in zip(a.pids, pids2):
-                    waiting = expect.get(p.oid_start)
-                    if waiting is not None:
-                        forward.setdefault(waiting[0], []).append(
-                            (start + q.oid_start, waiting[1]))
+                    pids2 = self.recheck(data, a, record, oid,
+                                         refused_here if broken else frozenset()).pids
+                    if expect and pids2 != a.pids:  # renamed globals moved the oids
+                        moved = {p.oid_start: q.oid_start for p, q in zip(a.pids, pids2)}
+                        expect = {moved[off]: w for off, w in expect.items()}
+                if expect:
+                    forward.append((start, expect))
             elif inert:
                 record = self.make_inert(data, oid, a, refused_here)
                 if record is not data:
@@ -351,7 +348,7 @@ class CheckPass:
             else:
                 record = data
             write(record)
-            if _MARK in record:
+            if record.find(_MARK) >= 0:  # (faster than "in" for bytes)
                 holders.append(new)
             if blob is not None:
                 plan.blobs += 1
@@ -364,23 +361,18 @@ class CheckPass:
         plan.records = len(index)
         return plan
 
-    def bind_zexp_class_record(self, oid: bytes, data: bytes, pair: Any, temp: Any) -> None:
+    def bind_zexp_class_record(self, oid: bytes, data: bytes, pair: Any) -> None:
         """A class record of a ``.zexp``: its references point at the
-        target's class with the same guid (a missing one is refused)."""
+        target's class with the same guid (a missing one is refused); the
+        references written before it are settled at the end."""
+        self.zexp_classes.add(oid)
         if pair == CLASS_TABLE:
-            target = None
-        else:
-            info = class_record_info(data, oid)
-            if info is None:
-                raise ExportFormatError(f"class record {oid_repr(oid)} has no guid")
-            self.mapping.pop(oid, None)
-            target = self._bind_class(oid, info[0], info[1],
-                                      class_table(self.connection, create=False))
-        waiting = self.forward.pop(oid, None)
-        if waiting is not None and target is not None:
-            self._patch_at(temp, waiting, target)
-        elif waiting is not None:
-            self.forward[oid] = waiting  # (the class table: dangling, as before)
+            return  # references to the class table dangle, as before
+        info = class_record_info(data, oid)
+        if info is None:
+            raise ExportFormatError(f"class record {oid_repr(oid)} has no guid")
+        self.mapping.pop(oid, None)
+        self._bind_class(oid, info[0], info[1], class_table(self.connection, create=False))
 
     def judge_globals(self, a: Any) -> tuple[frozenset[tuple[str, str]], Any, bool]:
         """Note every global the record names with how it uses it, judge
@@ -659,23 +651,35 @@ class CheckPass:
                                  f"{what}; refused")
 
     def settle_forward_references(self, temp: Any) -> None:
-        """References to oids with no record in the file (a weak reference
-        out of the subtree, a reference that dangled in the source) were
-        given fresh oids; after a reopen the storage could hand those out
-        again, so they are pointed at an oid it never allocates."""
-        for _old, places in self.forward.items():
-            self._patch_at(temp, places, NOWHERE)
-            self.dangling += len(places)
-        self.forward.clear()
-
-    def _patch_at(self, temp: Any, places: list[tuple[int, bool]], new: bytes) -> None:
+        """References written before their target was met, whose target
+        never came as a record: a ``.zexp``'s class record (pointed at the
+        target's class it was rebound to), or an oid with no record in the
+        file (a weak reference out of the subtree, a reference that dangled
+        in the source).  Those were given fresh oids; after a reopen the
+        storage could hand them out again, so they are pointed at an oid it
+        never allocates (:data:`NOWHERE`)."""
+        forward, self.forward = self.forward, []
+        late = set(self.mapping).difference(self.seen)
+        late.update(self.zexp_classes)
+        if not forward or not late:
+            return
+        bound = self.bound
+        mapping = self.mapping
         here = temp.tell()
-        for position, text in places:
-            if text and not _text_safe(new):
-                raise ExportFormatError(f"a text-form reference cannot hold the oid "
-                                        f"{oid_repr(new)}")
-            temp.seek(position)
-            temp.write(new)
+        for start, expect in forward:
+            for off, (target, text) in expect.items():
+                if target not in late:
+                    continue
+                if target in bound:
+                    new = mapping[target]
+                else:
+                    new = NOWHERE
+                    self.dangling += 1
+                if text and not _text_safe(new):
+                    raise ExportFormatError(f"a text-form reference cannot hold the oid "
+                                            f"{oid_repr(new)}")
+                temp.seek(start + off)
+                temp.write(new)
         temp.seek(here)
 
     def decide(self, plan: Plan) -> None:

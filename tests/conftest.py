@@ -165,6 +165,29 @@ def zeo_uri(zeo_server: ZEOServer) -> str:
 
 
 # ---------------------------------------------------------------------------
+# PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server on 127.0.0.1 (see ``tests/pgserver.py``).
+
+    Started once per test session from the system's binaries, as the
+    unprivileged ``postgres`` user when the tests run as root; skipped with a
+    clear reason only where no PostgreSQL binaries are installed at all.
+    """
+    from pgserver import PostgresServer, find_bindir
+
+    if find_bindir() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------
 # storages of every kind
 
 

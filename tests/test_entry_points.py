@@ -189,7 +189,8 @@ def test_working_entry_points_take_effect_despite_failures(dist):
     assert res.chain == (f"{dist.old_pkg}.newmod.NewName", f"{dist.pkg}.newmod.NewName")
     # nothing from the failing entry points was half-applied
     assert dist.old_alias in registry.aliases
-    assert len(registry.aliases) == 2  # ALIASES + the zodbupdate rule
+    ours = {k: v for k, v in registry.aliases.items() if dist.pkg in v}
+    assert len(ours) == 2  # ALIASES + the zodbupdate rule (other installed packages may add more)
     assert not any("DoesNotExist" in name for name in registry.registrations)
 
 

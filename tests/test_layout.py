@@ -39,6 +39,8 @@ FROZEN = [
     "pclasses.refs.descriptor.RefSet",
     "pclasses.tree.handle.DatabaseHandle",
     "pclasses.tree.reference.RemoteReference",
+    "pclasses.stores.sqlstore.SQLStore",
+    "pclasses.stores.stubs.Stub",
 ]
 
 #: Strings stored in records: (module, attribute, value).
@@ -50,6 +52,13 @@ FROZEN_STRINGS = [
     ("pclasses.refs.registry", "STATE_KEY", "__pclasses_refs__"),
     ("pclasses.tree.handle", "HANDLES_KEY", "pclasses.databases"),
     ("pclasses.tree.pins", "PINS_KEY", "pclasses.pins"),
+    ("pclasses.stores.dialect", "VERSION_COLUMN", "pclasses_version"),
+    ("pclasses.stores.dialect", "SEQUENCES_TABLE", "pclasses_sequences"),
+    ("pclasses.stores.dialect", "GID_PREFIX", "pclasses:"),
+    ("pclasses.stores.jar", "EXTENSION_KEY", "pclasses.sql"),
+    ("pclasses.stores.dialect", "PREPARED_TABLE", "pclasses_prepared"),
+    ("pclasses.stores.stubs", "STUBS_KEY", "pclasses.stubs"),
+    ("pclasses.stores.split", "SPLIT_KEY", "pclasses.split"),
 ]
 
 DECISIONS = Path(__file__).resolve().parent.parent / "design" / "decisions.md"

@@ -350,3 +350,135 @@ def test_zeo_child_whose_server_is_down_is_unavailable(tmp_path):
     assert "down" not in tree.opened
     conn.close()
     tree.close()
+
+
+def _names_in(path: Path, key: str) -> str:
+    """What root[key].name is in the FileStorage at ``path``, read with plain
+    ZODB (no tree)."""
+    import ZODB
+    from ZODB.FileStorage import FileStorage
+
+    db = ZODB.DB(FileStorage(str(path), read_only=True))
+    try:
+        conn = db.open()
+        return conn.root()[key].name
+    finally:
+        db.close()
+
+
+@pytest.mark.zeo
+def test_commit_fails_before_anything_when_the_zeo_child_server_stops(tmp_path):
+    """Parent and ZEO child changed in one transaction, then the child's ZEO
+    server stops: the commit raises DatabaseUnavailableError naming the
+    handle and target before any database votes, and neither the parent's
+    file nor the child's file holds the change."""
+    import ZEO
+
+    zeo_path = tmp_path / "zeo.fs"
+    address, stop = ZEO.server(path=str(zeo_path), threaded=False)  # a server process
+    try:
+        uri = f"zeo://{address[0]}:{address[1]}?wait_timeout=2"
+        root_path = tmp_path / "root.fs"
+        db = pclasses.open(root_path, tree=True)
+        tree = pclasses.tree_of(db)
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        src = conn.root()["src"] = Node("src")
+        hz = tree.add(conn, "zeo", uri)
+        obj = hz.root()["obj"] = Node("on zeo")
+        tm.commit()
+        src.name = "changed in root"
+        obj.name = "changed on zeo"
+        stop()
+        stop = None
+        with pytest.raises(pclasses.DatabaseUnavailableError) as info:
+            tm.commit()
+        tm.abort()
+        assert info.value.name == "zeo" and info.value.target == uri
+        conn.close()
+        tree.close()
+        assert _names_in(root_path, "src") == "src"
+        assert _names_in(zeo_path, "obj") == "on zeo"
+    finally:
+        if stop is not None:
+            stop()
+
+
+def test_commit_fails_before_anything_when_the_child_file_vanished(tmp_path):
+    """A FileStorage child whose file is deleted while it is open (it would
+    go on writing into a file nobody reads again): a commit changing parent
+    and child raises DatabaseUnavailableError, and the parent is unchanged."""
+    paths = make_tree(tmp_path, levels=2)
+    db = pclasses.open(paths[0], tree=True)
+    tree = pclasses.tree_of(db)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    src = conn.root()["src"]
+    obj = tree.handle("a", conn).root()["obj"]
+    src.name, obj.name = "changed in root", "changed in a"
+    for p in tmp_path.glob("a.fs*"):
+        p.unlink()
+    with pytest.raises(pclasses.DatabaseUnavailableError) as info:
+        tm.commit()
+    tm.abort()
+    assert info.value.name == "a" and "gone" in info.value.reason
+    assert _names_in(paths[0], "src") == "src"
+    # a commit that does not touch the child still works
+    src.name = "root only"
+    tm.commit()
+    conn.close()
+    tree.close()
+    assert _names_in(paths[0], "src") == "root only"
+
+
+def test_dangling_placeholder_for_zodb_n_references(tmp_path):
+    """ZODB writes ['n', (db, oid)] for a cross-database reference to an
+    object whose class defines __getnewargs__; with dangling="placeholder" a
+    packed-away target of that form loads as a Dangling (database and oid,
+    class unknown) and refs-check lists it with form 'n'; without it, using
+    the target raises POSKeyError."""
+    from pclasses.record.edges import edges
+    from tree_models import Keyed
+
+    paths = make_tree(tmp_path, levels=2)
+    db = pclasses.open(paths[0], tree=True)
+    tree = pclasses.tree_of(db)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    ha = tree.handle("a", conn)
+    gone = ha.root()["gone"] = Keyed("k")
+    tm.commit()
+    src = conn.root()["src"]
+    src.direct = gone
+    tm.commit()
+    data, _ = db.storage.load(src._p_oid)
+    assert [(str(e.kind), e.database) for e in edges(data) if e.database] == [("multi_oid", "a")]
+    del ha.root()["gone"]
+    tm.commit()
+    oid = gone._p_oid
+    conn.close()
+    tree.close()
+    import ZODB
+    from ZODB.FileStorage import FileStorage
+
+    plain = ZODB.DB(FileStorage(str(paths[1])))
+    plain.pack(days=0)
+    plain.close()
+    db = pclasses.open(paths[0], tree=True, dangling="placeholder")
+    conn = db.open()
+    d = conn.root()["src"].direct
+    assert pclasses.is_dangling(d) and not d
+    assert (d.database_name, d.oid, d.klass) == ("a", oid, None)
+    with pytest.raises(pclasses.DanglingReferenceError):
+        d.key  # noqa: B018
+    conn.close()
+    report = pclasses.check_refs(db)
+    pclasses.tree_of(db).close()
+    assert [(x.target_database, x.target_oid, x.form, x.reason) for x in report.dangling] == [
+        ("a", oid, "n", "missing")]
+    db = pclasses.open(paths[0], tree=True)
+    conn = db.open()
+    with pytest.raises(POSKeyError):
+        conn.root()["src"].direct.key  # noqa: B018
+    conn.close()
+    pclasses.tree_of(db).close()

@@ -16,3 +16,17 @@ class Holder(Persistent):
     """Holds a remote attribute."""
 
     target = RemoteAttribute()
+
+
+class Keyed(Persistent):
+    """Defines ``__getnewargs__``: ZODB refers to it by bare oid (the form
+    zc.zodbdgc's check asserts on under Python 3)."""
+
+    def __init__(self, key: str = "") -> None:
+        self.key = key
+
+    def __getnewargs__(self) -> tuple[str]:
+        return (self.key,)
+
+    def __new__(cls, key: str = "") -> "Keyed":
+        return super().__new__(cls)

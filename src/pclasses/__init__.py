@@ -5,6 +5,7 @@ concept (see ``design/ARCHITECTURE.md``):
 
 * :mod:`pclasses.record.reader`: the safe record reader (never runs a pickle);
 * :mod:`pclasses.registry`: the class-factory registry;
+* :mod:`pclasses.factory`: ``pclasses.class_factory``, the registry named in zope.conf;
 * :mod:`pclasses.classtable`: the per-database class table (guid -> class);
 * :mod:`pclasses.pclass`: persistent classes defined in the database;
 * :mod:`pclasses.methods`: methods kept as source text;
@@ -39,13 +40,18 @@ from .errors import (
     MissingReferencesError,
     NotAGuidModuleError,
     NotBrokenError,
+    OidKindError,
     PClassesError,
     RecordDecodeError,
     ReferentialIntegrityError,
     RefusedGlobalsError,
     RegistrationError,
+    RowNotFoundError,
     ScanWorkerError,
+    SQLRecoveryError,
+    SQLReferenceError,
     StorageOpenError,
+    StoreMappingError,
     TransferError,
     UnknownDatabaseError,
     UnlocatedError,
@@ -53,6 +59,7 @@ from .errors import (
     XrefPolicySyntaxError,
 )
 from .events import ClassReattached
+from .factory import class_factory, process_registry
 from .interfaces import IClassReattachedEvent, ICrossDatabaseReferenceEvent
 from .inventory import BrokenReport, find_broken
 from .methods import BrokenMethodError, MethodSourceError, method
@@ -80,6 +87,7 @@ from .refs import (
 )
 from .registry import ClassRegistry, Resolution
 from .repair import RepairError, RepairReport, rename_classes
+from .stores import SplitPersistent, SQLStore, adopt, enable_stubs, oid_kinds
 from .transfer import Manifest, export_subtree, import_subtree, read_manifest
 from .tree import (
     Dangling,
@@ -105,6 +113,8 @@ __all__ = [
     "__version__",
     "ClassRegistry",
     "Resolution",
+    "class_factory",
+    "process_registry",
     "open",
     "PersistentClass",
     "define_class",
@@ -195,4 +205,14 @@ __all__ = [
     "GarbageCollectionRefusedError",
     "check_refs",
     "collect_garbage",
+    "SQLStore",
+    "oid_kinds",
+    "enable_stubs",
+    "SplitPersistent",
+    "adopt",
+    "RowNotFoundError",
+    "SQLReferenceError",
+    "StoreMappingError",
+    "OidKindError",
+    "SQLRecoveryError",
 ]

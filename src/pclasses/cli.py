@@ -842,5 +842,82 @@ def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: boo
             _out(f"  stale pin {oid_repr(oid)}{' (dropped)' if report.applied else ''}")
 
 
+@main.command("report")
+@click.argument("target")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="The HTML file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's data as JSON.")
+@click.option("--examples", default=3, show_default=True, type=click.IntRange(0, 10),
+              help="Example objects per broken class.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar (only on a terminal).")
+@click.option("--jobs", type=click.IntRange(min=1), envvar="PCLASSES_JOBS", default=None,
+              help="Processes scanning a large FileStorage at once [env PCLASSES_JOBS].")
+@_trust_option
+@_blob_dir_option
+def report_cmd(target: str, output: str | None, as_json: bool, examples: int, progress: bool,
+               jobs: int | None, trust: tuple[str, ...], blob_dir: str | None) -> None:
+    """Write one self-contained HTML page on the health of TARGET.
+
+    The page shows a summary with a verdict, every class with counts and
+    status (sortable, filterable), the broken classes with example objects
+    and their paths from the root, a drawing of the databases and the
+    references between them (dangling ones marked), and the commands that
+    would repair what was found.  Every database of a multi-database or of a
+    tree is included.  Records are read with the record engine; nothing
+    stored is run.  The page needs no network.  Exit status 0 whatever is
+    found, 1 when TARGET cannot be read.
+    """
+    from .report import render, report_target
+
+    if output is None and not as_json:
+        raise click.UsageError("give -o FILE (the page), --json, or both")
+    data = report_target(target, _registry(True), jobs=jobs, trust=trust, blob_dir=blob_dir,
+                         examples=examples,
+                         progress=lambda label: progress_bar(label, progress)).to_dict()
+    if output is not None:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(render(data))
+        except OSError as exc:
+            _fail(f"cannot write {output}: {exc.strerror or exc}", exc)
+    if as_json:
+        _emit_json(data)
+    elif output is not None:
+        _out(f"wrote {output}: {data['summary']['verdict']}")
+
+
+@main.command("sql-recover")
+@click.argument("target")
+@click.option("--resolve", is_flag=True,
+              help="Commit each prepared transaction whose ZODB side finished, roll back "
+                   "the others.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def sql_recover(target: str, resolve: bool, as_json: bool) -> None:
+    """List the prepared transactions SQL stores left behind by a crash.
+
+    TARGET is an SQL store's URL (postgresql://...) or the root database of
+    a tree holding SQL stores.  Only prepared transactions this package
+    created (ids starting with "pclasses:") are listed or touched; with
+    --resolve each one whose ZODB side finished is committed and the others
+    are rolled back (one whose ZODB databases cannot be read is left alone).
+    Exit status 0 when nothing is left prepared, 3 when something is.
+    """
+    from .stores.recover import recover
+
+    report = recover(target, resolve=resolve)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        _out(f"stores: {', '.join(report.stores) or 'none'}")
+        for t in report.transactions:
+            done = t.action or ("left prepared" if t.error is None else f"failed: {t.error}")
+            _out(f"{t.store} {t.gid} prepared {t.prepared}: ZODB side {t.zodb}; {done}")
+        if not report.transactions:
+            _out("no prepared transactions")
+    if not report.ok:
+        raise click.exceptions.Exit(EXIT_PROBLEMS)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ZODB.broken import BrokenModified
-from ZODB.POSException import POSKeyError
+from ZODB.POSException import InvalidObjectReference, POSKeyError
 
 __all__ = [
     "PClassesError",
@@ -60,6 +60,11 @@ __all__ = [
     "DuplicateHandleError",
     "GarbageCollectionRefusedError",
     "ImportPolicyError",
+    "RowNotFoundError",
+    "SQLReferenceError",
+    "StoreMappingError",
+    "OidKindError",
+    "SQLRecoveryError",
 ]
 
 
@@ -535,3 +540,59 @@ class ImportPolicyError(TransferError, ValueError):
         self.option = option
         self.value = value
         super().__init__(f"{option}: {value!r} is not a package name")
+
+
+class RowNotFoundError(PClassesError, POSKeyError):  # type: ignore[misc]
+    """SQL store ``store`` has no row under ``key`` (shown as text) for its
+    mapping ``name``: ``store.get`` of a missing key, or a row deleted since
+    it was referred to.  Also ZODB's ``POSKeyError``, hence a ``KeyError``."""
+
+    def __init__(self, store: str, name: str, key: str) -> None:
+        self.store = store
+        self.name = name
+        self.key = key
+        super().__init__(f"SQL store {store!r} has no {name!r} row with key {key}")
+
+
+class SQLReferenceError(PClassesError, InvalidObjectReference, TypeError):  # type: ignore[misc]
+    """A row of SQL store ``store`` (class ``klass``) was assigned directly
+    to an attribute of a ZODB object.  Also ZODB's ``InvalidObjectReference``."""
+
+    def __init__(self, store: str, klass: str) -> None:
+        self.store = store
+        self.klass = klass
+        super().__init__(
+            f"a row of SQL store {store!r} ({klass}) cannot be stored in a ZODB object "
+            f"directly: store pclasses.get_reference(source, row) or use a "
+            f"pclasses.RemoteAttribute() class attribute")
+
+
+class StoreMappingError(PClassesError, ValueError):
+    """Mapping ``name`` of SQL store ``store`` is unknown, malformed or
+    conflicts with an earlier one; ``reason`` says which."""
+
+    def __init__(self, store: str, name: str, reason: str) -> None:
+        self.store = store
+        self.name = name
+        self.reason = reason
+        super().__init__(f"SQL store {store!r}, mapping {name!r}: {reason}")
+
+
+class OidKindError(PClassesError, ValueError):
+    """Oid kind ``kind`` cannot do what was asked (an unknown kind, a key of
+    the wrong type, a kind that cannot make new keys); ``reason`` says which."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"oid kind {kind!r}: {reason}")
+
+
+class SQLRecoveryError(PClassesError, RuntimeError):
+    """``pclasses sql-recover`` could not look at or resolve the prepared
+    transactions of ``target``; ``reason`` says why."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        self.target = target
+        self.reason = reason
+        super().__init__(f"sql-recover {target}: {reason}")

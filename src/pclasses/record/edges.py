@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import RecordDecodeError
-from .analyze import Analysis, EdgeKind, Use, analyze
-from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites
+from .analyze import PURE_PYTHON, Analysis, EdgeKind, Use, analyze
+from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites, single_remote_site
 
-__all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record", "targets", "targets_of"]
+__all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record", "targets",
+           "split_targets", "split_targets_py", "targets_of"]
 
 
 class Edge(NamedTuple):
@@ -62,9 +63,9 @@ def analyze_record(data: bytes, oid: bytes | None = None) -> Analysis:
         raise RecordDecodeError(str(exc), oid=oid) from None
 
 
-def _remote_edges(data: bytes, a: Analysis) -> list[Edge]:
-    if MARKER not in data:
-        return []
+def _remote_start(a: Analysis) -> int:
+    """Where a walk for remote references may start (-1: no global names
+    ``RemoteReference``)."""
     first = None
     meta_end = -1
     for g in a.globals:
@@ -73,10 +74,18 @@ def _remote_edges(data: bytes, a: Analysis) -> list[Edge]:
         elif first is None and g.module == REMOTE_MODULE and g.name == REMOTE_NAME:
             first = g
     if first is None:
-        return []
+        return -1
     # Records ZODB writes name their class with a GLOBAL first: a remote
     # reference after it is in the state pickle, where the walk may begin.
-    start = first.start if first.opcode == "global" and 0 <= meta_end < first.start else 0
+    return first.start if first.opcode == "global" and 0 <= meta_end < first.start else 0
+
+
+def _remote_edges(data: bytes, a: Analysis) -> list[Edge]:
+    if MARKER not in data:
+        return []
+    start = _remote_start(a)
+    if start < 0:
+        return []
     out = []
     for site in remote_sites(data, start=start):
         klass: tuple[str | None, str | None] | None = None
@@ -150,6 +159,67 @@ def targets(data: bytes, oid: bytes | None = None) -> list[tuple[EdgeKind, bytes
         out.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a)
                    if e.oid is not None)
     return out
+
+
+_Other = list[tuple[EdgeKind, bytes, "str | None"]]
+_PLAIN = (EdgeKind.OID, EdgeKind.OID_CLASS)
+
+try:
+    if PURE_PYTHON:
+        raise ImportError("PCLASSES_PURE_PYTHON is set")
+    from ._skim import refs as _c_refs
+except ImportError:  # not built (or built before refs)
+    _c_refs = None
+
+
+def split_targets(data: bytes, oid: bytes | None = None) -> tuple[bytes, _Other]:
+    """:func:`targets` for walks over whole databases, in two parts:
+    ``(plain, other)``.  ``plain`` concatenates the 8-byte oids of the
+    record's plain references (kinds ``oid`` / ``oid_class``, this
+    database); ``other`` lists ``(kind, oid, database or None)`` for every
+    other reference with a known target (weak, ``m``, ``n``, legacy, an oid
+    that is not 8 bytes, and remote references).  The C extension builds no
+    object per plain reference; same errors and limits as :func:`edges`.
+    (Added for the tree walks of :mod:`pclasses.tree`, issue 14.)"""
+    if _c_refs is None:
+        return split_targets_py(data, oid)
+    try:
+        plain_b, found, remote, site = _c_refs(data)
+    except ValueError as exc:
+        raise RecordDecodeError(str(exc), oid=oid) from None
+    other = found if found is not None else []
+    if remote >= 0:
+        if site is not None:
+            other.append((EdgeKind.REMOTE, site[0], site[2]))
+        else:
+            other.extend((EdgeKind.REMOTE, s.oid, s.database)
+                         for s in remote_sites(data, start=remote))
+    return plain_b, other
+
+
+def split_targets_py(data: bytes, oid: bytes | None = None) -> tuple[bytes, _Other]:
+    """:func:`split_targets` from :func:`analyze`'s result (what it runs
+    without the C extension)."""
+    a = analyze_record(data, oid)
+    plain = []
+    other: _Other = []
+    for p in a.pids:
+        if p.oid_start < 0:
+            continue
+        target = data[p.oid_start:p.oid_start + p.oid_length]
+        if p.kind in _PLAIN and p.oid_length == 8:
+            plain.append(target)
+        else:
+            other.append((p.kind, target, p.database))
+    if MARKER in data:
+        start = _remote_start(a)
+        site = single_remote_site(data, start) if start > 0 else None
+        if site is not None:
+            other.append((EdgeKind.REMOTE, site.oid, site.database))
+        else:
+            other.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a)
+                         if e.oid is not None)
+    return b"".join(plain), other
 
 
 def targets_of(data: bytes, a: Analysis) -> list[tuple[EdgeKind, bytes | None, str | None]]:

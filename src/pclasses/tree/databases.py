@@ -15,11 +15,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DatabaseUnavailableError, DuplicateHandleError, PClassesError
+from .guard import guard_child
 from .handle import HANDLES_KEY, DatabaseHandle
 
-__all__ = ["HandleInfo", "TreeDatabases", "databases_of"]
+__all__ = ["HandleInfo", "TreeDatabases", "databases_of", "register_foreign", "foreign_scheme"]
 
 log = logging.getLogger(__name__)
+
+#: Databases that are not ZODB databases (SQL stores, issue 15), by URL
+#: scheme: ``scheme -> (opener(info, databases) -> database, handle class)``.
+#: Registered by :mod:`pclasses.stores` (a layer above the tree).
+FOREIGN: dict[str, tuple[Any, type]] = {}
+
+
+def register_foreign(scheme: str, opener: Any, handle_class: type) -> None:
+    """Targets ``scheme:...`` open with ``opener`` and get handles of ``handle_class``."""
+    FOREIGN[scheme.lower()] = (opener, handle_class)
+
+
+def foreign_scheme(target: object) -> str | None:
+    """The registered foreign scheme of ``target`` (``"sqlite"``...), else None."""
+    if not isinstance(target, str) or ":" not in target:
+        return None
+    scheme = target.split(":", 1)[0].lower()
+    return scheme if scheme in FOREIGN else None
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,8 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
         self.unreachable: set[str] = set()
         #: open children read-only whatever their handles say (inspection)
         self.force_read_only = False
+        #: foreign databases (SQL stores) open now, by name: not listed (see get)
+        self.foreign: dict[str, Any] = {}
 
     # -- learning handles -----------------------------------------------------
 
@@ -95,7 +116,8 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
             if info is not None:
                 return info
             closed = [i for n, i in sorted(self.known.items())
-                      if not dict.__contains__(self, n) and n not in self.unreachable]
+                      if not dict.__contains__(self, n) and n not in self.unreachable
+                      and n not in self.foreign]
             if not closed:
                 return None
             for each in closed:
@@ -106,7 +128,19 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
 
     # -- opening ----------------------------------------------------------------
 
+    def get(self, name: str, default: Any = None) -> Any:
+        # Foreign databases (SQL stores) are found by name (ZODB's writer and
+        # get_connection look them up) but never listed: code iterating a
+        # multi-database sees ZODB databases only.
+        db = dict.get(self, name)
+        if db is None:
+            return self.foreign.get(name, default)
+        return db
+
     def __missing__(self, name: str) -> Any:
+        db = self.foreign.get(name)
+        if db is not None:
+            return db
         info = self.known.get(name)
         if info is None:
             raise KeyError(name)
@@ -114,6 +148,8 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
 
     def open_handle(self, handle: DatabaseHandle) -> Any:
         db = dict.get(self, handle.name)
+        if db is None:
+            db = self.foreign.get(handle.name)
         if db is not None:
             return db
         info = self.known.get(handle.name)
@@ -126,7 +162,13 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
     def open_info(self, info: HandleInfo) -> Any:
         with self.lock:
             db = dict.get(self, info.name)
+            if db is None:
+                db = self.foreign.get(info.name)
             if db is not None:
+                return db
+            scheme = foreign_scheme(info.target)
+            if scheme is not None:  # an SQL store: not a ZODB database
+                db = self.foreign[info.name] = FOREIGN[scheme][0](info, self)
                 return db
             from ..database import open as open_db
             from ..registry import ClassRegistry
@@ -151,6 +193,7 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
                     dict.__setitem__(self, other_name, other)
                     other.databases = self
             adopt_settings(self, db)
+            guard_child(db, info.name, info.target)
             log.debug("opened database %r from %s", info.name, info.target)
             try:
                 self.learn_database(db)
@@ -161,6 +204,9 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
 
     def close_all(self) -> None:
         with self.lock:
+            for name, db in list(self.foreign.items()):
+                db.close()
+                del self.foreign[name]
             root = dict.get(self, self.root_name) if self.root_name else None
             for name, db in list(self.items()):
                 if db is not root:

@@ -7,9 +7,9 @@ written in the last ``days`` days are kept, with what they reach.  With
 (``deleteObject``, ZODB's external garbage collection interface: FileStorage,
 ZEO, RelStorage) in one two-phase commit across the databases; pins no remote
 reference holds any more are dropped first.  A storage that would collect
-garbage on pack by itself (FileStorage's and RelStorage's ``pack-gc``) is
-refused unless ``force=True``: packing it alone would lose objects only
-other databases refer to.
+garbage on pack by itself (FileStorage's and RelStorage's ``pack-gc``, and a
+ZEO client, whose server decides) is refused unless ``force=True``: packing
+it alone would lose objects only other databases refer to.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from persistent.timestamp import TimeStamp
 from ZODB.POSException import POSKeyError
 
 from ..errors import GarbageCollectionRefusedError
+from .loader import Loader, loader_for
+from .oidset import OidSet
 from .pins import PINS_KEY
 from .walk import open_all, walk
 
-__all__ = ["GcReport", "collect_garbage"]
+__all__ = ["GcReport", "collect_garbage", "gc_on_pack", "pack_gc_reason"]
 
 
 @dataclass
@@ -64,29 +66,28 @@ class GcReport:
 
 def gc_on_pack(storage: Any) -> bool:
     """Whether packing ``storage`` collects garbage by itself (as far as we can tell)."""
+    return pack_gc_reason(storage) is not None
+
+
+def pack_gc_reason(storage: Any) -> str | None:
+    """Why packing ``storage`` alone may lose objects other databases refer
+    to, or ``None``: FileStorage's and RelStorage's ``pack-gc`` setting, and
+    a ZEO client, whose server's storage decides (the client cannot see it)."""
     if getattr(storage, "_pack_gc", False):  # FileStorage
-        return True
+        return "its storage collects garbage on pack by itself (pack-gc)"
     options = getattr(storage, "_options", None)
-    return bool(getattr(options, "pack_gc", False))  # RelStorage
+    if getattr(options, "pack_gc", False):  # RelStorage
+        return "its storage collects garbage on pack by itself (pack-gc)"
+    if callable(getattr(storage, "is_connected", None)) and hasattr(storage, "_server"):
+        return ("it is a ZEO client: its server's storage may collect garbage on pack by "
+                "itself (pack-gc is the server's setting)")
+    return None
 
 
-def _candidates(storage: Any, reached: set[bytes]) -> list[bytes]:
-    """Oids of ``storage``'s objects that exist and were not reached."""
-    index = getattr(storage, "_index", None)
-    if index is not None and hasattr(storage, "_file_name"):
-        out = []
-        for oid in index.keys():  # FileStorage: the index, no record read
-            if oid in reached:
-                continue
-            try:
-                storage.load(oid)
-            except POSKeyError:
-                continue  # deleted
-            out.append(oid)
-        return out
-    from ..scan import iter_records
-
-    return [oid for oid, _data in iter_records(storage) if oid not in reached]
+def _candidates(loader: Loader, reached: OidSet) -> list[bytes]:
+    """Oids of the objects that exist and were not reached (FileStorage:
+    from its index, reading only the unreached records)."""
+    return [oid.to_bytes(8, "big") for oid in loader.unreached(reached)]
 
 
 def _pins(db: Any) -> dict[bytes, Any]:
@@ -152,12 +153,30 @@ def collect_garbage(db: Any, days: float = 1, apply: bool = False, *,
                       "are unknown")
         if not force:
             for name, each in sorted(databases.items()):
-                if gc_on_pack(each.storage):
+                why = pack_gc_reason(each.storage)
+                if why is not None:
                     raise GarbageCollectionRefusedError(
-                        name, "its storage collects garbage on pack by itself (pack-gc); "
-                              "packing it alone loses objects other databases refer to "
-                              "(use force to go on)")
-    w = walk(databases, unavailable, follow_weak=False)
+                        name, f"{why}; packing it alone loses objects other databases "
+                              "refer to (use force to go on)")
+    loaders = {name: loader_for(each.storage) for name, each in databases.items()}
+    try:
+        candidates = _garbage(databases, unavailable, loaders, report, days, apply)
+    finally:
+        for loader in loaders.values():
+            loader.close()
+    report.garbage = {name: sorted(oids) for name, oids in sorted(candidates.items())}
+    if apply and report.count:
+        _delete(databases, report.garbage)
+        report.applied = True
+    elif apply:
+        report.applied = True
+    return report
+
+
+def _garbage(databases: dict[str, Any], unavailable: dict[str, str],
+             loaders: dict[str, Loader], report: GcReport, days: float,
+             apply: bool) -> dict[str, list[bytes]]:
+    w = walk(databases, unavailable, follow_weak=False, loaders=loaders)
     # Pins no remote reference holds any more.
     for name, each in sorted(databases.items()):
         pinned = _pins(each)
@@ -167,27 +186,25 @@ def collect_garbage(db: Any, days: float = 1, apply: bool = False, *,
             report.stale_pins[name] = stale
     if report.stale_pins and apply:
         _drop_pins(databases, report.stale_pins)
-        w = walk(databases, unavailable, follow_weak=False)
-    cutoff = time.time() - days * 86400.0
-    candidates = {name: _candidates(each.storage, w.reached[name])
-                  for name, each in databases.items()}
+        for name, each in databases.items():  # the files changed: read them again
+            loaders[name].close()
+            loaders[name] = loader_for(each.storage)
+        w = walk(databases, unavailable, follow_weak=False, loaders=loaders)
+    candidates = {name: _candidates(loaders[name], w.reached[name]) for name in databases}
     if days > 0:
+        # Recent objects are kept, with everything they reach.
+        cutoff = time.time() - days * 86400.0
         roots: list[tuple[str, bytes]] = []
         for name, oids in candidates.items():
             recent = _recent(databases[name].storage, oids, cutoff)
             report.recent[name] = len(recent)
             roots.extend((name, oid) for oid in recent)
         if roots:
-            w2 = walk(databases, unavailable, follow_weak=False, roots=roots)
-            candidates = {name: [oid for oid in oids if oid not in w2.reached[name]]
+            w = walk(databases, unavailable, follow_weak=False, roots=roots, loaders=loaders,
+                     after=w)
+            candidates = {name: [oid for oid in oids if oid not in w.reached[name]]
                           for name, oids in candidates.items()}
-    report.garbage = {name: sorted(oids) for name, oids in sorted(candidates.items())}
-    if apply and report.count:
-        _delete(databases, report.garbage)
-        report.applied = True
-    elif apply:
-        report.applied = True
-    return report
+    return candidates
 
 
 def _delete(databases: dict[str, Any], garbage: dict[str, list[bytes]]) -> None:

@@ -28,7 +28,7 @@ class Tree:
     @property
     def opened(self) -> frozenset[str]:
         """Names of the databases actually open (the root's included)."""
-        return frozenset(dict.keys(self.databases))
+        return frozenset(dict.keys(self.databases)) | frozenset(self.databases.foreign)
 
     @property
     def known(self) -> dict[str, HandleInfo]:
@@ -46,7 +46,11 @@ class Tree:
         dbs = self.databases
         if name in dbs.known or dict.__contains__(dbs, name):
             raise DuplicateHandleError(name)
-        handle = DatabaseHandle(name, target, **kw)
+        from .databases import FOREIGN, foreign_scheme
+
+        scheme = foreign_scheme(target)
+        cls = FOREIGN[scheme][1] if scheme is not None else DatabaseHandle
+        handle: DatabaseHandle = cls(name, target, **kw)
         root = connection.root()
         handles = root.get(HANDLES_KEY)
         if handles is None:

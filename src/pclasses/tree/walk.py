@@ -9,19 +9,26 @@ keep their target alive) and the remote references of a tree.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
-
-from ZODB.POSException import POSKeyError
-from ZODB.utils import z64
 
 from ..errors import DatabaseUnavailableError, PClassesError
 from ..record.analyze import EdgeKind
-from ..record.edges import targets
+from ..record.edges import split_targets
 from .databases import databases_of
+from .loader import Loader, loader_for
+from .oidset import NO_OID, OidSet
 
 __all__ = ["open_all", "Walk", "walk", "FORMS"]
+
+#: More references a record may stand for, read from its bytes: functions
+#: ``data -> [(database, oid)]`` (the stubs of :mod:`pclasses.stores.stubs`
+#: register here); reported with the form ``remote``.
+record_extras: list[Any] = []
 
 #: Reference forms as reports name them.
 FORMS = ("plain", "m", "n", "weak", "remote")
@@ -47,7 +54,8 @@ def open_all(db: Any, *, read_only: bool = True) -> tuple[dict[str, Any], dict[s
     try:
         while True:
             pending = [info for name, info in sorted(dbs.known.items())
-                       if not dict.__contains__(dbs, name) and name not in unavailable]
+                       if not dict.__contains__(dbs, name) and name not in unavailable
+                       and name not in getattr(dbs, "foreign", ())]
             if not pending:
                 break
             for info in pending:
@@ -65,7 +73,7 @@ class Walk:
     """What a walk found."""
 
     #: database name -> oids reached from the roots
-    reached: dict[str, set[bytes]] = field(default_factory=dict)
+    reached: dict[str, OidSet] = field(default_factory=dict)
     #: ``(source_db, source_oid, target_db, target_oid, form, reason)``
     dangling: list[tuple[str, bytes, str, bytes, str, str]] = field(default_factory=list)
     #: database name -> oids some remote reference points to
@@ -76,140 +84,162 @@ class Walk:
 
 def walk(databases: dict[str, Any], unavailable: Iterable[str] = (), *,
          follow_weak: bool = True, roots: Iterable[tuple[str, bytes]] = (),
-         skip: dict[str, set[bytes]] | None = None) -> Walk:
+         loaders: dict[str, Loader] | None = None, after: Walk | None = None) -> Walk:
     """Follow references from every database's root (and ``roots``).
 
     ``follow_weak=False`` does not follow weak references (garbage
-    collection); dangling weak references are still listed.  ``skip`` names
-    oids not to follow (still counted as reached).
+    collection); dangling weak references are still listed.  ``loaders``
+    (name -> :class:`~pclasses.tree.loader.Loader`, left open) are made and
+    closed here when not given.  With ``after`` (an earlier walk of the same
+    databases), the walk goes on from ``roots`` only, adding to ``after``'s
+    reached sets, and returns ``after``.
     """
-    out = Walk()
-    storages = {name: _Loader(db.storage) for name, db in databases.items()}
+    out = Walk() if after is None else after
+    foreign = _foreign_names(databases)
+    if loaders is not None:
+        return _walk(out, loaders, set(unavailable), follow_weak, roots, foreign)
+    own = {name: loader_for(db.storage) for name, db in databases.items()}
     try:
-        return _walk(out, storages, set(unavailable), follow_weak, roots, skip or {})
+        return _walk(out, own, set(unavailable), follow_weak, roots, foreign)
     finally:
-        for loader in storages.values():
+        for loader in own.values():
             loader.close()
 
 
-def _walk(out: Walk, storages: dict[str, Any], unavailable: set[str], follow_weak: bool,
-          roots: Iterable[tuple[str, bytes]], skip: dict[str, set[bytes]]) -> Walk:
+_SWAP = sys.byteorder == "little"
+
+
+def _foreign_names(databases: dict[str, Any]) -> frozenset[str]:
+    """Names of the foreign databases (SQL stores) of the tree of ``databases``."""
+    from .databases import TreeDatabases, foreign_scheme
+
+    for db in databases.values():
+        tree = getattr(db, "databases", None)
+        if isinstance(tree, TreeDatabases):
+            return frozenset(n for n, info in tree.known.items()
+                             if foreign_scheme(info.target) is not None)
+    return frozenset()
+
+
+def _walk(out: Walk, loaders: dict[str, Loader], unavailable: set[str], follow_weak: bool,
+          roots: Iterable[tuple[str, bytes]], foreign: frozenset[str] = frozenset()) -> Walk:
+    # One stack per database of (oid, referring oid) as two arrays of ints:
+    # plain references push a whole record's targets at once.  A target
+    # pushed with the referrer NO_OID was checked (or is a root): it is not
+    # reported again when missing.
     reached = out.reached
-    for name in storages:
-        reached[name] = set()
-    # (database, oid, referring database, referring oid, form)
-    stack: list[tuple[Any, ...]] = [(name, z64, None, None, "") for name in sorted(storages)]
-    stack.extend((n, o, None, None, "") for n, o in roots)
+    stacks: dict[str, tuple[array[int], array[int]]] = {}
+    for name, loader in loaders.items():
+        if name in reached:  # going on from an earlier walk
+            stacks[name] = (array("Q"), array("Q"))
+        else:
+            reached[name] = OidSet(loader.size)
+            stacks[name] = (array("Q", [0]), array("Q", [NO_OID]))
+    for rname, root in roots:
+        if rname in stacks:
+            stacks[rname][0].append(int.from_bytes(root, "big"))
+            stacks[rname][1].append(NO_OID)
     dangling = out.dangling
-    missing: set[tuple[str, bytes]] = set()
-    remote_targets = out.remote_targets
-    push = stack.append
-    pop = stack.pop
-    while stack:
-        name, oid, source, soid, form = pop()
-        seen = reached[name]
-        if oid in seen:
-            continue
-        try:
-            data, _tid = storages[name].load(oid)
-        except POSKeyError:
-            if source is not None:
-                dangling.append((source, soid, name, oid, form, "missing"))
-                missing.add((name, oid))
-            continue
-        seen.add(oid)
-        if oid in skip.get(name, ()):
-            continue
-        try:
-            found = targets(data, oid)
-        except PClassesError as exc:
-            out.unreadable.append((name, oid, str(exc)))
-            continue
-        out.references += len(found)
-        for kind, toid, database in found:
-            form = _FORM.get(kind)
-            if form is None:
+    missing: dict[str, set[int]] = {name: set() for name in loaders}
+    references = out.references
+
+    def other_edge(name: str, oid: int, kind: EdgeKind, toid: bytes, database: str | None) -> None:
+        form = _FORM.get(kind)
+        if form is None:
+            return
+        target = database or name
+        if form == "remote":
+            out.remote_targets.setdefault(target, set()).add(toid)
+        tseen = reached.get(target)
+        if tseen is None:
+            if target in foreign:  # a row of an SQL store: not walked here
+                return
+            reason = "unavailable" if target in unavailable else "unknown-database"
+            dangling.append((name, _b(oid), target, toid, form, reason))
+            return
+        t = int.from_bytes(toid, "big")
+        if len(toid) != 8 and t.to_bytes(8, "big") != toid:
+            dangling.append((name, _b(oid), target, toid, form, "missing"))
+            return
+        if tseen.has(t):
+            return
+        if t in missing[target] or loaders[target].load(t) is None:
+            missing[target].add(t)
+            dangling.append((name, _b(oid), target, toid, form, "missing"))
+            return
+        if form == "weak" and not follow_weak:
+            return
+        stacks[target][0].append(t)
+        stacks[target][1].append(NO_OID)
+
+    busy = True
+    while busy:
+        busy = False
+        for name in sorted(stacks):
+            stack, srcs = stacks[name]
+            if not stack:
                 continue
-            target = database or name
-            if form == "remote":
-                remote_targets.setdefault(target, set()).add(toid)
-            tseen = reached.get(target)
-            if tseen is None:
-                reason = "unavailable" if target in unavailable else "unknown-database"
-                dangling.append((name, oid, target, toid, form, reason))
-                continue
-            if toid in tseen:
-                continue
-            if missing and (target, toid) in missing:
-                dangling.append((name, oid, target, toid, form, "missing"))
-                continue
-            if form == "weak" and not follow_weak:
-                if not _exists(storages[target], toid):
-                    missing.add((target, toid))
-                    dangling.append((name, oid, target, toid, form, "missing"))
-                continue
-            push((target, toid, name, oid, form))
+            busy = True
+            seen = reached[name]
+            bits = seen.bits
+            nbits = len(bits)
+            gone = missing[name]
+            load = loaders[name].load
+            pop, spop = stack.pop, srcs.pop
+            push, spush = stack.extend, srcs.extend
+            count = 0
+            while stack:
+                oid = pop()
+                src = spop()
+                if oid < nbits:
+                    if bits[oid]:
+                        continue
+                    data = load(oid)
+                    if data is None:
+                        if src != NO_OID:
+                            gone.add(oid)
+                            dangling.append((name, _b(src), name, _b(oid), "plain", "missing"))
+                        continue
+                    bits[oid] = 1
+                    count += 1
+                else:
+                    if seen.has(oid):
+                        continue
+                    data = load(oid)
+                    if data is None:
+                        if src != NO_OID:
+                            gone.add(oid)
+                            dangling.append((name, _b(src), name, _b(oid), "plain", "missing"))
+                        continue
+                    seen.add_new(oid)
+                    bits = seen.bits
+                    nbits = len(bits)
+                try:
+                    plain, other = split_targets(data)
+                except PClassesError as exc:
+                    out.unreadable.append((name, _b(oid), str(exc)))
+                    continue
+                n = len(plain) >> 3
+                if n:
+                    references += n
+                    targets = array("Q", plain)
+                    if _SWAP:
+                        targets.byteswap()
+                    push(targets)
+                    spush(repeat(oid, n))
+                if other:
+                    references += len(other)
+                    for kind, toid, database in other:
+                        other_edge(name, oid, kind, toid, database)
+                if record_extras:
+                    for extra in record_extras:
+                        for database, toid in extra(data):
+                            references += 1
+                            other_edge(name, oid, EdgeKind.REMOTE, toid, database)
+            seen.count += count
+    out.references = references
     return out
 
 
-class _Loader:
-    """``load(oid) -> (data, tid)`` of a storage; a FileStorage is read
-    straight from its file at the positions its index gives (the databases
-    are open for this walk, read-only or not written meanwhile), anything
-    unusual (a backpointer, a deletion) through the storage."""
-
-    def __init__(self, storage: Any) -> None:
-        self.storage = storage
-        self.load = storage.load
-        index = getattr(storage, "_index", None)
-        name = getattr(storage, "_file_name", None)
-        data = getattr(index, "_data", None)
-        if data is None or name is None:
-            return
-        import mmap
-        import struct
-
-        f = open(name, "rb")  # noqa: SIM115 - closed by close()
-        try:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (ValueError, OSError):  # an empty file
-            f.close()
-            return
-        header = struct.Struct(">8s8sQQHQ")  # oid tid prev tloc vlen plen
-        unpack, size = header.unpack_from, header.size
-        buckets = data.get
-        slow = storage.load
-        end = len(mm)
-        self._file = f
-        self._mm = mm
-
-        def load(oid: bytes) -> tuple[bytes, bytes]:
-            bucket = buckets(oid[:6])
-            p = bucket.get(oid[6:]) if bucket is not None else None
-            if p is None:
-                return slow(oid)  # type: ignore[no-any-return]  # POSKeyError
-            pos = int.from_bytes(p, "big")
-            if pos + size > end:  # written after the map was made
-                return slow(oid)  # type: ignore[no-any-return]
-            hoid, tid, _prev, _tloc, vlen, plen = unpack(mm, pos)
-            if hoid != oid or vlen or not plen or pos + size + plen > end:
-                return slow(oid)  # type: ignore[no-any-return]
-            return mm[pos + size:pos + size + plen], tid
-
-        self.load = load
-
-    def close(self) -> None:
-        mm = getattr(self, "_mm", None)
-        if mm is not None:
-            mm.close()
-        f = getattr(self, "_file", None)
-        if f is not None:
-            f.close()
-
-
-def _exists(storage: Any, oid: bytes) -> bool:
-    try:
-        storage.load(oid)
-    except POSKeyError:
-        return False
-    return True
+def _b(oid: int) -> bytes:
+    return oid.to_bytes(8, "big")

@@ -421,7 +421,7 @@ class Reader:
         def refill(at: int, keep: bytes, need: int) -> bytes:
             # the file from ``at`` on: ``keep`` (already read) + what follows
             f.seek(at + len(keep))
-            more: bytes = f.read(min(max(CHUNK, need), end - at - len(keep)))
+            more: bytes = f.read(min(max(CHUNK, need, 64), end - at - len(keep)))
             return keep + more
 
         base = self.start

@@ -405,10 +405,8 @@ class Reader:
         :meth:`frames` as tuples.
         """
         if self.kind == "pclasses" and self.end is not None:
-            yield from self._chunked_records(self.end)
-            return
-        for frame in self.frames():
-            yield frame.oid, frame.data, frame.blob, frame.analysis
+            return self._chunked_records(self.end)
+        return ((frame.oid, frame.data, frame.blob, frame.analysis) for frame in self.frames())
 
     def _chunked_records(self, end: int
                          ) -> Iterator[tuple[bytes, bytes, tuple[int, int] | None, Any]]:

@@ -32,6 +32,7 @@ from ..classtable import GUID_PREFIX, class_table, is_guid_module, is_placeholde
 from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
 from ..record import Analysis
 from ..record.analyze import Use
+from ..record.analyze import analyze as _analyze
 from ..record.edges import EdgeKind
 from ..refs.transfer import MARK as _MARK
 from ..registry import ClassRegistry
@@ -285,11 +286,14 @@ class CheckPass:
                 raise ExportFormatError("malformed record header")
             if oid in seen:
                 raise ExportFormatError(f"record {oid_repr(oid)} appears twice")
-            if oid in declared:
+            if declared and oid in declared:
                 raise ExportFormatError(f"record {oid_repr(oid)} is declared a class reference")
             seen.add(oid)
             if a is None:
-                a = analyze(data, oid)
+                try:
+                    a = _analyze(data)
+                except ValueError:
+                    a = analyze(data, oid)  # raises the package's error, naming the record
             if zexp:
                 meta = next(((g.module, g.name) for g in a.globals
                              if int(g.uses) & _CLASS_META), None)

@@ -199,27 +199,37 @@ def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, byt
     if not _is_filestorage(base) or start is None or base.lastTransaction() >= start:
         return mvcc.load, lambda: True, lambda: None
     last = base.lastTransaction()
-    f = open(base._file_name, "rb")  # noqa: SIM115
+    # Read through a memory map of the file as it is now (a seek on a
+    # buffered file refills its whole buffer for every record); records
+    # committed later lie beyond the map and go through the storage.
+    with open(base._file_name, "rb") as f:
+        try:
+            mm: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
+            return mvcc.load, lambda: True, lambda: None
     buckets = base._index._data.get
-    unpack = _DATA_HEADER.unpack
-    size = _DATA_HEADER.size
-    seek, read = f.seek, f.read
+    unpack_from = _DATA_HEADER.unpack_from
+    hsize = _DATA_HEADER.size
+    limit = len(mm) - hsize
 
     def load(oid: bytes) -> tuple[bytes, bytes]:
         bucket = buckets(oid[:6])
         p = bucket.get(oid[6:]) if bucket is not None else None
         if p is None:
             return mvcc.load(oid)  # type: ignore[no-any-return]  # raises POSKeyError
-        seek(int.from_bytes(p, "big"))
-        hoid, tid, _prev, _tloc, vlen, plen = unpack(read(size))
-        if hoid != oid or vlen or not plen:
+        pos = int.from_bytes(p, "big")
+        if pos > limit:
             return mvcc.load(oid)  # type: ignore[no-any-return]
-        return read(plen), tid
+        hoid, tid, _prev, _tloc, vlen, plen = unpack_from(mm, pos)
+        pos += hsize
+        if hoid != oid or vlen or not plen or pos + plen > limit + hsize:
+            return mvcc.load(oid)  # type: ignore[no-any-return]
+        return mm[pos:pos + plen], tid
 
     def still_valid() -> bool:
         return bool(base.lastTransaction() == last)
 
-    return load, still_valid, f.close
+    return load, still_valid, mm.close
 
 
 def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:

@@ -444,7 +444,7 @@ class MissingReferencesError(TransferError, LookupError):
         self.keys = list(keys)
         super().__init__(f"the import refers to keys the target database lacks: "
                          f"{', '.join(self.keys)} (import with references='dangling' "
-                         "to accept that)")
+                         "to keep them dangling, or references='null' to import them as None)")
 # -- trees of databases (issue 14) ---------------------------------------------
 
 

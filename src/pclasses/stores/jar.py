@@ -140,6 +140,8 @@ class SQLJar:
         # ZODB asks this only when a ZODB object's record is about to hold a
         # direct reference to one of our rows: refuse, clearly.
         obj = self._cache.get(oid)
+        if obj is None:
+            obj = self._new.get(oid)
         klass = type(obj).__module__ + "." + type(obj).__qualname__ if obj is not None else "?"
         raise SQLReferenceError(self._db.database_name, klass)
 

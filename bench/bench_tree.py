@@ -190,12 +190,12 @@ def _baseline(directory: Path) -> float:
 
 
 def _status() -> dict[str, int]:
-    """This process's VmRSS / RssAnon / RssFile in kB (Linux)."""
+    """This process's VmRSS / VmHWM (peak) / RssAnon / RssFile in kB (Linux)."""
     out = {}
     with open("/proc/self/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[key] = int(value.split()[0])
     return out
 
@@ -225,7 +225,6 @@ def _child(run: str, directory: str, trace: bool) -> None:
     """One run in this (fresh) process: the peaks of its resident memory
     (all, anonymous: heap, and file-backed: mapped files), sampled every 10
     ms; with ``trace``, tracemalloc's peak of the library call instead."""
-    import resource
     import threading
 
     if trace:
@@ -246,7 +245,8 @@ def _child(run: str, directory: str, trace: bool) -> None:
     done.set()
     sampler.join()
     print(json.dumps({
-        "maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent
+        "peak_rss_mb": round(_status()["VmHWM"] / 1024, 1),
         "anon_peak_mb": round(peaks["RssAnon"] / 1024, 1),
         "file_peak_mb": round(peaks["RssFile"] / 1024, 1),
     }))

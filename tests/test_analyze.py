@@ -1098,7 +1098,7 @@ def test_fallback_without_extension():
         "import sys; sys.modules['pclasses.record._skim'] = None\n"
         "import pclasses.record.analyze; s = sys.modules['pclasses.record.analyze']\n"
         "assert s.HAVE_C_ANALYZE is False and s.analyze_c is None\n"
-        "assert s.analyze is s.analyze_py\n"
+        "assert s.analyze is s.analyze_py and s.census is s.census_py and s.census_c is None\n"
         "a = s.analyze(b'N.\\x80\\x03C\\x01xQ.')\n"
         "print(tuple(a[:7]) == (2, -1, False, False, 1, [], [('oid', 6, 1, None, False, 1)]),"
         " a.pids[0].kind is s.EdgeKind.OID)\n"
@@ -1111,3 +1111,67 @@ def test_fallback_without_extension():
         == "True True"
     )
 
+
+
+# ---------------------------------------------------------------------------
+# census(data): the census's fast path
+
+
+def _census_from(a: Analysis):
+    """What census(data) must return, derived from the typed analysis."""
+    klass, names = None, []
+    for m, n, _off, _end, _op, uses in a.globals:
+        if m is None or n is None:
+            continue
+        if klass is None and uses & Use.CLASS_META:
+            klass = (m, n)
+        else:
+            names.append((m, n))
+    return klass, tuple(names)
+
+
+def test_census_names_the_class_and_every_other_global(zodb_records):
+    """census(data) gives the record's class and every other named global
+    (what analyze reports), in C and Python alike, as plain tuples."""
+    impls = [skim_mod.census_py] + ([skim_mod.census_c] if HAVE_C_ANALYZE else [])
+    for data in zodb_records + _std_pairs():
+        want = outcome(lambda d: _census_from(analyze_py(d)), data)
+        for impl in impls:
+            got = outcome(impl, data)
+            assert got == want, data
+            if got[0] != "ValueError":
+                klass, names = got
+                assert type(names) is tuple
+                assert all(type(p) is tuple and len(p) == 2 for p in names)
+    records = {_census_from(analyze_py(d))[0] for d in zodb_records}
+    assert ("persistent.mapping", "PersistentMapping") in records
+
+
+def test_census_agrees_on_hostile_bytes(zodb_records):
+    """Byte flips, random bytes and limits: census raises or returns the same
+    in C and Python, and what analyze says whenever analyze returns."""
+    if not HAVE_C_ANALYZE:
+        pytest.skip("pclasses.record._skim not built")
+    rng = random.Random(20261207)
+    sources = zodb_records + _std_pairs()
+    seen = {"ok": 0, "error": 0}
+    for _ in range(3000):
+        data = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        data = bytes(data)
+        got = outcome(skim_mod.census_py, data)
+        assert outcome(skim_mod.census_c, data) == got, data
+        assert got == outcome(lambda d: _census_from(analyze_py(d)), data)
+        seen["error" if got[0] == "ValueError" else "ok"] += 1
+    assert seen["ok"] > 100 and seen["error"] > 100
+    # the analyzer's limits hold for census too
+    deep = b"(" * 50 + b"N" + b"t" * 50 + b"." + b"N."
+    previous = skim_mod.set_limits(skim_mod.Limits(max_depth=10))
+    try:
+        for impl in (skim_mod.census_py, skim_mod.census_c):
+            with pytest.raises(ValueError, match="nesting deeper than 10"):
+                impl(deep)
+    finally:
+        skim_mod.set_limits(previous)
+    assert skim_mod.census_c(deep) == skim_mod.census_py(deep) == (None, ())

@@ -10,6 +10,7 @@ tools run separately, or from how the test built the data.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -438,3 +439,77 @@ def test_unreadable_and_hostile_records_are_findings(tmp_path):
     assert data["summary"]["unreadable_records"] >= 1
     assert "0x64" in text_of(page, "unreadable")
     assert "unreadable record" in text_of(page, "summary")
+
+
+def test_dangling_reference_within_one_database(tmp_path):
+    """A reference to a record deleted underneath (a raw delete, as a
+    careless gc does) is counted in the summary, listed under the drawing,
+    and marked on its database by a badge."""
+    from ZODB.Connection import TransactionMetaData
+
+    path = tmp_path / "d.fs"
+    db = ZODB.DB(FileStorage(str(path)))
+    with db.transaction() as conn:
+        target = conn.root()["target"] = PersistentMapping(v=1)
+        conn.root()["holder"] = PersistentMapping(ref=target)
+    conn = db.open()
+    oid = conn.root()["target"]._p_oid
+    serial = conn.root()["target"]._p_serial
+    conn.close()
+    storage = db.storage
+    t = TransactionMetaData()
+    storage.tpc_begin(t)
+    storage.deleteObject(oid, serial, t)
+    storage.tpc_vote(t)
+    storage.tpc_finish(t)
+    db.close()
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(main, ["report", str(path), "-o", str(out), "--json"])
+    page = page_of(result, out)
+    data = json.loads(result.output)
+    assert data["summary"]["dangling_references"] == 2  # from the root and from holder
+    assert "2 dangling references" in text_of(page, "summary")
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert '<g class="badge">' in svg and "2 dangling reference(s) within" in svg
+    from ZODB.utils import oid_repr
+
+    assert oid_repr(oid) in text_of(page, "dangling")
+
+
+def test_modules_named_by_the_data_are_not_imported(tmp_path):
+    """A module on the path that the root's objects name is located, not
+    imported: the report loads the root's entries (a tree's handles, the
+    reference registries) through a class factory in inspection mode, so the
+    module's top-level code never runs; its class is reported not checked."""
+    marker = tmp_path / "imported"
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "sidefx_mod.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from persistent import Persistent\nclass Thing(Persistent):\n    pass\n")
+    path = tmp_path / "s.fs"
+    sys.path.insert(0, str(code))
+    try:
+        import sidefx_mod  # type: ignore[import-not-found]
+
+        db = ZODB.DB(FileStorage(str(path)))
+        with db.transaction() as conn:
+            conn.root()["thing"] = sidefx_mod.Thing()
+        db.close()
+    finally:
+        sys.path.remove(str(code))
+        sys.modules.pop("sidefx_mod", None)
+    marker.unlink()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), env.get("PYTHONPATH")) if p)
+    out = tmp_path / "r.html"
+    done = subprocess.run([sys.executable, "-m", "pclasses.cli", "report", str(path), "-o",
+                           str(out), "--json"], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert not marker.exists()
+    data = json.loads(done.stdout)
+    (thing,) = [c for c in data["databases"][0]["classes"] if c["module"] == "sidefx_mod"]
+    assert thing["status"] == "not-imported"
+    assert data["summary"]["not_checked_classes"] == 1
+    assert "not checked" in data["summary"]["verdict"]

@@ -278,3 +278,55 @@ def test_oid_set_and_file_loader(tmp_path):
     finally:
         loader.close()
         fs.close()
+
+
+_CANONICAL = (
+    b"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00.\x80\x03}q\x01X\x04\x00\x00\x00"
+    b"dataq\x02}q\x03(X\x01\x00\x00\x00nq\x04K\x00X\x03\x00\x00\x00refq\x05"
+    b"cpclasses.tree.reference\nRemoteReference\nq\x06(C\x08\x00\x00\x00\x00\x00\x00\x00\x01"
+    b"q\x07cpclasses.tree.handle\nDatabaseHandle\nq\x08\x86q\tQC\x08\x00\x00\x00\x00\x00\x00"
+    b"\x14\xc8q\nX$\x00\x00\x00persistent.mapping.PersistentMappingq\x0bX\x01\x00\x00\x00aq\x0c"
+    b"tq\rRq\x0eus.")
+
+
+def test_single_remote_site_shortcut_agrees_with_the_full_walker():
+    """The shortcut for a record holding one remote reference as ZODB writes
+    it (C in split_targets, Python twin single_remote_site) gives the same
+    site as the full walker, and, over every one-byte change of such a record
+    the analyzer still accepts, either declines or agrees with the full
+    walker (the walk edges() runs), C and Python alike."""
+    import importlib
+    import random
+
+    from pclasses.record.remote import RemoteSite, remote_sites, single_remote_site
+
+    start = _CANONICAL.index(b"cpclasses.tree.reference")
+    site = single_remote_site(_CANONICAL, start)
+    assert site == RemoteSite(b"\x00" * 6 + b"\x14\xc8", "persistent.mapping.PersistentMapping",
+                              "a", b"\x00" * 7 + b"\x01", False, 1)
+    assert remote_sites(_CANONICAL, fast=False) == [site]
+    # a second use of the memoized global (BINGET 6) sends it to the full walker
+    assert single_remote_site(_CANONICAL[:-2] + b"h\x06.", start) is None
+    edges_mod = importlib.import_module("pclasses.record.edges")
+    c_refs = edges_mod._c_refs
+    rng = random.Random(14)
+    checked = agreed = 0
+    for i in range(len(_CANONICAL)):
+        for value in {rng.randrange(256) for _ in range(6)} | {0x68, 0x71, 0x4E, 0x28}:
+            data = _CANONICAL[:i] + bytes((value,)) + _CANONICAL[i + 1:]
+            try:
+                analysis = edges_mod.analyze_record(data)
+            except Exception:  # noqa: BLE001 - records the analyzer refuses are not read
+                continue
+            begin = edges_mod._remote_start(analysis)
+            py = single_remote_site(data, begin) if begin > 0 else None
+            if c_refs is not None:
+                _plain, _other, remote, c_site = c_refs(data)
+                assert remote == begin
+                assert (None if c_site is None else tuple(c_site)) == (
+                    None if py is None else (py.oid, py.klass, py.database, py.via)), (i, value)
+            checked += 1
+            if py is not None:
+                agreed += 1
+                assert remote_sites(data, start=begin) == [py], (i, value)
+    assert checked > 500 and agreed > 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -189,10 +190,14 @@ def _gc_apply_deletes_from_child(root: Path, ids: dict[str, bytes], open_child) 
 
 @pytest.mark.zeo
 def test_gc_apply_deletes_on_a_zeo_child(tmp_path, zeo_server):
-    """A child served by a real ZEO server: gc --apply deletes its garbage
-    through ClientStorage.deleteObject in the tree's one two-phase commit."""
+    """A child served by a real ZEO server: gc --apply refuses without force
+    (the server's storage decides whether pack collects garbage; the client
+    cannot tell), and with it deletes the garbage through
+    ClientStorage.deleteObject in the tree's one two-phase commit."""
     address, name = zeo_server.fresh()
     paths, ids = build(tmp_path, child=zeo_server.uri(address, name))
+    refused = CliRunner().invoke(main, ["gc", str(paths[0]), "--days", "0", "--apply"])
+    assert refused.exit_code == 1 and "ZEO client" in refused.output, refused.output
     _gc_apply_deletes_from_child(paths[0], ids,
                                  lambda: zeo_server.client(address, name, read_only=True))
 
@@ -283,3 +288,84 @@ def test_zconfig_multi_database_m_keeps_alive_weak_does_not(tmp_path):
         fs.load(ids["strong"])
     finally:
         fs.close()
+
+
+def test_bare_oid_references_are_followed_where_zc_zodbdgc_asserts(tmp_path):
+    """An object referred to by bare oid (its class defines __getnewargs__,
+    so ZODB writes no class) is followed: refs-check counts it and is clean,
+    gc keeps it and collects it once unreferenced.  zc.zodbdgc's check stops
+    with AssertionError on the same database."""
+    import zc.zodbdgc
+
+    from tree_models import Keyed
+
+    path, conf = tmp_path / "a.fs", tmp_path / "m.conf"
+    conf.write_text(f"<zodb a>\n  <filestorage>\n    path {path}\n  </filestorage>\n</zodb>\n")
+    db = pclasses.open(path)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    node = conn.root()["n"] = Node("n")
+    node.k = Keyed("x")
+    tm.commit()
+    kept = node.k._p_oid
+    conn.close()
+    db.close()
+    with pytest.raises(AssertionError):
+        zc.zodbdgc.check(str(conf))
+    result = CliRunner().invoke(main, ["refs-check", str(conf), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["objects"]["a"] == 3  # root, node, the Keyed
+    db = pclasses.open(conf)
+    assert pclasses.collect_garbage(db, days=0).count == 0
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    del conn.root()["n"].k
+    tm.commit()
+    conn.close()
+    assert pclasses.collect_garbage(db, days=0).garbage["a"] == [kept]
+    db.close()
+
+
+def test_commit_fails_everywhere_when_the_postgresql_child_server_stops(tmp_path):
+    """A child on RelStorage over its own real PostgreSQL server: parent and
+    child changed in one transaction, then the server stops; the commit
+    fails (in RelStorage's part of the two-phase commit) and the parent's
+    file does not hold the change."""
+    pytest.importorskip("relstorage")
+    pytest.importorskip("psycopg2")
+    from pgserver import PostgresServer, find_bindir
+
+    if find_bindir() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    server = PostgresServer()
+    running = True
+    try:
+        dbname = server.createdb()
+        adapter = f"  <postgresql>\n    dsn {server.dsn(dbname)}\n  </postgresql>\n"
+        conf = _relstorage_conf(tmp_path, adapter, pack_gc=False)
+        root_path = tmp_path / "root.fs"
+        db = pclasses.open(root_path, tree=True)
+        tree = pclasses.tree_of(db)
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        src = conn.root()["src"] = Node("src")
+        hp = tree.add(conn, "pg", str(conf))
+        obj = hp.root()["obj"] = Node("on postgresql")
+        tm.commit()
+        src.name, obj.name = "changed in root", "changed on postgresql"
+        server.stop()
+        running = False
+        with pytest.raises(Exception):  # noqa: B017 - RelStorage's own error
+            tm.commit()
+        with contextlib.suppress(Exception):  # RelStorage's rollback needs its server too
+            tm.abort()
+        conn.close()
+        tree.close()
+    finally:
+        if running:
+            server.stop()
+    plain = ZODB.DB(FileStorage(str(root_path), read_only=True))
+    try:
+        assert plain.open().root()["src"].name == "src"
+    finally:
+        plain.close()

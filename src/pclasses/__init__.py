@@ -5,6 +5,7 @@ concept (see ``design/ARCHITECTURE.md``):
 
 * :mod:`pclasses.record.reader`: the safe record reader (never runs a pickle);
 * :mod:`pclasses.registry`: the class-factory registry;
+* :mod:`pclasses.factory`: ``pclasses.class_factory``, the registry named in zope.conf;
 * :mod:`pclasses.classtable`: the per-database class table (guid -> class);
 * :mod:`pclasses.pclass`: persistent classes defined in the database;
 * :mod:`pclasses.methods`: methods kept as source text;
@@ -58,6 +59,7 @@ from .errors import (
     XrefPolicySyntaxError,
 )
 from .events import ClassReattached
+from .factory import class_factory, process_registry
 from .interfaces import IClassReattachedEvent, ICrossDatabaseReferenceEvent
 from .inventory import BrokenReport, find_broken
 from .methods import BrokenMethodError, MethodSourceError, method
@@ -111,6 +113,8 @@ __all__ = [
     "__version__",
     "ClassRegistry",
     "Resolution",
+    "class_factory",
+    "process_registry",
     "open",
     "PersistentClass",
     "define_class",

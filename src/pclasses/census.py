@@ -23,7 +23,7 @@ from ZODB.utils import oid_repr
 
 from .classtable import GUID_PREFIX, is_guid_module
 from .errors import RecordDecodeError
-from .record.analyze import EdgeKind, Use, analyze
+from .record.analyze import Analysis, EdgeKind, Use, analyze, census
 from .record.edges import edges_of
 from .record.reader import GlobalRef, PersistentRef, read_class, read_record
 from .registry import ClassRegistry, Resolution
@@ -168,25 +168,24 @@ class _Tally:
         examples = self.examples
         mention_examples = self.mention_examples
         parents = self.parents
+        limit = self.limit
         n = 0
         for oid, data in records:
             n += 1
-            # The C record analyzer (about 1 us) tells every global and how
-            # it is used, and where each reference's oid is; nothing runs.
+            # The C record analyzer (about 1 us) tells the record's class and
+            # every other global it names, as plain tuples; nothing runs.
+            # The broken inventory also wants each reference (``parents``),
+            # which takes the full analysis.
+            a = None
             try:
-                a = analyze(data)
+                if parents is None:
+                    pair, names = census(data)
+                else:
+                    a = analyze(data)
+                    pair, names = _census_of(a)
             except ValueError as exc:
                 self.unreadable.append(Unreadable(oid, str(exc)))
                 continue
-            pair = None
-            names: list[tuple[str, str]] = []
-            for module, name, _off, _end, _op, uses in a.globals:
-                if module is None or name is None:
-                    continue
-                if uses & Use.CLASS_META and pair is None:
-                    pair = (module, name)
-                else:
-                    names.append((module, name))
             if pair is None:
                 # Class metadata by strings (format 3/7) or a persistent class.
                 try:
@@ -202,15 +201,15 @@ class _Tally:
                     self.resident.append(_resident(oid, data))
                 count = as_class.get(pair, 0)
                 as_class[pair] = count + 1
-                if count < self.limit:
+                if count < limit:
                     examples.setdefault(pair, []).append(oid)
             for g in dict.fromkeys(names) if len(names) > 1 else names:
                 if g != pair:
                     count = mentioned.get(g, 0)
                     mentioned[g] = count + 1
-                    if count < self.limit:
+                    if count < limit:
                         mention_examples.setdefault(g, []).append(oid)
-            if parents is not None:
+            if a is not None and parents is not None:
                 for e in edges_of(data, a):
                     if e.database is None and (e.kind is _OID or e.kind is _OID_CLASS):
                         child = e.oid
@@ -241,6 +240,21 @@ class _Tally:
 
 
 _METACLASS = ("pclasses.pclass", "PersistentClass")
+_CLASS_META = int(Use.CLASS_META)
+
+
+def _census_of(a: Analysis) -> tuple[tuple[str, str] | None, tuple[tuple[str, str], ...]]:
+    """:func:`pclasses.record.analyze.census` from a full analysis."""
+    pair = None
+    names: list[tuple[str, str]] = []
+    for module, name, _off, _end, _op, uses in a.globals:
+        if module is None or name is None:
+            continue
+        if pair is None and int(uses) & _CLASS_META:  # plain ints: enum ops are slow
+            pair = (module, name)
+        else:
+            names.append((module, name))
+    return pair, tuple(names)
 _OID = EdgeKind.OID
 _OID_CLASS = EdgeKind.OID_CLASS
 _REFERRERS = 4

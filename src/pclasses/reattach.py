@@ -27,8 +27,9 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zope.event
 from persistent import Persistent
@@ -37,8 +38,9 @@ from ZODB.POSException import ConnectionStateError
 
 from .events import ClassReattached
 
-if TYPE_CHECKING:
-    from .registry import ClassRegistry
+#: A class lookup, called as ZODB calls its class factory:
+#: ``lookup(connection, module, name)``; a broken class means "not back yet".
+Lookup = Callable[[Any, str, str], Any]
 
 __all__ = ["reattach", "ReattachReport"]
 
@@ -70,22 +72,28 @@ class ReattachReport:
                 "reloaded": dict(self.reloaded), "pending": dict(self.pending)}
 
 
-def _real(registry: ClassRegistry, connection: Any, pair: tuple[str, str]) -> Any:
+def _real(lookup: Lookup, connection: Any, pair: tuple[str, str]) -> Any:
     try:
-        target = registry(connection, pair[0], pair[1])
+        target = lookup(connection, pair[0], pair[1])
     except ConnectionStateError:
         # An idle connection in the pool: database-resident classes cannot
         # be looked up through it until it is opened again.
-        target = registry(None, pair[0], pair[1])
+        target = lookup(None, pair[0], pair[1])
     if isinstance(target, type) and issubclass(target, Broken):
         return None
     return target
 
 
-def reattach(registry: ClassRegistry) -> ReattachReport:
-    """Reattach every broken object of the registry's databases whose class resolves now."""
+def reattach(lookup: Lookup, broken: Mapping[tuple[str, str], type],
+             databases: Iterable[Any]) -> ReattachReport:
+    """Reattach the broken objects of ``databases`` whose class resolves now.
+
+    ``broken`` maps each ``(module, name)`` to the broken class made for it;
+    ``lookup`` resolves a name as the class factory does.  The registry
+    (:meth:`pclasses.registry.ClassRegistry.reattach`) passes its own; this
+    module knows nothing of the registry above it.
+    """
     report = ReattachReport()
-    broken = registry._broken_classes_snapshot()
     if not broken:
         return report
     plain: dict[type, tuple[str, str]] = {}
@@ -106,7 +114,7 @@ def reattach(registry: ClassRegistry) -> ReattachReport:
     loading: list[tuple[Any, Any, tuple[str, str]]] = []
 
     def settle(obj: Any, connection: Any, pair: tuple[str, str]) -> None:
-        real = _real(registry, connection, pair)
+        real = _real(lookup, connection, pair)
         if real is None:
             return
         if obj._p_changed:  # being loaded by another thread right now
@@ -131,7 +139,7 @@ def reattach(registry: ClassRegistry) -> ReattachReport:
             if pair is not None:
                 settle(obj, connection, pair)
 
-    for db in registry.databases:
+    for db in databases:
         connection_map = getattr(db, "_connectionMap", None)
         if connection_map is not None:
             connection_map(visit)
@@ -149,7 +157,7 @@ def reattach(registry: ClassRegistry) -> ReattachReport:
     if loading:
         for _obj, _connection, pair in loading:
             bump(report.pending, pair)
-        threading.Thread(target=_finish_later, args=(registry, list(loading), persistent),
+        threading.Thread(target=_finish_later, args=(lookup, list(loading), persistent),
                          name="pclasses-reattach", daemon=True).start()
 
     # Non-persistent broken objects, wherever loaded state holds them.
@@ -160,7 +168,7 @@ def reattach(registry: ClassRegistry) -> ReattachReport:
             continue
         pair = found
         if pair not in resolved:
-            resolved[pair] = _real(registry, None, pair)
+            resolved[pair] = _real(lookup, None, pair)
         real = resolved[pair]
         if real is None:
             continue
@@ -181,7 +189,7 @@ def reattach(registry: ClassRegistry) -> ReattachReport:
     return report
 
 
-def _finish_later(registry: ClassRegistry, loading: list[tuple[Any, Any, tuple[str, str]]],
+def _finish_later(lookup: Lookup, loading: list[tuple[Any, Any, tuple[str, str]]],
                   persistent: dict[type, tuple[str, str]], timeout: float = 60.0) -> None:
     """Reattach objects once the loads other threads were doing have ended."""
     done: dict[tuple[str, str], tuple[Any, int]] = {}
@@ -195,7 +203,7 @@ def _finish_later(registry: ClassRegistry, loading: list[tuple[Any, Any, tuple[s
             if obj._p_changed:
                 still.append((obj, connection, pair))
                 continue
-            real = _real(registry, connection, pair)
+            real = _real(lookup, connection, pair)
             if real is not None and _swap_persistent(obj, real) != "left":
                 done[pair] = (real, done.get(pair, (real, 0))[1] + 1)
         loading = still

@@ -42,6 +42,8 @@ from .broken import make_broken_class
 from .classtable import NOT_RESIDENT, is_guid_module, resolve_resident
 from .connection import install as install_connection
 from .errors import AliasCycleError, RegistrationError
+from .reattach import ReattachReport
+from .reattach import reattach as reattach_objects
 from .trust import Trust, as_trust, forget_installed
 
 __all__ = ["ClassRegistry", "Resolution", "BrokenRecord", "EntryPointFailure"]
@@ -594,7 +596,7 @@ class ClassRegistry:
     #: objects of the installed databases right away.
     auto_reattach = True
 
-    def reattach(self) -> Any:
+    def reattach(self) -> ReattachReport:
         """Turn broken objects whose class resolves now back into real ones.
 
         Every name that resolved broken is resolved again first (its module
@@ -607,10 +609,9 @@ class ClassRegistry:
         self._retry_broken()
         return self._reattach()
 
-    def _reattach(self) -> Any:
-        from .reattach import reattach
-
-        return reattach(self)
+    def _reattach(self) -> ReattachReport:
+        return reattach_objects(self.class_factory, self._broken_classes_snapshot(),
+                                self.databases)
 
     def _retry_broken(self) -> None:
         """Forget the cached broken resolutions, so the next lookup retries them."""
@@ -665,6 +666,14 @@ class ClassRegistry:
             self._databases.add(each)
         install_connection(db)
         return db
+
+    def adopt(self, db: Any) -> None:
+        """Count ``db`` among this registry's databases (for :meth:`reattach`)
+        without changing its class factory or connection class: for a
+        database that names the registry's factory itself, as ZConfig's
+        ``class-factory`` does (:func:`pclasses.class_factory`)."""
+        if db not in self._databases:
+            self._databases.add(db)
 
     @property
     def databases(self) -> list[Any]:

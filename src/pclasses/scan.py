@@ -1,8 +1,9 @@
 """Iterating the current records of a storage, as cheaply as the storage allows.
 
-* FileStorage: one sequential pass of ``iterator()`` (about 1.3 us a
-  record), keeping a record only when the index says it is the current
-  revision of its oid.  Deleted objects and old revisions are skipped.
+* FileStorage: the index in oid order, each current record read straight
+  from the file at the position the index gives, through a memory map
+  (about 0.5 us a record; backpointers and anything unusual go through
+  ``load``).  Deleted objects and old revisions are never visited.
 * Storages with ``record_iternext`` (ZEO, MappingStorage, RelStorage):
   current records in oid order.
 * Anything else with ``iterator()``: every transaction, the last revision
@@ -12,15 +13,15 @@ Each yields ``(oid, data)``; ``progress(done, total)`` is called now and
 then when given (``total`` may be ``None``).
 
 :func:`map_records` runs a function over the records of a large
-FileStorage in several processes at once: the file is cut at transaction
-boundaries (found through the index: a data record's header names its
-transaction's position), each forked worker iterates its own part, and the
-results come back to be merged.  Reading is all it does, so a worker can
+FileStorage in several processes at once: the index is cut into equal
+runs of oids, each forked worker reads its own run, and the results come
+back to be merged in oid order.  Reading is all it does, so a worker can
 never leave anything half-written.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import struct
@@ -76,28 +77,75 @@ def _is_filestorage(storage: Any) -> bool:
 
 
 def _filestorage(
-    storage: Any, index: Any, start: int = 4, stop: int | None = None,
-    with_tid: bool = False, last_tid: bytes | None = None,
+    storage: Any, index: Any, start: int = 0, stop: int | None = None,
+    with_tid: bool = False,
 ) -> Iterator[Any]:
-    from ZODB.FileStorage.FileStorage import FileIterator
+    """The current records of a FileStorage, in oid order, read straight
+    from the file at the positions its index gives (through a memory map).
 
-    get = index.get
-    # ``last_tid`` stops before transactions committed while we iterate
-    # (repair appends to the file it reads).
-    it = FileIterator(storage._file_name, pos=start, stop=last_tid)
+    ``start`` / ``stop`` select the index entries ``[start, stop)`` in oid
+    order (how :func:`map_records` cuts the work).  The oids are taken from
+    the index one bucket at a time, so the caller may store new revisions
+    meanwhile (each oid is visited once, at the position the index gives
+    when its bucket is reached).  Anything unusual (a backpointer, a
+    version record, data written after the map was made) is loaded through
+    the storage; an object whose creation was undone has no data and is
+    skipped.
+    """
+    from ZODB.POSException import POSKeyError
+
+    with open(storage._file_name, "rb") as f:
+        try:
+            mm: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
+            mm = b""
     try:
-        for txn in it:
-            if stop is not None and txn._tpos >= stop:
+        size = len(mm)
+        unpack_from = _DATA_HEADER.unpack_from
+        hsize = _DATA_HEADER.size
+        load = storage.load
+        seen = 0
+        for prefix in list(index._data.keys()):
+            bucket = index._data.get(prefix)
+            if bucket is None:
+                continue
+            n = len(bucket)
+            if seen + n <= start:
+                seen += n
+                continue
+            if stop is not None and seen >= stop:
                 break
-            for rec in txn:
-                data = rec.data
-                if data is not None and get(rec.oid) == rec.pos:
-                    if with_tid:
-                        yield rec.oid, rec.tid, data
-                    else:
-                        yield rec.oid, data
+            lo = max(start - seen, 0)
+            hi = n if stop is None else min(stop - seen, n)
+            seen += n
+            # copies, taken together: the caller may store meanwhile
+            suffixes = list(bucket.keys()[lo:hi])
+            positions = list(bucket.values()[lo:hi])
+            for suffix, p in zip(suffixes, positions):
+                oid = prefix + suffix
+                pos = int.from_bytes(p, "big")
+                end = pos + hsize
+                if end <= size:
+                    hoid, tid, _prev, _tloc, vlen, plen = unpack_from(mm, pos)
+                    if hoid == oid and not vlen and plen and end + plen <= size:
+                        if with_tid:
+                            yield oid, tid, mm[end:end + plen]
+                        else:
+                            yield oid, mm[end:end + plen]
+                        continue
+                try:
+                    data, tid = load(oid)
+                except POSKeyError:  # its creation was undone
+                    continue
+                if data is None:
+                    continue
+                if with_tid:
+                    yield oid, tid, data
+                else:
+                    yield oid, data
     finally:
-        it.close()
+        if not isinstance(mm, bytes):
+            mm.close()
 
 
 _DATA_HEADER = struct.Struct(">8s8sQQHQ")  # oid tid prev tloc vlen plen
@@ -149,12 +197,13 @@ def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, byt
 def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
     """Yield ``(oid, tid, data)`` for the current revision of every object.
 
-    Only what was committed when the iteration started is visited, so the
-    caller may store new revisions meanwhile (each oid is visited once).
+    The caller may store new revisions of the objects meanwhile: each oid
+    is visited once (on a FileStorage, the oids of the index as each run of
+    them is reached; elsewhere, the oids present when the iteration
+    started).
     """
     if _is_filestorage(storage):
-        yield from _filestorage(storage, storage._index, with_tid=True,
-                                last_tid=storage.lastTransaction())
+        yield from _filestorage(storage, storage._index, with_tid=True)
         return
     if hasattr(storage, "record_iternext"):
         items = []
@@ -179,23 +228,9 @@ def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
 
 
 def _split_points(storage: Any, parts: int) -> list[int]:
-    """Transaction positions that cut the file into about equal parts."""
-    size = os.path.getsize(storage._file_name)
-    wanted = [size * k // parts for k in range(1, parts)]
-    # Data-record positions come from the index (a sample of every 64th
-    # object is plenty); the header of the record nearest each cut names
-    # the position of its transaction.
-    sample: list[int] = []
-    for bucket in storage._index._data.values():
-        sample.extend(int.from_bytes(v, "big") for v in bucket.values()[::64])
-    if not sample:
-        return []
-    cuts = set()
-    for w in wanted:
-        pos = min(sample, key=lambda p: abs(p - w))
-        with storage._lock:
-            cuts.add(storage._read_data_header(pos).tloc)
-    return sorted(c for c in cuts if c > 4)
+    """Index positions (in oid order) that cut the objects into equal parts."""
+    total = sum(len(bucket) for bucket in storage._index._data.values())
+    return sorted({total * k // parts for k in range(1, parts)} - {0, total})
 
 
 def map_records(
@@ -224,7 +259,7 @@ def map_records(
     ):
         return [func(iter_records(storage, progress))]
     cuts = _split_points(storage, jobs)
-    bounds = list(zip([4, *cuts], [*cuts, None]))
+    bounds = list(zip([0, *cuts], [*cuts, None]))
     children = []
     for start, stop in bounds[1:]:
         r, w = os.pipe()

@@ -2433,6 +2433,329 @@ skim_analyze(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+PyDoc_STRVAR(census_doc,
+"census(data, /) -> (klass, names)\n"
+"\n"
+"What a class census needs from a record, walked like analyze(data) (same\n"
+"limits, same ValueError): klass is (module, name) of the first global\n"
+"used as the record's class metadata, or None; names is a tuple of the\n"
+"(module, name) of every other GLOBAL / INST / literal STACK_GLOBAL, in\n"
+"byte order (repeats kept).  See pclasses.record.analyze.census_py.");
+
+/* (module, name) of global g, a new reference. */
+static PyObject *
+an_pair(const unsigned char *base, const an_global *g)
+{
+    PyObject *f[2];
+    f[0] = an_decode(base, g->moff, g->mlen, g->mmode);
+    f[1] = an_decode(base, g->noff, g->nlen, g->nmode);
+    return an_pack(NULL, f, 2);
+}
+
+static PyObject *
+skim_census(PyObject *module, PyObject *arg)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    an_state st;
+    PyObject *result = NULL, *klass = NULL, *names = NULL;
+    Py_buffer view;
+    const unsigned char *base;
+    Py_ssize_t len, nnames = 0, k = 0, meta = -1;
+    int have_view = 0;
+
+    if (PyBytes_CheckExact(arg)) {
+        base = (const unsigned char *)PyBytes_AS_STRING(arg);
+        len = PyBytes_GET_SIZE(arg);
+    }
+    else {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        have_view = 1;
+        base = (const unsigned char *)view.buf;
+        len = view.len;
+    }
+    an_init(&st);
+    st.max_depth = ms->limits[0];
+    st.max_items = ms->limits[1];
+    st.max_memo = ms->limits[2];
+    st.max_coll = ms->limits[3];
+    if (!have_view && len >= SKIM_NOGIL_THRESHOLD) {
+        Py_BEGIN_ALLOW_THREADS
+        an_walk(&st, base, len);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        an_walk(&st, base, len);
+    }
+    if (st.r.status != SKIM_OK) {
+        result = an_error(&st, len);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < st.nglobals; i++) {
+        const an_global *g = &st.globals[i];
+        long uses;
+        if (g->moff < 0 || g->noff < 0)
+            continue;
+        if (g->item < 0)
+            uses = USE_INSTANTIATE;
+        else
+            uses = st.items[g->item].bits;
+        if (meta < 0 && (uses & USE_CLASS_META))
+            meta = i;
+        else
+            nnames++;
+    }
+    if (meta >= 0) {
+        klass = an_pair(base, &st.globals[meta]);
+        if (klass == NULL)
+            goto done;
+    }
+    else
+        klass = Py_NewRef(Py_None);
+    names = PyTuple_New(nnames);
+    if (names == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < st.nglobals && k < nnames; i++) {
+        const an_global *g = &st.globals[i];
+        PyObject *t;
+        if (g->moff < 0 || g->noff < 0 || i == meta)
+            continue;
+        t = an_pair(base, g);
+        if (t == NULL)
+            goto done;
+        PyTuple_SET_ITEM(names, k++, t);
+    }
+    result = PyTuple_Pack(2, klass, names);
+done:
+    Py_XDECREF(klass);
+    Py_XDECREF(names);
+    an_free(&st);
+    if (have_view)
+        PyBuffer_Release(&view);
+    return result;
+}
+
+PyDoc_STRVAR(rename_doc,
+"rename(data, table, /) -> (new, renamed) or None\n"
+"\n"
+"The fast path of offline repair.  Walks data like analyze(data) (same\n"
+"limits, same ValueError), looks up table[(module, name)] for every\n"
+"GLOBAL / INST (None: keep it; else the new (module, name)) and replaces\n"
+"the opcodes to rename.  The result is proven like\n"
+"equivalence.substitution_differences proves it: the bytes between the\n"
+"replaced opcodes are copied unchanged, each replacement is one opcode of\n"
+"printable names, and the new bytes walk (skim) with the split point moved\n"
+"by exactly the replacements before it and the same memo and extension\n"
+"codes.  renamed maps each renamed (module, name) to its target; (data, {})\n"
+"when nothing is renamed.  None when the record needs the full path: a\n"
+"STACK_GLOBAL, a frame with something to rename, class metadata that is\n"
+"not a global (format 3/7, a persistent class), a target that is not a\n"
+"pair of printable strings, or a proof that fails.");
+
+typedef struct {
+    Py_ssize_t start, end;
+    PyObject *text; /* the new opcode, bytes */
+} an_edit;
+
+static PyObject *
+an_opcode_text(char op, PyObject *target)
+{
+    PyObject *m, *n;
+    const char *ms, *ns;
+    Py_ssize_t ml, nl;
+    PyObject *out;
+    char *w;
+    if (!PyTuple_CheckExact(target) || PyTuple_GET_SIZE(target) != 2)
+        return NULL;
+    m = PyTuple_GET_ITEM(target, 0);
+    n = PyTuple_GET_ITEM(target, 1);
+    if (!PyUnicode_CheckExact(m) || !PyUnicode_CheckExact(n))
+        return NULL;
+    for (int j = 0; j < 2; j++) {
+        PyObject *u = j ? n : m;
+        int kind = PyUnicode_KIND(u);
+        const void *d = PyUnicode_DATA(u);
+        for (Py_ssize_t i = 0; i < PyUnicode_GET_LENGTH(u); i++)
+            if (!Py_UNICODE_ISPRINTABLE(PyUnicode_READ(kind, d, i)))
+                return NULL;
+    }
+    ms = PyUnicode_AsUTF8AndSize(m, &ml);
+    if (ms == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    ns = PyUnicode_AsUTF8AndSize(n, &nl);
+    if (ns == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    out = PyBytes_FromStringAndSize(NULL, ml + nl + 3);
+    if (out == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    w = PyBytes_AS_STRING(out);
+    *w++ = op;
+    memcpy(w, ms, (size_t)ml);
+    w += ml;
+    *w++ = '\n';
+    memcpy(w, ns, (size_t)nl);
+    w += nl;
+    *w++ = '\n';
+    return out;
+}
+
+static PyObject *
+skim_rename(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    an_state st;
+    PyObject *result = NULL, *renamed = NULL, *data, *table, *newb = NULL;
+    const unsigned char *base;
+    Py_ssize_t len, nedits = 0, newlen, shift1 = 0;
+    an_edit *edits = NULL;
+    int meta = 0, fallback = 0;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "rename(data, table) takes 2 arguments");
+        return NULL;
+    }
+    data = args[0];
+    table = args[1];
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "rename: data must be bytes");
+        return NULL;
+    }
+    base = (const unsigned char *)PyBytes_AS_STRING(data);
+    len = PyBytes_GET_SIZE(data);
+    an_init(&st);
+    st.max_depth = ms->limits[0];
+    st.max_items = ms->limits[1];
+    st.max_memo = ms->limits[2];
+    st.max_coll = ms->limits[3];
+    if (len >= SKIM_NOGIL_THRESHOLD) {
+        Py_BEGIN_ALLOW_THREADS
+        an_walk(&st, base, len);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        an_walk(&st, base, len);
+    }
+    if (st.r.status != SKIM_OK) {
+        result = an_error(&st, len);
+        goto done;
+    }
+    if (st.has_sg)
+        goto full;
+    renamed = PyDict_New();
+    if (renamed == NULL)
+        goto done;
+    if (st.nglobals > 0) {
+        edits = PyMem_Calloc((size_t)st.nglobals, sizeof(an_edit));
+        if (edits == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    newlen = len;
+    for (Py_ssize_t i = 0; i < st.nglobals; i++) {
+        const an_global *g = &st.globals[i];
+        PyObject *pair, *target, *text;
+        long uses = g->item < 0 ? USE_INSTANTIATE
+                                : st.items[g->item].bits |
+                                      (st.items[g->item].pending > 0 ? USE_OTHER : 0);
+        if (uses & USE_CLASS_META)
+            meta = 1;
+        if (g->moff < 0 || g->noff < 0 || (g->op != 'c' && g->op != 'i'))
+            continue;
+        pair = an_pair(base, g);
+        if (pair == NULL)
+            goto done;
+        target = PyObject_GetItem(table, pair);
+        if (target == NULL) {
+            Py_DECREF(pair);
+            goto done;
+        }
+        if (target == Py_None) {
+            Py_DECREF(target);
+            Py_DECREF(pair);
+            continue;
+        }
+        text = an_opcode_text((char)g->op, target);
+        if (text == NULL || PyDict_SetItem(renamed, pair, target) < 0) {
+            Py_XDECREF(text);
+            Py_DECREF(target);
+            Py_DECREF(pair);
+            if (PyErr_Occurred())
+                goto done;
+            goto full;
+        }
+        Py_DECREF(target);
+        Py_DECREF(pair);
+        edits[nedits].start = g->off;
+        edits[nedits].end = g->end;
+        edits[nedits].text = text;
+        nedits++;
+        newlen += PyBytes_GET_SIZE(text) - (g->end - g->off);
+        if (g->end <= st.r.end1)
+            shift1 += PyBytes_GET_SIZE(text) - (g->end - g->off);
+    }
+    if (!meta)
+        goto full; /* class named by strings or a persistent class */
+    if (nedits == 0) {
+        result = PyTuple_Pack(2, data, renamed);
+        goto done;
+    }
+    if (st.has_frame)
+        goto full;
+    newb = PyBytes_FromStringAndSize(NULL, newlen);
+    if (newb == NULL)
+        goto done;
+    {
+        char *w = PyBytes_AS_STRING(newb);
+        Py_ssize_t pos = 0;
+        skim_result r;
+        for (Py_ssize_t i = 0; i < nedits; i++) {
+            Py_ssize_t tl = PyBytes_GET_SIZE(edits[i].text);
+            if (edits[i].start < pos) { /* not in byte order: never written */
+                fallback = 1;
+                break;
+            }
+            memcpy(w, base + pos, (size_t)(edits[i].start - pos));
+            w += edits[i].start - pos;
+            memcpy(w, PyBytes_AS_STRING(edits[i].text), (size_t)tl);
+            w += tl;
+            pos = edits[i].end;
+        }
+        if (!fallback) {
+            memcpy(w, base + pos, (size_t)(len - pos));
+            /* the proof: the new bytes walk with the split point where the
+               replacements put it, and the same memo and extension codes */
+            memset(&r, 0, sizeof r);
+            skim_buffer((const unsigned char *)PyBytes_AS_STRING(newb), newlen, &r);
+            if (r.status != SKIM_OK || r.end1 != st.r.end1 + shift1 ||
+                r.max_memo != st.r.max_memo || r.has_ext != st.r.has_ext)
+                fallback = 1;
+        }
+    }
+    if (fallback)
+        goto full;
+    result = PyTuple_Pack(2, newb, renamed);
+    goto done;
+full:
+    result = Py_NewRef(Py_None);
+done:
+    if (edits != NULL) {
+        for (Py_ssize_t i = 0; i < nedits; i++)
+            Py_XDECREF(edits[i].text);
+        PyMem_Free(edits);
+    }
+    Py_XDECREF(newb);
+    Py_XDECREF(renamed);
+    an_free(&st);
+    return result;
+}
+
 static int
 an_check_tuple_type(PyObject *arg, const char *what)
 {
@@ -2530,10 +2853,213 @@ an_text_is(const unsigned char *base, Py_ssize_t off, Py_ssize_t n,
     return off >= 0 && (size_t)n == len && memcmp(base + off, want, len) == 0;
 }
 
-static PyObject *
-refs_result(skim_state *ms, an_state *st, const unsigned char *base)
+/* rr_single: the one remote reference of a record in the form ZODB's
+ * pickler writes it (pclasses.record.remote.single_remote_site is the twin;
+ * keep the two in step): 1 with the offsets of oid, class, database and via
+ * set, 0 for any other record. */
+static Py_ssize_t
+rr_find(const unsigned char *b, Py_ssize_t n, Py_ssize_t from,
+        const unsigned char *needle, Py_ssize_t k)
 {
-    PyObject *plain = NULL, *other = NULL, *v[3];
+    for (Py_ssize_t i = from; i + k <= n; i++) {
+        const unsigned char *p = memchr(b + i, needle[0], (size_t)(n - k + 1 - i));
+        if (p == NULL)
+            return -1;
+        i = p - b;
+        if (memcmp(p, needle, (size_t)k) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static Py_ssize_t
+rr_skip_put(const unsigned char *b, Py_ssize_t n, Py_ssize_t i)
+{
+    if (i < n && b[i] == 0x71)
+        return i + 2;
+    if (i < n && b[i] == 0x72)
+        return i + 5;
+    return i;
+}
+
+/* i at a GLOBAL: the offset after its two lines, or -1. */
+static Py_ssize_t
+rr_after_global(const unsigned char *b, Py_ssize_t n, Py_ssize_t i)
+{
+    const unsigned char *p;
+    if (i + 1 >= n)
+        return -1;
+    p = memchr(b + i + 1, '\n', (size_t)(n - i - 1));
+    if (p == NULL)
+        return -1;
+    i = p - b + 1;
+    if (i >= n)
+        return -1;
+    p = memchr(b + i, '\n', (size_t)(n - i));
+    return p == NULL ? -1 : p - b + 1;
+}
+
+/* A BINUNICODE / SHORT_BINUNICODE at *i: its payload's offset and length. */
+static int
+rr_text(const unsigned char *b, Py_ssize_t n, Py_ssize_t *i, Py_ssize_t *off,
+        Py_ssize_t *len)
+{
+    Py_ssize_t j = *i, l;
+    if (j >= n)
+        return -1;
+    if (b[j] == 0x58) {
+        if (j + 5 > n)
+            return -1;
+        l = (Py_ssize_t)le32(b + j + 1);
+        j += 5;
+    }
+    else if (b[j] == 0x8c) {
+        if (j + 2 > n)
+            return -1;
+        l = b[j + 1];
+        j += 2;
+    }
+    else
+        return -1;
+    if (l > n - j)
+        return -1;
+    *off = j;
+    *len = l;
+    *i = j + l;
+    return 0;
+}
+
+static int
+rr_oid8(const unsigned char *b, Py_ssize_t n, Py_ssize_t i)
+{
+    return i + 10 <= n && b[i] == 0x43 && b[i + 1] == 8;
+}
+
+static int
+rr_single(const unsigned char *b, Py_ssize_t n, Py_ssize_t start,
+          Py_ssize_t *oid, Py_ssize_t *via, Py_ssize_t *koff, Py_ssize_t *klen,
+          Py_ssize_t *doff, Py_ssize_t *dlen)
+{
+    static const unsigned char marker[] = "RemoteReference";
+    Py_ssize_t i, first;
+    if (start <= 0 || start >= n || b[start] != 0x63)
+        return 0;
+    first = rr_find(b, n, 0, marker, 15);
+    if (first < 0 || rr_find(b, n, first + 1, marker, 15) >= 0)
+        return 0;
+    i = rr_after_global(b, n, start);
+    if (i < 0 || i >= n)
+        return 0;
+    if (b[i] == 0x71 || b[i] == 0x72) {
+        unsigned char get[16];
+        uint32_t k;
+        int m;
+        if (b[i] == 0x71) {
+            if (i + 2 > n)
+                return 0;
+            k = b[i + 1];
+        }
+        else {
+            if (i + 5 > n)
+                return 0;
+            k = le32(b + i + 1);
+        }
+        get[0] = 'j';
+        get[1] = (unsigned char)(k & 0xff);
+        get[2] = (unsigned char)((k >> 8) & 0xff);
+        get[3] = (unsigned char)((k >> 16) & 0xff);
+        get[4] = (unsigned char)((k >> 24) & 0xff);
+        if (rr_find(b, n, 0, get, 5) >= 0)
+            return 0;
+        m = snprintf((char *)get, sizeof get, "g%u\n", (unsigned)k);
+        if (m > 0 && rr_find(b, n, 0, get, m) >= 0)
+            return 0;
+        if (k < 256) {
+            get[0] = 'h';
+            get[1] = (unsigned char)k;
+            if (rr_find(b, n, 0, get, 2) >= 0)
+                return 0;
+        }
+        i += b[i] == 0x71 ? 2 : 5;
+    }
+    if (i >= n || b[i] != 0x28) /* MARK */
+        return 0;
+    i++;
+    if (!rr_oid8(b, n, i))
+        return 0;
+    *via = i + 2;
+    i = rr_skip_put(b, n, i + 10);
+    if (i >= n)
+        return 0;
+    if (b[i] != 0x51) { /* an (oid, class) tuple */
+        if (b[i] == 0x63) {
+            i = rr_after_global(b, n, i);
+            if (i < 0)
+                return 0;
+        }
+        else if (b[i] == 0x68)
+            i += 2;
+        else if (b[i] == 0x6a)
+            i += 5;
+        else
+            return 0;
+        i = rr_skip_put(b, n, i);
+        if (i >= n || b[i] != 0x86)
+            return 0;
+        i = rr_skip_put(b, n, i + 1);
+        if (i >= n || b[i] != 0x51)
+            return 0;
+    }
+    i++;
+    if (!rr_oid8(b, n, i))
+        return 0;
+    *oid = i + 2;
+    i = rr_skip_put(b, n, i + 10);
+    if (i >= n)
+        return 0;
+    if (b[i] == 0x4e) {
+        *koff = -1;
+        *klen = 0;
+        i++;
+    }
+    else if (rr_text(b, n, &i, koff, klen) < 0)
+        return 0;
+    i = rr_skip_put(b, n, i);
+    if (rr_text(b, n, &i, doff, dlen) < 0)
+        return 0;
+    i = rr_skip_put(b, n, i);
+    if (i >= n || b[i] != 0x74) /* TUPLE */
+        return 0;
+    i = rr_skip_put(b, n, i + 1);
+    return i < n && b[i] == 0x52; /* REDUCE */
+}
+
+static PyObject *
+rr_site(const unsigned char *b, Py_ssize_t n, Py_ssize_t start)
+{
+    Py_ssize_t oid, via, koff, klen, doff, dlen;
+    PyObject *f[4];
+    if (!rr_single(b, n, start, &oid, &via, &koff, &klen, &doff, &dlen))
+        Py_RETURN_NONE;
+    f[0] = PyBytes_FromStringAndSize((const char *)b + oid, 8);
+    f[1] = koff < 0 ? Py_NewRef(Py_None)
+                    : PyUnicode_DecodeUTF8((const char *)b + koff, klen, NULL);
+    f[2] = PyUnicode_DecodeUTF8((const char *)b + doff, dlen, NULL);
+    f[3] = PyBytes_FromStringAndSize((const char *)b + via, 8);
+    if ((f[1] == NULL || f[2] == NULL) &&
+        PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+        for (int j = 0; j < 4; j++)
+            Py_XDECREF(f[j]);
+        Py_RETURN_NONE; /* not text: the full walker decides */
+    }
+    return an_pack(NULL, f, 4);
+}
+
+static PyObject *
+refs_result(skim_state *ms, an_state *st, const unsigned char *base, Py_ssize_t len)
+{
+    PyObject *plain = NULL, *other = NULL, *v[4];
     Py_ssize_t nplain = 0, meta_end = -1, remote = -1;
     const an_global *first = NULL;
     char *out;
@@ -2600,7 +3126,8 @@ refs_result(skim_state *ms, an_state *st, const unsigned char *base)
     v[0] = plain;
     v[1] = other != NULL ? other : Py_NewRef(Py_None);
     v[2] = PyLong_FromSsize_t(remote);
-    return an_pack(NULL, v, 3);
+    v[3] = remote > 0 ? rr_site(base, len, remote) : Py_NewRef(Py_None);
+    return an_pack(NULL, v, 4);
 
 error:
     Py_XDECREF(plain);
@@ -2609,14 +3136,16 @@ error:
 }
 
 PyDoc_STRVAR(refs_doc,
-"refs(data, limits=None, /) -> (plain, other, remote)\n"
+"refs(data, limits=None, /) -> (plain, other, remote, site)\n"
 "\n"
 "analyze()'s walk with a lean result: plain, the 8-byte oids of the\n"
 "record's oid / oid_class references concatenated; other, None or a list of\n"
 "(kind, oid, database) for every other reference with a known oid; remote,\n"
 "-1 when no global names pclasses.tree.reference.RemoteReference, else the\n"
-"offset a walk for remote references may start from.  Same errors as\n"
-"analyze.");
+"offset a walk for remote references may start from; site, None or\n"
+"(oid, klass, database, via) of the record's one remote reference when it\n"
+"is written as ZODB's pickler writes it (see\n"
+"pclasses.record.remote.single_remote_site).  Same errors as analyze.");
 
 static PyObject *
 skim_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -2667,7 +3196,7 @@ skim_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (st.r.status != SKIM_OK)
         result = an_error(&st, len);
     else
-        result = refs_result(ms, &st, base);
+        result = refs_result(ms, &st, base, len);
     an_free(&st);
     if (have_view)
         PyBuffer_Release(&view);
@@ -2676,6 +3205,8 @@ skim_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef skim_methods[] = {
     {"skim", (PyCFunction)skim_skim, METH_O, skim_doc},
+    {"census", (PyCFunction)skim_census, METH_O, census_doc},
+    {"rename", (PyCFunction)(void (*)(void))skim_rename, METH_FASTCALL, rename_doc},
     {"analyze", (PyCFunction)(void (*)(void))skim_analyze, METH_FASTCALL,
      analyze_doc},
     {"refs", (PyCFunction)(void (*)(void))skim_refs, METH_FASTCALL, refs_doc},

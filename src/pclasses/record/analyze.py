@@ -170,6 +170,9 @@ __all__ = [
     "analyze_py",
     "analyze_c",
     "HAVE_C_ANALYZE",
+    "census",
+    "census_py",
+    "census_c",
     "PID_KINDS",
     "USE_REDUCE",
     "USE_NEWOBJ",
@@ -1352,3 +1355,43 @@ HAVE_C_ANALYZE: bool = analyze_c is not None
 #: ``analyze(data) -> Analysis``: the C version when built, else
 #: :func:`analyze_py`.
 analyze: _AnalyzeFunc = analyze_c if analyze_c is not None else analyze_py
+
+
+_Pair = tuple[str, str]
+_CensusFunc = Callable[[Any], tuple[_Pair | None, tuple[_Pair, ...]]]
+
+
+def census_py(data: Any) -> tuple[_Pair | None, tuple[_Pair, ...]]:
+    """What a class census needs from a record, as plain tuples.
+
+    ``(klass, names)``: ``klass`` is ``(module, name)`` of the first global
+    whose uses include :data:`Use.CLASS_META` (the record's class), or
+    ``None`` (class metadata named by strings, or a persistent class);
+    ``names`` is ``(module, name)`` of every other global of
+    :attr:`Analysis.globals` whose names are known, in byte order, repeats
+    kept.  The same walk, limits and errors as :func:`analyze`; the C
+    version builds nothing else (no typed results per record).
+    """
+    klass: _Pair | None = None
+    names: list[_Pair] = []
+    for module, name, _start, _end, _op, uses in analyze_py(data).globals:
+        if module is None or name is None:
+            continue
+        if klass is None and uses & 8:  # Use.CLASS_META, as a plain int
+            klass = (module, name)
+        else:
+            names.append((module, name))
+    return klass, tuple(names)
+
+
+census_c: _CensusFunc | None
+if analyze_c is None:
+    census_c = None
+else:
+    from ._skim import census as _c_census
+
+    census_c = _c_census
+
+#: ``census(data) -> (klass, names)``: the C version when built, else
+#: :func:`census_py`.
+census: _CensusFunc = census_c if census_c is not None else census_py

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from ..errors import RecordDecodeError
 from .analyze import PURE_PYTHON, Analysis, EdgeKind, Use, analyze
-from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites
+from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites, single_remote_site
 
 __all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record", "targets",
            "split_targets", "split_targets_py"]
@@ -63,9 +63,9 @@ def analyze_record(data: bytes, oid: bytes | None = None) -> Analysis:
         raise RecordDecodeError(str(exc), oid=oid) from None
 
 
-def _remote_edges(data: bytes, a: Analysis) -> list[Edge]:
-    if MARKER not in data:
-        return []
+def _remote_start(a: Analysis) -> int:
+    """Where a walk for remote references may start (-1: no global names
+    ``RemoteReference``)."""
     first = None
     meta_end = -1
     for g in a.globals:
@@ -74,10 +74,18 @@ def _remote_edges(data: bytes, a: Analysis) -> list[Edge]:
         elif first is None and g.module == REMOTE_MODULE and g.name == REMOTE_NAME:
             first = g
     if first is None:
-        return []
+        return -1
     # Records ZODB writes name their class with a GLOBAL first: a remote
     # reference after it is in the state pickle, where the walk may begin.
-    start = first.start if first.opcode == "global" and 0 <= meta_end < first.start else 0
+    return first.start if first.opcode == "global" and 0 <= meta_end < first.start else 0
+
+
+def _remote_edges(data: bytes, a: Analysis) -> list[Edge]:
+    if MARKER not in data:
+        return []
+    start = _remote_start(a)
+    if start < 0:
+        return []
     out = []
     for site in remote_sites(data, start=start):
         klass: tuple[str | None, str | None] | None = None
@@ -176,13 +184,16 @@ def split_targets(data: bytes, oid: bytes | None = None) -> tuple[bytes, _Other]
     if _c_refs is None:
         return split_targets_py(data, oid)
     try:
-        plain_b, found, remote = _c_refs(data)
+        plain_b, found, remote, site = _c_refs(data)
     except ValueError as exc:
         raise RecordDecodeError(str(exc), oid=oid) from None
     other = found if found is not None else []
     if remote >= 0:
-        other.extend((EdgeKind.REMOTE, s.oid, s.database)
-                     for s in remote_sites(data, start=remote))
+        if site is not None:
+            other.append((EdgeKind.REMOTE, site[0], site[2]))
+        else:
+            other.extend((EdgeKind.REMOTE, s.oid, s.database)
+                         for s in remote_sites(data, start=remote))
     return plain_b, other
 
 
@@ -201,6 +212,11 @@ def split_targets_py(data: bytes, oid: bytes | None = None) -> tuple[bytes, _Oth
         else:
             other.append((p.kind, target, p.database))
     if MARKER in data:
-        other.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a)
-                     if e.oid is not None)
+        start = _remote_start(a)
+        site = single_remote_site(data, start) if start > 0 else None
+        if site is not None:
+            other.append((EdgeKind.REMOTE, site.oid, site.database))
+        else:
+            other.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a)
+                         if e.oid is not None)
     return b"".join(plain), other

@@ -15,7 +15,20 @@ from typing import Any
 
 from ..errors import FramedRecordError
 
-__all__ = ["FramedRecordError", "rename_globals", "replace_class_pickle"]
+__all__ = ["FramedRecordError", "rename_globals", "replace_class_pickle", "rename_c"]
+
+_RenameFunc = Callable[[bytes, Any], tuple[bytes, dict[tuple[str, str], tuple[str, str]]] | None]
+
+#: ``rename_c(data, table) -> (new, renamed) | None``: offline repair's fast
+#: path in C (``pclasses.record._skim.rename``), or ``None`` without the
+#: extension (or with ``PCLASSES_PURE_PYTHON``).  One walk analyses the
+#: record, renames every GLOBAL / INST whose ``table[(module, name)]`` is
+#: not ``None`` and proves the result as
+#: :func:`pclasses.record.equivalence.substitution_differences` does; it
+#: returns ``None`` for every record that needs the full path (a
+#: STACK_GLOBAL, a frame, class metadata that is not a global, a target that
+#: cannot be one opcode, a proof that fails), which then decides and reports.
+rename_c: _RenameFunc | None
 
 
 def rename_globals(
@@ -63,3 +76,16 @@ def replace_class_pickle(data: bytes, end1: int, pair: tuple[str, str]) -> bytes
 
     proto = data[1] if data[0] == 0x80 else 1
     return dumps((pair, None), protocol=proto) + data[end1:]  # type: ignore[no-any-return]
+
+
+def _load_rename_c() -> _RenameFunc | None:
+    from .analyze import analyze_c
+
+    if analyze_c is None:
+        return None
+    from ._skim import rename
+
+    return rename  # type: ignore[no-any-return]
+
+
+rename_c = _load_rename_c()

@@ -19,7 +19,8 @@ import io
 import pickletools
 from typing import Any, NamedTuple
 
-__all__ = ["REMOTE_MODULE", "REMOTE_NAME", "MARKER", "RemoteSite", "remote_sites"]
+__all__ = ["REMOTE_MODULE", "REMOTE_NAME", "MARKER", "RemoteSite", "remote_sites",
+           "single_remote_site"]
 
 #: The frozen global of a remote reference (design decision D14).
 REMOTE_MODULE = "pclasses.tree.reference"
@@ -342,3 +343,104 @@ def remote_sites(data: bytes, *, fast: bool = True, start: int = 0) -> list[Remo
         except (ValueError, IndexError, EOFError):
             break
     return out
+
+
+def _skip_put(data: bytes, i: int) -> int:
+    c = data[i]
+    if c == 0x71:  # BINPUT
+        return i + 2
+    if c == 0x72:  # LONG_BINPUT
+        return i + 5
+    return i
+
+
+def _text_at(data: bytes, i: int) -> tuple[str, int]:
+    c = data[i]
+    if c == 0x58:  # BINUNICODE
+        n = int.from_bytes(data[i + 1:i + 5], "little")
+        i += 5
+    elif c == 0x8C:  # SHORT_BINUNICODE
+        n = data[i + 1]
+        i += 2
+    else:
+        raise ValueError("not a text literal")
+    if i + n > len(data):
+        raise ValueError("truncated")
+    return data[i:i + n].decode("utf-8"), i + n
+
+
+def single_remote_site(data: bytes, start: int) -> RemoteSite | None:
+    """The remote reference of a record holding exactly one, in the form
+    ZODB's pickler writes it, without walking the record; ``None`` for any
+    other record (then use :func:`remote_sites`).  (Added for the tree walks,
+    issue 14.)
+
+    ``start`` is the offset of the GLOBAL of ``RemoteReference`` in the state
+    pickle (:func:`pclasses.record.edges.split_targets` gets it from the
+    analyzer).  The record qualifies when the marker occurs once, the global
+    is memoized under an index no GET opcode in the record fetches (so the
+    global has exactly one use) and is followed by ``MARK``, a persistent
+    reference to the handle (``(oid, class)`` or a bare oid), the target's oid
+    as SHORT_BINBYTES, its class (text or ``None``), the database name
+    (text), ``TUPLE`` and ``REDUCE`` (each optionally memoized).  The GET
+    check is on raw bytes, so a payload that happens to hold such bytes only
+    sends the record to the full walker.
+    """
+    try:
+        if start <= 0 or data[start] != 0x63 or data.count(MARKER) != 1:
+            return None
+        i = data.index(b"\n", data.index(b"\n", start + 1) + 1) + 1
+        c = data[i]
+        if c == 0x71 or c == 0x72:
+            k = data[i + 1] if c == 0x71 else int.from_bytes(data[i + 1:i + 5], "little")
+            getters = [b"j" + k.to_bytes(4, "little"), b"g%d\n" % k]
+            if k < 256:
+                getters.append(b"h" + bytes((k,)))
+            if any(g in data for g in getters):
+                return None
+            i += 2 if c == 0x71 else 5
+        if data[i] != 0x28:  # MARK
+            return None
+        i += 1
+        if data[i] != 0x43 or data[i + 1] != 8:  # SHORT_BINBYTES of 8 bytes
+            return None
+        via = data[i + 2:i + 10]
+        i = _skip_put(data, i + 10)
+        c = data[i]
+        if c != 0x51:  # not a bare oid: an (oid, class) tuple
+            if c == 0x63:  # GLOBAL
+                i = data.index(b"\n", data.index(b"\n", i + 1) + 1) + 1
+            elif c == 0x68:  # BINGET
+                i += 2
+            elif c == 0x6A:  # LONG_BINGET
+                i += 5
+            else:
+                return None
+            i = _skip_put(data, i)
+            if data[i] != 0x86:  # TUPLE2
+                return None
+            i = _skip_put(data, i + 1)
+            if data[i] != 0x51:  # BINPERSID
+                return None
+        i += 1
+        if data[i] != 0x43 or data[i + 1] != 8:
+            return None
+        oid = data[i + 2:i + 10]
+        i = _skip_put(data, i + 10)
+        klass: str | None
+        if data[i] == 0x4E:  # NONE
+            klass = None
+            i += 1
+        else:
+            klass, i = _text_at(data, i)
+        i = _skip_put(data, i)
+        database, i = _text_at(data, i)
+        i = _skip_put(data, i)
+        if data[i] != 0x74:  # TUPLE
+            return None
+        i = _skip_put(data, i + 1)
+        if data[i] != 0x52:  # REDUCE
+            return None
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+    return RemoteSite(oid, klass, database, via, False, 1)

@@ -169,12 +169,21 @@ class ReportData:
                     or self.refs_problems)
 
     @property
+    def not_checked(self) -> int:
+        """Classes whose module was found but not imported (not trusted)."""
+        return len({c.dotted for d in self.databases for c in d.census.classes
+                    if c.status == "not-imported"})
+
+    @property
     def verdict(self) -> str:
         """One line a person reads first."""
         if self.healthy:
+            unchecked = self.not_checked
+            note = (f"; {unchecked} class{'es' if unchecked != 1 else ''} not checked "
+                    "(module found but not trusted, see --trust)" if unchecked else "")
             return (f"Healthy: every class resolves and no reference dangles "
                     f"({self.records} records in {len(self.databases)} "
-                    f"database{'s' if len(self.databases) != 1 else ''}).")
+                    f"database{'s' if len(self.databases) != 1 else ''}{note}).")
         found = []
         n = len(self.broken_classes)
         if n:
@@ -206,6 +215,7 @@ class ReportData:
                 "dangling_references": self.dangling,
                 "unreadable_records": self.unreadable,
                 "refs_problems": self.refs_problems,
+                "not_checked_classes": self.not_checked,
             },
             "databases": [d.to_dict() for d in self.databases],
             "links": [link.to_dict() for link in self.links],
@@ -254,15 +264,26 @@ def report_target(
 ) -> ReportData:
     """Open ``target`` read-only, :func:`collect` its report, close it.
 
+    The databases (the target's and those of a tree it is the root of) get
+    a class factory that imports no module the data chooses
+    (:class:`~pclasses.report.inspecting.Inspecting`): nothing the data
+    names is imported or run beyond what ``trust`` allows.
+
     Raises :class:`~pclasses.errors.StorageOpenError` when the target
     cannot be opened; anything found in the data is a finding, not an error.
     """
     from ..database import open as open_db
+    from ..tree.databases import databases_of
+    from .inspecting import Inspecting
 
     if registry is None:
         registry = ClassRegistry()
-    db = open_db(target, registry, read_only=True, create=False, blob_dir=blob_dir)
+    # Objects loaded through connections (a tree's handles, the reference
+    # registries) import no module the data names, here and in every child.
+    inspecting: Any = Inspecting(registry, trust or ())
+    db = open_db(target, inspecting, read_only=True, create=False, blob_dir=blob_dir)
     try:
+        databases_of(db, inspecting)
         return collect(db, registry, target=target, progress=progress, jobs=jobs,
                        trust=trust, examples=examples)
     finally:

@@ -7,9 +7,9 @@ written in the last ``days`` days are kept, with what they reach.  With
 (``deleteObject``, ZODB's external garbage collection interface: FileStorage,
 ZEO, RelStorage) in one two-phase commit across the databases; pins no remote
 reference holds any more are dropped first.  A storage that would collect
-garbage on pack by itself (FileStorage's and RelStorage's ``pack-gc``) is
-refused unless ``force=True``: packing it alone would lose objects only
-other databases refer to.
+garbage on pack by itself (FileStorage's and RelStorage's ``pack-gc``, and a
+ZEO client, whose server decides) is refused unless ``force=True``: packing
+it alone would lose objects only other databases refer to.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .oidset import OidSet
 from .pins import PINS_KEY
 from .walk import open_all, walk
 
-__all__ = ["GcReport", "collect_garbage"]
+__all__ = ["GcReport", "collect_garbage", "gc_on_pack", "pack_gc_reason"]
 
 
 @dataclass
@@ -66,10 +66,22 @@ class GcReport:
 
 def gc_on_pack(storage: Any) -> bool:
     """Whether packing ``storage`` collects garbage by itself (as far as we can tell)."""
+    return pack_gc_reason(storage) is not None
+
+
+def pack_gc_reason(storage: Any) -> str | None:
+    """Why packing ``storage`` alone may lose objects other databases refer
+    to, or ``None``: FileStorage's and RelStorage's ``pack-gc`` setting, and
+    a ZEO client, whose server's storage decides (the client cannot see it)."""
     if getattr(storage, "_pack_gc", False):  # FileStorage
-        return True
+        return "its storage collects garbage on pack by itself (pack-gc)"
     options = getattr(storage, "_options", None)
-    return bool(getattr(options, "pack_gc", False))  # RelStorage
+    if getattr(options, "pack_gc", False):  # RelStorage
+        return "its storage collects garbage on pack by itself (pack-gc)"
+    if callable(getattr(storage, "is_connected", None)) and hasattr(storage, "_server"):
+        return ("it is a ZEO client: its server's storage may collect garbage on pack by "
+                "itself (pack-gc is the server's setting)")
+    return None
 
 
 def _candidates(loader: Loader, reached: OidSet) -> list[bytes]:
@@ -141,11 +153,11 @@ def collect_garbage(db: Any, days: float = 1, apply: bool = False, *,
                       "are unknown")
         if not force:
             for name, each in sorted(databases.items()):
-                if gc_on_pack(each.storage):
+                why = pack_gc_reason(each.storage)
+                if why is not None:
                     raise GarbageCollectionRefusedError(
-                        name, "its storage collects garbage on pack by itself (pack-gc); "
-                              "packing it alone loses objects other databases refer to "
-                              "(use force to go on)")
+                        name, f"{why}; packing it alone loses objects other databases "
+                              "refer to (use force to go on)")
     loaders = {name: loader_for(each.storage) for name, each in databases.items()}
     try:
         candidates = _garbage(databases, unavailable, loaders, report, days, apply)

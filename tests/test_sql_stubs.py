@@ -158,3 +158,19 @@ def test_stubs_for_the_rows_of_an_sql_store(tmp_path):
         conn.close()
     finally:
         pclasses.tree_of(db).close()
+
+
+def test_db2_exports_as_a_self_contained_database(tmp_path):
+    """An export of a DB-2 subtree that refers to DB-1's objects carries the
+    stubs and declares no external (cross-database) reference."""
+    db1, db2, conn1, conn2 = build(tmp_path)
+    try:
+        report = pclasses.export_subtree(conn2, conn2.root()["h2"], tmp_path / "h2.export")
+        data = report.to_dict()
+        assert data["external_references"] == []
+        assert "pclasses.stores.stubs" in {c["module"] for c in data["classes"]}
+    finally:
+        transaction.abort()
+        conn2.close()
+        conn1.close()
+        pclasses.tree_of(db1).close()

@@ -12,6 +12,7 @@ mappings bound against the live SQL database (one binding per process).
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 from ..errors import StoreMappingError
@@ -37,7 +38,7 @@ class SQLDatabase:
         self.by_class: dict[type, BoundMapping] = {}
         self._lock = threading.RLock()
         self._admin: Any = None
-        self._jars: list[Any] = []
+        self._jars: weakref.WeakSet[Any] = weakref.WeakSet()  # to close with the database
         self.closed = False
         self._sequences_ready = False
 
@@ -64,12 +65,12 @@ class SQLDatabase:
         jar = SQLJar(self)
         jar.open(transaction_manager)
         with self._lock:
-            self._jars.append(jar)
+            self._jars.add(jar)
         return jar
 
     def close(self) -> None:
         with self._lock:
-            for jar in self._jars:
+            for jar in list(self._jars):
                 jar.release()
             self._jars.clear()
             if self._admin is not None:

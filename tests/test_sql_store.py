@@ -422,3 +422,28 @@ def test_a_refused_mapping_leaves_the_table_as_it_was(tmp_path):
         assert store.mappings == {}
     finally:
         store.database().close()
+
+
+def test_a_read_only_store_refuses_changes(tmp_path):
+    """A store added with ``read_only=True`` reads rows and refuses to change them."""
+    from ZODB.POSException import ReadOnlyError
+
+    url = sqlite_file(tmp_path / "ro.db", ITEMS, SEED)
+    db = pclasses.open(tmp_path / "root.fs", tree=True)
+    try:
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        store = pclasses.tree_of(db).add(conn, "ro", url, read_only=True)
+        store.map("item", "items", "id", Item)
+        tm.commit()
+        row = store.get("item", 1)
+        assert row.title == "apple"
+        with pytest.raises(ReadOnlyError):
+            row.qty = 4
+        with pytest.raises(ReadOnlyError):
+            store.new("item", Item("x", 1))
+        tm.abort()
+        assert sqlite_rows(url, "SELECT qty FROM items WHERE id = 1") == [(3,)]
+        conn.close()
+    finally:
+        pclasses.tree_of(db).close()

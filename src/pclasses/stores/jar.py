@@ -125,7 +125,7 @@ class SQLJar:
                 self._sql = None
 
     def isReadOnly(self) -> bool:
-        return False
+        return bool(self._db.read_only)
 
     def sortKey(self) -> str:
         # Both sort after every printable key, so every ZODB storage finishes
@@ -203,6 +203,10 @@ class SQLJar:
     def _join(self) -> None:
         if self._txn is not None:
             return
+        if self._db.read_only:
+            from ZODB.POSException import ReadOnlyError
+
+            raise ReadOnlyError(f"the SQL store {self._db.database_name!r} is read-only")
         tm = self.transaction_manager
         if tm is None:
             raise ValueError(f"the SQL store {self._db.database_name!r} jar is closed")

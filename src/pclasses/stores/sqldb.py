@@ -29,8 +29,10 @@ class SQLDatabase:
     pclasses_foreign = True
     xrefs = False
 
-    def __init__(self, name: str, url: str, databases: Any = None) -> None:
+    def __init__(self, name: str, url: str, databases: Any = None, *,
+                 read_only: bool = False) -> None:
         self.database_name = name
+        self.read_only = read_only
         self.url = url
         self.dialect: Dialect = dialect_for(url)
         self.databases = databases if databases is not None else {name: self}
@@ -112,7 +114,9 @@ class SQLDatabase:
 
 def open_store_database(info: Any, databases: Any) -> SQLDatabase:
     """The tree's opener for ``sqlite:`` / ``postgresql:`` handles."""
-    return SQLDatabase(info.name, info.target, databases)
+    return SQLDatabase(info.name, info.target, databases,
+                       read_only=bool(info.read_only or getattr(databases, "force_read_only",
+                                                                 False)))
 
 
 _STANDALONE: dict[tuple[str, str], SQLDatabase] = {}

@@ -447,3 +447,15 @@ def test_a_read_only_store_refuses_changes(tmp_path):
         conn.close()
     finally:
         pclasses.tree_of(db).close()
+
+
+def test_new_with_a_key_the_table_holds_is_a_clear_error(tree):
+    """``new`` with a key the table already holds raises ``DuplicateRowError``
+    (a KeyError) at once, and the transaction can still commit the rest."""
+    _db, tm, _conn, store, url = tree
+    with pytest.raises(pclasses.DuplicateRowError):
+        store.new("item", Item("again", 1), key=2)
+    store.get("item", 1).qty = 11
+    tm.commit()
+    assert sqlite_rows(url, "SELECT id, title, qty FROM items ORDER BY id") == [
+        (1, "apple", 11), (2, "pear", 5)]

@@ -38,7 +38,7 @@ from typing import Any
 from persistent import PickleCache
 from ZODB.POSException import ConflictError
 
-from ..errors import RowNotFoundError, SQLReferenceError
+from ..errors import DuplicateRowError, RowNotFoundError, SQLReferenceError
 from .dialect import GID_PREFIX
 from .mapping import BoundMapping, split_oid
 
@@ -322,6 +322,7 @@ class SQLJar:
             raise TypeError(f"mapping {bound.name!r} holds {bound.cls.__name__} objects, "
                             f"not {type(obj).__name__}")
         self._join()
+        given = key is not None
         if key is None:
             key = bound.kind.new_key(lambda: self._next_number(bound))
         key = bound.kind.normalize(key)
@@ -331,9 +332,10 @@ class SQLJar:
             del self._cache[oid]
             self._gone.discard(oid)
             cached = None
-        if oid in self._new or cached is not None and oid not in self._deleted:
-            raise KeyError(f"SQL store {self._db.database_name!r} already has a "
-                           f"{bound.name!r} row with key {key!r}")
+        if oid in self._new or cached is not None and oid not in self._deleted or (
+                given and cached is None and oid not in self._deleted
+                and self._execute(bound.select_one, (bound.kind.to_sql(key),)).fetchone()):
+            raise DuplicateRowError(self._db.database_name, bound.name, repr(key))
         bound.values(obj, obj.__getstate__())  # attributes must be columns
         obj._p_oid = oid
         obj._p_jar = self

@@ -374,7 +374,6 @@ class SQLJar:
         from_sql, encode, prefix = bound.kind.from_sql, bound.kind.encode, bound.prefix
         cache, deleted, versions = self._cache, self._deleted, self._versions
         cls, columns = bound.cls, bound.columns
-        n = len(columns)
         for row in rows:
             oid = prefix + encode(from_sql(row[0]))
             if deleted and oid in deleted:
@@ -382,11 +381,11 @@ class SQLJar:
             obj = cache.get(oid)
             if obj is None:  # loaded at once: the SELECT brought the state
                 obj = cls.__new__(cls)
-                obj.__setstate__(dict(zip(columns, row[1:n + 1], strict=True)))
+                obj.__setstate__(dict(zip(columns, row[1:])))
                 obj._p_jar = self
                 obj._p_oid = oid
                 cache[oid] = obj
-                versions[oid] = int(row[n + 1] or 0)
+                versions[oid] = int(row[-1] or 0)
             elif obj._p_changed is None:
                 self._prefetch[oid] = bound.state_of(row[1:])
             out.append(obj)

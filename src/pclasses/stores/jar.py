@@ -147,10 +147,10 @@ class SQLJar:
 
     def get(self, oid: bytes) -> Any:
         """The row object of ``oid`` (a ghost when not loaded)."""
-        obj = self._cache.get(oid)
+        obj = self._new.get(oid)
         if obj is not None:
             return obj
-        obj = self._new.get(oid)
+        obj = self._cache.get(oid)
         if obj is not None:
             return obj
         name, _kind_oid = split_oid(oid)
@@ -247,6 +247,7 @@ class SQLJar:
                     raise self._conflict(oid, "changed or deleted")
                 self._written[oid] = obj
                 self._removed.add(oid)
+                self._cache.invalidate(oid)  # gone for the rest of the transaction
             for oid in sorted(self._new):
                 obj = self._new[oid]
                 bound = mapping(split_oid(oid)[0])
@@ -261,6 +262,11 @@ class SQLJar:
                 self._versions[oid] = 0
                 self._inserted.add(oid)
                 self._written[oid] = obj
+                old = self._cache.get(oid)
+                if old is not None and old is not obj:  # the row deleted before
+                    del self._cache[oid]
+                self._removed.discard(oid)
+                self._gone.discard(oid)
                 self._cache[oid] = obj
                 obj._p_changed = False
             for oid in sorted(self._registered):
@@ -293,18 +299,14 @@ class SQLJar:
         kind = bound.kind
         key = kind.normalize(key)
         oid = bound.prefix + kind.encode(key)
-        obj = self._cache.get(oid)
-        if obj is None:
-            obj = self._new.get(oid)
+        obj = self._new.get(oid)
         if obj is not None:
-            if oid in self._deleted:
-                raise RowNotFoundError(self._db.database_name, bound.name, repr(key))
-            if obj._p_changed is not None:
-                return obj
-            if oid in self._prefetch:
-                return obj
+            return obj
         if oid in self._deleted:
             raise RowNotFoundError(self._db.database_name, bound.name, repr(key))
+        obj = self._cache.get(oid)
+        if obj is not None and (obj._p_changed is not None or oid in self._prefetch):
+            return obj
         row = self._execute(bound.select_one, (kind.to_sql(key),)).fetchone()
         if row is None:
             raise RowNotFoundError(self._db.database_name, bound.name, repr(key))
@@ -322,21 +324,29 @@ class SQLJar:
             raise TypeError(f"mapping {bound.name!r} holds {bound.cls.__name__} objects, "
                             f"not {type(obj).__name__}")
         self._join()
-        given = key is not None
-        if key is None:
-            key = bound.kind.new_key(lambda: self._next_number(bound))
-        key = bound.kind.normalize(key)
-        oid = bound.oid(key)
-        cached = self._cache.get(oid)
-        if cached is not None and oid in self._gone and cached._p_changed is None:
-            del self._cache[oid]
-            self._gone.discard(oid)
-            cached = None
-        if oid in self._new or cached is not None and oid not in self._deleted or (
-                given and cached is None and oid not in self._deleted
-                and self._execute(bound.select_one, (bound.kind.to_sql(key),)).fetchone()):
-            raise DuplicateRowError(self._db.database_name, bound.name, repr(key))
         bound.values(obj, obj.__getstate__())  # attributes must be columns
+        given = key is not None
+        for _attempt in range(1000):
+            if not given:  # a key this transaction holds already is drawn again
+                key = bound.kind.new_key(lambda: self._next_number(bound))
+            key = bound.kind.normalize(key)
+            oid = bound.oid(key)
+            cached = self._cache.get(oid)
+            if cached is not None and (oid in self._gone or oid in self._removed) \
+                    and cached._p_changed is None:  # the ghost of a deleted row
+                del self._cache[oid]
+                self._gone.discard(oid)
+                self._removed.discard(oid)
+                cached = None
+            taken = oid in self._new or cached is not None and oid not in self._deleted or (
+                given and cached is None and oid not in self._deleted
+                and self._execute(bound.select_one, (bound.kind.to_sql(key),)).fetchone())
+            if not taken:
+                break
+            if given:
+                raise DuplicateRowError(self._db.database_name, bound.name, repr(key))
+        else:
+            raise DuplicateRowError(self._db.database_name, bound.name, repr(key))
         obj._p_oid = oid
         obj._p_jar = self
         self._new[oid] = obj

@@ -90,6 +90,12 @@ class SQLDatabase:
         with self._lock:
             conn = self.admin()
             bound = bind(self.database_name, name, stored, self.dialect, conn)
+            if not self._sequences_ready:
+                from .kinds import IntKind
+
+                if isinstance(bound.kind, IntKind):
+                    self.dialect.ensure_sequences(conn)  # autocommit: here to stay
+                    self._sequences_ready = True
             self.bound[name] = bound
             self.by_class[bound.cls] = bound
             return bound
@@ -106,8 +112,11 @@ class SQLDatabase:
         from .kinds import IntKind
 
         if not self._sequences_ready:
+            # made at map time (autocommit); here only if that did not happen,
+            # inside the caller's transaction (so not remembered)
             self.dialect.ensure_sequences(conn)
-            self._sequences_ready = True
+            if conn is self._admin:
+                self._sequences_ready = True
         table = bound.table if isinstance(bound.kind, IntKind) else None
         return self.dialect.next_value(conn, f"{bound.table}.{bound.key}", table, bound.key)
 

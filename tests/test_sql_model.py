@@ -84,3 +84,77 @@ def test_random_operations_match_a_model(tmp_path, seed):
         tm.abort()
         conn.close()
         pclasses.tree_of(db).close()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_concurrent_writer_conflicts_exactly_when_it_should(tmp_path, seed):
+    """Another transaction manager updates committed rows between our steps:
+    our commit raises ConflictError exactly when we changed or deleted a row
+    the other committed after we read it, and never loses the other's work."""
+    import transaction
+    from ZODB.POSException import ConflictError
+
+    rnd = random.Random(1000 + seed)
+    url = sqlite_file(tmp_path / "c.db", ITEMS,
+                      "INSERT INTO items (id, title, qty) VALUES " +
+                      ", ".join(f"({i}, 't', {i})" for i in range(1, 9)))
+    db, tm, conn, store = make_tree(tmp_path, url)
+    tm2 = transaction.TransactionManager()
+    conn2 = db.open(tm2)
+    store2 = conn2.root()["pclasses.databases"]["sql"]
+    committed = {i: i for i in range(1, 9)}
+    current = dict(committed)
+    loaded: dict[int, int] = {}   # key -> step of our first read in this transaction
+    other: dict[int, int] = {}    # key -> step of the other's last commit of it
+    touched: set[int] = set()
+    try:
+        for step in range(120):
+            op = rnd.choice(["set", "set", "delete", "other", "other", "commit", "abort"])
+            keys = sorted(current)
+            if op == "set" and keys:
+                key = rnd.choice(keys)
+                loaded.setdefault(key, step)
+                value = rnd.randrange(1000)
+                store.get("item", key).qty = value
+                current[key] = value
+                touched.add(key)
+            elif op == "delete" and keys:
+                key = rnd.choice(keys)
+                loaded.setdefault(key, step)
+                store.delete(store.get("item", key))
+                del current[key]
+                touched.add(key)
+            elif op == "other":
+                alive = sorted(committed)
+                if alive:
+                    key = rnd.choice(alive)
+                    value = rnd.randrange(1000)
+                    store2.get("item", key).qty = value
+                    tm2.commit()
+                    committed[key] = value
+                    other[key] = step
+                    if key not in touched:
+                        current[key] = value  # we did not change it: the new value
+            elif op in ("commit", "abort"):
+                conflict = any(k in other and other[k] > loaded.get(k, step + 1)
+                               for k in touched)
+                if op == "commit" and conflict:
+                    with pytest.raises(ConflictError):
+                        tm.commit()
+                    tm.abort()
+                    current = dict(committed)
+                elif op == "commit":
+                    tm.commit()
+                    committed = dict(current)
+                else:
+                    tm.abort()
+                    current = dict(committed)
+                loaded, touched = {}, set()
+        tm.abort()
+        assert dict(sqlite_rows(url, "SELECT id, qty FROM items")) == committed
+    finally:
+        tm.abort()
+        tm2.abort()
+        conn2.close()
+        conn.close()
+        pclasses.tree_of(db).close()

@@ -17,12 +17,34 @@ from sql_models import Item  # noqa: E402
 from sql_util import ITEMS, make_tree, sqlite_file, sqlite_rows  # noqa: E402
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_random_operations_match_a_model(tmp_path, seed):
+def backend_url(request, tmp_path, backend: str) -> str:
+    """An empty ``items`` table in SQLite or in a fresh PostgreSQL database."""
+    if backend == "sqlite":
+        return sqlite_file(tmp_path / "m.db", ITEMS)
+    psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL driver")
+    server = request.getfixturevalue("pg_server")
+    url = server.url(server.createdb())
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(ITEMS)
+    return str(url)
+
+
+def rows_of(url: str) -> dict[int, int]:
+    if url.startswith("sqlite"):
+        return dict(sqlite_rows(url, "SELECT id, qty FROM items"))
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as c:
+        return {r[0]: r[1] for r in c.execute("SELECT id, qty FROM items").fetchall()}
+
+
+@pytest.mark.parametrize("backend, seed", [("sqlite", s) for s in range(12)]
+                         + [("postgresql", s) for s in range(4)])
+def test_random_operations_match_a_model(request, tmp_path, backend, seed):
     """Whatever the sequence, committed rows equal the model's committed
     state, and rows read inside a transaction equal the model's current one."""
     rnd = random.Random(seed)
-    url = sqlite_file(tmp_path / "m.db", ITEMS)
+    url = backend_url(request, tmp_path, backend)
     db, tm, conn, store = make_tree(tmp_path, url)
     committed: dict[int, int] = {}
     current: dict[int, int] = {}
@@ -49,7 +71,8 @@ def test_random_operations_match_a_model(tmp_path, seed):
                     assert store.new("item", Item("again", value), key=key) == key
                     current[key] = value
             elif op == "query":
-                found = {store.key(r): r.qty for r in store.query("item", "qty >= ?", (500,))}
+                where = "qty >= ?" if backend == "sqlite" else "qty >= %s"
+                found = {store.key(r): r.qty for r in store.query("item", where, (500,))}
                 assert found == {k: v for k, v in current.items() if v >= 500}
             elif op == "delete" and current:
                 key = rnd.choice(sorted(current))
@@ -79,7 +102,7 @@ def test_random_operations_match_a_model(tmp_path, seed):
                         store.get("item", key)
         tm.commit()
         committed = dict(current)
-        assert dict(sqlite_rows(url, "SELECT id, qty FROM items")) == committed
+        assert rows_of(url) == committed
     finally:
         tm.abort()
         conn.close()

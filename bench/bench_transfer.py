@@ -91,6 +91,7 @@ tm = transaction.TransactionManager()
 c2 = db2.open(tm)
 tree = conn.root()['tree']
 t0 = time.perf_counter()
+c0 = time.process_time()
 f = tempfile.TemporaryFile()
 if who == 'zodb':
     conn.exportFile(tree._p_oid, f)
@@ -102,34 +103,44 @@ else:
     obj = pclasses.import_subtree(c2, f)
 c2.root()['imported'] = obj
 tm.commit()
-print(time.perf_counter() - t0)
+print(time.perf_counter() - t0, time.process_time() - c0)
 db.close()
 db2.close()
 """
 
 
-def run_defaults(who: str, src: str) -> float:
+def run_defaults(who: str, src: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process) of one run."""
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             [sys.executable, "-c", DEFAULTS_SCRIPT, who, src, os.path.join(tmp, "dst.fs")],
             check=True, capture_output=True, text=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                 [str(HERE), os.environ.get("PYTHONPATH", "")])}).stdout.split()
-        return float(out[0])
+        return float(out[0]), float(out[1])
 
 
 def defaults(n: int, runs: int) -> dict[str, object]:
+    """Paired, alternating runs; the wall-clock ratio is what issue 12 asks
+    for, the CPU ratio (the processes' own CPU time) is the same comparison
+    with less noise on a busy machine."""
     src = str(build_storage(n))
-    ours, peer, ratios = [], [], []
+    ours, peer, ratios, cpu_ratios = [], [], [], []
     for i in range(runs):
         order = ("pclasses", "zodb") if i % 2 == 0 else ("zodb", "pclasses")
         got = {who: run_defaults(who, src) for who in order}
         ours.append(got["pclasses"])
         peer.append(got["zodb"])
-        ratios.append(got["zodb"] / got["pclasses"])
-    return {"items": n, "defaults": True, "pclasses_s": round(median(ours), 3),
-            "zodb_s": round(median(peer), 3), "ratio_zodb_over_pclasses": round(median(ratios), 2),
-            "ratios": [round(r, 2) for r in ratios]}
+        ratios.append(got["zodb"][0] / got["pclasses"][0])
+        cpu_ratios.append(got["zodb"][1] / got["pclasses"][1])
+    return {"items": n, "defaults": True,
+            "pclasses_s": round(median([w for w, _c in ours]), 3),
+            "zodb_s": round(median([w for w, _c in peer]), 3),
+            "ratio_zodb_over_pclasses": round(median(ratios), 2),
+            "ratios": [round(r, 2) for r in ratios],
+            "pclasses_cpu_s": round(median([c for _w, c in ours]), 3),
+            "zodb_cpu_s": round(median([c for _w, c in peer]), 3),
+            "cpu_ratio_zodb_over_pclasses": round(median(cpu_ratios), 2)}
 
 
 def run(script: str, src: str) -> tuple[float, float]:
@@ -150,8 +161,14 @@ def main() -> None:
                     help="one process per run, the library's defaults (see above)")
     args = ap.parse_args()
     if args.defaults:
+        got = {}
         for n in (int(x) for x in args.sizes.split(",")):
-            print(json.dumps(defaults(n, args.runs)), flush=True)
+            got[n] = defaults(n, args.runs)
+            print(json.dumps(got[n]), flush=True)
+        if 100000 in got and 300000 in got:
+            for key in ("pclasses_s", "pclasses_cpu_s", "zodb_s", "zodb_cpu_s"):
+                print(json.dumps({f"scaling_300k_over_100k_{key}": round(
+                    float(str(got[300000][key])) / float(str(got[100000][key])), 2)}))
         return
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):

@@ -16,7 +16,7 @@ from .analyze import PURE_PYTHON, Analysis, EdgeKind, Use, analyze
 from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites, single_remote_site
 
 __all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record", "targets",
-           "split_targets", "split_targets_py"]
+           "split_targets", "split_targets_py", "targets_of"]
 
 
 class Edge(NamedTuple):
@@ -220,3 +220,19 @@ def split_targets_py(data: bytes, oid: bytes | None = None) -> tuple[bytes, _Oth
             other.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a)
                          if e.oid is not None)
     return b"".join(plain), other
+
+
+def targets_of(data: bytes, a: Analysis) -> list[tuple[EdgeKind, bytes | None, str | None]]:
+    """``(kind, target oid, target database)`` of each of :func:`edges_of`'s
+    edges, in the same order (``None`` for an ``unknown`` reference's oid):
+    for walks that follow references of records they have analysed already
+    (export), without an :class:`Edge` per reference."""
+    sites = a.pids
+    if not sites:
+        return []
+    out: list[tuple[EdgeKind, bytes | None, str | None]] = [
+        (p.kind, data[p.oid_start:p.oid_start + p.oid_length] if p.oid_start >= 0 else None,
+         p.database) for p in sites]
+    if data.find(MARKER) >= 0:
+        out.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a))
+    return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 import time
 from collections import deque
@@ -25,7 +26,9 @@ from ZODB.utils import oid_repr, p64, repr_to_oid
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import TransferError
-from ..record.edges import EdgeKind, edges_of
+from ..record.analyze import Use
+from ..record.analyze import analyze as _analyze
+from ..record.edges import EdgeKind, targets_of
 from ..refs.transfer import MARK as REFS_MARK
 from ..refs.transfer import container_oid, export_references
 from ..registry import ClassRegistry
@@ -39,7 +42,6 @@ from .format import (
     ZEXP_MAGIC,
     ClassNeed,
     blob_frame,
-    record_frame,
     write_file,
 )
 from .records import (
@@ -172,6 +174,9 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
     externals: dict[tuple[str, bytes], None] = {}
     ref_holders: list[tuple[bytes, bytes]] = []  # records holding intrinsic references
     queue: deque[bytes] = deque([start])
+    follow = getattr(load, "follow", None)
+    if follow is not None:  # RelStorage, ZEO: the next oids of the queue load in one batch
+        follow(queue)
     seen = {start}
     parent = container_oid(load, start)
     if parent is not None:  # a placed object's __parent__ is not part of its subtree
@@ -188,54 +193,84 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                 first = None
             out.write(ZEXP_MAGIC)
         n = 0
+        zexp = format == "zexp"
+        # what a record's globals say, judged once per shape (the tuple of
+        # its global sites): its class pair from the class-metadata GLOBAL
+        # (None: formats 3/7 and class references, read per record), and
+        # whether it needs a closer look (class records, the class table,
+        # database handles, blobs)
+        shapes: dict[tuple[Any, ...], tuple[Any, bool, Any]] = {}
+        parts: list[bytes] = []  # frames not yet written to ``body``
+        held = 0
+        head = _FRAME_HEAD.pack
+        weak = EdgeKind.WEAK
         while queue:
             oid = queue.popleft()
             try:
                 data, tid = load(oid)
             except KeyError:
                 continue  # a dangling reference in the source: it stays dangling
-            a = analyze(data, oid)
-            pair = record_class(data, oid, a)
-            if pair in CLASS_METACLASSES:
-                if oid == start:
-                    raise TransferError(f"{oid_repr(oid)} is a persistent class; export "
-                                        "its instances, not the class")
-                info = class_record_info(data, oid)
-                if info is None:
-                    raise TransferError(f"class record {oid_repr(oid)} has no guid module")
-                manifest.class_references[oid] = info
-                continue
-            if pair == CLASS_TABLE:
-                continue
-            if pair == HANDLE_CLASS and oid != start:
-                # A database handle stays where it is: references to it are
-                # rebound by name to the target tree's handle (remote references).
-                manifest.class_references[oid] = (HANDLE_REFERENCE, handle_name(data, oid))
-                continue
-            if pair is not None:
-                needs[pair] = needs.get(pair, 0) | 8
-            if REFS_MARK in data:
-                ref_holders.append((oid, data))
-            for g in a.globals:
-                key: Any = (g.module, g.name)
-                needs[key] = needs.get(key, 0) | int(g.uses)
-            for e in edges_of(data, a) if a.pids else ():
-                child = e.oid
-                if child is None:
-                    raise TransferError(f"record {oid_repr(oid)} holds a reference this "
-                                        "tool cannot follow")
-                if e.database is not None:
-                    externals[(e.database, child)] = None
+            try:
+                a = _analyze(data)
+            except ValueError:
+                a = analyze(data, oid)  # raises the package's error, naming the record
+            shape = shapes.get(sig := tuple(a.globals))
+            if shape is None:
+                shape = shapes[sig] = _shape(a)
+            pair, special, uses = shape
+            if pair is None:
+                pair = record_class(data, oid, a)
+                special = pair is not None and pair in _SPECIAL
+            if special:
+                if pair in CLASS_METACLASSES:
+                    if oid == start:
+                        raise TransferError(f"{oid_repr(oid)} is a persistent class; export "
+                                            "its instances, not the class")
+                    info = class_record_info(data, oid)
+                    if info is None:
+                        raise TransferError(f"class record {oid_repr(oid)} has no guid "
+                                            "module")
+                    manifest.class_references[oid] = info
                     continue
-                if e.kind is EdgeKind.WEAK:
-                    continue  # weak targets travel only when strongly reachable
-                if child not in seen:
-                    seen.add(child)
-                    queue.append(child)
-            if format == "zexp":
+                if pair == CLASS_TABLE:
+                    continue
+                if pair == HANDLE_CLASS and oid != start:
+                    # A database handle stays where it is: references to it are
+                    # rebound by name to the target tree's handle (remote references).
+                    manifest.class_references[oid] = (HANDLE_REFERENCE,
+                                                      handle_name(data, oid))
+                    continue
+            if uses is not None:  # the first record of its shape that is exported
+                for key, use in uses:
+                    needs[key] = needs.get(key, 0) | use
+                shapes[sig] = (shape[0], shape[1], None)
+            if pair is not None and needs.get(pair, 0) & 8 == 0:
+                needs[pair] = needs.get(pair, 0) | 8
+            if data.find(REFS_MARK) >= 0:  # (faster than "in" for bytes)
+                ref_holders.append((oid, data))
+            if a.pids:
+                for kind, child, database in targets_of(data, a):
+                    if child is None:
+                        raise TransferError(f"record {oid_repr(oid)} holds a reference this "
+                                            "tool cannot follow")
+                    if database is not None:
+                        externals[(database, child)] = None
+                        continue
+                    if kind is weak:
+                        continue  # weak targets travel only when strongly reachable
+                    if child not in seen:
+                        seen.add(child)
+                        queue.append(child)
+            if zexp:
                 out.write(oid + p64(len(data)) + data)
             else:
-                body.write(record_frame(oid, data) + data)
+                parts.append(head(b"R", oid, len(data)))
+                parts.append(data)
+                held += len(data)
+                if held >= CHUNK:
+                    body.write(b"".join(parts))
+                    parts = []
+                    held = 0
             n += 1
             if pair == BLOB_CLASS:
                 if not blob_storage:
@@ -243,14 +278,20 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                         f"record {oid_repr(oid)} holds a blob, and the database was opened "
                         "without its blob directory (give its blob directory, --blob-dir on "
                         "the command line)")
+                if parts:
+                    body.write(b"".join(parts))
+                    parts = []
+                    held = 0
                 path = _blob_file(storage, oid, tid)
                 size = os.path.getsize(path)
-                body.write(ZEXP_BLOB + p64(size) if format == "zexp" else blob_frame(size))
+                body.write(ZEXP_BLOB + p64(size) if zexp else blob_frame(size))
                 with open(path, "rb") as blob:
                     shutil.copyfileobj(blob, body, CHUNK)
                 manifest.blobs += 1
             if progress is not None and not n % 4096:
                 progress(n, None)
+        if parts:
+            body.write(b"".join(parts))
         manifest.record_count = n
         if ref_holders:
             manifest.references_root, manifest.references = export_references(
@@ -278,6 +319,27 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             body.close()
         if own:
             out.close()
+
+
+#: the header of a record frame: b"R", oid, length (:func:`.format.record_frame`)
+_FRAME_HEAD = struct.Struct(">c8sI")
+#: classes whose records export looks at more closely
+_SPECIAL = frozenset(CLASS_METACLASSES | {CLASS_TABLE, HANDLE_CLASS, BLOB_CLASS})
+_META = int(Use.CLASS_META)
+
+
+def _shape(a: Any) -> tuple[Any, bool, list[tuple[Any, int]]]:
+    """A record shape's class pair (from its class-metadata GLOBAL, else
+    None), whether it is special, and how it uses its globals."""
+    pair = None
+    uses = []
+    for g in a.globals:
+        key: Any = (g.module, g.name)
+        use = int(g.uses)
+        uses.append((key, use))
+        if pair is None and use & _META:
+            pair = key
+    return pair, pair is not None and pair in _SPECIAL, uses
 
 
 def _blob_file(storage: Any, oid: bytes, tid: bytes) -> str:

@@ -394,6 +394,87 @@ class Reader:
                 self.has_blobs = True
             yield frame
 
+    def records(self) -> Iterator[tuple[bytes, bytes, tuple[int, int] | None, Any]]:
+        """``(oid, data, blob, analysis)`` of every record, in file order.
+
+        ``blob`` is ``(offset, length)`` of the record's blob in the file,
+        ``analysis`` the analyzer's findings when the reader needed them
+        already (``.zexp``), else ``None``.  After :meth:`verify`, a file of
+        this package's format is read in large chunks and its frames are
+        cut from them (no object per frame); otherwise this is
+        :meth:`frames` as tuples.
+        """
+        if self.kind == "pclasses" and self.end is not None:
+            return self._chunked_records(self.end)
+        return ((frame.oid, frame.data, frame.blob, frame.analysis) for frame in self.frames())
+
+    def _chunked_records(self, end: int
+                         ) -> Iterator[tuple[bytes, bytes, tuple[int, int] | None, Any]]:
+        # The frames of the verified region [start, end), read CHUNK bytes at
+        # a time: ``buf`` holds the file's bytes from offset ``base`` on.
+        # Every length is checked against ``end`` before anything is read or
+        # skipped, so a crafted length never makes us read past the region.
+        f = self.f
+
+        def refill(at: int, keep: bytes, need: int) -> bytes:
+            # the file from ``at`` on: ``keep`` (already read) + what follows
+            f.seek(at + len(keep))
+            more: bytes = f.read(min(max(CHUNK, need, 64), end - at - len(keep)))
+            return keep + more
+
+        base = self.start
+        buf = refill(base, b"", 0)
+        pos = 0
+        unpack_head = RECORD_HEAD.unpack_from
+        unpack_blob = _BLOB_HEAD.unpack_from
+        while True:
+            if pos + 22 > len(buf) and base + len(buf) < end:
+                base += pos
+                buf, pos = refill(base, buf[pos:], 0), 0
+            if pos >= len(buf):
+                raise ExportFormatError("truncated file: no end marker")
+            tag = buf[pos]
+            if tag == 0x52:  # b"R"
+                if pos + 13 > len(buf):
+                    raise ExportFormatError("truncated file: record header incomplete")
+                oid, n = unpack_head(buf, pos + 1)
+                start = pos + 13
+                stop = start + n
+                if stop > len(buf):
+                    if base + stop > end:
+                        raise ExportFormatError("truncated file: record incomplete")
+                    base += start
+                    buf, start, stop = refill(base, buf[start:], n), 0, n
+                data = buf[start:stop]
+                pos = stop
+                blob: tuple[int, int] | None = None
+                if pos + 9 > len(buf) and base + len(buf) < end:
+                    base += pos
+                    buf, pos = refill(base, buf[pos:], 0), 0
+                if pos < len(buf) and buf[pos] == 0x42:  # b"B": this record's blob
+                    if pos + 9 > len(buf):
+                        raise ExportFormatError("truncated file: blob header incomplete")
+                    (size,) = unpack_blob(buf, pos + 1)
+                    at = base + pos + 9
+                    if size > end - at:
+                        raise ExportFormatError("truncated file: blob incomplete")
+                    blob = (at, size)
+                    self.has_blobs = True
+                    if pos + 9 + size <= len(buf):
+                        pos += 9 + size
+                    else:  # skip the blob's bytes without reading them
+                        base = at + size
+                        buf, pos = refill(base, b"", 0), 0
+                yield oid, data, blob, None
+            elif tag == 0x45:  # b"E"
+                if base + pos + 1 != end:
+                    raise ExportFormatError("data after the end marker")
+                return
+            elif tag == 0x42:
+                raise ExportFormatError("blob without its record")
+            else:
+                raise ExportFormatError(f"unknown frame {bytes([tag])!r} at byte {base + pos}")
+
     def _zexp_frames(self) -> Iterator[Frame]:
         # Which records have a blob after them: ZODB asks an unpickler
         # (``is_blob_record``); we ask the record analyzer, which runs the

@@ -32,12 +32,14 @@ from ..classtable import GUID_PREFIX, class_table, is_guid_module, is_placeholde
 from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
 from ..record import Analysis
 from ..record.analyze import Use
+from ..record.analyze import analyze as _analyze
 from ..record.edges import EdgeKind
+from ..refs.transfer import MARK as _MARK
 from ..registry import ClassRegistry
 from ..scan import Progress
 from ..trust import Trust
 from .callsites import record_facts
-from .format import END, ClassNeed, Reader, blob_ref_frame, opened, record_frame
+from .format import CHUNK, ClassNeed, Reader, opened
 from .policy import (
     CALLED_BY_RECONSTRUCTOR,
     RECONSTRUCTORS,
@@ -68,10 +70,8 @@ __all__ = ["import_subtree", "NOWHERE", "CheckPass"]
 #: unrelated object.
 NOWHERE = b"\xff" * 8
 
-_FRAME_HEAD = 13  # b"R" + oid + u32
 #: uses of a global item that change it (BUILD / SETITEM(S) / APPEND(S) target)
 _CHANGED = int(Use.BUILD_TARGET | Use.ITEMS_TARGET)
-_BLOB_REF = 17  # b"P" + u64 + u64
 
 
 # ---------------------------------------------------------------------------
@@ -79,15 +79,44 @@ _BLOB_REF = 17  # b"P" + u64 + u64
 # ---------------------------------------------------------------------------
 
 
-def _binary_literal(data: bytes, off: int) -> bool:
-    """Whether the 8-byte oid literal at ``off`` is a binary string opcode
-    (SHORT_BINBYTES/SHORT_BINSTRING, BINBYTES/BINSTRING, BINBYTES8), whose
-    bytes may be anything; text forms (PERSID, STRING, UNICODE) may not."""
+class _Spool:
+    """Appends to import's temporary file in large writes; ``pos`` is where
+    the next byte goes."""
+
+    __slots__ = ("f", "parts", "held", "pos")
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.parts: list[bytes] = []
+        self.held = 0
+        self.pos = 0
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.pos += len(data)
+        self.held += len(data)
+        if self.held >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.f.seek(0, 2)
+            self.f.write(b"".join(self.parts))
+            self.parts = []
+            self.held = 0
+
+
+def _literal_head(data: bytes, off: int) -> int:
+    """Where the binary string opcode (SHORT_BINBYTES/SHORT_BINSTRING,
+    BINBYTES/BINSTRING, BINBYTES8) whose 8-byte payload starts at ``off``
+    starts, or -1 (text forms: PERSID, STRING, UNICODE)."""
     if off >= 2 and data[off - 1] == 8 and data[off - 2] in (0x43, 0x55):
-        return True
+        return off - 2
     if off >= 5 and data[off - 5] in (0x42, 0x54) and data[off - 4:off] == b"\x08\0\0\0":
-        return True
-    return off >= 9 and data[off - 9] == 0x8E and data[off - 8:off] == b"\x08" + bytes(7)
+        return off - 5
+    if off >= 9 and data[off - 9] == 0x8E and data[off - 8:off] == b"\x08" + bytes(7):
+        return off - 9
+    return -1
 
 
 _CLASS_META = int(Use.CLASS_META)
@@ -130,9 +159,12 @@ class CheckPass:
     seen: set[bytes] = field(default_factory=set)
     #: oids of class records rebound to the target's class table
     bound: set[bytes] = field(default_factory=set)
-    #: referenced oids with no record yet -> where their new oid was written
-    #: (absolute positions in the temporary file, and whether in text form)
-    forward: dict[bytes, list[tuple[int, bool]]] = field(default_factory=dict)
+    #: references to records not met yet when they were written, per
+    #: record: (where the record starts in the temporary file, {offset in the
+    #: record: (old oid, text form?)}); settled at the end
+    forward: list[tuple[int, dict[int, tuple[bytes, bool]]]] = field(default_factory=list)
+    #: oids of a ``.zexp``'s class records (rebound, not imported)
+    zexp_classes: set[bytes] = field(default_factory=set)
     #: every global the records name -> how they use it (for the report)
     needs: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (global, uses) -> refused?  Judged once, when first met.
@@ -168,8 +200,6 @@ class CheckPass:
                 raise ExportFormatError(f"the manifest says {manifest.record_count} records, "
                                         f"the file holds {plan.records}")
             self.decide(plan)
-            temp.seek(0, 2)
-            temp.write(END)
             temp.flush()
         except BaseException:
             temp.close()
@@ -228,7 +258,11 @@ class CheckPass:
         return new  # type: ignore[no-any-return]
 
     def prepare_records(self, temp: Any) -> Plan:
-        """Check, remap and write every record."""
+        """Check, remap and write every record.
+
+        The prepared records are written back to back into ``temp`` (in
+        large chunks); ``plan.index`` says where each one is.
+        """
         manifest = self.reader.manifest
         declared = manifest.class_references if manifest is not None else {}
         zexp = self.reader.kind == "zexp"
@@ -236,24 +270,30 @@ class CheckPass:
         forward = self.forward
         mapping = self.mapping
         new_oid = self.connection._storage.new_oid
-        write = temp.write
+        spool = _Spool(temp)
+        write = spool.write
         plan = Plan(self.reader, temp, b"", self.refused)
         index = plan.index
         broken = self.missing == "broken"
-        #: the analyzer's globals of a record -> (refused, class pair): most
-        #: records of a file share a few shapes, judged once each
-        signatures: dict[tuple[Any, ...], tuple[frozenset[tuple[str, str]], Any]] = {}
-        pos = 0
-        for frame in self.reader.frames():
-            oid, data = frame.oid, frame.data
+        progress = self.progress
+        #: the analyzer's globals of a record -> (refused, class pair, whether
+        #: a global is changed by BUILD / SETITEM(S)): most records of a file
+        #: share a few shapes, judged once each
+        signatures: dict[tuple[Any, ...], tuple[frozenset[tuple[str, str]], Any, bool]] = {}
+        holders = plan.reference_holders
+        for oid, data, blob, a in self.reader.records():
             if len(oid) != 8:
                 raise ExportFormatError("malformed record header")
             if oid in seen:
                 raise ExportFormatError(f"record {oid_repr(oid)} appears twice")
-            if oid in declared:
+            if declared and oid in declared:
                 raise ExportFormatError(f"record {oid_repr(oid)} is declared a class reference")
             seen.add(oid)
-            a = frame.analysis or analyze(data, oid)
+            if a is None:
+                try:
+                    a = _analyze(data)
+                except ValueError:
+                    a = analyze(data, oid)  # raises the package's error, naming the record
             if zexp:
                 meta = next(((g.module, g.name) for g in a.globals
                              if int(g.uses) & _CLASS_META), None)
@@ -262,88 +302,87 @@ class CheckPass:
                     # ZODB's exportFile copies class records along; they are
                     # not imported (nor judged) but rebound by guid, as our
                     # own format does.
-                    self.bind_zexp_class_record(frame.oid, data, meta, temp)
+                    self.bind_zexp_class_record(oid, data, meta)
                     continue
             verdict = signatures.get(sig := tuple(a.globals))
             if verdict is None:
                 verdict = signatures[sig] = self.judge_globals(a)
-            refused_here, pair = verdict
+            refused_here, pair, changes = verdict
             if pair is None:  # no class-metadata GLOBAL: formats 3 and 7, class records
                 pair = record_class(data, oid, a)
                 if pair is not None:
                     refused_here = refused_here | self.judge_class_pair(pair)
-            self.check_shapes(data, oid, a)
+            if changes or a.calls_non_global:
+                self.check_calls(data, oid, a)
+            if a.pids and any(a.pid_classes):
+                self.judge_pid_classes(a)
             if not index and pair is not None:
                 # the root object is made at once (a ghost of its class)
                 if self._judge(pair, 8 | USE_ROOT_CLASS, count_missing=False):
                     refused_here = refused_here | {pair}
             if a.has_ext or a.has_stack_global or a.protocol > 5 or data[-1:] != b".":
                 _check_structure(data, oid, a)
-            if refused_here and broken:
+            inert = bool(refused_here) and broken
+            if inert:
                 data, a = self.inert_class_metadata(data, oid, a, pair, refused_here)
             new = mapping.get(oid)
             if new is None:
                 new = mapping[oid] = new_oid()
-            forward.pop(oid, None)  # its references hold ``new`` already
             if not index:
                 plan.root = new
+            start = spool.pos
             if a.pids:
                 record, expect = self.remap(data, oid, a)
+                if inert:
+                    record = self.make_inert(record, oid, a, refused_here)
+                if record is not data and (inert or not self.prove(data, a, record, oid)):
+                    # (globals are renamed only with "broken"; with "error"
+                    # the refusal is raised before anything is written)
+                    pids2 = self.recheck(data, a, record, oid,
+                                         refused_here if broken else frozenset()).pids
+                    if expect and pids2 != a.pids:  # renamed globals moved the oids
+                        moved = {p.oid_start: q.oid_start for p, q in zip(a.pids, pids2)}
+                        expect = {moved[off]: w for off, w in expect.items()}
+                if expect:
+                    forward.append((start, expect))
+            elif inert:
+                record = self.make_inert(data, oid, a, refused_here)
+                if record is not data:
+                    self.recheck(data, a, record, oid, refused_here)
             else:
-                record, expect = data, None
-            if refused_here and broken:
-                record = self.make_inert(record, oid, a, refused_here)
-            if record is not data:
-                # (globals are renamed only with "broken"; with "error" the
-                # refusal is raised before anything is written)
-                a2 = self.recheck(data, a, record, oid,
-                                  refused_here if broken else frozenset())
-            else:
-                a2 = a
-            start = pos + _FRAME_HEAD
-            if expect:
-                for p, q in zip(a.pids, a2.pids):
-                    waiting = expect.get(p.oid_start)
-                    if waiting is not None:
-                        forward.setdefault(waiting[0], []).append(
-                            (start + q.oid_start, waiting[1]))
-            write(record_frame(new, record))
+                record = data
             write(record)
-            pos = start + len(record)
-            if frame.blob is not None:
-                write(blob_ref_frame(*frame.blob))
-                pos += _BLOB_REF
+            if record.find(_MARK) >= 0:  # (faster than "in" for bytes)
+                holders.append(new)
+            if blob is not None:
                 plan.blobs += 1
-            index[new] = (start, len(record), frame.blob)
-            if self.progress is not None and not len(index) % 4096:
-                self.progress(len(index), None)
+            index[new] = (start, len(record), blob)
+            if progress is not None and not len(index) % 4096:
+                progress(len(index), None)
+        spool.flush()
         if not index:
             raise ExportFormatError("the file holds no records")
         plan.records = len(index)
         return plan
 
-    def bind_zexp_class_record(self, oid: bytes, data: bytes, pair: Any, temp: Any) -> None:
+    def bind_zexp_class_record(self, oid: bytes, data: bytes, pair: Any) -> None:
         """A class record of a ``.zexp``: its references point at the
-        target's class with the same guid (a missing one is refused)."""
+        target's class with the same guid (a missing one is refused); the
+        references written before it are settled at the end."""
+        self.zexp_classes.add(oid)
         if pair == CLASS_TABLE:
-            target = None
-        else:
-            info = class_record_info(data, oid)
-            if info is None:
-                raise ExportFormatError(f"class record {oid_repr(oid)} has no guid")
-            self.mapping.pop(oid, None)
-            target = self._bind_class(oid, info[0], info[1],
-                                      class_table(self.connection, create=False))
-        waiting = self.forward.pop(oid, None)
-        if waiting is not None and target is not None:
-            self._patch_at(temp, waiting, target)
-        elif waiting is not None:
-            self.forward[oid] = waiting  # (the class table: dangling, as before)
+            return  # references to the class table dangle, as before
+        info = class_record_info(data, oid)
+        if info is None:
+            raise ExportFormatError(f"class record {oid_repr(oid)} has no guid")
+        self.mapping.pop(oid, None)
+        self._bind_class(oid, info[0], info[1], class_table(self.connection, create=False))
 
-    def judge_globals(self, a: Any) -> tuple[frozenset[tuple[str, str]], Any]:
+    def judge_globals(self, a: Any) -> tuple[frozenset[tuple[str, str]], Any, bool]:
         """Note every global the record names with how it uses it, judge
-        each (global, use) once; the refused ones and the class-metadata
-        global (``None`` when there is none)."""
+        each (global, use) once; the refused ones, the class-metadata
+        global (``None`` when there is none) and whether a global is the
+        target of BUILD or SETITEM(S)/APPEND(S)."""
         needs = self.needs
         judged = self.judged
         refused_here: set[tuple[str, str]] = set()
@@ -365,7 +404,8 @@ class CheckPass:
                 verdict = self._judge(key, uses)
             if verdict:
                 refused_here.add(key)
-        return frozenset(refused_here), pair
+        changes = any(int(g.uses) & _CHANGED for g in a.globals)
+        return frozenset(refused_here), pair, changes
 
     def judge_class_pair(self, pair: tuple[str, str]) -> frozenset[tuple[str, str]]:
         """Judge a class named by strings (formats 3 and 7)."""
@@ -394,14 +434,23 @@ class CheckPass:
         persistent references a record calls, and judge the class names of
         ``(oid, class)`` references (:mod:`pclasses.transfer.callsites`)."""
         if a.calls_non_global or any(int(g.uses) & _CHANGED for g in a.globals):
-            try:
-                facts = record_facts(data, a)
-            except ValueError as exc:
-                raise ExportFormatError(f"record {oid_repr(oid)} is not a readable ZODB "
-                                        f"record ({exc})") from None
-            self.shapes.extend(f"record {oid_repr(oid)}: {p}" for p in facts.problems)
-            self.pid_calls.extend((oid, target) for target in facts.pid_calls)
-        for part in a.pid_classes:
+            self.check_calls(data, oid, a)
+        self.judge_pid_classes(a)
+
+    def check_calls(self, data: bytes, oid: bytes, a: Any) -> None:
+        """Note calls of computed callables and state set on globals, and
+        the persistent references a record calls."""
+        try:
+            facts = record_facts(data, a)
+        except ValueError as exc:
+            raise ExportFormatError(f"record {oid_repr(oid)} is not a readable ZODB "
+                                    f"record ({exc})") from None
+        self.shapes.extend(f"record {oid_repr(oid)}: {p}" for p in facts.problems)
+        self.pid_calls.extend((oid, target) for target in facts.pid_calls)
+
+    def judge_pid_classes(self, a: Any) -> None:
+        """Judge the class names of ``(oid, class)`` references."""
+        for part in dict.fromkeys(a.pid_classes):  # (in order, each once)
             if isinstance(part, tuple) and part[0] is not None and part[1] is not None:
                 pair = (part[0], part[1])
                 self.pid_classes.add(pair)
@@ -431,9 +480,35 @@ class CheckPass:
         mapping = self.mapping
         seen = self.seen
         bound = self.bound
-        out = None
+        externals = self.externals
+        patches: dict[int, bytes] = {}  # offset -> new oid
         expect: dict[int, tuple[bytes, bool]] = {}
-        for site in a.pids:
+        ordered = True
+        last = -1
+        new_oid = self.connection._storage.new_oid
+        if a.ok_to_patch:
+            # the analyzer found every oid a binary payload, recognised and
+            # not used as anything else
+            for site in a.pids:
+                off = site.oid_start
+                if off in patches:
+                    continue  # a literal shared by several references (memoized oid)
+                if site.oid_length != 8:
+                    raise ExportFormatError(f"record {oid_repr(oid)} has a malformed oid")
+                target = data[off:off + 8]
+                if site.database is not None:
+                    externals[(site.database, target)] = None
+                    continue  # the other database's oid stays
+                new = mapping.get(target)
+                if new is None:
+                    new = mapping[target] = new_oid()
+                if target not in seen and target not in bound:
+                    expect[off] = (target, False)
+                patches[off] = new
+                if off < last:
+                    ordered = False
+                last = off
+        for site in () if a.ok_to_patch else a.pids:
             off, length, database = site.oid_start, site.oid_length, site.database
             if site.kind is EdgeKind.UNKNOWN or off < 0 or site.shared or length != 8:
                 if length != 8 and site.kind is not EdgeKind.UNKNOWN and off >= 0 and \
@@ -441,25 +516,82 @@ class CheckPass:
                     raise ExportFormatError(f"record {oid_repr(oid)} has a malformed oid")
                 raise ExportFormatError(f"record {oid_repr(oid)} has a reference that "
                                         "cannot be rebound without unpickling")
+            if off in patches:
+                continue  # a literal shared by several references (memoized oid)
             end = off + 8
             target = data[off:end]
             if database is not None:
-                self.externals[(database, target)] = None
+                externals[(database, target)] = None
                 continue  # the other database's oid stays
             new = mapping.get(target)
             if new is None:
-                new = mapping[target] = self.connection._storage.new_oid()
-            text = data[off - 2:off] not in _SHORT_BINARY and not _binary_literal(data, off)
+                new = mapping[target] = new_oid()
+            text = data[off - 2:off] not in _SHORT_BINARY and _literal_head(data, off) < 0
             if text and not _text_safe(new):
                 raise ExportFormatError(
                     f"record {oid_repr(oid)} holds a text-form reference that cannot hold "
                     f"its new oid {oid_repr(new)} (write the file with a binary pickle)")
             if target not in seen and target not in bound:
                 expect[off] = (target, text)
-            if out is None:
-                out = bytearray(data)
-            out[off:end] = new  # (several references may share one literal)
-        return (data if out is None else bytes(out)), expect
+            patches[off] = new
+            if off < last:
+                ordered = False
+            last = off
+        if not patches:
+            return data, expect
+        offsets = list(patches)
+        if not ordered or any(q - p < 8 for p, q in zip(offsets, offsets[1:])):
+            # out of order or overlapping: patch in place
+            out = bytearray(data)
+            for o, n in patches.items():
+                out[o:o + 8] = n
+            return bytes(out), expect
+        parts: list[bytes] = []
+        done = 0  # the end of the last patched range: bytes before it are in ``parts``
+        for off, new in patches.items():
+            parts.append(data[done:off])
+            parts.append(new)
+            done = off + 8
+        parts.append(data[done:])
+        return b"".join(parts), expect
+
+    def prove(self, old: bytes, a: Any, new: bytes, oid: bytes) -> bool:
+        """Prove without a second analysis that ``new`` is the checked record
+        ``old`` with only its references' oids replaced, when it can be.
+
+        The analysis ``a`` of ``old`` must have found every reference's oid
+        to be the whole payload of a binary string opcode (``ok_to_patch``:
+        SHORT_BINBYTES, BINBYTES, BINBYTES8, SHORT_BINSTRING, BINSTRING; not
+        shared with anything but references): an unpickler (and the
+        analyzer) reads such a payload whatever its bytes are.  ``new`` must
+        then be exactly ``old`` with each of those 8-byte payloads replaced
+        by the new oid of the old one (a cross-database reference keeps its
+        oid): rebuilt here from ``old`` and the oid mapping, independently
+        of :meth:`remap`, and compared whole.  Returns False (the caller
+        analyses ``new`` again, :meth:`recheck`) for what this cannot decide
+        (text forms, overlapping ranges); raises when ``new`` differs.
+        """
+        if not a.ok_to_patch:
+            return False
+        mapping = self.mapping
+        ranges = {p.oid_start: p.database for p in a.pids}
+        parts: list[bytes] = []
+        done = 0
+        for off in sorted(ranges):
+            if off < done:
+                return False  # overlapping ranges: only the analyzer can tell
+            end = off + 8
+            was = old[off:end]
+            now = was if ranges[off] is not None else mapping.get(was)
+            if now is None:
+                raise self._changed(oid, "references")
+            parts.append(old[done:off])
+            parts.append(now)
+            done = end
+        parts.append(old[done:])
+        if b"".join(parts) != new:
+            raise self._changed(oid, "meaning")
+        return True
 
     def make_inert(self, record: bytes, oid: bytes, a: Any,
                    refused: frozenset[tuple[str, str]]) -> bytes:
@@ -523,23 +655,35 @@ class CheckPass:
                                  f"{what}; refused")
 
     def settle_forward_references(self, temp: Any) -> None:
-        """References to oids with no record in the file (a weak reference
-        out of the subtree, a reference that dangled in the source) were
-        given fresh oids; after a reopen the storage could hand those out
-        again, so they are pointed at an oid it never allocates."""
-        for _old, places in self.forward.items():
-            self._patch_at(temp, places, NOWHERE)
-            self.dangling += len(places)
-        self.forward.clear()
-
-    def _patch_at(self, temp: Any, places: list[tuple[int, bool]], new: bytes) -> None:
+        """References written before their target was met, whose target
+        never came as a record: a ``.zexp``'s class record (pointed at the
+        target's class it was rebound to), or an oid with no record in the
+        file (a weak reference out of the subtree, a reference that dangled
+        in the source).  Those were given fresh oids; after a reopen the
+        storage could hand them out again, so they are pointed at an oid it
+        never allocates (:data:`NOWHERE`)."""
+        forward, self.forward = self.forward, []
+        late = set(self.mapping).difference(self.seen)
+        late.update(self.zexp_classes)
+        if not forward or not late:
+            return
+        bound = self.bound
+        mapping = self.mapping
         here = temp.tell()
-        for position, text in places:
-            if text and not _text_safe(new):
-                raise ExportFormatError(f"a text-form reference cannot hold the oid "
-                                        f"{oid_repr(new)}")
-            temp.seek(position)
-            temp.write(new)
+        for start, expect in forward:
+            for off, (target, text) in expect.items():
+                if target not in late:
+                    continue
+                if target in bound:
+                    new = mapping[target]
+                else:
+                    new = NOWHERE
+                    self.dangling += 1
+                if text and not _text_safe(new):
+                    raise ExportFormatError(f"a text-form reference cannot hold the oid "
+                                            f"{oid_repr(new)}")
+                temp.seek(start + off)
+                temp.write(new)
         temp.seek(here)
 
     def decide(self, plan: Plan) -> None:
@@ -757,9 +901,11 @@ def import_subtree(
                     raise TransferError("give a name to import into a container")
                 if key in into:
                     raise TransferError(f"{key!r} already exists in the target container")
-            from ..refs.transfer import import_references
+            from ..refs.transfer import POLICIES, import_references
 
-            import_references(connection, plan, reader.manifest, into, key, references)
+            if plan.reference_holders or references not in POLICIES:
+                # (the check pass noted the records that hold references)
+                import_references(connection, plan, reader.manifest, into, key, references)
             own_reader = bool(plan.blobs) and isinstance(file, (str, os.PathLike))
             if own_reader:
                 # The store pass copies blobs from the export file after this

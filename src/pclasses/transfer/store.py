@@ -39,7 +39,7 @@ class Plan:
     """The result of the check pass: rewritten records, ready to be stored."""
 
     reader: Reader
-    temp: Any  # frames of (new oid, rewritten record), see CheckPass
+    temp: Any  # the rewritten records back to back (``index`` says where)
     root: bytes  # the new oid of the imported root object
     refused: set[tuple[str, str]]
     records: int = 0
@@ -49,6 +49,8 @@ class Plan:
     report: ImportReport | None = None
     #: placeholder classes to store (guid -> (oid, name)), missing="broken"
     placeholders: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    #: new oids of the prepared records that hold intrinsic references
+    reference_holders: list[bytes] = field(default_factory=list)
 
 
 def pending_import(connection: Any) -> PendingImports:
@@ -135,27 +137,36 @@ def _close(plan: Plan, own_reader: bool) -> None:
 
 
 def _store(connection: Any, plan: Plan, transaction: Any, skip: set[bytes]) -> None:
-    from .format import iter_frames
+    """Store every prepared record of ``plan``: read back from import's
+    temporary file in large chunks, in the order they were written."""
+    from .format import CHUNK
 
     storage = connection._storage
     store = storage.store
     f = plan.temp
-    f.seek(0, 2)
-    size = f.tell()
-    f.seek(0)
+    f.flush()
     tmpdir = None
+    buf = b""
+    base = 0  # the temporary file's offset of buf[0]
     try:
-        for frame in iter_frames(f, size, blob_refs=True):
-            oid = frame.oid
+        for oid, (pos, n, blob) in plan.index.items():
+            at = pos - base
+            if at < 0 or at + n > len(buf):
+                f.seek(pos)
+                buf = f.read(max(CHUNK, n))
+                base, at = pos, 0
+                if len(buf) < n:
+                    raise ExportFormatError("import's temporary file is truncated")
             if oid in skip:
                 continue  # changed before the commit: the commit stores it
-            if frame.blob is not None:
+            data = buf[at:at + n]
+            if blob is not None:
                 tmpdir = tmpdir or tempfile.mkdtemp(prefix="pclasses-import-")
                 path = os.path.join(tmpdir, oid.hex())
-                plan.reader.blob_to(frame.blob, path)
-                storage.storeBlob(oid, None, frame.data, path, "", transaction)
+                plan.reader.blob_to(blob, path)
+                storage.storeBlob(oid, None, data, path, "", transaction)
             else:
-                store(oid, None, frame.data, "", transaction)
+                store(oid, None, data, "", transaction)
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)

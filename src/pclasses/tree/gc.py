@@ -180,7 +180,7 @@ def _garbage(databases: dict[str, Any], unavailable: dict[str, str],
     # Pins no remote reference holds any more.
     for name, each in sorted(databases.items()):
         pinned = _pins(each)
-        held = w.remote_targets.get(name, set())
+        held = w.remote_targets.get(name, OidSet())
         stale = sorted(oid for oid in pinned if oid not in held)
         if stale:
             report.stale_pins[name] = stale

@@ -13,7 +13,10 @@
 * ``verify_refs`` against ``scan_xrefs`` over the 100,000-item FileStorage of
   ``_common.build_storage`` (target: at most 2x).
 
-Prints one JSON line.  ``--quick`` uses smaller sizes.
+Prints one JSON line.  ``--quick`` uses smaller sizes.  ``--instructions``
+counts instructions per assignment under valgrind's callgrind (pclasses, a
+plain attribute and, with ``GOCEPT_REFERENCE_PATH``, gocept.reference): a
+figure that a machine shared with other work does not disturb.
 """
 
 from __future__ import annotations
@@ -216,10 +219,70 @@ def bench_gocept() -> dict | None:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+def assign_only(n: int, plain: bool) -> None:
+    """``n`` assignments (for instruction counts), after the set-up."""
+    with tempfile.TemporaryDirectory() as d:
+        db = ZODB.DB(FileStorage(str(Path(d) / "a.fs")))
+        conn = db.open()
+        (t0, t1), src, plain_src = deep_world(conn)
+        holder = plain_src if plain else src
+        holder.ref = t1
+        holder.ref = t0
+        for _ in range(n // 2):
+            holder.ref = t1
+            holder.ref = t0
+        transaction.abort()
+        conn.close()
+        db.close()
+
+
+def _callgrind(cmd: list[str], env: dict[str, str]) -> int:
+    import subprocess
+
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                           *cmd], capture_output=True, text=True, env=env, timeout=1800)
+    for line in done.stderr.splitlines():
+        if "Collected" in line:
+            return int(line.split()[-1])
+    raise RuntimeError(done.stderr[-500:])
+
+
+def bench_instructions(n: int = 4000) -> dict:
+    """Instructions per assignment (callgrind; the set-up subtracted)."""
+    import os
+    import sys
+
+    here = Path(__file__)
+    env = dict(os.environ)
+    out = {}
+    for label, extra in (("pclasses", []), ("plain_attribute", ["--plain"])):
+        counts = [_callgrind([sys.executable, str(here), "--assign-only", str(k), *extra], env)
+                  for k in (0, n)]
+        out[f"{label}_assign_instructions"] = (counts[1] - counts[0]) // n
+    where = os.environ.get("GOCEPT_REFERENCE_PATH")
+    if where:
+        genv = dict(env, PYTHONPATH=where)
+        counts = [_callgrind([sys.executable, str(here.with_name("bench_refs_gocept.py"))],
+                             dict(genv, BENCH_ASSIGN_ONLY=str(k))) for k in (0, n)]
+        out["gocept_assign_instructions"] = (counts[1] - counts[0]) // n
+        out["assign_instructions_ratio"] = (out["pclasses_assign_instructions"]
+                                            / out["gocept_assign_instructions"])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--instructions", action="store_true")
+    parser.add_argument("--assign-only", type=int, default=None)
+    parser.add_argument("--plain", action="store_true")
     args = parser.parse_args()
+    if args.assign_only is not None:
+        assign_only(args.assign_only, args.plain)
+        return
+    if args.instructions:
+        print(json.dumps({"bench": "refs-instructions", **bench_instructions()}))
+        return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         result = {"bench": "refs"}

@@ -11,6 +11,7 @@ Prints one JSON line.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -96,6 +97,17 @@ def main() -> None:
         plain.ref = t0
         transaction.commit()
         assert src.ref is t0
+        assign_only = int(os.environ.get("BENCH_ASSIGN_ONLY", "-1"))
+        if assign_only >= 0:  # for instruction counts (bench_refs.py --instructions)
+            src.ref = t1
+            src.ref = t0
+            for _ in range(assign_only // 2):
+                src.ref = t1
+                src.ref = t0
+            transaction.abort()
+            conn.close()
+            db.close()
+            return
 
         def plain_read(n):
             for _ in range(n):

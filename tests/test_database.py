@@ -88,6 +88,9 @@ def _multi_conf(tmp_path: Path) -> Path:
         ("memory://", "uri"),
         ("zeo://127.0.0.1:9100", "uri"),
         ("zconfig:///etc/zodb.conf#main", "uri"),
+        ("zodb.conf#main", "zconfig"),
+        ("/etc/zope/zodb.cfg#catalog", "zconfig"),
+        ("postgres://user@127.0.0.1/zodb?keep_history=false", "uri"),
         ("no-such-scheme+x://whatever", "uri"),
     ],
 )
@@ -95,6 +98,12 @@ def test_target_kind(target, kind):
     assert target_kind(target) == kind
     if kind != "uri":
         assert target_kind(Path(target)) == kind
+
+
+def test_filestorage_named_with_a_hash_is_still_a_path():
+    """Only a ZConfig file name before the '#' makes a section target."""
+    assert target_kind("Data#1.fs") == "filestorage"
+    assert target_kind("dir/Data.fs#main") == "filestorage"
 
 
 # ---------------------------------------------------------------------------
@@ -238,6 +247,44 @@ def test_open_zconfig_multi_database(tmp_path):
         with check.transaction() as c:
             assert c.root()["here"] == name
         check.close()
+
+
+def test_zconfig_section_opens_only_that_database_read_only(tmp_path):
+    """``file.conf#NAME`` and ``zconfig://file.conf#NAME`` open only the
+    <zodb NAME> database of a multi-database file; read_only=True opens it
+    read-only."""
+    conf = _multi_conf(tmp_path)
+    db = pclasses.open(conf)  # create both, with a root each
+    for each in set(db.databases.values()):
+        each.close()
+    for target in (f"{conf}#second", f"zconfig://{conf}#second"):
+        db = pclasses.open(target, read_only=True)
+        try:
+            assert list(db.databases) == ["second"] and db.database_name == "second"
+            assert db.storage.isReadOnly()
+            assert db.storage.getName().endswith("second.fs")
+        finally:
+            db.close()
+    with pytest.raises(pclasses.StorageOpenError, match="no <zodb third> section"):
+        pclasses.open(f"{conf}#third", read_only=True)
+
+
+def test_zconfig_storage_section_by_name(tmp_path):
+    """A file of bare storage sections: ``file.conf#NAME`` opens the one
+    named NAME, read-only when asked."""
+    for name in ("a", "b"):
+        db = pclasses.open(str(tmp_path / f"{name}.fs"))
+        db.close()
+    conf = tmp_path / "storages.conf"
+    conf.write_text("".join(f"<filestorage {n}>\n  path {tmp_path / (n + '.fs')}\n"
+                            "</filestorage>\n" for n in ("a", "b")))
+    db = pclasses.open(f"{conf}#b", read_only=True)
+    try:
+        assert db.storage.isReadOnly() and db.storage.getName().endswith("b.fs")
+    finally:
+        db.close()
+    with pytest.raises(pclasses.StorageOpenError, match="no storage section named 'c'"):
+        pclasses.open(f"{conf}#c", read_only=True)
 
 
 # ---------------------------------------------------------------------------

@@ -572,6 +572,50 @@ def test_vetoes(world):
     assert "jena" in cities and not is_referenced(cities["jena"])
 
 
+def test_events_through_zope_component(world):
+    """Handlers registered with zope.component (its dispatcher being
+    zope.event's only subscriber) see every assignment, also the fast
+    repeated ones, and veto them; without a handler nothing is sent."""
+    import zope.component
+
+    root, cities, book = world
+    a1 = book["a1"]
+    a1.city = cities["jena"]
+    a1.city = cities["gera"]                   # both targets' locations now cached
+    transaction.commit()
+    seen = []
+
+    def handler(event):
+        seen.append(event)
+
+    def veto(event):
+        raise RuntimeError("no")
+
+    gsm = zope.component.getGlobalSiteManager()
+    gsm.registerHandler(handler, (pclasses.ReferenceAdded,))
+    gsm.registerHandler(handler, (pclasses.ReferenceRemoved,))
+    try:
+        a1.city = cities["jena"]
+        assert [(type(e).__name__, e.key) for e in seen] == [
+            ("ReferenceAdded", "/cities/jena"), ("ReferenceRemoved", "/cities/gera")]
+        gsm.registerHandler(veto, (pclasses.ReferenceAdded,))
+        try:
+            with pytest.raises(RuntimeError):
+                a1.city = cities["gera"]
+        finally:
+            gsm.unregisterHandler(veto, (pclasses.ReferenceAdded,))
+        assert a1.city is cities["jena"]
+    finally:
+        gsm.unregisterHandler(handler, (pclasses.ReferenceAdded,))
+        gsm.unregisterHandler(handler, (pclasses.ReferenceRemoved,))
+    del seen[:]
+    a1.city = cities["gera"]
+    assert seen == []
+    transaction.commit()
+    assert [r.source for r in pclasses.referrers(cities["gera"])] == [a1]
+    assert pclasses.referrers(cities["jena"]) == []
+
+
 def test_introspection(world):
     """referrers lists who refers (source, name, key); is_referenced looks
     under the object by default; references lists what a source holds."""
@@ -631,3 +675,48 @@ def test_failed_commit_leaves_database_as_it_was(world, db):
         assert "jena" in other.root()["cities"]
     finally:
         other.close()
+
+
+def _links_and_stored(conn, sources):
+    from pclasses.refs.registry import STATE_KEY, registry_of
+
+    links = set(registry_of(conn).links)
+    stored = set()
+    for s in sources:
+        s._p_activate()
+        for ref_key, value in (s.__dict__.get(STATE_KEY) or {}).items():
+            for rid in (value if isinstance(value, tuple) else (value,)):
+                if rid is not None:
+                    stored.add((rid, ref_key, "unnamed", s._p_oid))
+    return links, stored
+
+
+def test_links_follow_savepoints_and_aborts(world, conn):
+    """Assignments write their links lazily (when the registry is read, and
+    at commit): after savepoint rollbacks, aborts and commits the registry's
+    links are exactly the references the sources hold, and a removal sees
+    a reference assigned just before it."""
+    root, cities, book = world
+    book["a2"] = Address()
+    a1, a2 = book["a1"], book["a2"]
+    a1.city = cities["jena"]
+    transaction.commit()
+    a1.city = cities["gera"]
+    sp = transaction.savepoint()
+    a2.city = cities["gera"]
+    assert {r.source for r in pclasses.referrers(cities["gera"])} == {a1, a2}  # flushed here
+    sp.rollback()
+    links, stored = _links_and_stored(conn, [a1, a2])
+    transaction.commit()
+    links, stored = _links_and_stored(conn, [a1, a2])
+    assert links == stored and len(stored) == 1
+    assert [r.source for r in pclasses.referrers(cities["gera"])] == [a1]
+    a2.city = cities["jena"]
+    with pytest.raises(pclasses.ReferentialIntegrityError):
+        pclasses.remove(cities, "jena")             # sees the link assigned just now
+    transaction.abort()
+    links, stored = _links_and_stored(conn, [a1, a2])
+    assert links == stored
+    assert pclasses.referrers(cities["jena"]) == []
+    pclasses.remove(cities, "jena")
+    transaction.commit()

@@ -49,7 +49,7 @@ def test_adopt_wraps_the_row_and_one_commit_saves_both_parts(split, tmp_path):
     db, tm, conn, url = split
     m = pclasses.adopt("member", "u1", into=conn)
     assert isinstance(m, pclasses.SplitPersistent)
-    assert (m.name, m.email) == ("Ada", "ada@example.org")
+    assert (m.name, m.email, m.uid) == ("Ada", "ada@example.org", "u1")
     m.name = "Ada Lovelace"
     m.notes = "kept in ZODB"
     tm.commit()

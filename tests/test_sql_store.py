@@ -422,3 +422,40 @@ def test_a_refused_mapping_leaves_the_table_as_it_was(tmp_path):
         assert store.mappings == {}
     finally:
         store.database().close()
+
+
+def test_a_read_only_store_refuses_changes(tmp_path):
+    """A store added with ``read_only=True`` reads rows and refuses to change them."""
+    from ZODB.POSException import ReadOnlyError
+
+    url = sqlite_file(tmp_path / "ro.db", ITEMS, SEED)
+    db = pclasses.open(tmp_path / "root.fs", tree=True)
+    try:
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        store = pclasses.tree_of(db).add(conn, "ro", url, read_only=True)
+        store.map("item", "items", "id", Item)
+        tm.commit()
+        row = store.get("item", 1)
+        assert row.title == "apple"
+        with pytest.raises(ReadOnlyError):
+            row.qty = 4
+        with pytest.raises(ReadOnlyError):
+            store.new("item", Item("x", 1))
+        tm.abort()
+        assert sqlite_rows(url, "SELECT qty FROM items WHERE id = 1") == [(3,)]
+        conn.close()
+    finally:
+        pclasses.tree_of(db).close()
+
+
+def test_new_with_a_key_the_table_holds_is_a_clear_error(tree):
+    """``new`` with a key the table already holds raises ``DuplicateRowError``
+    (a KeyError) at once, and the transaction can still commit the rest."""
+    _db, tm, _conn, store, url = tree
+    with pytest.raises(pclasses.DuplicateRowError):
+        store.new("item", Item("again", 1), key=2)
+    store.get("item", 1).qty = 11
+    tm.commit()
+    assert sqlite_rows(url, "SELECT id, title, qty FROM items ORDER BY id") == [
+        (1, "apple", 11), (2, "pear", 5)]

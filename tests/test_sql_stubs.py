@@ -158,3 +158,50 @@ def test_stubs_for_the_rows_of_an_sql_store(tmp_path):
         conn.close()
     finally:
         pclasses.tree_of(db).close()
+
+
+def test_db2_exports_as_a_self_contained_database(tmp_path):
+    """An export of a DB-2 subtree that refers to DB-1's objects carries the
+    stubs and declares no external (cross-database) reference."""
+    db1, db2, conn1, conn2 = build(tmp_path)
+    try:
+        report = pclasses.export_subtree(conn2, conn2.root()["h2"], tmp_path / "h2.export")
+        data = report.to_dict()
+        assert data["external_references"] == []
+        assert "pclasses.stores.stubs" in {c["module"] for c in data["classes"]}
+    finally:
+        transaction.abort()
+        conn2.close()
+        conn1.close()
+        pclasses.tree_of(db1).close()
+
+
+def test_stores_stubs_and_split_objects_name_only_frozen_classes(tmp_path):
+    """A tree using an SQL store, stubs and split objects writes no
+    ``pclasses.*`` global outside the frozen list (design decision D14)."""
+    from sql_models import Member
+    from sql_util import sqlite_file
+    from test_layout import FROZEN, _globals
+
+    url = sqlite_file(tmp_path / "p.db", "CREATE TABLE people (uid TEXT PRIMARY KEY, "
+                      "name TEXT, email TEXT)", "INSERT INTO people VALUES ('u', 'n', 'e')")
+    db1, db2, conn1, conn2 = build(tmp_path)
+    try:
+        store = pclasses.tree_of(db1).add(conn1, "people", url)
+        store.map("member", "people", "uid", Member, columns=["name", "email"])
+        pclasses.adopt("member", "u", into=conn1).notes = "x"
+        transaction.commit()
+        names = set()
+        for db in (db1, db2):
+            for txn in db.storage.iterator():
+                for rec in txn:
+                    if rec.data:
+                        names |= _globals(rec.data)
+        ours = {n for n in names if n.startswith("pclasses.")}
+        assert ours <= set(FROZEN)
+        assert {"pclasses.stores.sqlstore.SQLStore", "pclasses.stores.stubs.Stub"} <= ours
+    finally:
+        transaction.abort()
+        conn2.close()
+        conn1.close()
+        pclasses.tree_of(db1).close()

@@ -482,3 +482,49 @@ def test_dangling_placeholder_for_zodb_n_references(tmp_path):
         conn.root()["src"].direct.key  # noqa: B018
     conn.close()
     pclasses.tree_of(db).close()
+
+
+@pytest.mark.zeo
+def test_commit_waits_for_a_zeo_child_server_that_comes_back(tmp_path):
+    """The commit guard waits for a disconnected ZEO child as long as the
+    client would (its wait_timeout): a server that comes back on the same
+    address meanwhile takes the commit, in parent and child."""
+    import threading
+    import time
+
+    import ZEO
+
+    zeo_path = tmp_path / "zeo.fs"
+    address, stop = ZEO.server(path=str(zeo_path), threaded=False)
+    stops = [stop]
+    try:
+        uri = f"zeo://{address[0]}:{address[1]}?wait_timeout=60"
+        root_path = tmp_path / "root.fs"
+        db = pclasses.open(root_path, tree=True)
+        tree = pclasses.tree_of(db)
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        src = conn.root()["src"] = Node("src")
+        hz = tree.add(conn, "zeo", uri)
+        obj = hz.root()["obj"] = Node("on zeo")
+        tm.commit()
+        src.name, obj.name = "changed in root", "changed on zeo"
+        stops.pop()()
+
+        def restart() -> None:
+            time.sleep(1)
+            stops.append(ZEO.server(path=str(zeo_path), port=address[1], threaded=False)[1])
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        while hz.db().storage.is_connected():  # the client notices the stop
+            time.sleep(0.05)
+        tm.commit()
+        thread.join()
+        conn.close()
+        tree.close()
+        assert _names_in(root_path, "src") == "changed in root"
+    finally:
+        for each in stops:
+            each()
+    assert _names_in(zeo_path, "obj") == "changed on zeo"

@@ -32,6 +32,7 @@ from .errors import (
     DatabaseUnavailableError,
     DuplicateGuidError,
     DuplicateHandleError,
+    DuplicateRowError,
     ExportFormatError,
     FramedRecordError,
     GarbageCollectionRefusedError,
@@ -215,4 +216,5 @@ __all__ = [
     "StoreMappingError",
     "OidKindError",
     "SQLRecoveryError",
+    "DuplicateRowError",
 ]

@@ -15,6 +15,7 @@ interpret are listed as unreadable by oid; they never stop the census.
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,8 @@ class ClassUsage:
     mentions: int = 0
     examples: list[bytes] = field(default_factory=list)
     resolution: Resolution | None = None
-    #: records that name it other than as their class (first few)
+    #: records that name it other than as their class (the smallest few oids,
+    #: so every storage and scan order gives the same)
     mention_examples: list[bytes] = field(default_factory=list)
 
     @property
@@ -202,13 +204,23 @@ class _Tally:
                 count = as_class.get(pair, 0)
                 as_class[pair] = count + 1
                 if count < limit:
-                    examples.setdefault(pair, []).append(oid)
+                    insort(examples.setdefault(pair, []), oid)
+                elif limit:
+                    ex = examples[pair]
+                    if oid < ex[-1]:  # the smallest oids, whatever the scan order
+                        ex.pop()
+                        insort(ex, oid)
             for g in dict.fromkeys(names) if len(names) > 1 else names:
                 if g != pair:
                     count = mentioned.get(g, 0)
                     mentioned[g] = count + 1
                     if count < limit:
-                        mention_examples.setdefault(g, []).append(oid)
+                        insort(mention_examples.setdefault(g, []), oid)
+                    elif limit:
+                        ex = mention_examples[g]
+                        if oid < ex[-1]:
+                            ex.pop()
+                            insort(ex, oid)
             if a is not None and parents is not None:
                 for e in edges_of(data, a):
                     if e.database is None and (e.kind is _OID or e.kind is _OID_CLASS):
@@ -229,8 +241,7 @@ class _Tally:
         for mine_d, theirs_d in ((self.examples, other.examples),
                                  (self.mention_examples, other.mention_examples)):
             for k, oids in theirs_d.items():
-                mine_ex = mine_d.setdefault(k, [])
-                mine_ex.extend(oids[: max(0, self.limit - len(mine_ex))])
+                mine_d[k] = sorted(set(mine_d.get(k, [])) | set(oids))[: self.limit]
         if self.parents is not None and other.parents is not None:
             for child, referrers in other.parents.items():
                 for parent in referrers if isinstance(referrers, list) else (referrers,):

@@ -418,7 +418,12 @@ def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_r
             report = rename_classes(
                 target, rules, registry=registry, dry_run=dry_run, batch_size=batch_size,
                 progress=cb, warn=_warn)
+    disk = (f"the replaced revisions take about {report.old_revisions_bytes / 1e6:.1f} MB "
+            f"until the storage is packed; {report.pack_hint}"
+            if report.old_revisions_bytes else None)
     if as_json:
+        if disk:  # a note on stderr: stdout stays one JSON document with its keys
+            click.echo(f"pclasses: note: {disk}", err=True)
         _emit_json(report.to_dict())
         return
     verb = "would rewrite" if dry_run else "rewrote"
@@ -429,6 +434,9 @@ def repair(target: str, renames: tuple[str, ...], from_entry_points: bool, dry_r
     if report.unreadable or report.skipped:
         _out(f"{len(report.unreadable)} unreadable, {len(report.skipped)} not rewritten "
                    "(see warnings)")
+    if disk:
+        _out(disk)
+
 
 
 @main.command("export")

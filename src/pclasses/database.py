@@ -5,13 +5,23 @@ A *target* is one of:
 * a FileStorage path (``Data.fs``);
 * a ZConfig file (``.conf``) holding ``<zodb>`` sections (several named ones
   form a multi-database; the first is returned) or a single storage section
-  such as ``<filestorage>``;
-* a zodburi URI (``file://``, ``memory://``, ``zeo://``, and any scheme an
-  installed package registers in ``zodburi.resolvers``).
+  such as ``<filestorage>``, ``<clientstorage>`` or ``<relstorage>``;
+  ``file.conf#NAME`` opens only the ``<zodb NAME>`` database (or the storage
+  section named NAME) of the file;
+* a zodburi URI (``file://``, ``memory://``, ``zeo://``, ``zconfig://``,
+  RelStorage's ``postgres://`` and any scheme an installed package
+  registers in ``zodburi.resolvers``).
+
+``read_only=True`` opens every form read-only: a ZEO client read-only, a
+RelStorage without creating its schema, in the history mode the database
+has, so a role with only ``SELECT`` on its tables can read it
+(:mod:`pclasses.storages.relstorage`).  A database without a root object
+(or without RelStorage's tables) opened read-only is an error.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -28,12 +38,18 @@ _ZODB_SECTION = re.compile(r"^\s*<zodb(\s|>)", re.MULTILINE | re.IGNORECASE)
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+_ZCONFIG_SUFFIXES = (".conf", ".cfg", ".zcml.conf")
+
+
 def target_kind(target: str | os.PathLike[str]) -> str:
     """``"uri"``, ``"zconfig"`` or ``"filestorage"``."""
     text = os.fspath(target)
     if _URI.match(text):
         return "uri"
-    if text.endswith((".conf", ".cfg", ".zcml.conf")):
+    if text.endswith(_ZCONFIG_SUFFIXES):
+        return "zconfig"
+    base, sep, section = text.rpartition("#")
+    if sep and section and base.endswith(_ZCONFIG_SUFFIXES):
         return "zconfig"
     return "filestorage"
 
@@ -48,6 +64,9 @@ def _reason(exc: BaseException) -> str:
         return "no such file"
     if name == "ReadOnlyError":
         return "the database is empty (no root object) and was opened read-only"
+    if "out of shared memory" in text or "max_locks_per_transaction" in text:
+        return (f"{name}: PostgreSQL's lock table is full (raise max_locks_per_transaction "
+                "or use smaller batches)")
     return f"{name}: {text}" if text else name
 
 
@@ -184,6 +203,21 @@ def _open_uri(uri: str, read_only: bool, create: bool, db_kwargs: dict[str, Any]
             uri = _with_query(uri, "read_only", "1")
     elif scheme in ("zeo",) and read_only:
         uri = _with_query(uri, "read_only", "true")
+    elif scheme == "zconfig":
+        path, _sep, section = uri.split("://", 1)[1].partition("#")
+        path = path.split("?", 1)[0]
+        return _open_zconfig(f"{path}#{section}" if section else path, read_only, create,
+                             db_kwargs)
+    from .storages import relstorage as rs
+
+    resolver = _resolver(scheme)
+    if resolver is not None and rs.is_relstorage_uri_resolver(resolver):
+        storage, unused = rs.open_uri(uri, resolver, read_only=read_only)
+        try:
+            return ZODB.DB(storage, **{**_db_keywords(uri, unused), **db_kwargs})
+        except BaseException:
+            storage.close()
+            raise
     try:
         factory, dbkw = zodburi.resolve_uri(uri)
     except zodburi.NoResolverForScheme as exc:
@@ -198,12 +232,42 @@ def _open_uri(uri: str, read_only: bool, create: bool, db_kwargs: dict[str, Any]
         raise
 
 
+def _resolver(scheme: str) -> Any:
+    """The zodburi resolver installed for ``scheme``, or ``None``."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="zodburi.resolvers"):
+        if ep.name == scheme:
+            return ep.load()
+    return None
+
+
+def _db_keywords(uri: str, unused: dict[str, Any]) -> dict[str, Any]:
+    """``ZODB.DB`` keywords from a URI's leftover query arguments, read the
+    way zodburi reads them (``database_name``, ``connection_cache_size``...)."""
+    import zodburi
+
+    try:
+        return dict(zodburi._get_dbkw(dict(unused)))
+    except KeyError as exc:
+        raise StorageOpenError(uri, f"unknown URI arguments {exc}") from exc
+
+
+def _split_section(path: str) -> tuple[str, str | None]:
+    base, sep, section = path.rpartition("#")
+    if sep and section and base.endswith(_ZCONFIG_SUFFIXES):
+        return base, section
+    return path, None
+
+
 def _open_zconfig(
     path: str, read_only: bool, create: bool, db_kwargs: dict[str, Any]
 ) -> ZODB.DB:
     import ZConfig
     import ZODB.config
 
+    target = path
+    path, section = _split_section(path)
     p = Path(path)
     if not p.exists():
         raise StorageOpenError(path, "no such file")
@@ -212,17 +276,34 @@ def _open_zconfig(
     if _ZODB_SECTION.search(text):
         config, _handler = ZConfig.loadConfig(ZODB.config.getDbSchema(), url)
         factories = config.database
+        if section is not None:
+            factories = [f for f in factories if f.name == section]
+            if not factories:
+                names = ", ".join(repr(f.name) for f in config.database)
+                raise StorageOpenError(target, f"no <zodb {section}> section (there are "
+                                               f"{names})")
         for factory in factories:
-            _adjust_storage(factory.config.storage, read_only, create)
+            _adjust_storage(factory.config.storage, read_only, create, target)
             for name, value in db_kwargs.items():
                 if not hasattr(factory.config, name):
                     raise StorageOpenError(path, f"keyword {name!r} cannot be set on a "
                                            "<zodb> section")
                 setattr(factory.config, name, value)
         return ZODB.config.databaseFromConfig(factories)
-    config, _handler = ZConfig.loadConfig(ZODB.config.getStorageSchema(), url)
-    _adjust_storage(config.storage, read_only, create)
-    storage = config.storage.open()
+    if section is not None:
+        schema = ZConfig.loadSchemaFile(io.StringIO(_STORAGES_SCHEMA))
+        config, _handler = ZConfig.loadConfig(schema, url)
+        chosen = [s for s in config.storages if s.name == section]
+        if not chosen:
+            names = ", ".join(repr(s.name) for s in config.storages)
+            raise StorageOpenError(target, f"no storage section named {section!r} (there "
+                                           f"are {names})")
+        factory = chosen[0]
+    else:
+        config, _handler = ZConfig.loadConfig(ZODB.config.getStorageSchema(), url)
+        factory = config.storage
+    _adjust_storage(factory, read_only, create, target)
+    storage = factory.open()
     try:
         return ZODB.DB(storage, **db_kwargs)
     except BaseException:
@@ -230,10 +311,21 @@ def _open_zconfig(
         raise
 
 
-def _adjust_storage(factory: Any, read_only: bool, create: bool) -> None:
+_STORAGES_SCHEMA = """<schema>
+  <import package="ZODB"/>
+  <multisection type="ZODB.storage" name="*" attribute="storages"/>
+</schema>
+"""
+
+
+def _adjust_storage(factory: Any, read_only: bool, create: bool, target: str = "") -> None:
     """Apply ``read_only`` / ``create=False`` to a ZConfig storage section."""
     cfg = getattr(factory, "config", None)
     if cfg is None:
+        return
+    from .storages import relstorage as rs
+
+    if rs.patch_zconfig_factory(factory, read_only=read_only, target=target):
         return
     file_path = getattr(cfg, "path", None)
     if isinstance(file_path, str) and getattr(factory, "name", None) != "zeo":
@@ -243,7 +335,7 @@ def _adjust_storage(factory: Any, read_only: bool, create: bool) -> None:
     for inner in ("base", "changes", "storage"):  # demostorage, wrappers
         sub = getattr(cfg, inner, None)
         if sub is not None and hasattr(sub, "config"):
-            _adjust_storage(sub, read_only, create)
+            _adjust_storage(sub, read_only, create, target)
 
 
 def _check_file(path: str, read_only: bool, create: bool) -> None:

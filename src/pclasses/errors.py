@@ -65,6 +65,7 @@ __all__ = [
     "StoreMappingError",
     "OidKindError",
     "SQLRecoveryError",
+    "DuplicateRowError",
 ]
 
 
@@ -444,7 +445,7 @@ class MissingReferencesError(TransferError, LookupError):
         self.keys = list(keys)
         super().__init__(f"the import refers to keys the target database lacks: "
                          f"{', '.join(self.keys)} (import with references='dangling' "
-                         "to accept that)")
+                         "to keep them dangling, or references='null' to import them as None)")
 # -- trees of databases (issue 14) ---------------------------------------------
 
 
@@ -596,3 +597,14 @@ class SQLRecoveryError(PClassesError, RuntimeError):
         self.target = target
         self.reason = reason
         super().__init__(f"sql-recover {target}: {reason}")
+
+
+class DuplicateRowError(PClassesError, KeyError):
+    """``store.new`` was given key ``key`` (shown as text) that mapping
+    ``name`` of SQL store ``store`` already holds."""
+
+    def __init__(self, store: str, name: str, key: str) -> None:
+        self.store = store
+        self.name = name
+        self.key = key
+        super().__init__(f"SQL store {store!r} already has a {name!r} row with key {key}")

@@ -44,7 +44,13 @@ every other record takes the full path.  A record that fails is reported
 as skipped, with the reason, and nothing is written for it.
 
 Batches of records are committed as storage transactions; renaming is
-idempotent, so an interrupted run is resumed by running it again.
+idempotent, so an interrupted run is resumed by running it again.  A
+repair runs beside a writing application: a batch that conflicts with the
+application's commits is re-read and rewritten from the records as they are
+now, then stored again (a bounded number of times, then in halves; a record
+that keeps changing is reported as not rewritten), and a batch too large
+for the storage's lock table (PostgreSQL's ``max_locks_per_transaction``
+under RelStorage) is stored in halves, later batches as small.
 
 Blobs
 -----
@@ -87,6 +93,7 @@ from .record.equivalence import differences, substitution_differences
 from .record.patch import rename_c
 from .registry import ClassRegistry
 from .scan import Progress, count_records, iter_current
+from .storages import keeps_history, pack_hint, storage_kind
 
 __all__ = ["RepairError", "RepairReport", "rename_classes", "parse_rename"]
 
@@ -118,6 +125,14 @@ class RepairReport:
     skipped: list[Skipped] = field(default_factory=list)
     #: the databases repaired (for a multi-database target)
     databases: list[str] = field(default_factory=list)
+    #: bytes the replaced revisions of rewritten records keep taking until
+    #: the storage is packed (``None``: the storage keeps no history, or
+    #: cannot tell, or nothing was written); blobs of rewritten blob
+    #: records are kept twice as well.  (Not in :meth:`to_dict`, whose keys
+    #: stay as they were; the command line prints it on stderr.)
+    old_revisions_bytes: int | None = None
+    #: how to reclaim them (``None`` where nothing is to be reclaimed)
+    pack_hint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -234,44 +249,195 @@ def _rename_storage(storage: Any, pattern: re.Pattern[bytes] | None, targets: _T
     if pattern is None:
         return
     total = count_records(storage)
-    batch: list[tuple[bytes, bytes, bytes]] = []
-    done = 0
     if progress is not None:
         progress(0, total)
+    committer = _Committer(storage, pattern, targets, report, batch_size)
+    try:
+        _scan_and_commit(storage, pattern, targets, report, dry_run, committer, progress,
+                         warn, total)
+    finally:
+        committer.close()
+    if committer.old_bytes and keeps_history(storage):
+        report.old_revisions_bytes = (report.old_revisions_bytes or 0) + committer.old_bytes
+        report.pack_hint = pack_hint(storage)
+
+
+def _scan_and_commit(storage: Any, pattern: re.Pattern[bytes], targets: _Targets,
+                     report: RepairReport, dry_run: bool, committer: _Committer,
+                     progress: Progress | None, warn: Callable[[str], None] | None,
+                     total: int | None) -> None:
+    batch: list[tuple[bytes, bytes, bytes]] = []
+    done = 0
     for oid, tid, data in iter_current(storage):
         done += 1
         if progress is not None and not done % 4096:
             progress(done, total)
-        if pattern.search(data) is None:
-            try:  # still report records that cannot be read at all
-                skim(data)
-            except ValueError as exc:
-                report.unreadable.append(Unreadable(oid, str(exc)))
-                if warn is not None:
-                    warn(f"record {oid_repr(oid)} skipped: {exc}")
-            continue
-        try:
-            new = _rewrite(data, oid, targets, report)
-        except RecordDecodeError as exc:
-            report.unreadable.append(Unreadable(oid, exc.reason))
-            if warn is not None:
-                warn(f"record {oid_repr(oid)} skipped: {exc.reason}")
-            continue
-        if new is None or new == data:
+        new = _candidate(oid, data, pattern, targets, report, warn)
+        if new is None:
             continue
         report.changed += 1
         if not dry_run:
             batch.append((oid, tid, new))
-            if len(batch) >= batch_size:
-                _commit(storage, batch)
-                report.transactions += 1
+            committer.pending_bytes[oid] = len(data)
+            if len(batch) >= committer.size:
+                committer.commit(batch)
                 batch = []
     if batch:
-        _commit(storage, batch)
-        report.transactions += 1
+        committer.commit(batch)
     report.records += done
     if progress is not None:
         progress(done, total)
+
+
+def _candidate(oid: bytes, data: bytes, pattern: re.Pattern[bytes], targets: _Targets,
+               report: RepairReport, warn: Callable[[str], None] | None) -> bytes | None:
+    """The rewritten record, or ``None`` when ``data`` stays as it is."""
+    if pattern.search(data) is None:
+        try:  # still report records that cannot be read at all
+            skim(data)
+        except ValueError as exc:
+            report.unreadable.append(Unreadable(oid, str(exc)))
+            if warn is not None:
+                warn(f"record {oid_repr(oid)} skipped: {exc}")
+        return None
+    try:
+        new = _rewrite(data, oid, targets, report)
+    except RecordDecodeError as exc:
+        report.unreadable.append(Unreadable(oid, exc.reason))
+        if warn is not None:
+            warn(f"record {oid_repr(oid)} skipped: {exc.reason}")
+        return None
+    if new is None or new == data:
+        return None
+    return new
+
+
+#: How often a batch that conflicts with a writing application is re-read
+#: and stored again before it is cut in halves (a record alone that keeps
+#: conflicting is reported as not rewritten).
+CONFLICT_RETRIES = 3
+
+
+def _lock_table_full(exc: BaseException) -> bool:
+    """PostgreSQL ran out of lock slots (RelStorage takes one advisory lock
+    an object it stores; the lock table holds ``max_locks_per_transaction``
+    times the connections)."""
+    text = str(exc)
+    return "out of shared memory" in text or "max_locks_per_transaction" in text
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0].strip() if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class _Committer:
+    """Commits batches of rewritten records, so that a repair finishes while
+    an application writes: a batch that conflicts is re-read and rewritten
+    from the records as they are now, and stored again (at most
+    :data:`CONFLICT_RETRIES` times, then in halves); a batch too large for
+    the storage's lock table is stored in halves, and later batches stay
+    that small.  What cannot be stored is rolled back and the error is one
+    line.
+
+    A storage that serves each connection its own view (RelStorage, an
+    ``IMVCCStorage``) is written through an instance of its own, brought up
+    to date before each batch, as a ZODB connection would be."""
+
+    def __init__(self, storage: Any, pattern: re.Pattern[bytes], targets: _Targets,
+                 report: RepairReport, size: int) -> None:
+        self.root = storage
+        self.storage = storage
+        #: sizes of the old revisions of the records waiting to be committed
+        self.pending_bytes: dict[bytes, int] = {}
+        #: sizes of the old revisions of the records committed
+        self.old_bytes = 0
+        if hasattr(storage, "new_instance") and hasattr(storage, "poll_invalidations"):
+            self.storage = storage.new_instance()
+        self.pattern = pattern
+        self.targets = targets
+        self.report = report
+        self.size = size
+
+    def commit(self, batch: list[tuple[bytes, bytes, bytes]]) -> None:
+        # ConflictError, and RelStorage's CacheConsistencyError when a record
+        # changed after the scan read it: both say "read again and retry"
+        from transaction.interfaces import TransientError
+
+        pending = [(batch, 0)]
+        while pending:
+            part, tries = pending.pop()
+            if not part:
+                continue
+            try:
+                self._sync()
+                _commit(self.storage, part)
+            except TransientError:
+                part = self._reread(part)
+                if tries + 1 < CONFLICT_RETRIES:
+                    pending.append((part, tries + 1))
+                elif len(part) > 1:
+                    half = len(part) // 2
+                    pending += [(part[half:], 0), (part[:half], 0)]
+                elif part:
+                    oid = part[0][0]
+                    self.report.changed -= 1
+                    self.report.skipped.append(Skipped(
+                        oid, f"it changed while repair ran ({CONFLICT_RETRIES + 1} "
+                             "conflicts in a row); run repair again"))
+                continue
+            except Exception as exc:
+                if _lock_table_full(exc) and len(part) > 1:
+                    half = len(part) // 2
+                    self.size = min(self.size, half)
+                    pending += [(part[half:], tries), (part[:half], tries)]
+                    continue
+                raise RepairError(f"a batch failed and was rolled back ({_one_line(exc)}); "
+                                  "batches committed before it stay repaired, run again to "
+                                  "continue") from exc
+            self.report.transactions += 1
+            sizes = self.pending_bytes
+            self.old_bytes += sum(sizes.pop(oid, 0) for oid, _tid, _new in part)
+
+    def _sync(self) -> None:
+        """See what others committed (an MVCC instance polls)."""
+        if self.storage is not self.root:
+            self.storage.poll_invalidations()
+
+    def close(self) -> None:
+        if self.storage is not self.root:
+            self.storage.release()
+
+    def _reread(self, part: list[tuple[bytes, bytes, bytes]]
+                ) -> list[tuple[bytes, bytes, bytes]]:
+        """The records of ``part`` as they are now, rewritten again (those
+        that no longer need a change, or went away, drop out)."""
+        from ZODB.POSException import POSKeyError
+
+        self._sync()
+        if self.storage is not self.root:  # one query for the batch (RelStorage)
+            self.storage.prefetch([oid for oid, _tid, _new in part])
+        out = []
+        counts, self.targets.counts = self.targets.counts, {}  # counted the first time
+        try:
+            for oid, _tid, _new in part:
+                try:
+                    data, tid = self.storage.load(oid)
+                except POSKeyError:
+                    self.report.changed -= 1
+                    continue
+                scratch = RepairReport(dry_run=False)
+                new = _candidate(oid, data, self.pattern, self.targets, scratch, None)
+                if new is None:
+                    self.report.changed -= 1
+                    self.report.unreadable += scratch.unreadable
+                    self.report.skipped += scratch.skipped
+                    continue
+                out.append((oid, tid, new))
+        finally:
+            self.targets.counts = counts
+        return out
 
 
 def _storages(target: Any, dry_run: bool) -> tuple[list[tuple[str | None, Any]],
@@ -462,7 +628,8 @@ def _copy_blob(storage: Any, oid: bytes, tid: bytes, directory: str) -> str | No
 
 
 def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:
-    """Store ``batch`` (``(oid, serial, new data)``) in one storage transaction.
+    """Store ``batch`` (``(oid, serial, new data)``) in one storage transaction,
+    or roll it back and raise what the storage raised.
 
     A record that holds a blob keeps it: a copy of its committed blob file
     is stored with the new record (``storeBlob``), on every storage.  The
@@ -475,7 +642,14 @@ def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:
     try:
         if _holds_blobs(storage):
             directory = storage.temporaryDirectory()
+            with_blobs = None
+            if storage_kind(storage) == "relstorage":
+                from .storages.relstorage import blob_oids
+
+                with_blobs = blob_oids(storage, [oid for oid, _tid, _data in batch])
             for oid, tid, _data in batch:
+                if with_blobs is not None and oid not in with_blobs:
+                    continue
                 path = _copy_blob(storage, oid, tid, directory)
                 if path is not None:
                     copies[oid] = path
@@ -492,10 +666,6 @@ def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:
         except BaseException:
             storage.tpc_abort(t)
             raise
-    except BaseException as exc:
-        raise RepairError(f"a batch failed and was rolled back ({type(exc).__name__}: {exc}); "
-                          "batches committed before it stay repaired, run again to "
-                          "continue") from exc
     finally:
         for path in copies.values():  # copies never handed to the storage
             try:

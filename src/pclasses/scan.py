@@ -4,8 +4,12 @@
   from the file at the position the index gives, through a memory map
   (about 0.5 us a record; backpointers and anything unusual go through
   ``load``).  Deleted objects and old revisions are never visited.
-* Storages with ``record_iternext`` (ZEO, MappingStorage, RelStorage):
-  current records in oid order.
+* RelStorage: current states with their tids streamed from one
+  server-side cursor (:mod:`pclasses.storages.relstorage`).
+* ZEO: ``record_iternext`` for runs of oids with every request of a run in
+  flight at once (:mod:`pclasses.storages.zeo`).
+* Other storages with ``record_iternext`` (MappingStorage): current
+  records in oid order.
 * Anything else with ``iterator()``: every transaction, the last revision
   of each oid wins.
 
@@ -29,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .errors import ScanWorkerError
+from .storages import storage_kind
 
 __all__ = ["iter_records", "iter_current", "count_records", "map_records"]
 
@@ -43,9 +48,14 @@ _STEP = 4096
 
 
 def count_records(storage: Any) -> int | None:
-    """The number of objects in ``storage``, when it can tell cheaply."""
+    """The number of objects in ``storage``, when it can tell cheaply
+    (RelStorage's is PostgreSQL's estimate, ``None`` before the first
+    ``ANALYZE``)."""
     try:
-        return len(storage)
+        n = len(storage)
+        if not n and storage_kind(storage) == "relstorage":
+            return None
+        return n
     except Exception:
         return None
 
@@ -53,8 +63,11 @@ def count_records(storage: Any) -> int | None:
 def iter_records(storage: Any, progress: Progress | None = None) -> Iterator[tuple[bytes, bytes]]:
     """Yield ``(oid, data)`` for the current revision of every object."""
     total = count_records(storage)
-    if _is_filestorage(storage):
+    kind = storage_kind(storage)
+    if kind == "filestorage":
         it = _filestorage(storage, storage._index)
+    elif kind in ("relstorage", "zeo"):
+        it = ((oid, data) for oid, _tid, data in iter_current(storage))
     elif hasattr(storage, "record_iternext"):
         it = _iternext(storage)
     else:
@@ -162,11 +175,26 @@ def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, byt
     back to the storage.  Returns ``(load, still_valid, close)``:
     ``still_valid()`` is false when a transaction was committed meanwhile,
     and the caller must then redo its work with ``connection._storage.load``.
-    Other storages get ``connection._storage.load`` and ``still_valid`` is
+    RelStorage and ZEO get a loader that, once told the queue of oids a walk
+    will ask for (``load.follow(queue)``), fetches the next ones in one
+    batch (one query, or many requests in flight); ``still_valid`` is
+    always true for them: they read at the connection's snapshot.  Other
+    storages get ``connection._storage.load`` and ``still_valid`` is
     always true.
     """
     mvcc = connection._storage
     base: Any = getattr(connection.db(), "storage", None)
+    kind = storage_kind(base)
+    if kind == "relstorage" and storage_kind(mvcc) == "relstorage":
+        from .storages.relstorage import BatchLoader
+
+        return BatchLoader(mvcc), lambda: True, lambda: None
+    if kind == "zeo" and getattr(mvcc, "_start", None) is not None:
+        from .storages.zeo import BatchLoader as ZEOBatchLoader
+        from .storages.zeo import _can_pipeline
+
+        if _can_pipeline(base):
+            return ZEOBatchLoader(mvcc, base), lambda: True, lambda: None
     start = getattr(mvcc, "_start", None)
     if not _is_filestorage(base) or start is None or base.lastTransaction() >= start:
         return mvcc.load, lambda: True, lambda: None
@@ -209,11 +237,22 @@ def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
 
     The caller may store new revisions of the objects meanwhile: each oid
     is visited once (on a FileStorage, the oids of the index as each run of
-    them is reached; elsewhere, the oids present when the iteration
-    started).
+    them is reached; on RelStorage, a snapshot of its own; over ZEO, in oid
+    order, so an oid stored meanwhile is behind the cursor).
     """
-    if _is_filestorage(storage):
+    kind = storage_kind(storage)
+    if kind == "filestorage":
         yield from _filestorage(storage, storage._index, with_tid=True)
+        return
+    if kind == "relstorage":
+        from .storages import relstorage
+
+        yield from relstorage.iter_current(storage)
+        return
+    if kind == "zeo":
+        from .storages import zeo
+
+        yield from zeo.iter_current(storage)
         return
     if hasattr(storage, "record_iternext"):
         items = []

@@ -13,6 +13,7 @@ One module per concept, from the bottom up:
 * :mod:`~pclasses.refs.keys`: ``rekey`` and ``replace_target``;
 * :mod:`~pclasses.refs.modes`: ``set_ref_mode``;
 * :mod:`~pclasses.refs.introspect`: ``referrers``/``is_referenced``/``references``;
+* :mod:`~pclasses.refs.frameworks`: zope.container's and OFS's events honoured;
 * :mod:`~pclasses.refs.verify`: verification and repair from the records.
 
 See ``docs/references.md`` and design/decisions.md (D19).
@@ -24,6 +25,7 @@ from .containment import move, place, remove, rename
 from .descriptor import Ref, RefSet
 from .events import KeyChanged, ReferenceAdded, ReferenceRemoved, RefModeChanged, TargetReplaced
 from .folder import Folder
+from .frameworks import install as _install_framework_events
 from .introspect import Referrer, is_referenced, references, referrers
 from .keys import rekey, replace_target
 from .location import key_of, register_locator, resolve, unregister_locator
@@ -36,3 +38,5 @@ __all__ = [
     "ReferenceAdded", "ReferenceRemoved", "KeyChanged", "TargetReplaced", "RefModeChanged",
     "key_of", "resolve", "register_locator", "unregister_locator", "RefRegistry", "registry_of",
 ]
+
+_install_framework_events()

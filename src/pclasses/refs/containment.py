@@ -10,6 +10,8 @@ the moved object its new key, so references follow it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ReferentialIntegrityError
@@ -21,10 +23,11 @@ from .integrity import (
     has_links_of,
     ref_ids_in_modes,
 )
-from .location import child, is_key_root, join_key, locate, parent_of, unwrap
+from .location import child, is_key_root, join_key, locate, parent_of, same, unwrap
 from .registry import registry_of
 
-__all__ = ["place", "remove", "move", "rename", "container_key", "raw_set", "raw_del"]
+__all__ = ["place", "remove", "move", "rename", "container_key", "raw_set", "raw_del",
+           "removed", "rekeyed", "placed", "child_key", "announced", "ours"]
 
 
 def raw_set(container: Any, name: str, obj: Any) -> None:
@@ -61,6 +64,9 @@ def _child_key(parent_key: str, name: str) -> str:
     return join_key([n for n in parent_key.split("/") if n] + [name])
 
 
+child_key = _child_key
+
+
 def _set_location(obj: Any, parent: Any, name: str | None) -> None:
     try:
         obj.__parent__ = parent
@@ -75,7 +81,7 @@ def _is_placed(obj: Any) -> bool:
         if found is None:
             return False
         parent, name = found
-        return child(parent, name) is obj
+        return same(child(parent, name), obj)
     except KeyError:  # a __parent__ that does not load (an imported object's)
         return False
 
@@ -93,7 +99,8 @@ def place(container: Any, name: str, obj: Any) -> Any:
     if child(container, name) is not None:
         raise KeyError(f"{name!r} is already taken in {container!r}")
     _set_location(obj, container, name)
-    raw_set(container, name, obj)
+    with ours(obj):
+        raw_set(container, name, obj)
     jar = getattr(container, "_p_jar", None)
     if jar is not None:
         if getattr(obj, "_p_jar", None) is None and hasattr(obj, "_p_oid"):
@@ -106,9 +113,7 @@ def place(container: Any, name: str, obj: Any) -> Any:
                 key = _child_key(container_key(container)[1], name)
             except Exception:
                 return obj
-            rid = registry.keys.get(key)
-            if rid is not None:
-                registry.cache().pop(rid, None)
+            placed(jar, key)
     return obj
 
 
@@ -125,27 +130,76 @@ def remove(container: Any, name: str) -> Any:
         raise KeyError(name)
     jar = getattr(container, "_p_jar", None)
     if jar is not None:
-        registry = registry_of(jar, create=False)
-        if registry is not None:
-            key = _child_key(container_key(container)[1], name)
-            rids = registry.subtree(key)
-            if rids:
-                breaches, stale = blockers(registry, jar, rids, key)
-                if breaches:
-                    raise ReferentialIntegrityError(breaches, f"removing {key}")
-                for rid, ref_id, database, oid in stale:
-                    registry.drop_link(rid, ref_id, database, oid)
-                commit_refs = ref_ids_in_modes(registry, ("commit",))
-                for _key, rid in rids:
-                    if not registry.has_links(rid):
-                        registry.forget(rid)
-                    elif commit_refs and has_links_of(registry, rid, commit_refs):
-                        defer_check(registry, jar, rid)
-                registry.bump()
-    raw_del(container, name)
+        key = _child_key(container_key(container)[1], name)
+        removed(jar, key)
+    with ours(obj):
+        raw_del(container, name)
     if getattr(obj, "__parent__", None) is container:
         _set_location(obj, None, None)
     return obj
+
+
+#: ids of objects whose removal or move was checked and booked already
+#: (:mod:`pclasses.refs.frameworks` skips the containment events of those).
+announced: dict[int, str] = {}
+
+
+@contextmanager
+def ours(*objs: Any) -> Iterator[None]:
+    """The package changes these objects' containers itself: the
+    containment events of zope.container or OFS for them mean nothing more."""
+    for obj in objs:
+        announced[id(obj)] = "pclasses"
+    try:
+        yield
+    finally:
+        for obj in objs:
+            announced.pop(id(obj), None)
+
+
+def removed(jar: Any, key: str, check: bool = True) -> None:
+    """What removing the object at ``key`` means to the registry: refused
+    (``check``) when an always-mode reference from outside would dangle;
+    otherwise stale links met are dropped, reference ids no longer referred
+    to are forgotten, commit-mode ones checked at commit, caches dropped."""
+    registry = registry_of(jar, create=False)
+    if registry is None:
+        return
+    rids = registry.subtree(key)
+    if not rids:
+        return
+    breaches, stale = blockers(registry, jar, rids, key)
+    if breaches and check:
+        raise ReferentialIntegrityError(breaches, f"removing {key}")
+    for rid, ref_id, database, oid in stale:
+        registry.drop_link(rid, ref_id, database, oid)
+    commit_refs = ref_ids_in_modes(registry, ("commit",))
+    for _key, rid in rids:
+        if not registry.has_links(rid):
+            registry.forget(rid)
+        elif commit_refs and has_links_of(registry, rid, commit_refs):
+            defer_check(registry, jar, rid)
+    registry.bump()
+
+
+def rekeyed(jar: Any, old_key: str, new_key: str) -> None:
+    """Give every reference id at or under ``old_key`` its key under ``new_key``."""
+    registry = registry_of(jar, create=False)
+    if registry is not None:
+        rids = registry.subtree(old_key)
+        for key, rid in rids:
+            registry.set_key(rid, new_key + key[len(old_key):])
+        if rids:
+            registry.bump()
+
+
+def placed(jar: Any, key: str) -> None:
+    """An object now sits at ``key``: drop what a connection cached for it."""
+    registry = jar.__dict__.get("_pclasses_refreg") or registry_of(jar)
+    if registry is not None and registry.keys:
+        rid = registry.keys.get(key)
+        if rid is not None:
+            registry.cache().pop(rid, None)
 
 
 def move(obj: Any, container: Any, name: str | None = None) -> Any:
@@ -156,7 +210,7 @@ def move(obj: Any, container: Any, name: str | None = None) -> Any:
     """
     container = unwrap(container)
     found = parent_of(obj)
-    if found is None or child(found[0], found[1]) is not obj:
+    if found is None or not same(child(found[0], found[1]), obj):
         if name is None:
             raise ValueError("name needed to place an object that is not placed yet")
         return place(container, name, obj)
@@ -175,16 +229,11 @@ def move(obj: Any, container: Any, name: str | None = None) -> Any:
     if child(container, name) is not None:
         raise KeyError(f"{name!r} is already taken in {ckey}")
     notify(KeyChanged(old_key, new_key, obj))  # a veto raises here
-    registry = registry_of(jar, create=False)
-    if registry is not None:
-        rids = registry.subtree(old_key)
-        for key, rid in rids:
-            registry.set_key(rid, new_key + key[len(old_key):])
-        if rids:
-            registry.bump()
-    raw_del(old_parent, old_name)
-    _set_location(obj, container, name)
-    raw_set(container, name, obj)
+    rekeyed(jar, old_key, new_key)
+    with ours(obj):
+        raw_del(old_parent, old_name)
+        _set_location(obj, container, name)
+        raw_set(container, name, obj)
     return obj
 
 

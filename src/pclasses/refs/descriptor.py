@@ -17,19 +17,18 @@ from typing import Any
 from ZODB.utils import z64
 
 from ..errors import Breach, ReferentialIntegrityError, UnlocatedError
+from .events import ReferenceAdded, ReferenceRemoved, listened, notify
 from .integrity import (
     check_mode,
     database_name,
     declared,
     defer_check,
     effective_mode,
-    link,
     resolve_id,
     target_id,
-    unlink,
 )
-from .location import describe, resolve
-from .registry import STATE_KEY, RefRegistry, registry_of
+from .location import describe, resolve, same
+from .registry import STATE_KEY, RefRegistry, log_link, registry_of
 
 __all__ = ["Ref", "RefSet", "stored_refs"]
 
@@ -161,7 +160,7 @@ class Ref:
                     and registry.ids.get(cached[2]) == cached[1]
                     and (self.database is None) == (jar is inst._p_jar)):
                 key, rid = cached[1], cached[2]
-                if effective_mode(registry, self.id) == "commit":  # type: ignore[arg-type]
+                if (registry.modes.get(self.id) or self.mode) == "commit":
                     defer_check(registry, jar, rid)
                 return registry, jar, key, rid
         registry, jar, key, rid = target_id(target, self.database)
@@ -181,41 +180,88 @@ class Ref:
             target._v_pclasses_loc = (registry.location_token(), key, rid)
         return registry, jar, key, rid
 
+    def _added(self, inst: Any, key: str) -> None:
+        if listened(ReferenceAdded):
+            # a veto raises here
+            notify(ReferenceAdded(inst, self.name, key, self.id))  # type: ignore[arg-type]
+
+    def _removed(self, inst: Any, registry: RefRegistry, rid: str) -> None:
+        if listened(ReferenceRemoved):
+            key = registry.ids.get(rid)
+            notify(ReferenceRemoved(inst, self.name, key, self.id))  # type: ignore[arg-type]
+
+    def _log(self, registry: RefRegistry, inst: Any, old: Any, new: Any) -> None:
+        log_link(registry, inst, self.id, self._key, self.name,  # type: ignore[arg-type]
+                 self.mode, old, new)
+
     def __set__(self, inst: Any, value: Any) -> None:
+        # The fast path: a target whose location this connection knows
+        # (cached on it by an earlier assignment, see _rid_for).
+        cached = getattr(value, "__dict__", _EMPTY).get("_v_pclasses_loc")
+        jar = inst._p_jar
+        if (cached is not None and jar is not None and self.database is None
+                and value._p_jar is jar):
+            registry = jar.__dict__.get("_pclasses_refreg")
+            if (registry is not None and cached[0] is registry.__dict__.get("_v_token")
+                    and registry.ids.get(cached[2]) == cached[1]):
+                rid = cached[2]
+                if (registry.modes.get(self.id) or self.mode) == "commit":
+                    defer_check(registry, jar, rid)
+                inst._p_activate()
+                refs = inst.__dict__.get(STATE_KEY)
+                old = refs.get(self._key, _DELETE) if refs else _DELETE
+                if rid == old:
+                    return
+                if listened(ReferenceAdded):
+                    notify(ReferenceAdded(inst, self.name, cached[1], self.id))  # type: ignore[arg-type]
+                log_link(registry, inst, self.id, self._key, self.name,  # type: ignore[arg-type]
+                         self.mode, old, rid)
+                if isinstance(old, str) and listened(ReferenceRemoved):
+                    key = registry.ids.get(old)
+                    notify(ReferenceRemoved(inst, self.name, key, self.id))  # type: ignore[arg-type]
+                refs = dict(refs) if refs else {}
+                refs[self._key] = rid
+                setattr(inst, STATE_KEY, refs)
+                return
         old = self._current(inst)
         if value is None:
-            if old not in (None, _DELETE):
+            if isinstance(old, str):
                 registry, _jar = self._registry(inst)
-                unlink(registry, old, self.id, self.name, inst)  # type: ignore[arg-type]
-            self._store(inst, None)
+                self._log(registry, inst, old, None)
+                self._removed(inst, registry, old)
+            if old is not None:
+                self._store(inst, None)
             return
         registry, _jar, key, rid = self._rid_for(inst, value)
         if rid == old:
             return
-        link(registry, rid, key, self.id, self.name, inst)  # type: ignore[arg-type]
-        if old not in (None, _DELETE):
-            unlink(registry, old, self.id, self.name, inst)  # type: ignore[arg-type]
+        self._added(inst, key)
+        self._log(registry, inst, old, rid)
+        if isinstance(old, str):
+            self._removed(inst, registry, old)
         self._store(inst, rid)
 
     def __delete__(self, inst: Any) -> None:
         old = self._current(inst)
         if old is _DELETE:
             raise AttributeError(self.name)
-        if old is not None:
+        if isinstance(old, str):
             registry, _jar = self._registry(inst)
-            unlink(registry, old, self.id, self.name, inst)  # type: ignore[arg-type]
+            self._log(registry, inst, old, None)
+            self._removed(inst, registry, old)
         self._store(inst, _DELETE)
 
 
 _DELETE = object()
+_EMPTY: dict[str, Any] = {}
 
 
 def _resolves_to(registry: RefRegistry, jar: Any, key: str, rid: str, target: Any) -> bool:
     """Whether ``key`` resolves to ``target`` (the resolved-target cache first)."""
     cache = registry.cache()
-    if cache.get(rid) is target:
+    if same(cache.get(rid), target):
         return True
-    if resolve(jar, key) is target:
+    if same(resolve(jar, key), target):
         if target._p_serial != z64:  # objects new in this transaction may be aborted
             cache[rid] = target
         return True
@@ -239,27 +285,35 @@ class RefSet(Ref):
 
     def _rids(self, inst: Any) -> tuple[str, ...]:
         value = self._current(inst)
-        return () if value in (None, _DELETE) else tuple(value)
+        if value is None or value is _DELETE:
+            return ()
+        return tuple(r for r in value if isinstance(r, str))
 
     def __set__(self, inst: Any, value: Any) -> None:
         if value is None:
             value = ()
         targets = list(value)
+        current = self._current(inst)
         old = set(self._rids(inst))
         new: dict[str, tuple[RefRegistry, str]] = {}
         for target in targets:
             registry, _jar, key, rid = self._rid_for(inst, target)
             new[rid] = (registry, key)
-        for rid, (registry, key) in new.items():
+        for rid, (_registry, key) in new.items():
             if rid not in old:
-                link(registry, rid, key, self.id, self.name, inst)  # type: ignore[arg-type]
+                self._added(inst, key)
+        if current is not _DELETE and old == set(new):
+            return
+        stored = tuple(sorted(new))
         gone = old - set(new)
+        if gone or new:
+            registry = next(iter(new.values()))[0] if new else self._registry(inst)[0]
+            self._log(registry, inst, tuple(old), stored)
         if gone:
-            registry, _jar = self._registry(inst)
-            for rid in gone:
-                unlink(registry, rid, self.id, self.name, inst)  # type: ignore[arg-type]
-        if self._current(inst) is _DELETE or old != set(new):
-            self._store(inst, tuple(sorted(new)))
+            registry = self._registry(inst)[0]
+            for rid in sorted(gone):
+                self._removed(inst, registry, rid)
+        self._store(inst, stored)
 
     def __delete__(self, inst: Any) -> None:
         if self._current(inst) is _DELETE:
@@ -294,12 +348,15 @@ class BoundRefSet(MutableSet):  # type: ignore[type-arg]
         return rid in self._ref._rids(self._source)
 
     def add(self, obj: Any) -> None:
-        registry, _jar, key, rid = self._ref._rid_for(self._source, obj)
-        rids = self._ref._rids(self._source)
+        ref, source = self._ref, self._source
+        registry, _jar, key, rid = ref._rid_for(source, obj)
+        rids = ref._rids(source)
         if rid in rids:
             return
-        link(registry, rid, key, self._ref.id, self._ref.name, self._source)  # type: ignore[arg-type]
-        self._ref._store(self._source, tuple(sorted(rids + (rid,))))
+        ref._added(source, key)
+        stored = tuple(sorted(rids + (rid,)))
+        ref._log(registry, source, rids, stored)
+        ref._store(source, stored)
 
     def clear(self) -> None:
         self._ref.__set__(self._source, ())
@@ -309,11 +366,14 @@ class BoundRefSet(MutableSet):  # type: ignore[type-arg]
             _registry, _jar, _key, rid = target_id(obj, self._ref.database)
         except (UnlocatedError, TypeError):
             return
-        rids = self._ref._rids(self._source)
+        ref, source = self._ref, self._source
+        rids = ref._rids(source)
         if rid in rids:
-            registry, _jar2 = self._ref._registry(self._source)
-            unlink(registry, rid, self._ref.id, self._ref.name, self._source)  # type: ignore[arg-type]
-            self._ref._store(self._source, tuple(r for r in rids if r != rid))
+            registry, _jar2 = ref._registry(source)
+            stored = tuple(r for r in rids if r != rid)
+            ref._log(registry, source, rids, stored)
+            ref._store(source, stored)
+            ref._removed(source, registry, rid)
 
     @classmethod
     def _from_iterable(cls, it: Iterable[Any]) -> set[Any]:

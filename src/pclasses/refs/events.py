@@ -7,12 +7,14 @@ The others are sent after the change.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import zope.event
+from zope.interface import implementedBy
 
 __all__ = ["ReferenceAdded", "ReferenceRemoved", "KeyChanged", "TargetReplaced",
-           "RefModeChanged", "notify"]
+           "RefModeChanged", "notify", "listened", "own_subscriber"]
 
 
 class _Event:
@@ -72,3 +74,50 @@ class RefModeChanged(_Event):
 def notify(event: Any) -> None:
     if zope.event.subscribers:
         zope.event.notify(event)
+
+
+def listened(cls: type) -> bool:
+    """Whether an event of class ``cls`` would reach a subscriber.
+
+    Assignments send two events each; making them costs more than the rest
+    of an assignment when nobody listens.  When zope.component's dispatcher
+    is ``zope.event``'s only subscriber (as it is whenever zope.component
+    is imported), this asks the current site manager for the subscriptions
+    to ``cls`` the way that dispatcher does (the registry's lookup cache
+    answers); any other subscriber listens to everything.
+    """
+    subscribers = zope.event.subscribers
+    n = len(subscribers)
+    if n == 1:
+        first = subscribers[0]
+    elif n == 2 and subscribers[1] is own_subscriber[0]:
+        first = subscribers[0]
+    elif n == 2 and subscribers[0] is own_subscriber[0]:
+        first = subscribers[1]
+    else:
+        return n > 0
+    if first is _dispatch[0]:
+        return bool(_dispatch[1]().adapters.subscriptions(_SPECS[cls], None))
+    if first is own_subscriber[0]:
+        return False
+    return _listened_slow(cls, first)
+
+
+def _listened_slow(cls: type, subscriber: Any) -> bool:
+    module = sys.modules.get("zope.component.event")
+    if module is not None and subscriber is getattr(module, "dispatch", None):
+        _dispatch[:] = [subscriber, sys.modules["zope.component"].getSiteManager]
+        return listened(cls)
+    return True
+
+
+#: The package's own zope.event subscriber (pclasses.refs.frameworks), which
+#: does not listen to these events.
+own_subscriber: list[Any] = [object()]
+
+
+#: zope.component's dispatcher and getSiteManager, once seen subscribed.
+_dispatch: list[Any] = [object(), None]
+_SPECS: dict[type, tuple[Any]] = {
+    cls: (implementedBy(cls),)
+    for cls in (ReferenceAdded, ReferenceRemoved, KeyChanged, TargetReplaced, RefModeChanged)}

@@ -1,8 +1,10 @@
 """Links, modes and integrity checks: the engine under the descriptors.
 
-Every assignment goes through :func:`link` / :func:`unlink`, every removal
-through :func:`blockers`; commit-mode work waits in a before-commit hook of
-the transaction of the connection the objects belong to.
+Every assignment notes its link change in the transaction's
+:class:`~pclasses.refs.registry.LinkLog` (written when the registry is
+read, and at commit), every removal goes through :func:`blockers`;
+commit-mode work waits in a before-commit hook of the transaction of the
+connection the objects belong to.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ from typing import Any
 from ZODB.utils import z64
 
 from ..errors import Breach, DanglingReferenceError, ReferentialIntegrityError, UnlocatedError
-from .events import ReferenceAdded, ReferenceRemoved, notify
-from .location import describe, locate, resolve
-from .registry import RefRegistry, registry_of
+from .location import describe, locate, resolve, same
+from .registry import RefRegistry, flush_links, registry_of
 
 __all__ = ["MODES", "ref_ids_in_modes", "has_links_of", "declared", "effective_mode",
-           "resolve_id", "target_id", "link", "unlink", "source_status", "blockers",
+           "resolve_id", "target_id", "source_status", "blockers",
            "defer_check", "database_name", "check_mode"]
 
 MODES = ("none", "always", "commit")
@@ -89,13 +90,21 @@ def source_status(registry: RefRegistry, jar: Any, database: str, oid: bytes,
         source._p_activate()
     except Exception:
         return "gone"
+    if getattr(source, "__parent__", None) is None and hasattr(source, "getPhysicalPath"):
+        # OFS: an object loaded on its own has no parent to tell where it is
+        # (its acquisition wrapper would): it is there, where cannot be told.
+        return "alive"
     try:
         sjar, key = locate(source)
+    except KeyError:
+        # A container that does not load (an imported object's old
+        # __parent__): the source is there, where cannot be told.
+        return "alive"
     except UnlocatedError:
         # Never placed (kept in a plain attribute): only a dropped parent
         # chain tells it is gone.
         return "gone" if getattr(source, "__parent__", None) is not None else "alive"
-    if resolve(sjar, key) is not source:
+    if not same(resolve(sjar, key), source):
         return "gone"
     if within is not None and (key == within or key.startswith(within.rstrip("/") + "/")):
         return "inside"
@@ -115,6 +124,8 @@ def blockers(registry: RefRegistry, jar: Any, rids: list[tuple[str, str]], withi
     links met on the way (sources gone).  Only the links of references in
     those modes are read (a range scan each), and the search stops after
     ``limit`` breaches: the cost does not grow with the number of referrers."""
+    if registry._p_jar is not None:
+        flush_links(registry._p_jar)
     breaches: list[Breach] = []
     stale: list[Any] = []
     ref_ids = ref_ids_in_modes(registry, modes)
@@ -144,22 +155,6 @@ def has_links_of(registry: RefRegistry, rid: str, ref_ids: list[str]) -> bool:
     return False
 
 
-def link(registry: RefRegistry, rid: str, key: str, ref_id: str, name: str,
-         source: Any) -> None:
-    notify(ReferenceAdded(source, name, key, ref_id))  # a veto raises here
-    if ref_id not in registry.names:
-        registry.names[ref_id] = name
-    desc = declared.get(ref_id)
-    if desc is not None and registry.code_modes.get(ref_id) != desc.mode:
-        registry.code_modes[ref_id] = desc.mode
-    registry.add_link(rid, ref_id, database_name(source._p_jar), source._p_oid)
-
-
-def unlink(registry: RefRegistry, rid: str, ref_id: str, name: str, source: Any) -> None:
-    registry.drop_link(rid, ref_id, database_name(source._p_jar), source._p_oid)
-    notify(ReferenceRemoved(source, name, registry.ids.get(rid), ref_id))
-
-
 # ---------------------------------------------------------------------------
 # Commit mode
 # ---------------------------------------------------------------------------
@@ -176,6 +171,7 @@ class _Pending:
         for registry, jar, rids in self.by_registry.values():
             if registry._p_jar is None:
                 continue
+            flush_links(registry._p_jar)
             registry.__dict__.pop("_v_cache", None)
             for rid in sorted(rids):
                 try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .containment import _set_location, container_key, move, raw_del, raw_set
+from .containment import _set_location, container_key, move, ours, raw_del, raw_set
 from .events import TargetReplaced, notify
 from .location import child, is_key_root, join_key, key_root, resolve, split_key, unwrap
 from .registry import registry_of
@@ -54,10 +54,11 @@ def replace_target(connection: Any, key: str, new_obj: Any) -> Any:
             new_obj.__parent__, getattr(new_obj, "__name__", "")) is new_obj:
         raise ValueError("the new object is placed elsewhere; remove it first")
     container_key(parent)  # the parent must be located
-    raw_del(parent, name)
-    _set_location(old, None, None)
-    _set_location(new_obj, parent, name)
-    raw_set(parent, name, new_obj)
+    with ours(old, new_obj):
+        raw_del(parent, name)
+        _set_location(old, None, None)
+        _set_location(new_obj, parent, name)
+        raw_set(parent, name, new_obj)
     jar = parent._p_jar
     if getattr(new_obj, "_p_jar", None) is None and jar is not None:
         jar.add(new_obj)

@@ -27,7 +27,7 @@ from ZODB.utils import z64
 
 from ..errors import UnlocatedError
 
-__all__ = ["APPLICATION", "register_locator", "unregister_locator", "key_root", "locate",
+__all__ = ["APPLICATION", "same", "register_locator", "unregister_locator", "key_root", "locate",
            "key_of", "resolve", "split_key", "join_key", "parent_of", "is_key_root",
            "describe"]
 
@@ -78,6 +78,11 @@ def unwrap(container: Any) -> Any:
     return container
 
 
+def same(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are the same object (OFS: also behind acquisition wrappers)."""
+    return a is b or (a is not None and getattr(a, "aq_base", a) is getattr(b, "aq_base", b))
+
+
 def is_key_root(obj: Any) -> bool:
     oid = getattr(obj, "_p_oid", None)
     if oid == z64:
@@ -86,7 +91,7 @@ def is_key_root(obj: Any) -> bool:
                        and getattr(obj, "__parent__", None) is not None):
         return False
     jar = getattr(obj, "_p_jar", None)
-    return jar is not None and jar.get(z64).get(APPLICATION) is obj
+    return jar is not None and same(jar.get(z64).get(APPLICATION), obj)
 
 
 def parent_of(obj: Any) -> tuple[Any, str] | None:

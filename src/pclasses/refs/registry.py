@@ -37,7 +37,7 @@ from ..classtable import root_entry_oid
 from .trees import KeySet, KeyTree
 
 __all__ = ["REGISTRY_KEY", "STATE_KEY", "RefRegistry", "registry_of", "new_reference_id",
-           "subtree_range"]
+           "subtree_range", "LinkLog", "log_link", "flush_links"]
 
 #: The root-mapping key of the registry (frozen).
 REGISTRY_KEY = "__pclasses_refs__"
@@ -46,6 +46,8 @@ REGISTRY_KEY = "__pclasses_refs__"
 STATE_KEY = "__pclasses_refs__"
 
 _CONN_ATTR = "_pclasses_refreg"
+#: The connection attribute holding the transaction's :class:`LinkLog`.
+_LOG_ATTR = "_pclasses_reflog"
 
 
 class RefRegistry(Persistent):  # type: ignore[misc]
@@ -192,11 +194,15 @@ def _usable(registry: Any, connection: Any) -> bool:
 
 
 def registry_of(connection: Any, create: bool = True) -> RefRegistry | None:
-    """The reference registry of ``connection``'s database.
+    """The reference registry of ``connection``'s database, its links up to
+    date with every assignment made so far (see :class:`LinkLog`).
 
     Found without loading the root object (or any application object);
     ``create=True`` creates it in the current transaction when missing.
     """
+    log = connection.__dict__.get(_LOG_ATTR)
+    if log is not None and log.dirty:
+        log.sync()
     registry = connection.__dict__.get(_CONN_ATTR)
     if _usable(registry, connection):
         return registry  # type: ignore[no-any-return]
@@ -229,3 +235,113 @@ def registry_of(connection: Any, create: bool = True) -> RefRegistry | None:
         connection.add(registry)
     connection.__dict__[_CONN_ATTR] = registry
     return registry  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------
+# Links written when they are read (or at commit), not at every assignment
+# ---------------------------------------------------------------------------
+
+
+class LinkLog:
+    """The (source, reference) pairs one transaction assigned, per registry.
+
+    An assignment only notes the pair here (:func:`log_link`); the links
+    are brought in step with what the sources hold when anything reads the
+    registry through :func:`registry_of` (removals, referrers, mode changes,
+    verification) and, for every pair the transaction touched, in a
+    before-commit hook.  A pair remembers every reference id it held during
+    the transaction, so syncing from the sources' state is right after a
+    savepoint rollback too (the commit syncs them all again).
+    """
+
+    __slots__ = ("registry", "jar", "entries", "dirty")
+
+    def __init__(self, registry: RefRegistry, jar: Any) -> None:
+        self.registry, self.jar = registry, jar
+        #: (id(source), ref key) -> (source, ref id, ref key, name, the code's
+        #: mode, reference ids seen)
+        self.entries: dict[tuple[int, str], tuple[Any, str, str, str, str, set[str]]] = {}
+        self.dirty: set[tuple[int, str]] = set()
+
+    def sync(self, everything: bool = False) -> None:
+        registry = self.registry
+        entries = self.entries
+        todo = list(entries) if everything else list(self.dirty)
+        self.dirty.clear()
+        for k in todo:
+            source, ref_id, ref_key, name, code_mode, seen = entries[k]
+            jar, oid = source._p_jar, source._p_oid
+            if jar is None or oid is None:
+                continue
+            try:
+                source._p_activate()
+            except (POSKeyError, KeyError):
+                continue  # created in a savepoint rolled back since
+            value = (source.__dict__.get(STATE_KEY) or {}).get(ref_key)
+            if isinstance(value, tuple):
+                want = set(value)
+            elif isinstance(value, str):
+                want = {value}
+            else:
+                want = set()
+            seen |= want
+            database = jar.db().database_name
+            if want and ref_id not in registry.names:
+                registry.names[ref_id] = name
+            if want and registry.code_modes.get(ref_id) != code_mode:
+                registry.code_modes[ref_id] = code_mode
+            for rid in seen:
+                if rid in want:
+                    registry.add_link(rid, ref_id, database, oid)
+                else:
+                    registry.drop_link(rid, ref_id, database, oid)
+
+    def at_commit(self) -> None:
+        if self.jar.__dict__.get(_LOG_ATTR) is self:
+            self.sync(everything=True)
+            del self.jar.__dict__[_LOG_ATTR]
+
+    def at_abort(self) -> None:
+        if self.jar.__dict__.get(_LOG_ATTR) is self:
+            del self.jar.__dict__[_LOG_ATTR]
+
+
+def log_link(registry: RefRegistry, source: Any, ref_id: str, ref_key: str, name: str,
+             code_mode: str, old: Any, new: Any) -> None:
+    """Note that ``source``'s reference ``ref_key`` changes from ``old`` to
+    ``new`` (reference ids, tuples of them, or anything else for none)."""
+    jar = registry._p_jar
+    log = jar.__dict__.get(_LOG_ATTR)
+    if log is not None and isinstance(new, str) and not isinstance(old, tuple):
+        entry = log.entries.get((id(source), ref_key))
+        if entry is not None:  # the common case, inline
+            seen = entry[5]
+            seen.add(new)
+            if isinstance(old, str):
+                seen.add(old)
+            log.dirty.add((id(source), ref_key))
+            return
+    if log is None:
+        log = LinkLog(registry, jar)
+        txn = jar.transaction_manager.get()
+        txn.addBeforeCommitHook(log.at_commit)
+        txn.addAfterAbortHook(log.at_abort)
+        jar.__dict__[_LOG_ATTR] = log
+    k = (id(source), ref_key)
+    entry = log.entries.get(k)
+    if entry is None:
+        entry = log.entries[k] = (source, ref_id, ref_key, name, code_mode, set())
+    seen = entry[5]
+    for value in (old, new):
+        if isinstance(value, str):
+            seen.add(value)
+        elif isinstance(value, tuple):
+            seen.update(value)
+    log.dirty.add(k)
+
+
+def flush_links(connection: Any) -> None:
+    """Write the links assigned so far in ``connection``'s database."""
+    log = connection.__dict__.get(_LOG_ATTR)
+    if log is not None and log.dirty:
+        log.sync()

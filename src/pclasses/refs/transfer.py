@@ -7,9 +7,16 @@ the key is inside the exported subtree (internal) or outside (external),
 and the mode.  On import (:func:`import_references`), before anything is
 written, external keys of always-mode references must resolve in the
 target database (else :class:`~pclasses.errors.MissingReferencesError`
-lists them), unless ``references="dangling"``; then the target's registry
-learns the reference ids, internal ones re-rooted under the new location,
-and the links of the imported sources.
+lists them), unless ``references="dangling"`` (imported as they are: they
+resolve once the key exists) or ``references="null"`` (every reference
+whose key does not resolve in the target, whatever its mode, is imported
+as ``None``, and leaves a ``RefSet``); then the target's registry learns
+the reference ids, internal ones re-rooted under the new location, and the
+links of the imported sources.
+
+``"null"`` rewrites the prepared records in place, at the bytes of those
+reference ids, with the same length (:func:`null_reference_ids`): nothing
+is unpickled into objects, and the positions the importer keeps stay true.
 
 Everything is read from the records (the safe reader); nothing of the
 application is loaded.
@@ -27,10 +34,11 @@ from .integrity import database_name, declared
 from .location import APPLICATION, resolve
 from .registry import STATE_KEY, registry_of
 
-__all__ = ["MARK", "key_from_records", "container_oid", "export_references", "import_references"]
+__all__ = ["MARK", "key_from_records", "container_oid", "export_references", "import_references",
+           "null_reference_ids"]
 
 MARK = STATE_KEY.encode("ascii")
-POLICIES = ("error", "dangling")
+POLICIES = ("error", "dangling", "null")
 
 
 def _state(load: Any, oid: bytes) -> Any:
@@ -143,6 +151,7 @@ def import_references(connection: Any, plan: Any, manifest: Any, into: Any, name
             new_root = None
     targets: dict[tuple[str, str | None], str | None] = {}
     missing: list[str] = []
+    nulled: set[tuple[str, str | None]] = set()
     for _oid, refs in holders:
         for ref_key, value in refs.items():
             ref_id, _, database = ref_key.partition("@")
@@ -156,11 +165,18 @@ def import_references(connection: Any, plan: Any, manifest: Any, into: Any, name
                 elif key is not None:
                     conn = connection.get_connection(database) if database else connection
                     mode = entry["mode"] if entry else "always"
-                    if resolve(conn, key) is None and mode == "always" and policy == "error":
-                        missing.append(key)
+                    if resolve(conn, key) is None:
+                        if policy == "null":
+                            key = None
+                        elif mode == "always" and policy == "error":
+                            missing.append(key)
+                if key is None and policy == "null":
+                    nulled.add((rid, database or None))
                 targets[(rid, database or None)] = key
     if missing:
         raise MissingReferencesError(sorted(set(missing)))
+    if nulled:
+        holders = _null_in_records(plan, holders, nulled)
     name_of = database_name(connection)
     for new_oid, refs in holders:
         for ref_key, value in refs.items():
@@ -200,3 +216,190 @@ def _imported_holders(plan: Any) -> list[tuple[bytes, dict[str, Any]]]:
             found.append((new_oid, {k: v for k, v in refs.items() if isinstance(k, str)}))
     temp.seek(here)
     return found
+
+
+# ---------------------------------------------------------------------------
+# references="null": reference ids replaced by None in the prepared records
+# ---------------------------------------------------------------------------
+
+
+def _null_in_records(plan: Any, holders: list[tuple[bytes, dict[str, Any]]],
+                     nulled: set[tuple[str, str | None]]) -> list[tuple[bytes, dict[str, Any]]]:
+    """Null the reference ids ``nulled`` in the prepared records holding
+    them; returns the holders with their new stored references."""
+    from ..errors import TransferError
+
+    temp = plan.temp
+    here = temp.tell()
+    out = []
+    try:
+        for new_oid, refs in holders:
+            drop: dict[str, set[str]] = {}
+            for ref_key, value in refs.items():
+                database = ref_key.partition("@")[2] or None
+                gone = {rid for rid in (value if isinstance(value, tuple) else (value,))
+                        if isinstance(rid, str) and (rid, database) in nulled}
+                if gone:
+                    drop[ref_key] = gone
+            if not drop:
+                out.append((new_oid, refs))
+                continue
+            pos, length, _blob = plan.index[new_oid]
+            temp.seek(pos)
+            data = temp.read(length)
+            patched = null_reference_ids(data, drop)
+            if patched is None:
+                raise TransferError(f"record {new_oid.hex()}: its references cannot be set "
+                                    "to None in place; import with references='dangling'")
+            temp.seek(pos)
+            temp.write(patched)
+            state = read_record(patched, new_oid).state
+            out.append((new_oid, {k: v for k, v in state.get(STATE_KEY, {}).items()
+                                  if isinstance(k, str)}))
+        temp.flush()
+    finally:
+        temp.seek(here)
+    return out
+
+
+class _Str:
+    __slots__ = ("value", "start", "end", "uses")
+
+    def __init__(self, value: str, start: int, end: int) -> None:
+        self.value, self.start, self.end, self.uses = value, start, end, 1
+
+
+class _Dict:
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, Any]] = []
+
+
+class _Tuple:
+    __slots__ = ("elems",)
+
+    def __init__(self, elems: list[Any]) -> None:
+        self.elems = elems
+
+
+_MARK = object()
+_TEXT_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+
+
+def _filler(n: int) -> bytes:
+    """``n`` bytes of pickle that leave the stack as it was."""
+    if n % 2:
+        return b"(N1" + b"N0" * ((n - 3) // 2)  # MARK NONE POP_MARK, then NONE POP
+    return b"N0" * (n // 2)
+
+
+def _pop_to_mark(stack: list[Any]) -> list[Any]:
+    items: list[Any] = []
+    while stack:
+        item = stack.pop()
+        if item is _MARK:
+            break
+        items.append(item)
+    items.reverse()
+    return items
+
+
+def null_reference_ids(data: bytes, drop: dict[str, set[str]]) -> bytes | None:
+    """``data`` (a ZODB record) with the reference ids ``drop`` (ref key ->
+    ids) of its ``__pclasses_refs__`` state entry replaced by ``None``, at
+    the same length (each text opcode becomes NONE followed by opcodes that
+    leave the stack as it was).  Read with :mod:`pickletools` and a small
+    stack model: nothing is unpickled.  ``None`` when the record is not
+    shaped as the descriptors write it (the id's text shared with another
+    part of the state, say), so that nothing is patched blindly."""
+    import pickletools
+
+    ops = pickletools.genops(data)
+    start = 0
+    for op, _arg, pos in ops:  # the class pickle
+        if op.name == "STOP":
+            start = pos + 1  # type: ignore[operator]
+            break
+    stack: list[Any] = []
+    memo: dict[Any, Any] = {}
+    try:
+        listed = list(pickletools.genops(data[start:]))
+        for i, (op, arg, pos) in enumerate(listed):
+            name = op.name
+            at = start + pos  # type: ignore[operator]
+            if name in _TEXT_OPS:
+                end = start + (listed[i + 1][2] if i + 1 < len(listed)  # type: ignore[operator]
+                               else len(data) - start)
+                stack.append(_Str(str(arg), at, end))
+            elif name == "EMPTY_DICT":
+                stack.append(_Dict())
+            elif name == "EMPTY_TUPLE":
+                stack.append(_Tuple([]))
+            elif name == "MARK":
+                stack.append(_MARK)
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                n = int(name[-1])
+                elems = stack[-n:]
+                del stack[-n:]
+                stack.append(_Tuple(elems))
+            elif name == "TUPLE":
+                stack.append(_Tuple(_pop_to_mark(stack)))
+            elif name == "SETITEM":
+                value, key = stack.pop(), stack.pop()
+                if isinstance(stack[-1], _Dict):
+                    stack[-1].items.append((key, value))
+            elif name == "SETITEMS":
+                flat = _pop_to_mark(stack)
+                if isinstance(stack[-1], _Dict):
+                    stack[-1].items.extend(zip(flat[::2], flat[1::2]))
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                item = memo.get(arg)
+                if isinstance(item, _Str):
+                    item.uses += 1
+                stack.append(item)
+            elif name == "STOP":
+                break
+            else:
+                before, after = op.stack_before, op.stack_after
+                if pickletools.stackslice in before:
+                    _pop_to_mark(stack)
+                    extra = before.index(pickletools.markobject)
+                else:
+                    extra = len(before)
+                for _ in range(extra):
+                    stack.pop()
+                stack.extend(None for _ in after)
+    except (IndexError, ValueError):
+        return None
+    state = stack[0] if stack else None
+    if isinstance(state, _Tuple) and state.elems:
+        state = state.elems[0]
+    if not isinstance(state, _Dict):
+        return None
+    refs = next((v for k, v in state.items if isinstance(k, _Str) and k.value == STATE_KEY),
+                None)
+    if not isinstance(refs, _Dict):
+        return None
+    patches: dict[int, _Str] = {}
+    for key, value in refs.items:
+        if not isinstance(key, _Str) or key.value not in drop:
+            continue
+        for item in (value.elems if isinstance(value, _Tuple) else [value]):
+            if isinstance(item, _Str) and item.value in drop[key.value]:
+                patches[item.start] = item
+    out = bytearray(data)
+    for item in patches.values():
+        places = sum(1 for _k, v in refs.items
+                     for x in (v.elems if isinstance(v, _Tuple) else [v]) if x is item)
+        if item.uses != places:
+            return None  # the same text is used elsewhere in the state
+        n = item.end - item.start
+        if n < 3:
+            return None
+        out[item.start:item.end] = b"N" + _filler(n - 1)
+    return bytes(out)

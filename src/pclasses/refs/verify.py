@@ -15,7 +15,8 @@ then compares with the registry's links:
   delete) or no longer holds that reference;
 * ``dangling``: a live source refers to a reference id that is unknown, or
   whose key resolves to nothing (walked through the records of the
-  containers: root mapping, ``PersistentMapping``, :class:`Folder`, OOBTree).
+  containers: root mapping, ``PersistentMapping``, :class:`Folder`, OOBTree,
+  zope.container's containers, OFS object managers).
 
 ``fix`` repairs: missing links are added, stale ones dropped, dangling
 references kept (``"keep"``), set to ``None`` (``"null"``) or removed
@@ -137,10 +138,17 @@ def _child_oid(storage: Any, state: Any, name: str) -> bytes | None:
         mapping = state.get(attr)
         if isinstance(mapping, dict):
             return _ref_oid(mapping.get(name))
-    data = state.get("_data")  # Folder (and similar BTree-backed containers)
-    tree_oid = _ref_oid(data)
-    if tree_oid is not None:
-        return _ref_oid(_btree_get(storage, _state(storage, tree_oid), name))
+    for attr in ("_data", "_SampleContainer__data"):  # Folder, zope.container's containers
+        data = state.get(attr)
+        if isinstance(data, dict):
+            return _ref_oid(data.get(name))
+        tree_oid = _ref_oid(data)
+        if tree_oid is not None:
+            return _ref_oid(_btree_get(storage, _state(storage, tree_oid), name))
+    objects = state.get("_objects")  # OFS ObjectManager: items are attributes
+    if isinstance(objects, tuple) and any(
+            isinstance(o, dict) and o.get("id") == name for o in objects):
+        return _ref_oid(state.get(name))
     return None
 
 

@@ -57,6 +57,7 @@ class Dialect:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._log_ready = False
 
     def connect(self) -> Any:
         raise NotImplementedError
@@ -205,8 +206,11 @@ class PostgreSQLDialect(Dialect):
     def log_prepared(self, admin: Any, conn: Any, gid: str, targets: str) -> None:
         """Record ``gid``'s ZODB ``targets`` (JSON) before it is prepared, and
         delete the record inside the transaction itself (``conn``)."""
-        admin.execute(f"CREATE TABLE IF NOT EXISTS {PREPARED_TABLE} (gid TEXT PRIMARY KEY, "
-                      f"targets TEXT NOT NULL, created TIMESTAMPTZ NOT NULL DEFAULT now())")
+        if not self._log_ready:
+            admin.execute(f"CREATE TABLE IF NOT EXISTS {PREPARED_TABLE} (gid TEXT PRIMARY "
+                          f"KEY, targets TEXT NOT NULL, created TIMESTAMPTZ NOT NULL "
+                          f"DEFAULT now())")
+            self._log_ready = True
         admin.execute(f"INSERT INTO {PREPARED_TABLE} (gid, targets) VALUES (%s, %s)",
                       (gid, targets))
         conn.execute(f"DELETE FROM {PREPARED_TABLE} WHERE gid = %s", (gid,))

@@ -38,7 +38,7 @@ from typing import Any
 from persistent import PickleCache
 from ZODB.POSException import ConflictError
 
-from ..errors import RowNotFoundError, SQLReferenceError
+from ..errors import DuplicateRowError, RowNotFoundError, SQLReferenceError
 from .dialect import GID_PREFIX
 from .mapping import BoundMapping, split_oid
 
@@ -125,7 +125,7 @@ class SQLJar:
                 self._sql = None
 
     def isReadOnly(self) -> bool:
-        return False
+        return bool(self._db.read_only)
 
     def sortKey(self) -> str:
         # Both sort after every printable key, so every ZODB storage finishes
@@ -140,15 +140,17 @@ class SQLJar:
         # ZODB asks this only when a ZODB object's record is about to hold a
         # direct reference to one of our rows: refuse, clearly.
         obj = self._cache.get(oid)
+        if obj is None:
+            obj = self._new.get(oid)
         klass = type(obj).__module__ + "." + type(obj).__qualname__ if obj is not None else "?"
         raise SQLReferenceError(self._db.database_name, klass)
 
     def get(self, oid: bytes) -> Any:
         """The row object of ``oid`` (a ghost when not loaded)."""
-        obj = self._cache.get(oid)
+        obj = self._new.get(oid)
         if obj is not None:
             return obj
-        obj = self._new.get(oid)
+        obj = self._cache.get(oid)
         if obj is not None:
             return obj
         name, _kind_oid = split_oid(oid)
@@ -201,6 +203,10 @@ class SQLJar:
     def _join(self) -> None:
         if self._txn is not None:
             return
+        if self._db.read_only:
+            from ZODB.POSException import ReadOnlyError
+
+            raise ReadOnlyError(f"the SQL store {self._db.database_name!r} is read-only")
         tm = self.transaction_manager
         if tm is None:
             raise ValueError(f"the SQL store {self._db.database_name!r} jar is closed")
@@ -241,6 +247,7 @@ class SQLJar:
                     raise self._conflict(oid, "changed or deleted")
                 self._written[oid] = obj
                 self._removed.add(oid)
+                self._cache.invalidate(oid)  # gone for the rest of the transaction
             for oid in sorted(self._new):
                 obj = self._new[oid]
                 bound = mapping(split_oid(oid)[0])
@@ -255,6 +262,11 @@ class SQLJar:
                 self._versions[oid] = 0
                 self._inserted.add(oid)
                 self._written[oid] = obj
+                old = self._cache.get(oid)
+                if old is not None and old is not obj:  # the row deleted before
+                    del self._cache[oid]
+                self._removed.discard(oid)
+                self._gone.discard(oid)
                 self._cache[oid] = obj
                 obj._p_changed = False
             for oid in sorted(self._registered):
@@ -287,18 +299,14 @@ class SQLJar:
         kind = bound.kind
         key = kind.normalize(key)
         oid = bound.prefix + kind.encode(key)
-        obj = self._cache.get(oid)
-        if obj is None:
-            obj = self._new.get(oid)
+        obj = self._new.get(oid)
         if obj is not None:
-            if oid in self._deleted:
-                raise RowNotFoundError(self._db.database_name, bound.name, repr(key))
-            if obj._p_changed is not None:
-                return obj
-            if oid in self._prefetch:
-                return obj
+            return obj
         if oid in self._deleted:
             raise RowNotFoundError(self._db.database_name, bound.name, repr(key))
+        obj = self._cache.get(oid)
+        if obj is not None and (obj._p_changed is not None or oid in self._prefetch):
+            return obj
         row = self._execute(bound.select_one, (kind.to_sql(key),)).fetchone()
         if row is None:
             raise RowNotFoundError(self._db.database_name, bound.name, repr(key))
@@ -316,19 +324,29 @@ class SQLJar:
             raise TypeError(f"mapping {bound.name!r} holds {bound.cls.__name__} objects, "
                             f"not {type(obj).__name__}")
         self._join()
-        if key is None:
-            key = bound.kind.new_key(lambda: self._next_number(bound))
-        key = bound.kind.normalize(key)
-        oid = bound.oid(key)
-        cached = self._cache.get(oid)
-        if cached is not None and oid in self._gone and cached._p_changed is None:
-            del self._cache[oid]
-            self._gone.discard(oid)
-            cached = None
-        if oid in self._new or cached is not None and oid not in self._deleted:
-            raise KeyError(f"SQL store {self._db.database_name!r} already has a "
-                           f"{bound.name!r} row with key {key!r}")
         bound.values(obj, obj.__getstate__())  # attributes must be columns
+        given = key is not None
+        for _attempt in range(1000):
+            if not given:  # a key this transaction holds already is drawn again
+                key = bound.kind.new_key(lambda: self._next_number(bound))
+            key = bound.kind.normalize(key)
+            oid = bound.oid(key)
+            cached = self._cache.get(oid)
+            if cached is not None and (oid in self._gone or oid in self._removed) \
+                    and cached._p_changed is None:  # the ghost of a deleted row
+                del self._cache[oid]
+                self._gone.discard(oid)
+                self._removed.discard(oid)
+                cached = None
+            taken = oid in self._new or cached is not None and oid not in self._deleted or (
+                given and cached is None and oid not in self._deleted
+                and self._execute(bound.select_one, (bound.kind.to_sql(key),)).fetchone())
+            if not taken:
+                break
+            if given:
+                raise DuplicateRowError(self._db.database_name, bound.name, repr(key))
+        else:
+            raise DuplicateRowError(self._db.database_name, bound.name, repr(key))
         obj._p_oid = oid
         obj._p_jar = self
         self._new[oid] = obj
@@ -366,7 +384,6 @@ class SQLJar:
         from_sql, encode, prefix = bound.kind.from_sql, bound.kind.encode, bound.prefix
         cache, deleted, versions = self._cache, self._deleted, self._versions
         cls, columns = bound.cls, bound.columns
-        n = len(columns)
         for row in rows:
             oid = prefix + encode(from_sql(row[0]))
             if deleted and oid in deleted:
@@ -374,11 +391,11 @@ class SQLJar:
             obj = cache.get(oid)
             if obj is None:  # loaded at once: the SELECT brought the state
                 obj = cls.__new__(cls)
-                obj.__setstate__(dict(zip(columns, row[1:n + 1], strict=True)))
+                obj.__setstate__(dict(zip(columns, row[1:])))
                 obj._p_jar = self
                 obj._p_oid = oid
                 cache[oid] = obj
-                versions[oid] = int(row[n + 1] or 0)
+                versions[oid] = int(row[-1] or 0)
             elif obj._p_changed is None:
                 self._prefetch[oid] = bound.state_of(row[1:])
             out.append(obj)

@@ -90,6 +90,9 @@ class IntKind(OidKind):
     def new_key(self, sequence: Callable[[], int]) -> int:
         return sequence()
 
+    def from_sql(self, value: Any) -> int:
+        return value if type(value) is int else self.normalize(value)
+
 
 class UUIDKind(OidKind):
     """UUID keys (stored as text, or PostgreSQL's ``uuid``); new ones random."""

@@ -78,8 +78,8 @@ class BoundMapping:
 
     def state_of(self, row: Any) -> tuple[dict[str, Any], int]:
         """``(attributes, version)`` of a row selected by :attr:`select_one`."""
-        n = len(self.columns)
-        return dict(zip(self.columns, row[:n], strict=True)), int(row[n] or 0)
+        # the row is the columns then the version: zip stops before the version
+        return dict(zip(self.columns, row)), int(row[-1] or 0)
 
     def values(self, obj: Any, state: dict[str, Any]) -> dict[str, Any]:
         """The column values of ``state``; an attribute that is no column is an error."""

@@ -8,7 +8,8 @@ setting a column attribute of the own object goes to its *row part*, the
 store's row object for its key, which the store's jar saves in the same
 transaction as the own part (one two-phase commit).  Column names listed in
 the class attribute ``copied`` are also kept, as copies, in the own part
-(usable without SQL, e.g. in a catalog).
+(usable without SQL, e.g. in a catalog); so is the key, under the key
+column's name.
 
 :func:`adopt` finds the own object of a row by key through the index
 ``root["pclasses.split"]`` of the own database, re-checking its copied
@@ -135,6 +136,7 @@ def adopt(name: str, key: Any, into: Any) -> Any:
         cls = bound.cls
         obj = cls.__new__(cls)
         Persistent.__setattr__(obj, _LINK, (store.name, name, key))
+        Persistent.__setattr__(obj, bound.key, key)  # the key, copied
         for column in cls.copied:
             Persistent.__setattr__(obj, column, getattr(row, column, None))
         if index is None:
@@ -143,6 +145,8 @@ def adopt(name: str, key: Any, into: Any) -> Any:
         into.add(obj)  # its _p_jar is the own database; saved when the transaction commits
         obj.__dict__["_v_pclasses_row"] = row
         return obj
+    if obj.__dict__.get(bound.key) != key:
+        Persistent.__setattr__(obj, bound.key, key)
     for column in type(obj).copied:  # re-check the copies against the row
         value = getattr(row, column, None)
         if obj.__dict__.get(column) != value:

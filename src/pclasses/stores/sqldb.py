@@ -12,6 +12,7 @@ mappings bound against the live SQL database (one binding per process).
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 from ..errors import StoreMappingError
@@ -28,8 +29,10 @@ class SQLDatabase:
     pclasses_foreign = True
     xrefs = False
 
-    def __init__(self, name: str, url: str, databases: Any = None) -> None:
+    def __init__(self, name: str, url: str, databases: Any = None, *,
+                 read_only: bool = False) -> None:
         self.database_name = name
+        self.read_only = read_only
         self.url = url
         self.dialect: Dialect = dialect_for(url)
         self.databases = databases if databases is not None else {name: self}
@@ -37,7 +40,7 @@ class SQLDatabase:
         self.by_class: dict[type, BoundMapping] = {}
         self._lock = threading.RLock()
         self._admin: Any = None
-        self._jars: list[Any] = []
+        self._jars: weakref.WeakSet[Any] = weakref.WeakSet()  # to close with the database
         self.closed = False
         self._sequences_ready = False
 
@@ -64,12 +67,12 @@ class SQLDatabase:
         jar = SQLJar(self)
         jar.open(transaction_manager)
         with self._lock:
-            self._jars.append(jar)
+            self._jars.add(jar)
         return jar
 
     def close(self) -> None:
         with self._lock:
-            for jar in self._jars:
+            for jar in list(self._jars):
                 jar.release()
             self._jars.clear()
             if self._admin is not None:
@@ -87,6 +90,12 @@ class SQLDatabase:
         with self._lock:
             conn = self.admin()
             bound = bind(self.database_name, name, stored, self.dialect, conn)
+            if not self._sequences_ready:
+                from .kinds import IntKind
+
+                if isinstance(bound.kind, IntKind):
+                    self.dialect.ensure_sequences(conn)  # autocommit: here to stay
+                    self._sequences_ready = True
             self.bound[name] = bound
             self.by_class[bound.cls] = bound
             return bound
@@ -103,15 +112,20 @@ class SQLDatabase:
         from .kinds import IntKind
 
         if not self._sequences_ready:
+            # made at map time (autocommit); here only if that did not happen,
+            # inside the caller's transaction (so not remembered)
             self.dialect.ensure_sequences(conn)
-            self._sequences_ready = True
+            if conn is self._admin:
+                self._sequences_ready = True
         table = bound.table if isinstance(bound.kind, IntKind) else None
         return self.dialect.next_value(conn, f"{bound.table}.{bound.key}", table, bound.key)
 
 
 def open_store_database(info: Any, databases: Any) -> SQLDatabase:
     """The tree's opener for ``sqlite:`` / ``postgresql:`` handles."""
-    return SQLDatabase(info.name, info.target, databases)
+    return SQLDatabase(info.name, info.target, databases,
+                       read_only=bool(info.read_only or getattr(databases, "force_read_only",
+                                                                 False)))
 
 
 _STANDALONE: dict[tuple[str, str], SQLDatabase] = {}

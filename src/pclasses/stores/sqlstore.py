@@ -38,11 +38,11 @@ _LOCAL_LOCK = threading.Lock()
 class SQLStore(DatabaseHandle):
     """The SQL database at ``url`` as store ``name`` (see the module)."""
 
-    def __init__(self, name: str, url: str) -> None:
+    def __init__(self, name: str, url: str, *, read_only: bool = False) -> None:
         if not isinstance(url, str) or ":" not in url:
             raise ValueError(f"an SQL store URL is sqlite:///path or postgresql://..., "
                              f"not {url!r}")
-        super().__init__(name, url)
+        super().__init__(name, url, read_only=read_only)
         self.mappings: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:

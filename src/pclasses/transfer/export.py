@@ -174,6 +174,9 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
     externals: dict[tuple[str, bytes], None] = {}
     ref_holders: list[tuple[bytes, bytes]] = []  # records holding intrinsic references
     queue: deque[bytes] = deque([start])
+    follow = getattr(load, "follow", None)
+    if follow is not None:  # RelStorage, ZEO: the next oids of the queue load in one batch
+        follow(queue)
     seen = {start}
     parent = container_oid(load, start)
     if parent is not None:  # a placed object's __parent__ is not part of its subtree

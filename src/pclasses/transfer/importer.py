@@ -875,7 +875,8 @@ def import_subtree(
     registered in the target: internal ones re-rooted under the new
     location; external keys of always-mode references must resolve there
     (:class:`~pclasses.errors.MissingReferencesError`, nothing written)
-    unless ``references="dangling"``.
+    unless ``references="dangling"`` (kept as they are) or ``"null"``
+    (references whose keys do not resolve in the target become ``None``).
     """
     t0 = time.perf_counter()
     policy = ImportPolicy(allow_code=bool(allow_code),

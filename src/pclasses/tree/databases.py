@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..classtable import root_entry_oid
 from ..errors import DatabaseUnavailableError, DuplicateHandleError, PClassesError
 from .guard import guard_child
 from .handle import HANDLES_KEY, DatabaseHandle
@@ -97,9 +98,12 @@ class TreeDatabases(dict):  # type: ignore[type-arg]
         tm = transaction.TransactionManager()
         conn = db.open(transaction_manager=tm)
         try:
-            root = conn.root()
-            handles = root.get(HANDLES_KEY) if hasattr(root, "get") else None
-            if handles is not None:
+            # The handles' mapping is found from the root's record with the
+            # inert reader: loading the root would make ghosts of every entry's
+            # class through the class factory, importing modules the data names.
+            oid = root_entry_oid(conn, HANDLES_KEY)
+            handles = conn.get(oid) if oid is not None else None
+            if handles is not None and hasattr(handles, "values"):
                 for handle in list(handles.values()):
                     if isinstance(handle, DatabaseHandle):
                         self.learn(_info(handle, db.database_name))

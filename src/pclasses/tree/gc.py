@@ -22,10 +22,11 @@ import transaction
 from persistent.timestamp import TimeStamp
 from ZODB.POSException import POSKeyError
 
+from ..classtable import root_entry_oid
 from ..errors import GarbageCollectionRefusedError
 from .loader import Loader, loader_for
 from .oidset import OidSet
-from .pins import PINS_KEY
+from .pins import PINS_KEY, pinned
 from .walk import open_all, walk
 
 __all__ = ["GcReport", "collect_garbage", "gc_on_pack", "pack_gc_reason"]
@@ -94,8 +95,7 @@ def _pins(db: Any) -> dict[bytes, Any]:
     tm = transaction.TransactionManager()
     conn = db.open(transaction_manager=tm)
     try:
-        pins = conn.root().get(PINS_KEY) if hasattr(conn.root(), "get") else None
-        return {k: None for k in pins.keys()} if pins is not None else {}
+        return dict.fromkeys(pinned(conn))
     finally:
         tm.abort()
         conn.close()
@@ -109,7 +109,7 @@ def _drop_pins(databases: dict[str, Any], stale: dict[str, list[bytes]]) -> None
             if not oids:
                 continue
             conn = conns[name] = databases[name].open(transaction_manager=tm)
-            pins = conn.root()[PINS_KEY]
+            pins = conn.get(root_entry_oid(conn, PINS_KEY))  # not the root's other entries
             for oid in oids:
                 del pins[oid]
         tm.get().note("pclasses gc: drop pins no reference holds")
@@ -180,7 +180,7 @@ def _garbage(databases: dict[str, Any], unavailable: dict[str, str],
     # Pins no remote reference holds any more.
     for name, each in sorted(databases.items()):
         pinned = _pins(each)
-        held = w.remote_targets.get(name, set())
+        held = w.remote_targets.get(name, OidSet())
         stale = sorted(oid for oid in pinned if oid not in held)
         if stale:
             report.stale_pins[name] = stale

@@ -4,8 +4,9 @@ ZODB's two-phase commit already aborts every database when one storage
 fails in ``tpc_begin`` or ``tpc_vote``.  Two cases slip through or take long:
 a FileStorage child whose file was deleted or replaced while it was open
 (the storage goes on writing into a file nobody will read again) and a ZEO
-child whose server went away (the client waits for it up to its
-``wait_timeout`` first).  Every connection of a child database checks, when
+child whose server went away (ZODB's error is the client's own, after it
+waited up to its ``wait_timeout``; the guard waits as long, then names the
+handle).  Every connection of a child database checks, when
 the commit reaches it (``tpc_begin``, before any database votes or
 finishes), that its storage still stands for the child, and raises
 :class:`~pclasses.errors.DatabaseUnavailableError` naming the handle and
@@ -30,9 +31,9 @@ CHILD_ATTR = "pclasses_tree_child"
 
 
 def unavailable_reason(storage: Any) -> str | None:
-    """Why ``storage`` cannot take a commit now, or ``None`` (as far as we
-    can tell cheaply: one ``stat`` for a FileStorage, the connection state
-    of a ZEO client)."""
+    """Why ``storage`` cannot take a commit now, or ``None`` (one ``stat``
+    for a FileStorage; for a ZEO client, its connection, waited for as long
+    as the client would wait)."""
     name = getattr(storage, "_file_name", None)
     f = getattr(storage, "_file", None)
     if isinstance(name, str) and f is not None:
@@ -47,14 +48,24 @@ def unavailable_reason(storage: Any) -> str | None:
         if (st.st_dev, st.st_ino) != (fst.st_dev, fst.st_ino):
             return f"its file {name} was replaced"
     is_connected = getattr(storage, "is_connected", None)
-    if callable(is_connected):
-        try:
-            connected = is_connected()
-        except Exception:  # noqa: BLE001 - a client in a bad state is not connected
-            connected = False
-        if not connected:
-            return "its storage server is not connected"
+    if callable(is_connected) and not _connected(storage, is_connected):
+        return "its storage server is not connected"
     return None
+
+
+def _connected(storage: Any, is_connected: Any) -> bool:
+    """Whether a ZEO client is connected, after waiting for it as long as
+    the client itself would (its ``wait_timeout``): a server that restarts
+    meanwhile is not an unavailable child."""
+    try:
+        if is_connected():
+            return True
+        wait = getattr(storage, "_wait", None)  # ZEO: waits up to wait_timeout
+        if callable(wait):
+            wait()
+        return bool(is_connected())
+    except Exception:  # noqa: BLE001 - a client that cannot connect is not connected
+        return False
 
 
 def _guard(connection: Any) -> None:

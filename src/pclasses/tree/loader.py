@@ -108,6 +108,8 @@ class _FileLoader(Loader):
             oid = bits.find(0, oid + 1)
 
     def close(self) -> None:
+        self.__dict__.pop("load", None)  # the reading closure refers back to self
+        self.positions = array("q")
         self._mm.close()
         self._file.close()
 
@@ -123,7 +125,7 @@ def _positions(index: Any) -> array[int] | None:
     top = int.from_bytes(index.maxKey(), "big")
     if top >= DENSE_LIMIT:
         return None
-    positions = array("q", bytes(8 * (top + 1)))
+    positions = array("q", (0,)) * (top + 1)
     for prefix, bucket in data.items():
         raw = bucket.toString()
         n = len(raw) // 8

@@ -77,7 +77,7 @@ class Walk:
     #: ``(source_db, source_oid, target_db, target_oid, form, reason)``
     dangling: list[tuple[str, bytes, str, bytes, str, str]] = field(default_factory=list)
     #: database name -> oids some remote reference points to
-    remote_targets: dict[str, set[bytes]] = field(default_factory=dict)
+    remote_targets: dict[str, OidSet] = field(default_factory=dict)
     references: int = 0
     unreadable: list[tuple[str, bytes, str]] = field(default_factory=list)
 
@@ -148,8 +148,12 @@ def _walk(out: Walk, loaders: dict[str, Loader], unavailable: set[str], follow_w
         if form is None:
             return
         target = database or name
+        t = int.from_bytes(toid, "big")
         if form == "remote":
-            out.remote_targets.setdefault(target, set()).add(toid)
+            held = out.remote_targets.get(target)
+            if held is None:
+                held = out.remote_targets[target] = OidSet()
+            held.add_new(t)
         tseen = reached.get(target)
         if tseen is None:
             if target in foreign:  # a row of an SQL store: not walked here
@@ -157,7 +161,6 @@ def _walk(out: Walk, loaders: dict[str, Loader], unavailable: set[str], follow_w
             reason = "unavailable" if target in unavailable else "unknown-database"
             dangling.append((name, _b(oid), target, toid, form, reason))
             return
-        t = int.from_bytes(toid, "big")
         if len(toid) != 8 and t.to_bytes(8, "big") != toid:
             dangling.append((name, _b(oid), target, toid, form, "missing"))
             return

@@ -1,0 +1,223 @@
+"""RelStorage: opening it as asked, and reading its current records in bulk.
+
+Opening
+-------
+
+RelStorage creates its schema whenever it is opened with ``create-schema``
+true, its default, even read-only; a URI (``postgres://...``) cannot even
+say ``create-schema false``.  :func:`open_relstorage` builds the adapter
+from the target's own options, looks at the tables the database holds
+(``pg_tables``: any role can read it) and then:
+
+* a database without RelStorage's tables is an error when opened read-only
+  ("empty"); a writing command may let RelStorage create them;
+* the history mode is the database's: a read-only opening whose options
+  disagree (a URI without ``keep_history=false`` on a history-free
+  database) reads the database in its own mode; a writing one is refused
+  in one line naming the option to fix;
+* read-only openings never create anything (``create_schema`` false, no
+  store connections), so a role with only ``SELECT`` on the tables can
+  inspect, count and export.
+
+Reading
+-------
+
+* :func:`iter_current` streams ``(oid, tid, state)`` of every current
+  object from one server-side cursor of its own connection (a REPEATABLE
+  READ snapshot), in large batches: nothing is loaded twice, nothing is
+  collected first, and stores made meanwhile (repair) do not move it.
+* :class:`BatchLoader` loads the objects a walk is about to need (an
+  export's queue) in one query per batch, at the snapshot of the
+  connection it serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ZODB.utils import p64, u64
+
+from ..errors import StorageOpenError
+
+__all__ = ["open_relstorage", "open_uri", "patch_zconfig_factory", "iter_current",
+           "BatchLoader", "history_kept", "is_relstorage_uri_resolver", "blob_oids"]
+
+#: Rows a server-side cursor fetches per round trip.
+FETCH_ROWS = 10_000
+#: Objects loaded per query by :class:`BatchLoader`.
+LOAD_BATCH = 2_000
+
+
+def _tables(adapter: Any) -> set[str]:
+    def probe(_conn: Any, cursor: Any) -> set[str]:
+        return {str(t).lower() for t in adapter.schema.list_tables(cursor)}
+
+    return adapter.connmanager.open_and_call(probe)  # type: ignore[no-any-return]
+
+
+def open_relstorage(make_adapter: Callable[[Any], Any], options: Any, *, read_only: bool,
+                    target: str, name: str | None = None) -> Any:
+    """A RelStorage for ``options`` (RelStorage's ``Options``), opened as above."""
+    from relstorage.storage import RelStorage
+
+    if read_only:
+        options = options.copy(read_only=True, create_schema=False)
+    adapter = make_adapter(options)
+    tables = _tables(adapter)
+    if "object_state" not in tables:
+        if options.read_only:
+            raise StorageOpenError(target, "the database is empty (it has no RelStorage "
+                                           "tables) and was opened read-only")
+        if not options.create_schema:
+            raise StorageOpenError(target, "the database has no RelStorage tables and "
+                                           "create-schema is false")
+    else:
+        kept = "current_object" in tables
+        if kept != bool(options.keep_history):
+            if options.read_only:
+                options = options.copy(keep_history=kept)
+                adapter = make_adapter(options)
+            else:
+                mode = "keeps history" if kept else "is history-free"
+                raise StorageOpenError(
+                    target, f"the database {mode} but the target says keep-history "
+                            f"{str(not kept).lower()}: give keep_history="
+                            f"{str(kept).lower()} in the URI (keep-history "
+                            f"{str(kept).lower()} in a ZConfig section)")
+    create = None if not options.read_only else False
+    return RelStorage(adapter, name=name, options=options, create=create)
+
+
+def is_relstorage_uri_resolver(resolver: Any) -> bool:
+    if not type(resolver).__module__.startswith("relstorage"):
+        return False  # (without importing RelStorage for other schemes)
+    try:
+        from relstorage.zodburi_resolver import RelStorageURIResolver
+    except ImportError:
+        return False
+    return isinstance(resolver, RelStorageURIResolver)
+
+
+def open_uri(uri: str, resolver: Any, *, read_only: bool) -> tuple[Any, dict[str, Any]]:
+    """``(storage, db keyword arguments)`` for RelStorage's own URI forms
+    (``postgres://``, ``mysql://``, ``sqlite://``...), as RelStorage's
+    resolver reads them, opened by :func:`open_relstorage`."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from relstorage.options import Options
+
+    text = uri
+    for scheme in ("postgres", "mysql", "oracle", "sqlite"):
+        text = text.replace(f"{scheme}://", "http://", 1)
+    parsed = urlsplit(text)
+    kw = dict(parse_qsl(parsed.query))
+    adapter_factory, kw = resolver.adapter_helper(parsed, kw)
+    kw, unused = resolver.interpret_kwargs(kw)
+    if kw.pop("demostorage", False):
+        raise StorageOpenError(uri, "demostorage=true is not supported here")
+    options = Options(**kw)
+    storage = open_relstorage(adapter_factory, options, read_only=read_only, target=uri)
+    return storage, unused
+
+
+def patch_zconfig_factory(factory: Any, *, read_only: bool, target: str) -> bool:
+    """Make a ZConfig ``<relstorage>`` section open through
+    :func:`open_relstorage`; ``False`` when ``factory`` is not one."""
+    try:
+        from relstorage.config import RelStorageFactory
+    except ImportError:
+        return False
+    if not isinstance(factory, RelStorageFactory):
+        return False
+    from relstorage.options import Options
+
+    config = factory.config
+
+    def open_() -> Any:
+        config.driver = config.adapter.config.driver
+        options = Options.copy_valid_options(config)
+        options.adapter = config.adapter
+        return open_relstorage(config.adapter.create, options, read_only=read_only,
+                               target=target, name=config.name)
+
+    factory.open = open_
+    return True
+
+
+def history_kept(storage: Any) -> bool:
+    return bool(storage._options.keep_history)
+
+
+def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """``(oid, tid, state)`` of every current object, in oid order, streamed
+    from a server-side cursor on a connection (and snapshot) of its own."""
+    adapter = storage._adapter
+    manager = adapter.connmanager
+    conn, cursor = manager.open_for_load()
+    try:
+        ss = manager.driver.cursor(conn, server_side=True)
+        if hasattr(ss, "itersize"):
+            ss.itersize = FETCH_ROWS
+        try:
+            for oid, tid, state in adapter.dbiter.iter_current_records(ss):
+                if state:
+                    yield oid, tid, state
+        finally:
+            manager.close(cursor=ss)
+    finally:
+        manager.close(conn, cursor)
+
+
+class BatchLoader:
+    """``load(oid) -> (state, tid)`` at the snapshot of a connection's
+    RelStorage instance, fetching the oids :meth:`follow`'s queue is about
+    to ask for in one query a batch."""
+
+    def __init__(self, instance: Any) -> None:
+        self._instance = instance
+        self._mover = instance._adapter.mover
+        self._upcoming: Any = None
+        self._got: dict[bytes, tuple[bytes, bytes]] = {}
+
+    def follow(self, queue: Any) -> None:
+        """Prefetch from ``queue`` (a deque of oids a walk pops from the left)."""
+        self._upcoming = queue
+
+    def __call__(self, oid: bytes) -> tuple[bytes, bytes]:
+        got = self._got.pop(oid, None)
+        if got is not None:
+            return got
+        if self._upcoming is not None and len(self._upcoming) > 1:
+            self._fetch(oid)
+            got = self._got.pop(oid, None)
+            if got is not None:
+                return got
+        return self._instance.load(oid)  # type: ignore[no-any-return]  # POSKeyError
+
+    def _fetch(self, oid: bytes) -> None:
+        from itertools import islice
+
+        wanted = [u64(oid)]
+        wanted.extend(u64(o) for o in islice(self._upcoming, 0, LOAD_BATCH)
+                      if o != oid and o not in self._got)
+        cursor = self._instance._load_connection.cursor
+        got = self._got
+        for oid_int, state, tid_int in self._mover.load_currents(cursor, wanted):
+            if state:
+                got[p64(oid_int)] = (state, p64(tid_int))
+
+
+def blob_oids(storage: Any, oids: list[bytes]) -> set[bytes] | None:
+    """Which of ``oids`` hold a blob, asked in one query a thousand oids,
+    when the blobs live in the database (an unshared blob directory);
+    ``None`` when they live in a shared blob directory (then asking the
+    directory costs no query).  Asking RelStorage's PostgreSQL adapter
+    one record at a time would also fail with an ``AssertionError`` for a
+    record without a blob."""
+    if storage._options.shared_blob_dir:
+        return None
+    cursor = storage._load_connection.cursor
+    batcher = storage._adapter.mover.make_batcher(cursor, row_limit=1000)
+    rows = batcher.select_from(("zoid",), "blob_chunk", zoid=[u64(o) for o in oids])
+    return {p64(row[0]) for row in rows}

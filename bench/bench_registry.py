@@ -6,6 +6,11 @@ group is activated.  Reports medians and the paired ratio registry/default,
 of wall time and of the process's CPU time (on a shared machine the CPU
 time of a one-threaded walk is the less disturbed of the two).
 
+For a count that a busy machine cannot disturb, ``--one FACTORY --limit N``
+makes a single walk of the first N items and exits, to be run under
+``PYTHONHASHSEED=0 valgrind --tool=callgrind`` with N and with 0 (the
+difference is the walk's instructions).
+
 A second measure isolates the factory call itself: the class lookups the
 walk makes (one per record loaded), timed as calls of each database's
 ``classFactory`` with the walk's names, alternating, median of paired ratios.
@@ -15,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import time
 
 from _common import build_storage, median
 
 
-def walk(path, factory: str) -> tuple[float, float]:
+def walk(path, factory: str, limit: int | None = None) -> tuple[float, float]:
     import ZODB
     from ZODB.FileStorage import FileStorage
 
@@ -36,7 +42,7 @@ def walk(path, factory: str) -> tuple[float, float]:
     c0 = time.process_time()
     tree = conn.root()["tree"]
     n = 0
-    for item in tree["items"].values():
+    for item in itertools.islice(tree["items"].values(), limit):
         item._p_activate()
         n += 1
         meta = item.__dict__.get("meta")
@@ -79,8 +85,14 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--lookup-runs", type=int, default=15)
+    ap.add_argument("--one", choices=("default", "registry"),
+                    help="one walk with this factory, then exit (for callgrind)")
+    ap.add_argument("--limit", type=int, default=None, help="items the --one walk activates")
     args = ap.parse_args()
     path = build_storage(args.n)
+    if args.one:
+        walk(path, args.one, args.limit)
+        return
     default, registry, ratios, cpu_ratios = [], [], [], []
     for i in range(args.runs):
         order = ("default", "registry") if i % 2 == 0 else ("registry", "default")

@@ -201,6 +201,10 @@ class ClassRegistry:
         # sys.modules, or was reloaded, is resolved again).  A registration
         # is checked against ``builtins`` and a one-entry dict: always valid.
         self._cache: dict[Key, tuple[Any, str, Any, Mapping[str, Any], str]] = {}
+        # The same entries as two levels, module name then global name: what
+        # the factory reads (two lookups of the unpickler's fresh strings
+        # cost less than building, hashing and comparing a key tuple).
+        self._fast: dict[str, dict[str, tuple[Any, str, Any, Mapping[str, Any], str]]] = {}
         # key -> chain of dotted names the resolution consulted
         self._chains: dict[Key, tuple[str, ...]] = {}
         # key -> broken class (kept across refreshes so identity is stable)
@@ -223,11 +227,14 @@ class ClassRegistry:
         modules = sys.modules
         slow = self._lookup
 
-        def class_factory(cache: dict[Key, Any], connection: Any, modulename: str,
+        def class_factory(cache: dict[str, dict[str, Any]], connection: Any, modulename: str,
                           globalname: str) -> Any:
             # Subscriptions only (no calls): a miss anywhere is a KeyError.
+            # The hit is checked against the module as it is now: still
+            # ``sys.modules[source]`` (not removed, not replaced) and its
+            # ``attr`` still the object (not reloaded).
             try:
-                target, source, module, namespace, attr = cache[modulename, globalname]
+                target, source, module, namespace, attr = cache[modulename][globalname]
                 if modules[source] is module and namespace[attr] is target:
                     return target
             except KeyError:
@@ -239,7 +246,7 @@ class ClassRegistry:
         # method of the database: code that checks for a method sees one,
         # and the cache arrives as an argument.  ``factory.registry`` reads
         # the function's attribute.
-        return types.MethodType(class_factory, self._cache)
+        return types.MethodType(class_factory, self._fast)
 
     def __call__(self, connection: Any, modulename: str, globalname: str) -> Any:
         """Return the class (or other global) ``modulename.globalname``."""
@@ -283,18 +290,26 @@ class ClassRegistry:
                                                    source[1])
                     self._chains[key] = res.chain
                 elif source is None:  # a registration
-                    self._cache[key] = (res.target, "builtins", builtins, {"": res.target}, "")
+                    self._store(key, (res.target, "builtins", builtins, {"": res.target}, ""))
                     self._chains[key] = res.chain
                 elif source[1] is not None and "." not in source[2]:
                     # (a dotted ``Outer.Inner`` is resolved each time: rare)
                     mod_name, mod, attr = source
                     namespace = getattr(mod, "__dict__", None)
                     if isinstance(namespace, dict):
-                        self._cache[key] = (res.target, mod_name, mod, namespace, attr)
+                        self._store(key, (res.target, mod_name, mod, namespace, attr))
                         self._chains[key] = res.chain
         if res.how == "broken":
             self._note_broken(key, res.error)
         return res.target
+
+    def _store(self, key: Key, entry: tuple[Any, str, Any, Mapping[str, Any], str]) -> None:
+        """Cache a connection-independent result (lock held)."""
+        self._cache[key] = entry
+        inner = self._fast.get(key[0])
+        if inner is None:
+            inner = self._fast[key[0]] = {}
+        inner[key[1]] = entry
 
     def _note_broken(self, key: Key, error: str | None) -> None:
         rec = self._broken_seen.get(key)
@@ -576,6 +591,9 @@ class ClassRegistry:
         for key, chain in list(self._chains.items()):
             if hit(chain):
                 self._cache.pop(key, None)
+                inner = self._fast.get(key[0])
+                if inner is not None:
+                    inner.pop(key[1], None)
                 self._broken_cache.pop(key, None)
                 del self._chains[key]
 
@@ -584,6 +602,7 @@ class ClassRegistry:
         with self._lock:
             self._generation += 1
             self._cache.clear()
+            self._fast.clear()
             self._broken_cache.clear()
             self._chains.clear()
             importlib.invalidate_caches()

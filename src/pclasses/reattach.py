@@ -248,7 +248,7 @@ def _swap_plain(obj: Any, real: type) -> str:
 
 def _swap_plain_locked(obj: Any, real: type) -> str:
     d = obj.__dict__
-    state = first_state = d.get("__Broken_state__")
+    state = d.get("__Broken_state__")
     newargs = d.get("__Broken_newargs__") or ()
     initargs = d.get("__Broken_initargs__")
     # What the original load would have built before applying the state: a
@@ -279,21 +279,6 @@ def _swap_plain_locked(obj: Any, real: type) -> str:
         for k in additions:
             d.pop(k, None)
         return "reloaded" if _reload_holders(obj) else "left"
-    late = d.get("__Broken_state__")
-    if late is not None and late is not first_state:
-        # The object was still being unpickled in another thread, and its
-        # state arrived (on the broken class) after it was read above.
-        if custom:
-            state = late
-        else:
-            late_slots = None
-            if isinstance(late, tuple) and len(late) == 2:
-                late, late_slots = late
-            if late:
-                d.update(late)
-            if late_slots:
-                slots = {**(slots or {}), **late_slots}
-        d.pop("__Broken_state__", None)
     for k in broken_keys:
         d.pop(k, None)
     if custom and state is not None:

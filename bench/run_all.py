@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 #: Benchmarks run once, at their own default size.
-ONCE = ("bench_registry.py", "bench_skim.py", "bench_analyze.py", "bench_xrefs.py")
+ONCE = ("bench_registry.py", "bench_skim.py", "bench_analyze.py", "bench_xrefs.py",
+        "bench_sql.py")
 
 
 def run(script: str, args: list[str]) -> list[dict[str, Any]]:

@@ -123,14 +123,32 @@ class PSource(Persistent):
     city = Ref()
 
 
+try:
+    from OFS.Folder import Folder as _OFSFolder
+except ImportError:  # Zope not installed: the OFS test skips
+    _OFSFolder = object
+
+
+class OFolder(_OFSFolder):  # type: ignore[misc,valid-type]
+    """An OFS folder whose meta type OFS's copy support accepts without a
+    product registration."""
+
+    meta_type = "pclasses test folder"
+    all_meta_types = ({"name": "pclasses test folder", "permission": "View"},)
+
+
 def test_ofs_delete_objects_refused_before_anything_changes(tmp_path):
     """In a Zope database (key root: the root's "Application"), OFS targets
     are located through their acquisition wrappers; manage_delObjects of a
     referenced object raises ReferentialIntegrityError on OFS's will-be
-    event, before anything changes; an unreferenced one is deleted."""
+    event, before anything changes; an unreferenced one is deleted;
+    manage_renameObject rekeys (references follow)."""
     application = pytest.importorskip("OFS.Application")
-    from OFS.Folder import Folder as OFSFolder
+    from AccessControl.SecurityManagement import newSecurityManager, noSecurityManager
+    from AccessControl.SpecialUsers import system
     from persistent.mapping import PersistentMapping
+
+    OFSFolder = OFolder  # noqa: N806
 
     db = DB(FileStorage(str(tmp_path / "ofs.fs")))
     conn = db.open()
@@ -157,6 +175,15 @@ def test_ofs_delete_objects_refused_before_anything_changes(tmp_path):
         transaction.commit()
         assert app.cities.objectIds() == ["jena"]
         assert src.city.aq_base is app.cities.jena.aq_base
+        newSecurityManager(None, system)             # OFS's copy support checks permissions
+        try:
+            app.cities.manage_renameObject("jena", "Jena")
+        finally:
+            noSecurityManager()
+        transaction.commit()
+        assert src.city.aq_base is app.cities.Jena.aq_base
+        assert pclasses.refs.key_of(app.cities.Jena) == "/cities/Jena"
+        assert verify_refs(db).problems == []
     finally:
         transaction.abort()
         conn.close()

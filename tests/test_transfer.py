@@ -837,6 +837,37 @@ def test_frames_across_read_chunks_import_intact(fs, monkeypatch):
         assert f.read() == g.read()
 
 
+def test_export_follows_the_references_edges_reports(fs):
+    """Export follows references from the analysis it made
+    (``record.edges.targets_of``): for every record of a database with
+    plain, class-carrying, weak and BTree references, and for hand-written
+    cross-database and unknown references, it names the same kinds, oids
+    and databases, in the same order, as ``edges_of``."""
+    from pclasses.record import analyze
+    from pclasses.record.edges import edges_of, targets_of
+
+    src = fs("src")
+    conn = src.open()
+    root = conn.root()
+    tree = root["tree"] = OOBTree()
+    for i in range(300):
+        tree[f"k{i:04d}"] = PersistentMapping(i=i)
+    root["w"] = PersistentMapping(w=WeakRef(tree), same=tree, again=tree)
+    root["l"] = PersistentList([tree, root["w"]])
+    transaction.commit()
+    crafted = [
+        PM_META + pm_state({"x": b"(U\x01m(U\x02dbC\x08" + p64(5) + b"NtlQ"}),
+        PM_META + pm_state({"x": b"(U\x01w(C\x08" + p64(6) + b"U\x02dbtlQ"}),
+        PM_META + pm_state({"x": U("not an oid") + b"Q"}),
+        PM_META + pm_state({"x": b"K\x05Q"}),
+    ]
+    datas = list(records(src.storage).values()) + crafted
+    for data in datas:
+        a = analyze(data)
+        want = [(e.kind, e.oid, e.database) for e in edges_of(data, a)]
+        assert targets_of(data, a) == want
+
+
 def test_open_with_blob_dir(tmp_path):
     """pclasses.open(Data.fs, blob_dir=...) opens a FileStorage with blob support."""
     db = pclasses.open(str(tmp_path / "b.fs"), blob_dir=str(tmp_path / "blobs"))

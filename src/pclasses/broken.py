@@ -38,6 +38,27 @@ __all__ = ["Broken", "PersistentBroken", "make_broken_class", "is_broken", "brok
 #: ``ZODB.broken.rebuild``), so ``pickle.dumps`` of a broken object works.
 writing = threading.local()
 
+#: Held while a broken plain object's state is stored and while reattachment
+#: swaps a plain object's class (:mod:`pclasses.reattach`): an object being
+#: unpickled in another thread gets its state either before the swap (which
+#: then carries it over) or after it (applied as the real class reads it).
+swap_lock = threading.RLock()
+
+
+def apply_state(obj: Any, state: Any) -> None:
+    """Give ``obj`` ``state`` the way unpickling's BUILD would for its class."""
+    setstate = getattr(type(obj), "__setstate__", None)
+    if setstate is not None and getattr(setstate, "__qualname__", "").split(".")[0] != "object":
+        obj.__setstate__(state)
+        return
+    slots = None
+    if isinstance(state, tuple) and len(state) == 2:
+        state, slots = state
+    if state:
+        obj.__dict__.update(state)
+    for k, v in (slots or {}).items():
+        setattr(obj, k, v)
+
 
 class _LosslessBroken(Broken):  # type: ignore[misc]  # ZODB is untyped
     """Base of our broken classes (non-persistent instances)."""
@@ -54,6 +75,13 @@ class _LosslessBroken(Broken):  # type: ignore[misc]  # ZODB is untyped
             return (type(self), tuple(initargs), state)
         newargs = d.get("__Broken_newargs__") or ()
         return (copyreg.__newobj__, (type(self), *newargs), state)  # type: ignore[attr-defined]
+
+    def __setstate__(self, state: Any) -> None:
+        with swap_lock:
+            if isinstance(self, _LosslessBroken):
+                self.__dict__["__Broken_state__"] = state
+            else:  # reattached between its creation and its state (another thread)
+                apply_state(self, state)
 
     def __setattr__(self, name: str, value: Any) -> None:
         module, cname = type(self).__pclasses_missing__

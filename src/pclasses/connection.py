@@ -172,6 +172,19 @@ def add_connection_hook(hook: Callable[[Any], None]) -> None:
         connection_hooks.append(hook)
 
 
+#: Called as ``hook(connection, writer)`` before a commit pickles the
+#: connection's changed objects, with ZODB's ``ObjectWriter``: stubs
+#: (:mod:`pclasses.stores.stubs`) replace references to other databases'
+#: objects there.  Use :func:`add_writer_hook`.
+writer_hooks: list[Callable[[Any, Any], None]] = []
+
+
+def add_writer_hook(hook: Callable[[Any, Any], None]) -> None:
+    """Call ``hook(connection, writer)`` before every commit of a package connection."""
+    if hook not in writer_hooks:
+        writer_hooks.append(hook)
+
+
 class CommitImport:
     """An import that runs inside the commit, in place of ZODB's ``importFile``.
 
@@ -233,6 +246,8 @@ class Connection(_ZODBConnection):  # type: ignore[misc]
             hook(self)
 
     def _store_objects(self, writer: Any, transaction: Any) -> Any:
+        for hook in writer_hooks:
+            hook(self, writer)
         return super()._store_objects(_patch(writer, self), transaction)
 
     def abort(self, transaction: Any) -> Any:

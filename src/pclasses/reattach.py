@@ -36,6 +36,7 @@ from persistent import Persistent
 from ZODB.broken import Broken, PersistentBroken
 from ZODB.POSException import ConnectionStateError
 
+from .broken import swap_lock
 from .events import ClassReattached
 
 #: A class lookup, called as ZODB calls its class factory:
@@ -157,8 +158,6 @@ def reattach(lookup: Lookup, broken: Mapping[tuple[str, str], type],
     if loading:
         for _obj, _connection, pair in loading:
             bump(report.pending, pair)
-        threading.Thread(target=_finish_later, args=(lookup, list(loading), persistent),
-                         name="pclasses-reattach", daemon=True).start()
 
     # Non-persistent broken objects, wherever loaded state holds them.
     resolved: dict[tuple[str, str], Any] = {}
@@ -186,11 +185,20 @@ def reattach(lookup: Lookup, broken: Mapping[tuple[str, str], type],
         key = f"{pair[0]}.{pair[1]}"
         count = report.reattached.get(key, 0) + report.reloaded.get(key, 0)
         zope.event.notify(ClassReattached(pair[0], pair[1], real, count))
+    if loading:
+        # Objects other threads were loading are swapped once those loads
+        # end; a class gets one event: the finisher notifies only classes
+        # this pass did not (its objects are counted in ``report.pending``).
+        threading.Thread(target=_finish_later,
+                         args=(lookup, list(loading), persistent, frozenset(classes)),
+                         name="pclasses-reattach", daemon=True).start()
     return report
 
 
 def _finish_later(lookup: Lookup, loading: list[tuple[Any, Any, tuple[str, str]]],
-                  persistent: dict[type, tuple[str, str]], timeout: float = 60.0) -> None:
+                  persistent: dict[type, tuple[str, str]],
+                  notified: frozenset[tuple[str, str]] = frozenset(),
+                  timeout: float = 60.0) -> None:
     """Reattach objects once the loads other threads were doing have ended."""
     done: dict[tuple[str, str], tuple[Any, int]] = {}
     deadline = time.monotonic() + timeout
@@ -208,7 +216,8 @@ def _finish_later(lookup: Lookup, loading: list[tuple[Any, Any, tuple[str, str]]
                 done[pair] = (real, done.get(pair, (real, 0))[1] + 1)
         loading = still
     for pair, (real, count) in done.items():
-        zope.event.notify(ClassReattached(pair[0], pair[1], real, count))
+        if pair not in notified:
+            zope.event.notify(ClassReattached(pair[0], pair[1], real, count))
 
 
 def _swap_persistent(obj: Any, real: type) -> str:
@@ -233,8 +242,13 @@ def _swap_persistent(obj: Any, real: type) -> str:
 
 def _swap_plain(obj: Any, real: type) -> str:
     """``"swapped"``, ``"reloaded"`` (its holder was made a ghost) or ``"left"``."""
+    with swap_lock:  # not while another thread stores this object's state
+        return _swap_plain_locked(obj, real)
+
+
+def _swap_plain_locked(obj: Any, real: type) -> str:
     d = obj.__dict__
-    state = first_state = d.get("__Broken_state__")
+    state = d.get("__Broken_state__")
     newargs = d.get("__Broken_newargs__") or ()
     initargs = d.get("__Broken_initargs__")
     # What the original load would have built before applying the state: a
@@ -265,21 +279,6 @@ def _swap_plain(obj: Any, real: type) -> str:
         for k in additions:
             d.pop(k, None)
         return "reloaded" if _reload_holders(obj) else "left"
-    late = d.get("__Broken_state__")
-    if late is not None and late is not first_state:
-        # The object was still being unpickled in another thread, and its
-        # state arrived (on the broken class) after it was read above.
-        if custom:
-            state = late
-        else:
-            late_slots = None
-            if isinstance(late, tuple) and len(late) == 2:
-                late, late_slots = late
-            if late:
-                d.update(late)
-            if late_slots:
-                slots = {**(slots or {}), **late_slots}
-        d.pop("__Broken_state__", None)
     for k in broken_keys:
         d.pop(k, None)
     if custom and state is not None:

@@ -114,7 +114,7 @@ def _filestorage(
             mm = b""
     try:
         size = len(mm)
-        unpack_from = _DATA_HEADER.unpack_from
+        unpack_from = _OID_VLEN_PLEN.unpack_from
         hsize = _DATA_HEADER.size
         load = storage.load
         seen = 0
@@ -139,10 +139,10 @@ def _filestorage(
                 pos = int.from_bytes(p, "big")
                 end = pos + hsize
                 if end <= size:
-                    hoid, tid, _prev, _tloc, vlen, plen = unpack_from(mm, pos)
+                    hoid, vlen, plen = unpack_from(mm, pos)
                     if hoid == oid and not vlen and plen and end + plen <= size:
                         if with_tid:
-                            yield oid, tid, mm[end:end + plen]
+                            yield oid, mm[pos + 8:pos + 16], mm[end:end + plen]
                         else:
                             yield oid, mm[end:end + plen]
                         continue
@@ -162,6 +162,7 @@ def _filestorage(
 
 
 _DATA_HEADER = struct.Struct(">8s8sQQHQ")  # oid tid prev tloc vlen plen
+_OID_VLEN_PLEN = struct.Struct(">8s24xHQ")  # the same header: oid vlen plen
 
 
 def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, bytes]],

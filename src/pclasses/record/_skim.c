@@ -461,6 +461,8 @@ enum {
 #define USE_ITEMS_TARGET 128
 #define USE_PIDPATH 256 /* internal: the pid and the path to its oid */
 #define USE_CACHE 256   /* Use members cached for bit sets below this */
+#define PAIR_CACHE 64   /* slots of the (module, name) cache (a power of 2) */
+#define PAIR_CACHE_MAX 200 /* longest module + name kept there */
 
 enum { DEC_UTF8 = 0, DEC_LATIN1 = 1 };
 
@@ -2017,6 +2019,16 @@ typedef struct {
     PyObject *pk_str[PK_COUNT];     /* EdgeKind members (or strings) */
     PyObject *op_global, *op_inst, *op_stack_global;
     int64_t limits[4]; /* default max_depth, max_items, max_memo, max_coll */
+    /* (module, name) pairs of census / rename by the raw bytes they decode
+       from (decoding depends on nothing else): most records name the same
+       few globals */
+    struct pair_slot {
+        uint64_t h;
+        Py_ssize_t mlen, nlen;
+        uint8_t mmode, nmode;
+        PyObject *raw; /* bytes: module then name, as stored */
+        PyObject *pair;
+    } pairs[PAIR_CACHE];
 } skim_state;
 
 /* limits: a tuple of four ints from 1 to 2**62 (Limits.as_tuple()). */
@@ -2452,6 +2464,49 @@ an_pair(const unsigned char *base, const an_global *g)
     return an_pack(NULL, f, 2);
 }
 
+/* an_pair through the module's cache: the same new reference. */
+static PyObject *
+an_pair_cached(skim_state *ms, const unsigned char *base, const an_global *g)
+{
+    uint64_t h = 0xCBF29CE484222325ULL;
+    struct pair_slot *slot;
+    PyObject *pair, *raw;
+    if (g->mlen + g->nlen > PAIR_CACHE_MAX)
+        return an_pair(base, g);
+    for (Py_ssize_t i = 0; i < g->mlen; i++)
+        h = (h ^ base[g->moff + i]) * 0x100000001B3ULL;
+    h = (h ^ 0x100) * 0x100000001B3ULL;
+    for (Py_ssize_t i = 0; i < g->nlen; i++)
+        h = (h ^ base[g->noff + i]) * 0x100000001B3ULL;
+    h = (h ^ ((uint64_t)g->mmode << 8 | g->nmode)) * 0x100000001B3ULL;
+    slot = &ms->pairs[(h >> 7) & (PAIR_CACHE - 1)];
+    if (slot->pair != NULL && slot->h == h && slot->mlen == g->mlen &&
+        slot->nlen == g->nlen && slot->mmode == g->mmode &&
+        slot->nmode == g->nmode &&
+        memcmp(PyBytes_AS_STRING(slot->raw), base + g->moff, (size_t)g->mlen) == 0 &&
+        memcmp(PyBytes_AS_STRING(slot->raw) + g->mlen, base + g->noff,
+               (size_t)g->nlen) == 0)
+        return Py_NewRef(slot->pair);
+    pair = an_pair(base, g);
+    if (pair == NULL)
+        return NULL;
+    raw = PyBytes_FromStringAndSize(NULL, g->mlen + g->nlen);
+    if (raw == NULL) {
+        PyErr_Clear(); /* not cached, still right */
+        return pair;
+    }
+    memcpy(PyBytes_AS_STRING(raw), base + g->moff, (size_t)g->mlen);
+    memcpy(PyBytes_AS_STRING(raw) + g->mlen, base + g->noff, (size_t)g->nlen);
+    Py_XSETREF(slot->raw, raw);
+    Py_XSETREF(slot->pair, Py_NewRef(pair));
+    slot->h = h;
+    slot->mlen = g->mlen;
+    slot->nlen = g->nlen;
+    slot->mmode = g->mmode;
+    slot->nmode = g->nmode;
+    return pair;
+}
+
 static PyObject *
 skim_census(PyObject *module, PyObject *arg)
 {
@@ -2506,7 +2561,7 @@ skim_census(PyObject *module, PyObject *arg)
             nnames++;
     }
     if (meta >= 0) {
-        klass = an_pair(base, &st.globals[meta]);
+        klass = an_pair_cached(ms, base, &st.globals[meta]);
         if (klass == NULL)
             goto done;
     }
@@ -2520,7 +2575,7 @@ skim_census(PyObject *module, PyObject *arg)
         PyObject *t;
         if (g->moff < 0 || g->noff < 0 || i == meta)
             continue;
-        t = an_pair(base, g);
+        t = an_pair_cached(ms, base, g);
         if (t == NULL)
             goto done;
         PyTuple_SET_ITEM(names, k++, t);
@@ -2668,7 +2723,7 @@ skim_rename(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             meta = 1;
         if (g->moff < 0 || g->noff < 0 || (g->op != 'c' && g->op != 'i'))
             continue;
-        pair = an_pair(base, g);
+        pair = an_pair_cached(ms, base, g);
         if (pair == NULL)
             goto done;
         target = PyObject_GetItem(table, pair);
@@ -3255,6 +3310,8 @@ skim_traverse(PyObject *module, visitproc visit, void *arg)
         Py_VISIT(ms->use_cache[i]);
     for (int i = 0; i < PK_COUNT; i++)
         Py_VISIT(ms->pk_str[i]);
+    for (int i = 0; i < PAIR_CACHE; i++)
+        Py_VISIT(ms->pairs[i].pair);
     return 0;
 }
 
@@ -3270,6 +3327,10 @@ skim_clear(PyObject *module)
     Py_CLEAR(ms->op_global);
     Py_CLEAR(ms->op_inst);
     Py_CLEAR(ms->op_stack_global);
+    for (int i = 0; i < PAIR_CACHE; i++) {
+        Py_CLEAR(ms->pairs[i].pair);
+        Py_CLEAR(ms->pairs[i].raw);
+    }
     return 0;
 }
 

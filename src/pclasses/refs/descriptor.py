@@ -28,7 +28,7 @@ from .integrity import (
     target_id,
 )
 from .location import describe, resolve, same
-from .registry import STATE_KEY, RefRegistry, log_link, registry_of
+from .registry import LOG_ATTR, STATE_KEY, RefRegistry, log_link, registry_of
 
 __all__ = ["Ref", "RefSet", "stored_refs"]
 
@@ -214,8 +214,17 @@ class Ref:
                     return
                 if listened(ReferenceAdded):
                     notify(ReferenceAdded(inst, self.name, cached[1], self.id))  # type: ignore[arg-type]
-                log_link(registry, inst, self.id, self._key, self.name,  # type: ignore[arg-type]
-                         self.mode, old, rid)
+                log = jar.__dict__.get(LOG_ATTR)
+                pair = (id(inst), self._key)
+                entry = log.entries.get(pair) if log is not None else None
+                if entry is not None:  # log_link's common case, inline
+                    entry[5].add(rid)
+                    if isinstance(old, str):
+                        entry[5].add(old)
+                    log.dirty.add(pair)
+                else:
+                    log_link(registry, inst, self.id, self._key,  # type: ignore[arg-type]
+                             self.name, self.mode, old, rid)  # type: ignore[arg-type]
                 if isinstance(old, str) and listened(ReferenceRemoved):
                     key = registry.ids.get(old)
                     notify(ReferenceRemoved(inst, self.name, key, self.id))  # type: ignore[arg-type]

@@ -47,7 +47,7 @@ STATE_KEY = "__pclasses_refs__"
 
 _CONN_ATTR = "_pclasses_refreg"
 #: The connection attribute holding the transaction's :class:`LinkLog`.
-_LOG_ATTR = "_pclasses_reflog"
+LOG_ATTR = _LOG_ATTR = "_pclasses_reflog"
 
 
 class RefRegistry(Persistent):  # type: ignore[misc]

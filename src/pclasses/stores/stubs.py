@@ -22,9 +22,9 @@ from typing import Any
 
 from persistent import Persistent
 
-from ..connection import Connection, install
+from ..connection import Connection, add_connection_hook, add_writer_hook, install
 
-__all__ = ["Stub", "StubConnection", "STUBS_KEY", "enable_stubs", "stub_targets"]
+__all__ = ["Stub", "STUBS_KEY", "enable_stubs", "stub_targets"]
 
 #: The root key of DB-2's index of its stubs ``(database, oid) -> Stub``.
 STUBS_KEY = "pclasses.stubs"
@@ -115,24 +115,26 @@ def _patch_reader(connection: Any) -> None:
     reader.load_persistent = load_persistent
 
 
-class StubConnection(Connection):
-    """The package's connection, storing stubs for objects of other databases."""
+def _on_connection(connection: Any) -> None:
+    if getattr(connection._db, "pclasses_stubs", None):
+        _patch_reader(connection)
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        _patch_reader(self)
 
-    def _store_objects(self, writer: Any, transaction: Any) -> Any:
-        names = getattr(self._db, "pclasses_stubs", None)
-        if names:
-            _wrap_writer(writer, self, names)
-        return super()._store_objects(writer, transaction)
+def _on_commit(connection: Any, writer: Any) -> None:
+    names = getattr(connection._db, "pclasses_stubs", None)
+    if names:
+        _wrap_writer(writer, connection, names)
+
+
+# Connections of databases with stubs read stubs as their targets and write
+# references to the listed databases' objects as stubs (the hooks cost a
+# getattr elsewhere).
+add_connection_hook(_on_connection)
+add_writer_hook(_on_commit)
 
 
 def _upgrade(connection: Any) -> None:
-    if type(connection) is Connection:
-        connection.__class__ = StubConnection
-    if isinstance(connection, StubConnection):
+    if isinstance(connection, Connection):
         _patch_reader(connection)
 
 
@@ -146,8 +148,6 @@ def enable_stubs(db: Any, for_databases: Iterable[str]) -> None:
         raise ValueError(f"database {db.database_name!r} cannot keep stubs for itself")
     db.pclasses_stubs = names
     install(db)
-    if db.klass is Connection:
-        db.klass = StubConnection
     connection_map = getattr(db, "_connectionMap", None)
     if connection_map is not None:
         connection_map(_upgrade)

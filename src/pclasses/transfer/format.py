@@ -18,10 +18,9 @@ external references.  The trailer's digest covers the whole file before it,
 so truncation or any flipped byte is detected before anything is imported.
 
 One frame codec (:func:`record_frame`, :func:`blob_frame`,
-:func:`iter_frames`) writes and reads the frames of the export file and of
-import's temporary file of prepared records, whose blob frames
-(``b"P"`` offset u64, length u64) point into the export file instead of
-holding the bytes.  :class:`Reader` reads both this format and ZODB's
+:func:`iter_frames`, and :meth:`Reader.records`, which cuts the frames of a
+verified file out of large chunks) writes and reads the frames of the
+export file.  :class:`Reader` reads both this format and ZODB's
 ``.zexp`` (``b"ZEXP"``, then oid(8) u64 length data per record, a blob as
 ``b"\\0BLOBSTART"`` u64 length bytes after its record, 16 bytes ``0xff``
 at the end).  Nothing here unpickles anything.
@@ -50,7 +49,6 @@ __all__ = [
     "Reader",
     "record_frame",
     "blob_frame",
-    "blob_ref_frame",
     "iter_frames",
     "write_file",
     "opened",
@@ -66,7 +64,6 @@ END = b"E"
 TRAILER = struct.Struct(">Q32s")
 RECORD_HEAD = struct.Struct(">8sI")
 _BLOB_HEAD = struct.Struct(">Q")
-_BLOB_REF = struct.Struct(">QQ")
 CHUNK = 1 << 20
 
 
@@ -223,20 +220,12 @@ def blob_frame(size: int) -> bytes:
     return b"B" + _BLOB_HEAD.pack(size)
 
 
-def blob_ref_frame(offset: int, size: int) -> bytes:
-    """A blob frame of a temporary file: where the blob is in the export file."""
-    return b"P" + _BLOB_REF.pack(offset, size)
-
-
-def iter_frames(f: Any, size: int, *, end: int | None = None,
-                blob_refs: bool = False) -> Iterator[Frame]:
+def iter_frames(f: Any, size: int, *, end: int | None = None) -> Iterator[Frame]:
     """The frames of ``f`` from its current position up to the end marker.
 
     ``size`` is the file's size (a blob longer than the rest of the file is
     refused before it is skipped); ``end`` the position the end marker must
-    be followed by.  ``blob_refs`` reads a temporary file of prepared
-    records (blob frames point into the export file) instead of an export
-    file (blob frames hold the bytes).
+    be followed by.
     """
     read = f.read
     unpack = RECORD_HEAD.unpack
@@ -262,12 +251,9 @@ def iter_frames(f: Any, size: int, *, end: int | None = None,
             return
         elif not tag:
             raise ExportFormatError("truncated file: no end marker")
-        elif tag == (b"P" if blob_refs else b"B"):
+        elif tag == b"B":
             if last is None or last.blob is not None:
                 raise ExportFormatError("blob without its record")
-            if blob_refs:
-                last.blob = _BLOB_REF.unpack(read(16))
-                continue
             head = read(8)
             if len(head) != 8:
                 raise ExportFormatError("truncated file: blob header incomplete")

@@ -6,12 +6,16 @@ the structure, analyses every record with the C record analyzer (never
 unpickling; the manifest is never trusted), judges every global a record
 names as soon as it is first met (:func:`pclasses.transfer.policy.check_globals`),
 gives every record and reference a new oid, patches the references' oid
-bytes, analyses the patched record once more to prove that only those
-bytes changed their meaning, and writes it to a temporary file.  What the
-pass learned is kept: the byte positions of references to records not met
-yet (patched in place at the end, when they turn out to dangle or, in a
+bytes and proves that only those bytes changed (:meth:`CheckPass.prove`
+rebuilds the record from the checked bytes when every oid is a binary
+payload; text forms and renamed globals are analysed once more), and
+writes it to a temporary file (records back to back, in large writes).
+What the pass learned is kept: the offsets of references to records not
+met yet (settled at the end, when they turn out to dangle or, in a
 ``.zexp``, to be class records), the position of every prepared record (so
-the imported objects can be read before the commit), the root's class.
+the imported objects can be read before the commit and stored without
+reading frames again), which records hold intrinsic references, the
+root's class.
 Nothing is written to the target until the whole file has passed.  The
 **store pass** (:mod:`pclasses.transfer.store`) copies the prepared records
 into the storage inside the caller's transaction.

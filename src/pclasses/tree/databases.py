@@ -16,6 +16,7 @@ from typing import Any
 
 from ..classtable import root_entry_oid
 from ..errors import DatabaseUnavailableError, DuplicateHandleError, PClassesError
+from . import handle as _handle
 from .guard import guard_child
 from .handle import HANDLES_KEY, DatabaseHandle
 
@@ -250,3 +251,10 @@ def databases_of(db: Any, registry: Any = None, dangling: str | None = None) -> 
         adopt_settings(tree, each)
         tree.learn_database(each)
     return tree
+
+
+def _open_child(db: Any, handle: DatabaseHandle) -> Any:
+    return databases_of(db).open_handle(handle)
+
+
+_handle.open_child = _open_child

@@ -14,6 +14,7 @@ This class is pickled into databases: its path
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from persistent import Persistent
@@ -24,6 +25,12 @@ __all__ = ["DatabaseHandle", "HANDLES_KEY"]
 #: <pclasses.tree.tree.Tree.add>` keeps that database's handles (a
 #: ``PersistentMapping`` name -> handle).
 HANDLES_KEY = "pclasses.databases"
+
+#: ``open_child(db, handle) -> ZODB.DB``: opens a handle's database in the
+#: tree of ``db``.  Set by :mod:`pclasses.tree.databases` (which sits above
+#: this module and is imported with the package), so this module imports
+#: nothing of the tree.
+open_child: Callable[[Any, DatabaseHandle], Any] | None = None
 
 
 class DatabaseHandle(Persistent):  # type: ignore[misc]
@@ -61,10 +68,10 @@ class DatabaseHandle(Persistent):  # type: ignore[misc]
         Raises :class:`~pclasses.errors.DatabaseUnavailableError` when it
         cannot be opened.
         """
-        from .databases import databases_of
-
         jar = self._jar()
-        return databases_of(jar.db()).open_handle(self)
+        if open_child is None:  # pragma: no cover - set when pclasses.tree is imported
+            raise RuntimeError("pclasses.tree.databases is not imported")
+        return open_child(jar.db(), self)
 
     def connection(self) -> Any:
         """The child's connection, on the transaction manager of the

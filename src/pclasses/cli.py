@@ -204,8 +204,15 @@ def main() -> None:
     without ever running a stored pickle.
 
     Every command takes a TARGET: a FileStorage path (Data.fs), a ZConfig
-    file (.conf) with <zodb> sections or one storage section, or a zodburi
-    URI (file://, memory://, zeo://host:port).
+    file (.conf, zope.conf) with <zodb> sections or one storage section
+    (<filestorage>, <clientstorage>, <relstorage>), one section of it
+    (zope.conf#main), or a zodburi URI (file://, zeo://host:port,
+    postgres://user@host/db for RelStorage, memory://).  Inspection
+    commands open every storage read-only and create nothing.
+
+    Exit status: 0 when the command did its job (whatever it found), 1 when
+    it could not (one line on stderr), 2 on bad usage, 3 when a check
+    (refs-check, refs --verify, sql-recover) found problems left.
     """
 
 
@@ -263,7 +270,7 @@ def classes(target: str, as_json: bool, entry_points: bool, progress: bool,
 
     TARGET is a FileStorage path (Data.fs), a ZConfig file (.conf) with
     <zodb> sections (every database is scanned) or one storage section, or
-    a zodburi URI (file://, memory://, zeo://host:port).  Storages are
+    a zodburi URI (file://, zeo://, postgres://, memory://).  Storages are
     opened read-only; a read-only FileStorage takes no lock, so a live
     database can be inspected.
     """

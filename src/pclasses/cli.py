@@ -28,6 +28,7 @@ import click
 
 from . import __version__
 from .errors import PClassesError
+from .text import printable
 
 # Exit codes, all of them.
 #: The command did its job (whatever it found).
@@ -46,34 +47,6 @@ EXIT_DANGLING = EXIT_PROBLEMS
 DEBUG_ENV = "PCLASSES_DEBUG"
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def printable(value: object) -> str:
-    """``value`` as text that is safe on a terminal.
-
-    Every character that is not printable (control characters, hence
-    escape sequences; format characters such as bidirectional overrides;
-    line separators; lone surrogates) is written as a Python escape
-    (``\\x1b``, ``\\u202e``), so one value is one line and the terminal
-    interprets nothing.  Rich markup needs no escaping here: tables get
-    their cells as plain :class:`rich.text.Text`.
-    """
-    text = value if isinstance(value, str) else str(value)
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if ch.isprintable():
-            out.append(ch)
-        elif ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100
-                       else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    return "".join(out)
 
 
 def _out(line: object) -> None:

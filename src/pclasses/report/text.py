@@ -10,27 +10,12 @@ from __future__ import annotations
 
 from html import escape
 
+from ..text import printable
+
 __all__ = ["clean", "h"]
 
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def clean(value: object) -> str:
-    """``value`` as one printable line (non-printable characters escaped)."""
-    text = value if isinstance(value, str) else str(value)
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if ch.isprintable():
-            out.append(ch)
-        elif ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100
-                       else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    return "".join(out)
+#: ``value`` as one printable line: the command line's escaping.
+clean = printable
 
 
 def h(value: object) -> str:

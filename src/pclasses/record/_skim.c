@@ -2387,6 +2387,46 @@ PyDoc_STRVAR(analyze_doc,
 "len(data), a stack or mark underflow, a GET of an unset memo index, and\n"
 "a record beyond limits (max_depth, max_items, max_memo, max_collisions).");
 
+/* The bytes of a record argument: a bytes object directly, anything else
+   through the buffer protocol (then *view must be released).  Returns 1
+   when a view was taken, 0 for bytes, -1 with an exception set. */
+static int
+an_buffer(PyObject *arg, Py_buffer *view, const unsigned char **base,
+          Py_ssize_t *len)
+{
+    if (PyBytes_CheckExact(arg)) {
+        *base = (const unsigned char *)PyBytes_AS_STRING(arg);
+        *len = PyBytes_GET_SIZE(arg);
+        return 0;
+    }
+    if (PyObject_GetBuffer(arg, view, PyBUF_SIMPLE) < 0)
+        return -1;
+    *base = (const unsigned char *)view->buf;
+    *len = view->len;
+    return 1;
+}
+
+/* Initialise st with the limits and walk the record; only immutable bytes
+   (no buffer view) are walked without the GIL.  st.r.status tells. */
+static void
+an_run(an_state *st, const int64_t *limits, const unsigned char *base,
+       Py_ssize_t len, int have_view)
+{
+    an_init(st);
+    st->max_depth = limits[0];
+    st->max_items = limits[1];
+    st->max_memo = limits[2];
+    st->max_coll = limits[3];
+    if (!have_view && len >= SKIM_NOGIL_THRESHOLD) {
+        Py_BEGIN_ALLOW_THREADS
+        an_walk(st, base, len);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        an_walk(st, base, len);
+    }
+}
+
 static PyObject *
 skim_analyze(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2410,31 +2450,10 @@ skim_analyze(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         an_parse_limits(args[1], limits) < 0)
         return NULL;
 
-    if (PyBytes_CheckExact(arg)) {
-        base = (const unsigned char *)PyBytes_AS_STRING(arg);
-        len = PyBytes_GET_SIZE(arg);
-    }
-    else {
-        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-            return NULL;
-        have_view = 1;
-        base = (const unsigned char *)view.buf;
-        len = view.len;
-    }
-    an_init(&st);
-    st.max_depth = limits[0];
-    st.max_items = limits[1];
-    st.max_memo = limits[2];
-    st.max_coll = limits[3];
-    /* Only immutable bytes are walked without the GIL. */
-    if (!have_view && len >= SKIM_NOGIL_THRESHOLD) {
-        Py_BEGIN_ALLOW_THREADS
-        an_walk(&st, base, len);
-        Py_END_ALLOW_THREADS
-    }
-    else {
-        an_walk(&st, base, len);
-    }
+    have_view = an_buffer(arg, &view, &base, &len);
+    if (have_view < 0)
+        return NULL;
+    an_run(&st, limits, base, len, have_view);
     if (st.r.status != SKIM_OK)
         result = an_error(&st, len);
     else
@@ -2518,30 +2537,10 @@ skim_census(PyObject *module, PyObject *arg)
     Py_ssize_t len, nnames = 0, k = 0, meta = -1;
     int have_view = 0;
 
-    if (PyBytes_CheckExact(arg)) {
-        base = (const unsigned char *)PyBytes_AS_STRING(arg);
-        len = PyBytes_GET_SIZE(arg);
-    }
-    else {
-        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-            return NULL;
-        have_view = 1;
-        base = (const unsigned char *)view.buf;
-        len = view.len;
-    }
-    an_init(&st);
-    st.max_depth = ms->limits[0];
-    st.max_items = ms->limits[1];
-    st.max_memo = ms->limits[2];
-    st.max_coll = ms->limits[3];
-    if (!have_view && len >= SKIM_NOGIL_THRESHOLD) {
-        Py_BEGIN_ALLOW_THREADS
-        an_walk(&st, base, len);
-        Py_END_ALLOW_THREADS
-    }
-    else {
-        an_walk(&st, base, len);
-    }
+    have_view = an_buffer(arg, &view, &base, &len);
+    if (have_view < 0)
+        return NULL;
+    an_run(&st, ms->limits, base, len, have_view);
     if (st.r.status != SKIM_OK) {
         result = an_error(&st, len);
         goto done;
@@ -2683,19 +2682,7 @@ skim_rename(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     base = (const unsigned char *)PyBytes_AS_STRING(data);
     len = PyBytes_GET_SIZE(data);
-    an_init(&st);
-    st.max_depth = ms->limits[0];
-    st.max_items = ms->limits[1];
-    st.max_memo = ms->limits[2];
-    st.max_coll = ms->limits[3];
-    if (len >= SKIM_NOGIL_THRESHOLD) {
-        Py_BEGIN_ALLOW_THREADS
-        an_walk(&st, base, len);
-        Py_END_ALLOW_THREADS
-    }
-    else {
-        an_walk(&st, base, len);
-    }
+    an_run(&st, ms->limits, base, len, 0);
     if (st.r.status != SKIM_OK) {
         result = an_error(&st, len);
         goto done;
@@ -3224,30 +3211,10 @@ skim_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (nargs == 2 && args[1] != Py_None &&
         an_parse_limits(args[1], limits) < 0)
         return NULL;
-    if (PyBytes_CheckExact(arg)) {
-        base = (const unsigned char *)PyBytes_AS_STRING(arg);
-        len = PyBytes_GET_SIZE(arg);
-    }
-    else {
-        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-            return NULL;
-        have_view = 1;
-        base = (const unsigned char *)view.buf;
-        len = view.len;
-    }
-    an_init(&st);
-    st.max_depth = limits[0];
-    st.max_items = limits[1];
-    st.max_memo = limits[2];
-    st.max_coll = limits[3];
-    if (!have_view && len >= SKIM_NOGIL_THRESHOLD) {
-        Py_BEGIN_ALLOW_THREADS
-        an_walk(&st, base, len);
-        Py_END_ALLOW_THREADS
-    }
-    else {
-        an_walk(&st, base, len);
-    }
+    have_view = an_buffer(arg, &view, &base, &len);
+    if (have_view < 0)
+        return NULL;
+    an_run(&st, limits, base, len, have_view);
     if (st.r.status != SKIM_OK)
         result = an_error(&st, len);
     else

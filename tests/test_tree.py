@@ -13,7 +13,7 @@ from ZODB.POSException import POSKeyError
 import pclasses
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tree_models import Holder, Node  # noqa: E402
+from tree_models import Holder, Node, pack_alone  # noqa: E402
 
 
 def make_tree(tmp_path: Path, levels: int = 3):
@@ -180,12 +180,7 @@ def test_remote_attribute_and_dangling_target(tmp_path):
     tm.commit()
     conn.close()
     tree.close()
-    import ZODB
-    from ZODB.FileStorage import FileStorage
-
-    plain = ZODB.DB(FileStorage(str(paths[1])))
-    plain.pack(days=0)
-    plain.close()
+    pack_alone(paths[1])
 
     db = pclasses.open(paths[0], tree=True)
     tree = pclasses.tree_of(db)
@@ -254,12 +249,7 @@ def test_dangling_placeholder_for_zodb_multi_references(tmp_path):
     oid = gone._p_oid
     conn.close()
     tree.close()
-    import ZODB
-    from ZODB.FileStorage import FileStorage
-
-    plain = ZODB.DB(FileStorage(str(paths[1])))
-    plain.pack(days=0)
-    plain.close()
+    pack_alone(paths[1])
     db = pclasses.open(paths[0], tree=True, dangling="placeholder")
     conn = db.open()
     d = conn.root()["src"].direct
@@ -458,12 +448,7 @@ def test_dangling_placeholder_for_zodb_n_references(tmp_path):
     oid = gone._p_oid
     conn.close()
     tree.close()
-    import ZODB
-    from ZODB.FileStorage import FileStorage
-
-    plain = ZODB.DB(FileStorage(str(paths[1])))
-    plain.pack(days=0)
-    plain.close()
+    pack_alone(paths[1])
     db = pclasses.open(paths[0], tree=True, dangling="placeholder")
     conn = db.open()
     d = conn.root()["src"].direct

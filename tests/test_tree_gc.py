@@ -18,14 +18,7 @@ import pclasses
 from pclasses.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tree_models import Node  # noqa: E402
-
-
-def pack_alone(path: Path) -> None:
-    """Pack one database by itself, as an operator would (FileStorage gc on pack)."""
-    db = ZODB.DB(FileStorage(str(path)))
-    db.pack(days=0)
-    db.close()
+from tree_models import Node, pack_alone  # noqa: E402
 
 
 def build(tmp_path: Path, pin: bool = False, child: str | None = None):

@@ -30,3 +30,13 @@ class Keyed(Persistent):
 
     def __new__(cls, key: str = "") -> "Keyed":
         return super().__new__(cls)
+
+
+def pack_alone(path) -> None:
+    """Pack one FileStorage by itself, as an operator would (gc on pack)."""
+    import ZODB
+    from ZODB.FileStorage import FileStorage
+
+    db = ZODB.DB(FileStorage(str(path)))
+    db.pack(days=0)
+    db.close()

@@ -225,8 +225,8 @@ def test_oid_set_and_file_loader(tmp_path):
     oids that were never stored, and reads a deleted object as absent."""
     from ZODB.FileStorage import FileStorage
 
+    from pclasses.oidset import DENSE_LIMIT, OidSet
     from pclasses.tree.loader import loader_for
-    from pclasses.tree.oidset import DENSE_LIMIT, OidSet
 
     s = OidSet(4)
     for oid in (0, 3, 70000, DENSE_LIMIT + 5, 2**63):

@@ -24,8 +24,8 @@ from ZODB.POSException import POSKeyError
 
 from ..classtable import root_entry_oid
 from ..errors import GarbageCollectionRefusedError
+from ..oidset import OidSet
 from .loader import Loader, loader_for
-from .oidset import OidSet
 from .pins import PINS_KEY, pinned
 from .walk import open_all, walk
 

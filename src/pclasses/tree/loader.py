@@ -19,7 +19,7 @@ from typing import Any
 
 from ZODB.POSException import POSKeyError
 
-from .oidset import DENSE_LIMIT, OidSet
+from ..oidset import DENSE_LIMIT, OidSet
 
 __all__ = ["Loader", "loader_for"]
 

@@ -17,11 +17,11 @@ from itertools import repeat
 from typing import Any
 
 from ..errors import DatabaseUnavailableError, PClassesError
+from ..oidset import NO_OID, OidSet
 from ..record.analyze import EdgeKind
 from ..record.edges import split_targets
 from .databases import databases_of
 from .loader import Loader, loader_for
-from .oidset import NO_OID, OidSet
 
 __all__ = ["open_all", "Walk", "walk", "FORMS"]
 

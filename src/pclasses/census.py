@@ -15,6 +15,7 @@ interpret are listed as unreadable by oid; they never stop the census.
 
 from __future__ import annotations
 
+import os
 from bisect import insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .errors import RecordDecodeError
 from .record.analyze import Analysis, EdgeKind, Use, analyze, census
 from .record.edges import edges_of
 from .record.reader import GlobalRef, PersistentRef, read_class, read_record
+from .referrers import ReferrerLog, Referrers
 from .registry import ClassRegistry, Resolution
 from .scan import Progress, map_records
 from .trust import Trust, as_trust
@@ -141,13 +143,16 @@ class _Tally:
     __slots__ = ("records", "as_class", "mentioned", "examples", "pclass_refs", "unreadable",
                  "resident", "mention_examples", "parents", "limit")
 
-    def __init__(self, parents: bool = False, examples: int = _EXAMPLES) -> None:
+    def __init__(self, parents: bool = False, examples: int = _EXAMPLES,
+                 dense: bool = True) -> None:
         self.limit = examples
-        #: first referrer of each oid (only when asked: the broken inventory
-        #: follows it back to the root)
-        #: referrers of each oid (only when asked: the broken inventory follows
-        #: them back to the root): one oid, or a list of up to _REFERRERS
-        self.parents: dict[bytes, Any] | None = {} if parents else None
+        #: the first few referrers of each oid (only when asked: the broken
+        #: inventory follows them back to the root), in arrays indexed by
+        #: oid; a scan's worker process logs the pairs it finds instead
+        #: (``dense`` false), and the first process replays them in order
+        self.parents: Referrers | ReferrerLog | None = None
+        if parents:
+            self.parents = Referrers() if dense else ReferrerLog()
         self.mention_examples: dict[tuple[str, str], list[bytes]] = {}
         self.records = 0
         self.as_class: dict[tuple[str, str], int] = {}
@@ -222,11 +227,16 @@ class _Tally:
                             ex.pop()
                             insort(ex, oid)
             if a is not None and parents is not None:
+                children: dict[bytes, None] = {}
                 for e in edges_of(data, a):
                     if e.database is None and (e.kind is _OID or e.kind is _OID_CLASS):
                         child = e.oid
                         if child is not None and child != oid:
-                            _add_referrer(parents, child, oid)
+                            children[child] = None
+                if children:
+                    me = int.from_bytes(oid, "big")
+                    for child in children:  # each once, in the order found
+                        parents.add(int.from_bytes(child, "big"), me)
         self.records += n
         return self
 
@@ -243,9 +253,19 @@ class _Tally:
             for k, oids in theirs_d.items():
                 mine_d[k] = sorted(set(mine_d.get(k, [])) | set(oids))[: self.limit]
         if self.parents is not None and other.parents is not None:
-            for child, referrers in other.parents.items():
-                for parent in referrers if isinstance(referrers, list) else (referrers,):
-                    _add_referrer(self.parents, child, parent)
+            if not isinstance(self.parents, Referrers):
+                log, self.parents = self.parents, Referrers()
+                self.parents.replay(log)
+            if isinstance(other.parents, ReferrerLog):
+                self.parents.replay(other.parents)
+            else:  # a whole map (not a worker's): its oids in order
+                dense = other.parents
+                for child in range(len(dense.first)):
+                    for parent in dense.get(child):
+                        self.parents.add(child, parent)
+                for child, known in dense.big.items():
+                    for parent in known:
+                        self.parents.add(child, parent)
         self.unreadable.extend(other.unreadable)
         self.resident.extend(other.resident)
 
@@ -266,21 +286,10 @@ def _census_of(a: Analysis) -> tuple[tuple[str, str] | None, tuple[tuple[str, st
         else:
             names.append((module, name))
     return pair, tuple(names)
+
+
 _OID = EdgeKind.OID
 _OID_CLASS = EdgeKind.OID_CLASS
-_REFERRERS = 4
-
-
-def _add_referrer(parents: dict[bytes, Any], child: bytes, parent: bytes) -> None:
-    """Remember up to ``_REFERRERS`` referrers per oid (one oid costs no list)."""
-    known = parents.get(child)
-    if known is None:
-        parents[child] = parent
-    elif known.__class__ is bytes:
-        if known != parent:
-            parents[child] = [known, parent]
-    elif parent not in known and len(known) < _REFERRERS:
-        known.append(parent)
 
 
 def _name_of(value: Any) -> str:
@@ -345,13 +354,16 @@ def census_and_tally(
     examples: int = _EXAMPLES,
     trust: Trust | Iterable[str] | None = None,
 ) -> tuple[Census, _Tally]:
-    """:func:`take_census`, plus the merged tally (with first referrers if asked)."""
+    """:func:`take_census`, plus the merged tally (with referrers if asked)."""
     if registry is None:
         registry = ClassRegistry()
     rules = as_trust(trust)
 
+    home = os.getpid()
+
     def tally(records: Iterable[tuple[bytes, bytes]]) -> _Tally:
-        return _Tally(parents, examples).add(records)
+        # A worker process logs referrers; this one keeps them in arrays.
+        return _Tally(parents, examples, dense=os.getpid() == home).add(records)
 
     parts = map_records(storage, tally, progress, jobs)
     total = parts[0]

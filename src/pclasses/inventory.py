@@ -4,7 +4,9 @@
 reader (nothing is imported except through the registry's lookups), counts
 the records of each class that does not resolve and the records that name it
 otherwise (a plain object pickled inside them, the class part of a
-reference), and remembers each object's first referrer.  For a few example
+reference), and remembers each object's first few referrers in arrays
+indexed by oid (:class:`pclasses.referrers.Referrers`: 8 bytes an object,
+12 more for one with several referrers).  For a few example
 oids per class it then follows the referrers back to the root and names
 every step by attribute or key (``root['site'].shop['p0']``), or, when no
 path to the root exists, lists the referring oids.
@@ -12,17 +14,20 @@ path to the root exists, lists the referring oids.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ZODB.utils import oid_repr, z64
+from ZODB.utils import oid_repr
 
 from .census import Unreadable, census_and_tally
 from .errors import RecordDecodeError
+from .oidset import OidSet
 from .record.analyze import EdgeKind
 from .record.edges import edges
 from .record.reader import Inert, PersistentRef, read_record
+from .referrers import Referrers
 from .registry import ClassRegistry
 from .scan import Progress, iter_records
 from .trust import Trust
@@ -131,8 +136,10 @@ def find_broken(
     finally:
         if connection is not None:
             connection.close()
-    parents = tally.parents or {}
-    paths = _Paths(storage, parents)
+    referrers = tally.parents
+    if not isinstance(referrers, Referrers):  # none were asked for
+        referrers = Referrers()
+    paths = _Paths(storage, referrers)
     classes = []
     for usage in census.classes:
         if usage.status != "broken":
@@ -153,44 +160,53 @@ def find_broken(
 class _Paths:
     """Paths from the root, following referrers and naming each edge."""
 
-    def __init__(self, storage: Any, parents: dict[bytes, Any]) -> None:
+    def __init__(self, storage: Any, referrers: Referrers) -> None:
         self.storage = storage
-        self.parents = parents
+        self.referrers = referrers
         self._states: dict[bytes, Any] = {}
+        self._seen = OidSet(len(referrers.first))
 
-    def _referrers(self, oid: bytes) -> list[bytes]:
-        known = self.parents.get(oid)
-        if known is None:
-            return []
-        return [known] if known.__class__ is bytes else list(known)
+    def _chain(self, oid: int) -> list[int] | None:
+        """A chain of referrers from ``oid`` up to the root (breadth first).
 
-    def _chain(self, oid: bytes) -> list[bytes] | None:
-        """A chain of referrers from ``oid`` up to the root (breadth first)."""
-        back: dict[bytes, bytes | None] = {oid: None}
-        frontier = [oid]
-        for _depth in range(_MAX_DEPTH):
-            nxt = []
-            for current in frontier:
-                if current == z64:
-                    chain = [current]
-                    while back[chain[-1]] is not None:
-                        chain.append(back[chain[-1]])  # type: ignore[arg-type]
-                    return list(reversed(chain))
-                for parent in self._referrers(current):
-                    if parent not in back:
-                        back[parent] = current
-                        nxt.append(parent)
-            if not nxt:
-                return None
-            frontier = nxt
-        return None
+        Each level of the search is two arrays: the oids first reached at
+        that depth and, for each, its position in the level before (the
+        oid it is a referrer of); the oids seen are an :class:`OidSet`,
+        emptied again afterwards."""
+        get, seen = self.referrers.get, self._seen
+        levels: list[tuple[array[int], array[int]]] = [(array("Q", [oid]), array("Q", [0]))]
+        seen.add_new(oid)
+        try:
+            for depth in range(_MAX_DEPTH):
+                frontier = levels[depth][0]
+                nodes, via = array("Q"), array("Q")
+                levels.append((nodes, via))  # before filling: forgotten in any case
+                for i, current in enumerate(frontier):
+                    if current == 0:  # the root: back down to ``oid``
+                        chain = [current]
+                        for d in range(depth, 0, -1):
+                            i = levels[d][1][i]
+                            chain.append(levels[d - 1][0][i])
+                        return list(reversed(chain))
+                    for parent in get(current):
+                        if seen.add_new(parent):
+                            nodes.append(parent)
+                            via.append(i)
+                if not nodes:
+                    return None
+            return None
+        finally:
+            for nodes, _via in levels:
+                for n in nodes:
+                    seen.discard(n)
 
     def example(self, oid: bytes) -> BrokenExample:
-        referrers = self._referrers(oid)
-        chain = self._chain(oid)
+        number = int.from_bytes(oid, "big")
+        referrers = [_b(r) for r in self.referrers.get(number)]
+        chain = self._chain(number)
         if chain is None:
             return BrokenExample(oid, None, referrers)
-        labels = [edge_label(self._state(parent), child)
+        labels = [edge_label(self._state(_b(parent)), _b(child))
                   for child, parent in zip(chain, chain[1:])]
         return BrokenExample(oid, "root" + "".join(reversed(labels)), referrers)
 
@@ -385,6 +401,10 @@ def _search(value: Any, oid: bytes, top: bool = False) -> str | None:
 
 
 _STRONG_SAME_DB = (EdgeKind.OID, EdgeKind.OID_CLASS)
+
+
+def _b(oid: int) -> bytes:
+    return oid.to_bytes(8, "big")
 
 
 def _all_referrers(storage: Any, wanted: set[bytes], classes: list[BrokenClass]) -> None:

@@ -16,6 +16,8 @@ interpret are listed as unreadable by oid; they never stop the census.
 from __future__ import annotations
 
 import os
+import sys
+from array import array
 from bisect import insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,8 +27,8 @@ from ZODB.utils import oid_repr
 
 from .classtable import GUID_PREFIX, is_guid_module
 from .errors import RecordDecodeError
-from .record.analyze import Analysis, EdgeKind, Use, analyze, census
-from .record.edges import edges_of
+from .record.analyze import census
+from .record.edges import split_targets
 from .record.reader import GlobalRef, PersistentRef, read_class, read_record
 from .referrers import ReferrerLog, Referrers
 from .registry import ClassRegistry, Resolution
@@ -181,17 +183,18 @@ class _Tally:
             n += 1
             # The C record analyzer (about 1 us) tells the record's class and
             # every other global it names, as plain tuples; nothing runs.
-            # The broken inventory also wants each reference (``parents``),
-            # which takes the full analysis.
-            a = None
+            # The broken inventory also wants the record's plain references
+            # (``parents``): one more C pass gives their oids as one string.
+            plain = b""
             try:
-                if parents is None:
-                    pair, names = census(data)
-                else:
-                    a = analyze(data)
-                    pair, names = _census_of(a)
+                pair, names = census(data)
+                if parents is not None:
+                    plain = split_targets(data, oid)[0]
             except ValueError as exc:
                 self.unreadable.append(Unreadable(oid, str(exc)))
+                continue
+            except RecordDecodeError as exc:
+                self.unreadable.append(Unreadable(oid, exc.reason))
                 continue
             if pair is None:
                 # Class metadata by strings (format 3/7) or a persistent class.
@@ -226,17 +229,18 @@ class _Tally:
                         if oid < ex[-1]:
                             ex.pop()
                             insort(ex, oid)
-            if a is not None and parents is not None:
-                children: dict[bytes, None] = {}
-                for e in edges_of(data, a):
-                    if e.database is None and (e.kind is _OID or e.kind is _OID_CLASS):
-                        child = e.oid
-                        if child is not None and child != oid:
-                            children[child] = None
-                if children:
-                    me = int.from_bytes(oid, "big")
-                    for child in children:  # each once, in the order found
-                        parents.add(int.from_bytes(child, "big"), me)
+            if plain and parents is not None:
+                me = int.from_bytes(oid, "big")
+                if len(plain) == 8:
+                    if plain != oid:
+                        parents.add(int.from_bytes(plain, "big"), me)
+                else:
+                    targets = array("Q", plain)
+                    if _SWAP:
+                        targets.byteswap()
+                    for child in dict.fromkeys(targets):  # each once
+                        if child != me:
+                            parents.add(child, me)
         self.records += n
         return self
 
@@ -271,25 +275,9 @@ class _Tally:
 
 
 _METACLASS = ("pclasses.pclass", "PersistentClass")
-_CLASS_META = int(Use.CLASS_META)
 
 
-def _census_of(a: Analysis) -> tuple[tuple[str, str] | None, tuple[tuple[str, str], ...]]:
-    """:func:`pclasses.record.analyze.census` from a full analysis."""
-    pair = None
-    names: list[tuple[str, str]] = []
-    for module, name, _off, _end, _op, uses in a.globals:
-        if module is None or name is None:
-            continue
-        if pair is None and int(uses) & _CLASS_META:  # plain ints: enum ops are slow
-            pair = (module, name)
-        else:
-            names.append((module, name))
-    return pair, tuple(names)
-
-
-_OID = EdgeKind.OID
-_OID_CLASS = EdgeKind.OID_CLASS
+_SWAP = sys.byteorder == "little"
 
 
 def _name_of(value: Any) -> str:

@@ -226,3 +226,20 @@ def test_the_search_forgets_what_it_saw(tmp_path):
     (node,) = [c for c in report.classes if c.module == module]
     hub = [e for e in node.examples if e.path and e.path.startswith("root['hub']")]
     assert len(hub) >= 40
+
+
+@pytest.mark.parametrize("examples", [0, 1, 5])
+def test_one_scan_gives_the_census_and_the_inventory(tmp_path, examples):
+    """The report's single scan (broken_and_census) gives exactly the census
+    take_census gives and the inventory find_broken gives."""
+    from pclasses.census import take_census
+    from pclasses.inventory import broken_and_census
+
+    path, _module = _build(tmp_path)
+    storage = FileStorage(str(path), read_only=True)
+    try:
+        broken, census = broken_and_census(storage, examples=examples, jobs=1)
+        assert census.to_dict() == take_census(storage, jobs=1).to_dict()
+        assert broken.to_dict() == find_broken(storage, examples=examples, jobs=1).to_dict()
+    finally:
+        storage.close()

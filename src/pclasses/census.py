@@ -48,7 +48,8 @@ STATUS = {
     "not-imported": "not-imported",
 }
 
-_EXAMPLES = 3
+#: Example oids the census keeps per class (the smallest).
+CENSUS_EXAMPLES = _EXAMPLES = 3
 
 
 @dataclass

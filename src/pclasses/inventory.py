@@ -21,7 +21,7 @@ from typing import Any
 
 from ZODB.utils import oid_repr
 
-from .census import Unreadable, census_and_tally
+from .census import CENSUS_EXAMPLES, Census, Unreadable, census_and_tally
 from .errors import RecordDecodeError
 from .oidset import OidSet
 from .record.edges import split_targets
@@ -31,7 +31,8 @@ from .registry import ClassRegistry
 from .scan import Progress, iter_records
 from .trust import Trust
 
-__all__ = ["BrokenReport", "BrokenClass", "BrokenExample", "find_broken", "edge_label"]
+__all__ = ["BrokenReport", "BrokenClass", "BrokenExample", "find_broken", "broken_and_census",
+           "edge_label"]
 
 _MAX_DEPTH = 256
 
@@ -123,6 +124,21 @@ def find_broken(
     name is run unless trusted (``trust`` names more packages); a class
     whose module exists but is not trusted is not reported broken.
     """
+    return broken_and_census(db, registry, examples=examples, progress=progress, jobs=jobs,
+                             trust=trust)[0]
+
+
+def broken_and_census(
+    db: Any,
+    registry: ClassRegistry | None = None,
+    *,
+    examples: int = 3,
+    progress: Progress | None = None,
+    jobs: int | None = None,
+    trust: Trust | Iterable[str] | None = None,
+) -> tuple[BrokenReport, Census]:
+    """:func:`find_broken`, and the census its one scan takes on the way
+    (what :func:`pclasses.census.take_census` gives), for the report."""
     storage = getattr(db, "storage", db)
     if registry is None:
         factory = getattr(db, "classFactory", None)
@@ -131,7 +147,7 @@ def find_broken(
     try:
         census, tally = census_and_tally(storage, registry, connection=connection,
                                          progress=progress, jobs=jobs, parents=True,
-                                         examples=examples, trust=trust)
+                                         examples=max(examples, CENSUS_EXAMPLES), trust=trust)
     finally:
         if connection is not None:
             connection.close()
@@ -153,7 +169,10 @@ def find_broken(
     missing_referrers = {e.oid for c in classes for e in c.examples if e.path is None}
     if missing_referrers:
         _all_referrers(storage, missing_referrers, classes)
-    return BrokenReport(census.records, classes, census.unreadable)
+    for usage in census.classes:  # as many examples as take_census keeps (the smallest)
+        usage.examples = usage.examples[:CENSUS_EXAMPLES]
+        usage.mention_examples = usage.mention_examples[:CENSUS_EXAMPLES]
+    return BrokenReport(census.records, classes, census.unreadable), census
 
 
 class _Paths:

@@ -330,6 +330,10 @@ class XrefGroup:
         }
 
 
+#: Target classes remembered (a cache: a target seen again is loaded again).
+_TARGET_CACHE = 1 << 16
+
+
 def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup]:
     """Every cross-database reference stored in ``db``'s multi-database.
 
@@ -352,6 +356,8 @@ def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup
     def target_class(database: str, oid: bytes) -> str | None:
         key = (database, oid)
         if key not in target_classes:
+            if len(target_classes) >= _TARGET_CACHE:  # memory stays bounded
+                target_classes.clear()
             other = dbs.get(database)
             if other is None:
                 target_classes[key] = None

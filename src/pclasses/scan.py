@@ -139,9 +139,8 @@ def _filestorage(
         hsize = _DATA_HEADER.size
         load = storage.load
         seen = 0
+        read = 0
         for prefix in list(index._data.keys()):
-            if seen:
-                drop_pages(mm)  # after each bucket (at most 65536 records)
             bucket = index._data.get(prefix)
             if bucket is None:
                 continue
@@ -164,6 +163,10 @@ def _filestorage(
                 if end <= size:
                     hoid, vlen, plen = unpack_from(mm, pos)
                     if hoid == oid and not vlen and plen and end + plen <= size:
+                        read += plen
+                        if read > DROP_BYTES:
+                            read = 0
+                            drop_pages(mm)
                         if with_tid:
                             yield oid, mm[pos + 8:pos + 16], mm[end:end + plen]
                         else:
@@ -377,11 +380,13 @@ def map_records(
     results = [func(it)]
     for pid, r in children:
         with os.fdopen(r, "rb") as inp:
-            data = inp.read()
+            try:  # read as it is unpickled: the pickled bytes are never held whole
+                status, value = pickle.load(inp)
+            except (EOFError, pickle.UnpicklingError):
+                status = None
         os.waitpid(pid, 0)
-        if not data:
+        if status is None:
             raise ScanWorkerError("it exited without sending a result")
-        status, value = pickle.loads(data)
         if status == "error":
             raise value
         results.append(value)

@@ -21,7 +21,7 @@ from ZODB.POSException import POSKeyError
 
 from .. import scan
 from ..oidset import DENSE_LIMIT, OidSet
-from ..scan import drop_pages
+from ..scan import PAGE_SPAN, drop_pages
 
 __all__ = ["Loader", "loader_for"]
 
@@ -91,7 +91,7 @@ class _FileLoader(Loader):
             start = pos + hsize
             if vlen or not plen or start + plen > end or frombytes(hoid, "big") != oid:
                 return slow(oid)  # backpointer, deletion, or written since
-            read[0] += plen
+            read[0] += plen + PAGE_SPAN
             if read[0] > DROP_BYTES:  # the map's pages count as resident memory
                 read[0] = 0
                 drop_pages(mm)

@@ -32,7 +32,7 @@ from .record.edges import split_targets
 from .record.reader import GlobalRef, PersistentRef, read_class, read_record
 from .referrers import ReferrerLog, Referrers
 from .registry import ClassRegistry, Resolution
-from .scan import Progress, map_records
+from .scan import Progress, count_records, map_records
 from .trust import Trust, as_trust
 
 __all__ = ["ClassUsage", "Census", "take_census", "STATUS"]
@@ -147,7 +147,7 @@ class _Tally:
                  "resident", "mention_examples", "parents", "limit")
 
     def __init__(self, parents: bool = False, examples: int = _EXAMPLES,
-                 dense: bool = True) -> None:
+                 dense: bool = True, size: int = 0) -> None:
         self.limit = examples
         #: the first few referrers of each oid (only when asked: the broken
         #: inventory follows them back to the root), in arrays indexed by
@@ -155,7 +155,7 @@ class _Tally:
         #: (``dense`` false), and the first process replays them in order
         self.parents: Referrers | ReferrerLog | None = None
         if parents:
-            self.parents = Referrers() if dense else ReferrerLog()
+            self.parents = Referrers(size=size) if dense else ReferrerLog(size=size)
         self.mention_examples: dict[tuple[str, str], list[bytes]] = {}
         self.records = 0
         self.as_class: dict[tuple[str, str], int] = {}
@@ -281,6 +281,20 @@ _METACLASS = ("pclasses.pclass", "PersistentClass")
 _SWAP = sys.byteorder == "little"
 
 
+def _oid_bound(storage: Any) -> int:
+    """One more than the largest oid of ``storage`` when it tells cheaply
+    (a FileStorage's index), else its number of objects (oids are dense)."""
+    n = count_records(storage) or 0
+    index = getattr(storage, "_index", None)
+    try:
+        if index is not None and len(index):
+            top = int.from_bytes(index.maxKey(), "big") + 1
+            return top if top <= 2 * n + (1 << 16) else n  # sparse oids: grow as met
+    except Exception:  # not an fsIndex after all
+        pass
+    return n
+
+
 def _name_of(value: Any) -> str:
     if isinstance(value, type) and issubclass(value, GlobalRef):
         return ".".join(value.dotted_pair)
@@ -349,10 +363,11 @@ def census_and_tally(
     rules = as_trust(trust)
 
     home = os.getpid()
+    size = _oid_bound(storage) if parents else 0
 
     def tally(records: Iterable[tuple[bytes, bytes]]) -> _Tally:
         # A worker process logs referrers; this one keeps them in arrays.
-        return _Tally(parents, examples, dense=os.getpid() == home).add(records)
+        return _Tally(parents, examples, dense=os.getpid() == home, size=size).add(records)
 
     parts = map_records(storage, tally, progress, jobs)
     total = parts[0]

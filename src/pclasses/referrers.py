@@ -35,9 +35,11 @@ _EMPTY32 = 0xFFFFFFFF
 
 
 def _grown(a: array[int], size: int, fill: int) -> None:
-    """Extend ``a`` with ``fill`` to at least ``size`` items (doubling)."""
+    """Extend ``a`` with ``fill`` to at least ``size`` items (by a quarter
+    at least: a doubled array of ten million oids would hold 80 MB unused)."""
     if len(a) < size:
-        a.extend(array(a.typecode, (fill,)) * (max(size, 2 * len(a), 1 << 12) - len(a)))
+        a.extend(array(a.typecode, (fill,)) * (max(size, len(a) + len(a) // 4, 1 << 12)
+                                               - len(a)))
 
 
 class Referrers:
@@ -45,11 +47,13 @@ class Referrers:
 
     __slots__ = ("first", "slot", "more", "big", "limit", "empty")
 
-    def __init__(self, limit: int = REFERRERS) -> None:
+    def __init__(self, limit: int = REFERRERS, size: int = 0) -> None:
+        """``size``: one more than the largest oid expected, when known."""
         self.limit = max(limit, 1)
         self.empty = _EMPTY32
-        self.first = array("I")
-        self.slot = array("I")
+        size = min(max(size, 0), DENSE_LIMIT)
+        self.first = array("I", (_EMPTY32,)) * size
+        self.slot = array("I", (_EMPTY32,)) * size
         self.more = array("I")
         self.big: dict[int, list[int]] = {}
 
@@ -141,11 +145,11 @@ class ReferrerLog:
 
     __slots__ = ("children", "parents", "counts", "big", "limit")
 
-    def __init__(self, limit: int = REFERRERS) -> None:
+    def __init__(self, limit: int = REFERRERS, size: int = 0) -> None:
         self.limit = max(limit, 1)
+        self.counts = bytearray(min(max(size, 0), DENSE_LIMIT))
         self.children = array("I")  # below DENSE_LIMIT: 4 bytes
         self.parents = array("I")  # 8 bytes once a parent does not fit
-        self.counts = bytearray()
         self.big: dict[int, list[int]] = {}
 
     def add(self, child: int, parent: int) -> None:
@@ -156,7 +160,8 @@ class ReferrerLog:
             return
         counts = self.counts
         if child >= len(counts):
-            counts.extend(bytes(max(child + 1, 2 * len(counts), 1 << 12) - len(counts)))
+            counts.extend(bytes(max(child + 1, len(counts) + len(counts) // 4, 1 << 12)
+                                - len(counts)))
         n = counts[child]
         if n < self.limit:
             counts[child] = n + 1

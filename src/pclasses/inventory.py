@@ -425,12 +425,13 @@ def _b(oid: int) -> bytes:
 def _all_referrers(storage: Any, wanted: set[bytes], classes: list[BrokenClass]) -> None:
     """Fill in every referrer of examples that have no path (one more pass)."""
     found: dict[bytes, list[bytes]] = {oid: [] for oid in wanted}
+    few = len(wanted) <= 8  # else one lookup per reference is cheaper than searches
     for oid, data in iter_records(storage):
         try:
             plain = split_targets(data, oid)[0]  # this database's plain references
         except RecordDecodeError:
             continue
-        if not any(w in plain for w in wanted):  # the usual case, at C speed
+        if few and not any(w in plain for w in wanted):  # the usual case, at C speed
             continue
         for i in range(0, len(plain), 8):
             child = plain[i:i + 8]

@@ -26,9 +26,9 @@ from .errors import RecordDecodeError
 from .oidset import OidSet
 from .record.edges import split_targets
 from .record.reader import Inert, PersistentRef, read_record
-from .referrers import Referrers
+from .referrers import REFERRERS, Referrers
 from .registry import ClassRegistry
-from .scan import Progress, iter_records
+from .scan import Progress, in_oid_order, iter_records
 from .trust import Trust
 
 __all__ = ["BrokenReport", "BrokenClass", "BrokenExample", "find_broken", "broken_and_census",
@@ -166,7 +166,12 @@ def broken_and_census(
         classes.append(BrokenClass(usage.module, usage.name, usage.records, usage.mentions,
                                    usage.resolution.error if usage.resolution else None,
                                    found))
-    missing_referrers = {e.oid for c in classes for e in c.examples if e.path is None}
+    # Examples without a path list every referrer (up to ten).  Those with
+    # fewer than the map keeps have them all already when the scan met
+    # records in oid order; the others take one more pass.
+    ordered = in_oid_order(storage)
+    missing_referrers = {e.oid for c in classes for e in c.examples
+                         if e.path is None and not (ordered and _complete(storage, e))}
     if missing_referrers:
         _all_referrers(storage, missing_referrers, classes)
     for usage in census.classes:  # as many examples as take_census keeps (the smallest)
@@ -420,6 +425,23 @@ def _search(value: Any, oid: bytes, top: bool = False) -> str | None:
 
 def _b(oid: int) -> bytes:
     return oid.to_bytes(8, "big")
+
+
+def _complete(storage: Any, example: BrokenExample) -> bool:
+    """Whether ``example.referrers`` (from the map, in oid order) are all of
+    them; if so, the example itself joins them where it refers to itself
+    (the map leaves that out, the full list does not)."""
+    if len(example.referrers) >= REFERRERS:
+        return False
+    oid = example.oid
+    try:
+        data, _tid = storage.load(oid)
+        plain = split_targets(data, oid)[0]
+    except (KeyError, RecordDecodeError):  # gone meanwhile, or unreadable: look again
+        return False
+    if any(plain[i:i + 8] == oid for i in range(0, len(plain), 8)):
+        example.referrers = sorted([*example.referrers, oid])
+    return True
 
 
 def _all_referrers(storage: Any, wanted: set[bytes], classes: list[BrokenClass]) -> None:

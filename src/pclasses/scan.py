@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from .errors import ScanWorkerError
 from .storages import storage_kind
 
-__all__ = ["iter_records", "iter_current", "count_records", "map_records"]
+__all__ = ["iter_records", "iter_current", "count_records", "map_records", "in_oid_order"]
 
 T = TypeVar("T")
 
@@ -108,6 +108,13 @@ def iter_records(storage: Any, progress: Progress | None = None) -> Iterator[tup
         if not done % _STEP:
             progress(done, total)
     progress(done, total)
+
+
+def in_oid_order(storage: Any) -> bool:
+    """Whether :func:`iter_records` meets the records of ``storage`` in oid
+    order (all but storages read through ``iterator()``)."""
+    return (storage_kind(storage) in ("filestorage", "relstorage", "zeo")
+            or hasattr(storage, "record_iternext"))
 
 
 def _is_filestorage(storage: Any) -> bool:

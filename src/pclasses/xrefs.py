@@ -42,7 +42,7 @@ from .errors import (
 )
 from .interfaces import ICrossDatabaseReferenceEvent
 from .record.analyze import EdgeKind
-from .record.edges import edges, edges_of
+from .record.edges import edges, edges_of, split_targets
 from .record.remote import MARKER as REMOTE_MARKER
 
 __all__ = [
@@ -377,6 +377,10 @@ def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup
             if others and not any(o in data for o in others):
                 continue
             try:
+                # the C pass lists references that are not plain ones of this
+                # database; a record without any holds no cross-database one
+                if not split_targets(data, oid)[1]:
+                    continue
                 a = analyze(data)
                 source_class = read_class(data, oid).dotted
             except (ValueError, PClassesError):

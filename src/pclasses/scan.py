@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 from .errors import ScanWorkerError
 from .storages import storage_kind
 
-__all__ = ["iter_records", "iter_current", "count_records", "map_records"]
+__all__ = ["iter_records", "iter_current", "count_records", "map_records", "release_pages",
+           "RELEASE_BYTES"]
 
 T = TypeVar("T")
 
@@ -45,6 +46,27 @@ PARALLEL_MIN_RECORDS = 20_000
 Progress = Callable[[int, int | None], None]
 
 _STEP = 4096
+
+#: Bytes read through a memory map of a FileStorage between two calls of
+#: :func:`release_pages` on it.
+RELEASE_BYTES = 16 << 20
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+
+
+def release_pages(mm: Any) -> None:
+    """Take the pages of the read-only memory map ``mm`` out of this process.
+
+    Pages of a mapped file that were read count in the process's resident
+    memory until unmapped: a scan of a 2.5 GB FileStorage would show 2.5 GB
+    in ``top`` (and in a container's memory limit), though the kernel could
+    take them back.  Readers call this every :data:`RELEASE_BYTES`: the
+    pages stay in the page cache, and reading them again maps them again.
+    """
+    if _DONTNEED is not None and not isinstance(mm, bytes):
+        try:
+            mm.madvise(_DONTNEED)
+        except (OSError, ValueError):  # not supported here, or closed
+            pass
 
 
 def count_records(storage: Any) -> int | None:
@@ -118,6 +140,7 @@ def _filestorage(
         hsize = _DATA_HEADER.size
         load = storage.load
         seen = 0
+        mapped = 0
         for prefix in list(index._data.keys()):
             bucket = index._data.get(prefix)
             if bucket is None:
@@ -141,6 +164,10 @@ def _filestorage(
                 if end <= size:
                     hoid, vlen, plen = unpack_from(mm, pos)
                     if hoid == oid and not vlen and plen and end + plen <= size:
+                        mapped += plen
+                        if mapped > RELEASE_BYTES:
+                            mapped = 0
+                            release_pages(mm)
                         if with_tid:
                             yield oid, mm[pos + 8:pos + 16], mm[end:end + plen]
                         else:
@@ -212,6 +239,7 @@ def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, byt
     unpack_from = _DATA_HEADER.unpack_from
     hsize = _DATA_HEADER.size
     limit = len(mm) - hsize
+    mapped = [0]
 
     def load(oid: bytes) -> tuple[bytes, bytes]:
         bucket = buckets(oid[:6])
@@ -225,6 +253,10 @@ def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, byt
         pos += hsize
         if hoid != oid or vlen or not plen or pos + plen > limit + hsize:
             return mvcc.load(oid)  # type: ignore[no-any-return]
+        mapped[0] += plen
+        if mapped[0] > RELEASE_BYTES:
+            mapped[0] = 0
+            release_pages(mm)
         return mm[pos:pos + plen], tid
 
     def still_valid() -> bool:

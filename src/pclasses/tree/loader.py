@@ -20,6 +20,7 @@ from typing import Any
 from ZODB.POSException import POSKeyError
 
 from ..oidset import DENSE_LIMIT, OidSet
+from ..scan import RELEASE_BYTES, release_pages
 
 __all__ = ["Loader", "loader_for"]
 
@@ -73,6 +74,7 @@ class _FileLoader(Loader):
         end = len(mm)
         slow = super().load
         frombytes = int.from_bytes
+        mapped = [0]
 
         def load(oid: int) -> bytes | None:
             try:
@@ -85,6 +87,10 @@ class _FileLoader(Loader):
             start = pos + hsize
             if vlen or not plen or start + plen > end or frombytes(hoid, "big") != oid:
                 return slow(oid)  # backpointer, deletion, or written since
+            mapped[0] += plen
+            if mapped[0] > RELEASE_BYTES:  # keep the file's pages out of this process
+                mapped[0] = 0
+                release_pages(mm)
             return mm[start:start + plen]
 
         self.load = load  # type: ignore[method-assign]

@@ -237,11 +237,14 @@ def build_scale(records: int, directory: Path,
 
 
 def _tree_memory_kb(pid: int) -> tuple[int, int]:
-    """Resident memory of ``pid`` and its descendants, in KiB: (all, anonymous).
+    """Memory of ``pid`` and its descendants, in KiB: (all, anonymous).
 
-    From /proc: ``VmRSS`` counts the pages of memory-mapped files too (a
-    FileStorage read through ``mmap``: page cache the kernel takes back under
-    pressure); ``RssAnon`` is the memory the processes themselves hold."""
+    Proportional set sizes from ``/proc/PID/smaps_rollup`` (``Pss``,
+    ``Pss_Anon``): a page shared by a forked scan worker and its parent (the
+    FileStorage index, copied on write) counts once, split between them.
+    ``Pss`` counts the pages of memory-mapped files too (a FileStorage read
+    through ``mmap``: page cache the kernel takes back under pressure);
+    ``Pss_Anon`` is the memory the processes themselves hold."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -252,21 +255,21 @@ def _tree_memory_kb(pid: int) -> tuple[int, int]:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    rss = anon = 0
+    total = anon = 0
     todo = [pid]
     while todo:
         p = todo.pop()
         todo.extend(children.get(p, ()))
         try:
-            with open(f"/proc/{p}/status", "rb") as f:
+            with open(f"/proc/{p}/smaps_rollup", "rb") as f:
                 for line in f:
-                    if line.startswith(b"VmRSS:"):
-                        rss += int(line.split()[1])
-                    elif line.startswith(b"RssAnon:"):
+                    if line.startswith(b"Pss:"):
+                        total += int(line.split()[1])
+                    elif line.startswith(b"Pss_Anon:"):
                         anon += int(line.split()[1])
         except OSError:
             continue
-    return rss, anon
+    return total, anon
 
 
 def measure(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> dict[str, Any]:
@@ -274,8 +277,9 @@ def measure(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) ->
 
     ``peak_mb``: the larger of the main process's exact peak (``wait4``'s
     maximum resident set, through ``/usr/bin/time``) and the whole process
-    tree's resident memory polled every 0.2 s; ``anon_mb``: the tree's
-    polled peak of anonymous memory (without mapped file pages)."""
+    tree's memory (proportional set size) polled every 0.2 s; ``anon_mb``:
+    the tree's polled peak of anonymous memory (without mapped file
+    pages)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         timed = ["/usr/bin/time", "-f", "%M", "-o", tf.name, *argv] \
             if os.path.exists("/usr/bin/time") else argv
@@ -332,7 +336,7 @@ def _summary(name: str, doc: Any) -> Any:
 
 
 def run_size(records: int, cache: Path, work: Path, commands: list[str],
-             env: dict[str, str]) -> dict[str, Any]:
+             env: dict[str, str], keep: Path | None = None) -> dict[str, Any]:
     src, counts = build_scale(records, cache, progress=True)
     cli = bin_path("pclasses")
     out: dict[str, Any] = {"data": counts, "commands": {}}
@@ -343,6 +347,11 @@ def run_size(records: int, cache: Path, work: Path, commands: list[str],
         r = measure(argv, env, ok)
         r["result"] = _summary(name, r.pop("json", None))
         out["commands"][name] = r
+        if keep is not None:  # one line a measure, kept as soon as it is made
+            with keep.open("a") as f:
+                f.write(json.dumps({"size": records, "data": counts, "command": name,
+                                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    **r}) + "\n")
         print(f"    {r['s']} s, {r['peak_mb']} MB ({r['anon_mb']} MB anonymous)",
               file=sys.stderr, flush=True)
 
@@ -418,9 +427,19 @@ def main() -> None:
                     help="directory for export files, copies and imports [default: a "
                          "temporary directory beside --cache]")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="append each measure to this file as one JSON line when made")
+    ap.add_argument("--summarize", type=Path, default=None,
+                    help="print the table of the measures kept in this file, run nothing")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     commands = [c for c in args.commands.split(",") if c]
+    if args.summarize:
+        kept = load_kept(args.summarize)
+        names = [c for c in COMMANDS.split(",")
+                 if any(c in v["commands"] for v in kept.values())]
+        print(json.dumps(summarize(kept, names), indent=1))
+        return
     if args.build_only:
         for n in sizes:
             path, counts = build_scale(n, args.cache, progress=True)
@@ -433,34 +452,55 @@ def main() -> None:
     by_size: dict[int, Any] = {}
     try:
         for n in sizes:
-            by_size[n] = run_size(n, args.cache, work, commands, env)
+            by_size[n] = run_size(n, args.cache, work, commands, env, args.keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(summarize(by_size, commands), indent=1))
+
+
+def summarize(by_size: dict[int, Any], commands: list[str]) -> dict[str, Any]:
+    """The table: per command, time and memory at each size, the time ratio
+    between the largest and smallest size, and whether the bound holds."""
+    sizes = sorted(by_size)
     small, large = by_size[sizes[0]], by_size[sizes[-1]]
     scale = large["data"]["records"] / small["data"]["records"]
     table = {}
     for name in commands:
         row: dict[str, Any] = {}
+        runs = [by_size[n]["commands"][name] for n in sizes if name in by_size[n]["commands"]]
         for n in sizes:
-            r = by_size[n]["commands"][name]
-            row[f"s_{n}"] = r["s"]
-            row[f"peak_mb_{n}"] = r["peak_mb"]
-            row[f"anon_mb_{n}"] = r["anon_mb"]
-        if len(sizes) > 1:
+            r = by_size[n]["commands"].get(name)
+            if r is not None:
+                row[f"s_{n}"] = r["s"]
+                row[f"peak_mb_{n}"] = r["peak_mb"]
+                row[f"anon_mb_{n}"] = r["anon_mb"]
+        if len(sizes) > 1 and name in small["commands"] and name in large["commands"]:
             ratio = large["commands"][name]["s"] / max(small["commands"][name]["s"], 1e-9)
             row["time_ratio"] = round(ratio, 2)
             row["ratio_over_records_ratio"] = round(ratio / scale, 2)
-        row["under_bound"] = all(by_size[n]["commands"][name]["peak_mb"] < BOUND_MB
-                                 for n in sizes)
-        row["anon_under_bound"] = all(by_size[n]["commands"][name]["anon_mb"] < BOUND_MB
-                                      for n in sizes)
+        row["under_bound"] = all(r["peak_mb"] < BOUND_MB for r in runs)
+        row["anon_under_bound"] = all(r["anon_mb"] < BOUND_MB for r in runs)
         table[name] = row
-    print(json.dumps({
+    return {
         "benchmark": "every command over 1M-10M records (FileStorage): time and peak memory",
         "bound_mb": BOUND_MB, "cpus": len(os.sched_getaffinity(0)),
         "sizes": {n: by_size[n]["data"] for n in sizes}, "table": table,
         "runs": {n: by_size[n]["commands"] for n in sizes},
-    }, indent=1))
+    }
+
+
+def load_kept(path: Path) -> dict[int, Any]:
+    """Measures kept by ``--keep`` (the last of each size and command wins)."""
+    by_size: dict[int, Any] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        size = r.pop("size")
+        entry = by_size.setdefault(size, {"data": r.pop("data"), "commands": {}})
+        r.pop("data", None)
+        entry["commands"][r.pop("command")] = r
+    return by_size
 
 
 if __name__ == "__main__":

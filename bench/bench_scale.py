@@ -431,6 +431,8 @@ def main() -> None:
                     help="append each measure to this file as one JSON line when made")
     ap.add_argument("--summarize", type=Path, default=None,
                     help="print the table of the measures kept in this file, run nothing")
+    ap.add_argument("--markdown", action="store_true",
+                    help="with --summarize: the table as Markdown (docs/benchmarks.md)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     commands = [c for c in args.commands.split(",") if c]
@@ -438,7 +440,8 @@ def main() -> None:
         kept = load_kept(args.summarize)
         names = [c for c in COMMANDS.split(",")
                  if any(c in v["commands"] for v in kept.values())]
-        print(json.dumps(summarize(kept, names), indent=1))
+        table = summarize(kept, names)
+        print(markdown(table) if args.markdown else json.dumps(table, indent=1))
         return
     if args.build_only:
         for n in sizes:
@@ -487,6 +490,31 @@ def summarize(by_size: dict[int, Any], commands: list[str]) -> dict[str, Any]:
         "sizes": {n: by_size[n]["data"] for n in sizes}, "table": table,
         "runs": {n: by_size[n]["commands"] for n in sizes},
     }
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The summary as the Markdown table of docs/benchmarks.md."""
+    sizes = sorted(summary["sizes"], key=int)
+    recs = [summary["sizes"][n]["records"] for n in sizes]
+    head = ["command"]
+    head += [f"s, {r / 1e6:.1f}M" for r in recs]
+    if len(sizes) > 1:
+        head.append(f"time ratio (records x{recs[-1] / recs[0]:.2f})")
+    head += [f"peak MB, {r / 1e6:.1f}M" for r in recs]
+    head += [f"anonymous MB, {r / 1e6:.1f}M" for r in recs]
+    head.append(f"under {summary['bound_mb']} MB?")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, row in summary["table"].items():
+        cells = [f"`{name}`"]
+        cells += [str(row.get(f"s_{n}", "-")) for n in sizes]
+        if len(sizes) > 1:
+            cells.append(str(row.get("time_ratio", "-")))
+        cells += [str(row.get(f"peak_mb_{n}", "-")) for n in sizes]
+        cells += [str(row.get(f"anon_mb_{n}", "-")) for n in sizes]
+        cells.append("yes" if row["under_bound"] else
+                     "anonymous only" if row["anon_under_bound"] else "no")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def load_kept(path: Path) -> dict[int, Any]:

@@ -56,6 +56,9 @@ MIN_RUN = 16
 #: Batches of a scan in flight at once (the server answers one while the
 #: caller works on the one before).
 WINDOW = 2
+#: Times a scan asks the server again for its object count when it has
+#: answered as many (objects added while the scan runs).
+REFRESHES = 8
 #: Loads in flight for :class:`BatchLoader`.
 LOAD_BATCH = 2_000
 
@@ -244,7 +247,8 @@ def _runs(storage: Any, last: bytes, start: int) -> Iterator[tuple[bytes, bytes,
     run = FIRST_RUN
     following: bytes | None = p64(start)  # the next oid the server named
     ended = False
-    refreshed = False
+    refreshes = 0
+    previous_answer: bytes | None = None  # the answer to the request before
 
     def fill() -> None:
         nonlocal nxt, asked
@@ -261,33 +265,33 @@ def _runs(storage: Any, last: bytes, start: int) -> Iterator[tuple[bytes, bytes,
     fill()
     while True:
         if not in_flight:
-            if ended or following is None:
+            # Every object the server said it held has been answered: ask
+            # it again (objects added meanwhile), a few times at most.
+            if ended or following is None or refreshes == REFRESHES:
                 return
-            # The server holds more than it said (objects added meanwhile,
-            # or deleted ones skipped): ask it again once, then follow the
-            # answers one request at a time (never past the last oid).
+            refreshes += 1
             nxt = max(nxt, u64(following))
-            if not refreshed:
-                refreshed = True
-                total = _object_count(storage)
-                fill()
+            previous_answer = None
+            total = _object_count(storage)
+            fill()
             if not in_flight:
-                batch = _start(storage, "record_iternext", [(following,)])
-                in_flight.append((batch, u64(following), 1))
-                nxt = max(nxt, u64(following) + 1)
-                asked += 1
+                return
         batch, first, n = in_flight.popleft()
         asked -= n
         results = batch.result()
         records: list[tuple[bytes, bytes, bytes]] = []
         fresh = 0
-        previous_answer: bytes | None = None
+        if previous_answer is not None and previous_answer != p64(first - 1):
+            previous_answer = None  # the runs jumped a gap
         for k, r in enumerate(results, first):
             if isinstance(r, BaseException):
                 if isinstance(r, POSKeyError):
                     # The first object at or after ``k`` holds no data:
-                    # skipped (counted when it is surely a new one: the
-                    # answer before was ``k - 1``).
+                    # skipped, and counted when it is surely a new one (the
+                    # answer before was ``k - 1``); never counting one twice
+                    # matters more than counting each (an object not counted
+                    # costs one request past the last oid at the end, one
+                    # counted twice would end the scan early).
                     if previous_answer == p64(k - 1):
                         fresh += 1
                     previous_answer = None

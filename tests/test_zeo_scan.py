@@ -10,7 +10,12 @@ path (servers this module cannot pipeline with) yields the same.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +240,68 @@ def test_walk_commands_give_the_file_s_answers(gappy: Any):
             fl.close()
     finally:
         fdb.close()
+
+
+@contextlib.contextmanager
+def _msgpack_server(directory: Path) -> Iterator[tuple[tuple[str, int], Path]]:
+    """A real ``runzeo`` process answering in msgpack (``msgpack true``)."""
+    from conftest import _accepts, free_port
+
+    directory.mkdir(parents=True, exist_ok=True)
+    address = ("127.0.0.1", free_port())
+    conf = directory / "zeo.conf"
+    conf.write_text(f"<zeo>\n  address {address[0]}:{address[1]}\n  msgpack true\n</zeo>\n"
+                    f"<filestorage 1>\n  path {directory / 'zeo.fs'}\n</filestorage>\n")
+    with (directory / "zeo.log").open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ZEO.runzeo", "-C", str(conf)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not _accepts(address):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the msgpack ZEO server did not start")
+            time.sleep(0.05)
+        yield address, directory / "zeo.fs"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_msgpack_server_reads_the_same(tmp_path: Path, monkeypatch: Any):
+    """A server running with ``msgpack true`` (answers as lists, not
+    tuples) gives the same scan, the same export and the same reference
+    check as its own file."""
+    pytest.importorskip("msgpack")
+    from pclasses.tree import check_refs
+
+    with _msgpack_server(tmp_path / "zeo") as (address, path):
+        uri = f"zeo://{address[0]}:{address[1]}?wait_timeout=20"
+        db = pclasses.open(uri)
+        try:
+            with db.transaction() as conn:
+                root = conn.root()
+                for i in range(200):
+                    root[f"o{i}"] = PersistentMapping(n=i, next=root.get(f"o{i - 1}"))
+            assert db.storage._server.client.protocol.protocol_version[:1] == b"M"
+            _small_runs(monkeypatch)
+            assert list(iter_current(db.storage)) == _file_records(path)
+            fdb = pclasses.open(str(path), read_only=True)
+            try:
+                a, b = check_refs(db).to_dict(), check_refs(fdb).to_dict()
+                a.pop("databases", None)
+                b.pop("databases", None)
+                assert a == b
+            finally:
+                fdb.close()
+        finally:
+            db.close()
+        out_a, out_b = tmp_path / "zeo.pclasses", tmp_path / "file.pclasses"
+        for target, out in ((uri, out_a), (str(path), out_b)):
+            db = pclasses.open(target, read_only=True)
+            try:
+                conn = db.open()
+                pclasses.export_subtree(conn, conn.root(), str(out), name="all")
+                conn.close()
+            finally:
+                db.close()
+        assert out_a.read_bytes() == out_b.read_bytes()

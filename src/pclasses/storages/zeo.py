@@ -47,7 +47,7 @@ from typing import Any
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
-__all__ = ["iter_current", "BatchLoader", "pipelined"]
+__all__ = ["iter_current", "BatchLoader", "BlockReader", "pipelined"]
 
 #: Requests in one batch: the first run, and the bounds of runs.
 FIRST_RUN = 256
@@ -386,3 +386,62 @@ class BatchLoader:
         if got is not None:
             return got
         return self._instance.load(oid)  # type: ignore[no-any-return]  # POSKeyError
+
+
+class BlockReader:
+    """``load(oid: int) -> bytes | None`` for walks over a whole database
+    over ZEO (``pclasses.tree``), whose order the walk alone knows: a miss
+    loads the aligned block of :data:`BLOCK` oids around the oid with
+    every request in flight (``loadBefore`` at the snapshot taken when the
+    reader was made, so a missing oid is a quiet ``POSKeyError`` on the
+    server), and the next block in the direction the walk is going is asked
+    for while it works.  At most :data:`BLOCKS_KEPT` blocks are kept."""
+
+    def __init__(self, storage: Any) -> None:
+        self._storage = storage
+        self._before = p64(u64(storage.lastTransaction()) + 1)
+        self._blocks: dict[int, dict[int, bytes | None]] = {}
+        self._pending: dict[int, _Batch] = {}
+        self._last_block = -1
+
+    def _ask(self, block: int) -> None:
+        if block < 0 or block in self._blocks or block in self._pending:
+            return
+        while len(self._pending) >= 4:  # asked for and never needed
+            del self._pending[next(iter(self._pending))]
+        first = block * BLOCK
+        before = self._before
+        self._pending[block] = _start(self._storage, "loadBefore",
+                                      [(p64(k), before) for k in range(first, first + BLOCK)])
+
+    def _take(self, block: int) -> dict[int, bytes | None]:
+        self._ask(block)
+        batch = self._pending.pop(block)
+        got: dict[int, bytes | None] = {}
+        for k, r in enumerate(batch.result(), block * BLOCK):
+            if isinstance(r, BaseException):
+                if not isinstance(r, POSKeyError):
+                    raise r
+                got[k] = None
+            else:  # (data, start, end) as a tuple or a list; None: newer than the snapshot
+                got[k] = r[0] if r is not None else None
+        blocks = self._blocks
+        blocks[block] = got
+        while len(blocks) > BLOCKS_KEPT:
+            del blocks[next(iter(blocks))]
+        return got
+
+    def load(self, oid: int) -> bytes | None:
+        block = oid // BLOCK
+        got = self._blocks.get(block)
+        if got is None:
+            got = self._take(block)
+            step = 1 if block >= self._last_block else -1
+            self._last_block = block
+            self._ask(block + step)
+        return got.get(oid)
+
+
+#: Oids in one block of :class:`BlockReader`, and blocks it keeps.
+BLOCK = 512
+BLOCKS_KEPT = 64

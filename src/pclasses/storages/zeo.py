@@ -394,8 +394,8 @@ class BlockReader:
     loads the aligned block of :data:`BLOCK` oids around the oid with
     every request in flight (``loadBefore`` at the snapshot taken when the
     reader was made, so a missing oid is a quiet ``POSKeyError`` on the
-    server), and the next block in the direction the walk is going is asked
-    for while it works.  At most :data:`BLOCKS_KEPT` blocks are kept."""
+    server), and the block the walk's last stride points to is asked for
+    while it works.  At most :data:`BLOCKS_KEPT` blocks are kept."""
 
     def __init__(self, storage: Any) -> None:
         self._storage = storage
@@ -407,8 +407,8 @@ class BlockReader:
     def _ask(self, block: int) -> None:
         if block < 0 or block in self._blocks or block in self._pending:
             return
-        while len(self._pending) >= 4:  # asked for and never needed
-            del self._pending[next(iter(self._pending))]
+        while len(self._pending) >= 8:  # asked for, not needed yet: kept
+            self._take(next(iter(self._pending)))
         first = block * BLOCK
         before = self._before
         self._pending[block] = _start(self._storage, "loadBefore",
@@ -436,9 +436,14 @@ class BlockReader:
         got = self._blocks.get(block)
         if got is None:
             got = self._take(block)
-            step = 1 if block >= self._last_block else -1
+            # the next block the walk is likely to need: the same stride
+            # again when it is short (walks of B-trees skip every other
+            # block), else the neighbour in its direction
+            stride = block - self._last_block
+            if not 0 < abs(stride) <= 4:
+                stride = 1 if stride > 0 else -1
             self._last_block = block
-            self._ask(block + step)
+            self._ask(block + stride)
         return got.get(oid)
 
 

@@ -74,7 +74,7 @@ def test_built_file_opens_with_the_counts_it_reports(bench_scale, tmp_path):
 
 def test_scans_read_the_same_when_mapped_pages_are_released(bench_scale, tmp_path, monkeypatch):
     """Readers of a FileStorage through a memory map drop its pages from the
-    process every RELEASE_BYTES (so a scan of a large file does not show the
+    process every DROP_BYTES (so a scan of a large file does not show the
     file in its resident memory); released after every record, the census,
     the record iterator and the reference walk still read every record
     exactly as before."""
@@ -98,8 +98,8 @@ def test_scans_read_the_same_when_mapped_pages_are_released(bench_scale, tmp_pat
         return records, census, refs
 
     before = read_all()
-    monkeypatch.setattr(scan, "RELEASE_BYTES", 1)
-    monkeypatch.setattr(loader, "RELEASE_BYTES", 1)
+    monkeypatch.setattr(scan, "DROP_BYTES", 1)
+    monkeypatch.setattr(loader, "DROP_BYTES", 1)
     after = read_all()
     assert after == before
     assert len(after[0]) == counts["records"]

@@ -5,7 +5,9 @@ current record's bytes or ``None`` when there is none.  A FileStorage is read
 straight from its file (a memory map) at the positions its index gives,
 copied once into an array indexed by oid; anything unusual (a backpointer, a
 deletion, a record written after the map was made) goes through the
-storage.  Other storages (ZEO, RelStorage) are read through ``load``.
+storage.  ZEO is read by blocks of oids with many requests in flight
+(:class:`pclasses.storages.zeo.BlockReader`); other storages (RelStorage)
+are read through ``load``.
 """
 
 from __future__ import annotations
@@ -159,8 +161,24 @@ def _positions(index: Any) -> array[int] | None:
     return positions
 
 
+class _ReadAheadLoader(Loader):
+    """Over ZEO: blocks of oids read with many requests in flight
+    (:class:`pclasses.storages.zeo.BlockReader`)."""
+
+    def __init__(self, storage: Any, reader: Any) -> None:
+        super().__init__(storage)
+        self.load = reader.load  # type: ignore[method-assign]
+
+
 def loader_for(storage: Any) -> Loader:
     """The fastest :class:`Loader` for ``storage``."""
+    from ..storages import storage_kind
+
+    if storage_kind(storage) == "zeo":
+        from ..storages.zeo import BlockReader, _can_pipeline
+
+        if _can_pipeline(storage):
+            return _ReadAheadLoader(storage, BlockReader(storage))
     name = getattr(storage, "_file_name", None)
     index = getattr(storage, "_index", None)
     if name is None or index is None:

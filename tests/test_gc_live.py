@@ -237,3 +237,38 @@ def test_gc_batches_shrink_to_fit_the_lock_table(pg_server: Any, keep_history: b
         assert pclasses.collect_garbage(db, days=0).count == 0
     finally:
         db.close()
+
+
+@pytest.mark.postgres
+def test_gc_apply_failure_is_one_line_and_rolls_back(pg_server: Any):
+    """A batch PostgreSQL refuses (a role that may not DELETE) ends gc
+    --apply with exit 1 and one line, no traceback; the batch was rolled
+    back: the garbage is all still there."""
+    pytest.importorskip("psycopg2")
+    pytest.importorskip("relstorage")
+    dbname = pg_server.createdb()
+    base = f"postgres://{{}}@{pg_server.host}:{pg_server.port}/{dbname}?keep_history=false"
+    with modules() as mods:
+        db = pclasses.open(base.format("postgres"))
+        try:
+            garbage, conn, tm = build(db, mods)
+            tm.abort()
+            conn.close()
+        finally:
+            db.close()
+    role = pg_server.create_role("gc_no_delete")
+    pg_server.psql(f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO "{role}"',
+                   dbname)
+    pg_server.psql(f'GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO "{role}"',
+                   dbname)
+    pg_server.psql(f'GRANT CREATE ON SCHEMA public TO "{role}"', dbname)
+    result = CliRunner().invoke(main, ["gc", base.format(role), "--days", "0", "--apply",
+                                       "--force", "--batch-size", "10"])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert "rolled back" in result.output and "permission denied" in result.output
+    db = pclasses.open(base.format("postgres"), read_only=True)
+    try:
+        assert all(loadable(db, oid) for oid in garbage.trash)
+    finally:
+        db.close()

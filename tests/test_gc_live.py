@@ -272,3 +272,58 @@ def test_gc_apply_failure_is_one_line_and_rolls_back(pg_server: Any):
         assert all(loadable(db, oid) for oid in garbage.trash)
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("kind", ["file", "zeo", "pg-history-free"])
+def test_the_check_inside_the_commit_keeps_a_relinked_object(kind: str, tmp_path: Path,
+                                                             request: Any):
+    """The last look happens inside the batch's commit, the storage locked:
+    an object the application linked again after gc's previous look (here,
+    after the walk, with no look before the batch) is found alive there,
+    the batch is rolled back, and the object stays; the rest is deleted."""
+    from pclasses.tree.gc import GcReport, _garbage
+    from pclasses.tree.loader import loader_for
+    from pclasses.tree.sweep import Sweeper, _Relinked, last_tid
+    from pclasses.tree.walk import open_all
+
+    with make_target(kind, tmp_path, request) as t, modules() as mods:
+        app = t.open()
+        gcdb = app if kind == "file" else t.open()
+        try:
+            garbage, conn, tm = build(app, mods)
+            databases, unavailable = open_all(gcdb, read_only=False)
+            since = {n: last_tid(d.storage) for n, d in databases.items()}
+            loaders = {n: loader_for(d.storage) for n, d in databases.items()}
+            try:
+                found_garbage, found = _garbage(databases, unavailable, loaders,
+                                                GcReport(), 0, True)
+                name = next(iter(databases))
+                assert garbage.mover in found_garbage[name]
+                conn.root()["back"] = conn.get(garbage.mover)  # after the walk
+                tm.commit()
+                sweeper = Sweeper(databases, unavailable, loaders, found, since, 100)
+                try:
+                    with pytest.raises(_Relinked):
+                        sweeper._delete([(name, garbage.mover), (name, garbage.trash[0])])
+                    assert loadable(gcdb, garbage.mover) and loadable(gcdb, garbage.trash[0])
+                    sweeper.run({name: sorted(found_garbage[name])})
+                finally:
+                    sweeper.close()
+            finally:
+                for loader in loaders.values():
+                    loader.close()
+            assert set(sweeper.relinked[name]) == {garbage.mover, garbage.child}
+            assert set(garbage.trash) <= set(sweeper.deleted[name])
+            fresh = t.open() if kind != "file" else app  # a view after the deletions
+            try:
+                assert loadable(fresh, garbage.mover) and loadable(fresh, garbage.child)
+                assert not any(loadable(fresh, oid) for oid in garbage.trash)
+            finally:
+                if fresh is not app:
+                    fresh.close()
+            tm.abort()
+            conn.close()
+        finally:
+            if gcdb is not app:
+                gcdb.close()
+            app.close()

@@ -796,8 +796,10 @@ def refs_check(target: str, as_json: bool, referrers: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
               help="Objects deleted per transaction with --apply.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar while deleting (on a terminal).")
 def gc_command(target: str, days: float, apply_: bool, force: bool, batch_size: int,
-               as_json: bool) -> None:
+               as_json: bool, progress: bool) -> None:
     """Find objects unreachable from the roots of a whole tree of databases.
 
     Plain, m, n and remote references keep objects alive, weak references do
@@ -815,8 +817,9 @@ def gc_command(target: str, days: float, apply_: bool, force: bool, batch_size: 
         _fail("--days must be 0 or more")
     db = _open_tree(target, not apply_)
     try:
-        report = collect_garbage(db, days=days, apply=apply_, force=force,
-                                 batch_size=batch_size)
+        with progress_bar("deleting garbage", progress and apply_) as cb:
+            report = collect_garbage(db, days=days, apply=apply_, force=force,
+                                     batch_size=batch_size, progress=cb)
     finally:
         _close_tree(db)
     if as_json:

@@ -1,5 +1,5 @@
 """The README's main job (``python -m pclasses.demo``, ``make demo``) runs
-against a ZEO server or a RelStorage/PostgreSQL database given on its
+against a ZEO server (URI or ZConfig file) or a RelStorage/PostgreSQL database given on its
 command line (issue 16): it builds the sample data there, runs every step
 and exits 0; run again it reuses the demo's own data; a database holding
 anything else is refused in one line and left as it was.
@@ -28,9 +28,16 @@ def demo(directory: Path, target: str) -> subprocess.CompletedProcess[str]:
                           timeout=600, stdin=subprocess.DEVNULL)
 
 
-def target_of(kind: str, request: Any) -> str:
+def target_of(kind: str, request: Any, tmp_path: Path) -> str:
     if kind == "zeo":
         return str(request.getfixturevalue("zeo_server").fresh_uri())
+    if kind == "zeo-zconfig":  # a ZConfig file with a <clientstorage> section
+        (host, port), name = request.getfixturevalue("zeo_server").fresh()
+        conf = tmp_path / "zeo.conf"
+        conf.write_text(f"%import ZEO\n<zodb main>\n  <clientstorage>\n"
+                        f"    server {host}:{port}\n    storage {name}\n"
+                        "    wait-timeout 20\n  </clientstorage>\n</zodb>\n")
+        return str(conf)
     pytest.importorskip("psycopg2")
     pytest.importorskip("relstorage")
     pg = request.getfixturevalue("pg_server")
@@ -38,13 +45,14 @@ def target_of(kind: str, request: Any) -> str:
             f"?keep_history={'true' if kind == 'pg-history-preserving' else 'false'}")
 
 
-@pytest.mark.parametrize("kind", ["zeo", "pg-history-free", "pg-history-preserving"])
+@pytest.mark.parametrize("kind", ["zeo", "zeo-zconfig", "pg-history-free",
+                                  "pg-history-preserving"])
 def test_demo_runs_on_the_target_and_again(kind: str, request: Any, tmp_path: Path):
     """Every step runs on the target and the demo exits 0: the census,
     the broken objects and their inventory, live reattachment and the
     repair dry run read the target; the steps needing other databases say
     they use FileStorages beside it.  A second run reuses the data."""
-    target = target_of(kind, request)
+    target = target_of(kind, request, tmp_path)
     first = demo(tmp_path / "var", target)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr
     out = first.stdout
@@ -69,7 +77,7 @@ def test_demo_refuses_a_database_that_is_not_its_own(kind: str, request: Any,
                                                      tmp_path: Path):
     """A target holding other data is refused: exit 1, one line on stderr
     naming its root entries, and nothing written to it."""
-    target = target_of(kind, request)
+    target = target_of(kind, request, tmp_path)
     db = pclasses.open(target)
     try:
         with db.transaction() as conn:

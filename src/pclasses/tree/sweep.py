@@ -165,9 +165,6 @@ class Sweeper:
                 part = self._alive_out(part)
                 if part:
                     self._delete(part)
-                done += len(part)
-                if self.progress is not None:
-                    self.progress(done, total)
             except (TransientError, _Relinked):
                 if tries + 1 < CONFLICT_RETRIES:
                     pending.append((part, tries + 1))
@@ -192,6 +189,9 @@ class Sweeper:
                 raise GarbageCollectionError(
                     f"a batch failed and was rolled back ({_one_line(exc)}); batches "
                     "committed before it stay deleted, run again to continue") from exc
+            done += len(part)
+            if self.progress is not None:
+                self.progress(done, total)
 
     def _alive(self, name: str, oid: bytes) -> bool:
         return bool(self.found.reached[name].has(int.from_bytes(oid, "big")))

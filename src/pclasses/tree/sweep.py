@@ -63,6 +63,8 @@ class Changes:
         self.storage = storage.new_instance() if _mvcc(storage) else storage
         self.own = self.storage is not storage
         self.since = since
+        #: tids of gc's own transactions: not read again
+        self.ours: set[bytes] = set()
 
     def read(self) -> dict[bytes, bytes | None]:
         """``oid -> data`` (the newest record; ``None``: deleted) of what was
@@ -80,9 +82,11 @@ class Changes:
         it = self.storage.iterator(p64(u64(self.since) + 1))
         try:
             for txn in it:
+                last = max(last, txn.tid)
+                if txn.tid in self.ours:
+                    continue
                 for record in txn:
                     out[record.oid] = record.data
-                last = max(last, txn.tid)
         finally:
             close = getattr(it, "close", None)
             if close is not None:
@@ -153,7 +157,6 @@ class Sweeper:
                    for i in reversed(range(0, len(items), self.size))]
         while pending:
             part, tries = pending.pop()
-            part = self._alive_out(part)
             if not part:
                 continue
             if len(part) > self.size:  # the lock table asked for smaller batches
@@ -213,8 +216,8 @@ class Sweeper:
         fresh: list[tuple[str, bytes]] = []
         for name, changes in sorted(self.changes.items()):
             for oid, data in changes.read().items():
-                fresh.append((name, oid))
-                if data:
+                if data is not None:  # None: deleted
+                    fresh.append((name, oid))
                     roots.extend(_targets(name, data))
         if not fresh:
             return
@@ -258,8 +261,10 @@ class Sweeper:
             for storage in begun:
                 storage.tpc_abort(txn)
             raise
-        for storage in begun:
-            storage.tpc_finish(txn)
+        for name in names:
+            tid = self.writers[name].tpc_finish(txn)
+            if tid:
+                self.changes[name].ours.add(tid)
         self.transactions += 1
         for name, oids in done.items():
             self.deleted.setdefault(name, []).extend(oids)

@@ -261,7 +261,14 @@ def _copy_current(cursor: Any, keep_history: bool) -> Iterator[tuple[bytes, byte
 class BatchLoader:
     """``load(oid) -> (state, tid)`` at the snapshot of a connection's
     RelStorage instance, fetching the oids :meth:`follow`'s queue is about
-    to ask for in one query a batch."""
+    to ask for in one query a batch.
+
+    On PostgreSQL (psycopg2) the batch after the one being used is read
+    ahead, by a helper thread on a second connection that shares the
+    instance's snapshot (``pg_export_snapshot`` / ``SET TRANSACTION
+    SNAPSHOT``), so the server looks up the next batch while the walk
+    works through this one; the instance's own connection is only ever used
+    by the caller's thread.  :meth:`close` ends the helper."""
 
     def __init__(self, instance: Any) -> None:
         self._instance = instance
@@ -269,6 +276,11 @@ class BatchLoader:
         self._upcoming: Any = None
         self._got: dict[bytes, tuple[bytes, bytes]] = {}
         self._copy: bool | None = None
+        self._sql = ""
+        self._ahead: Any = None  # the future of the batch read ahead
+        self._pending: set[bytes] = set()  # the oids it reads
+        self._helper: Any = None  # (pool, connection, cursor) of the read-ahead
+        self._manager = instance._adapter.connmanager
 
     def follow(self, queue: Any) -> None:
         """Prefetch from ``queue`` (a deque of oids a walk pops from the left)."""
@@ -278,9 +290,16 @@ class BatchLoader:
         got = self._got.pop(oid, None)
         if got is not None:
             return got
+        if self._ahead is not None:
+            self._collect()
+            got = self._got.pop(oid, None)
+            if got is not None:
+                self._read_ahead()
+                return got
         if self._upcoming is not None and len(self._upcoming) > 1:
             self._fetch(oid)
             got = self._got.pop(oid, None)
+            self._read_ahead()
             if got is not None:
                 return got
         return self._instance.load(oid)  # type: ignore[no-any-return]  # POSKeyError
@@ -295,15 +314,68 @@ class BatchLoader:
         got = self._got
         if self._copy is None:
             self._copy = _binary_copy(self._instance._adapter, cursor)
+            self._sql = _LOAD_SQL[history_kept(self._instance)]
         if self._copy:
-            sql = _LOAD_SQL[history_kept(self._instance)]
-            for oid_, tid, state in _copy_rows(cursor, sql, (wanted,)):
+            for oid_, tid, state in _copy_rows(cursor, self._sql, (wanted,)):
                 if state:
                     got[oid_] = (state, tid)
             return
         for oid_int, state_, tid_int in self._mover.load_currents(cursor, wanted):
             if state_:
                 got[p64(oid_int)] = (state_, p64(tid_int))
+
+    def _read_ahead(self) -> None:
+        """Start reading the batch after the ones held."""
+        from itertools import islice
+
+        if not self._copy or self._ahead is not None or self._upcoming is None:
+            return
+        got = self._got
+        wanted = [o for o in islice(self._upcoming, 0, 2 * LOAD_BATCH) if o not in got]
+        del wanted[LOAD_BATCH:]
+        if len(wanted) < 2:
+            return
+        if self._helper is None:
+            self._helper = self._start_helper()
+        pool, _conn, cursor = self._helper
+        self._pending = set(wanted)
+        self._ahead = pool.submit(_copy_rows, cursor, self._sql, ([u64(o) for o in wanted],))
+
+    def _collect(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        self._pending = set()
+        got = self._got
+        for oid_, tid, state in ahead.result():
+            if state:
+                got[oid_] = (state, tid)
+
+    def _start_helper(self) -> Any:
+        """A pool of one thread and a connection at the instance's snapshot."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        cursor = self._instance._load_connection.cursor
+        cursor.execute("SELECT pg_export_snapshot()")
+        (snapshot,) = cursor.fetchone()
+        conn, helper_cursor = self._manager.open_for_load()
+        try:
+            conn.rollback()  # (a new transaction, whose first statement is this)
+            helper_cursor.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+        except Exception:
+            self._manager.close(conn, helper_cursor)
+            raise
+        pool = ThreadPoolExecutor(1, thread_name_prefix="pclasses-relstorage-load")
+        return pool, conn, helper_cursor
+
+    def close(self) -> None:
+        """End the read-ahead (its thread and connection), if any."""
+        if self._ahead is not None:
+            self._ahead.exception()  # (wait; its rows are not needed any more)
+            self._ahead = None
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            pool, conn, cursor = helper
+            pool.shutdown(wait=True)
+            self._manager.close(conn, cursor)
 
 
 #: the current rows of the oids of an array, one index lookup each (a

@@ -226,7 +226,8 @@ def snapshot_loader(connection: Any) -> tuple[Callable[[bytes], tuple[bytes, byt
     if kind == "relstorage" and storage_kind(mvcc) == "relstorage":
         from .storages.relstorage import BatchLoader
 
-        return BatchLoader(mvcc), lambda: True, lambda: None
+        loader = BatchLoader(mvcc)
+        return loader, lambda: True, loader.close
     if kind == "zeo" and getattr(mvcc, "_start", None) is not None:
         from .storages.zeo import BatchLoader as ZEOBatchLoader
         from .storages.zeo import _can_pipeline

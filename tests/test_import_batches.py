@@ -211,6 +211,37 @@ def test_cli_import_in_batches_reports_its_transactions(tmp_path: Path):
         db.close()
 
 
+def test_zeo_import_finishes_while_the_site_writes(tmp_path: Path):
+    """Over ZEO (a real server with a blob directory), a batched import into
+    a container another client keeps changing finishes; that client's keys
+    and the whole tree with its blob are there."""
+    from test_repair_blobs import zeo_blob_server
+
+    src = _source(tmp_path)
+    with zeo_blob_server(tmp_path / "zeo") as (address, _blob_dir):
+        uri = (f"zeo://{address[0]}:{address[1]}?wait_timeout=20"
+               f"&blob_dir={tmp_path / 'cache'}")
+        app_db = pclasses.open(uri.replace("cache", "app-cache"))
+        db = pclasses.open(uri)
+        try:
+            _with_inbox(db)
+            app = InboxWriter(app_db)
+            app.start()
+            try:
+                report = import_in_batches(db, src, into="inbox", batch_size=40)
+            finally:
+                app.stop()
+            assert app.error is None
+            assert report.transactions is not None and report.transactions > 1
+            _check_tree(db)
+            with db.transaction() as conn:
+                inbox = conn.root()["inbox"]
+                assert all(key in inbox for key in app.added)
+        finally:
+            db.close()
+            app_db.close()
+
+
 # ---------------------------------------------------------------------------
 # RelStorage on PostgreSQL
 # ---------------------------------------------------------------------------

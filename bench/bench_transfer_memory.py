@@ -4,9 +4,15 @@ Builds (once, cached beside the other benchmarks' data) a FileStorage of
 ``root['tree']``: a PersistentMapping of groups of 1000 small
 PersistentMappings each, so a subtree of about N records.  Each
 measurement runs in its own process, which reports its time and its peak
-resident set (``ru_maxrss``).  ``--src`` points the child processes at
-another source tree (for before/after comparisons); runs of the two trees
-alternate and the report gives the medians and their ratios.
+resident set (``ru_maxrss``): ``export`` (``export_subtree`` to a file),
+``import`` (``import_subtree`` into a new FileStorage and one commit: the
+library's way), with ``--batched`` also ``batched`` (``import_in_batches``,
+the command line's way: FileStorage keeps an index entry per record of a
+transaction, which batches bound), and ``baseline`` (the process that
+opens the source and loads the root: what every measurement starts
+from).  ``--src`` points the child processes at another source tree (for
+before/after comparisons); runs of the two trees alternate and the report
+gives the medians.
 
     python bench/bench_transfer_memory.py --sizes 200000,1000000 \\
         --src /tmp/before/src --src src
@@ -35,6 +41,15 @@ if what == 'export':
     conn = db.open()
     t0 = time.perf_counter()
     pclasses.export_subtree(conn, conn.root()['tree'], out, name='imported')
+elif what == 'batched':
+    from pclasses.transfer.batched import import_in_batches
+    db = pclasses.open(src)
+    t0 = time.perf_counter()
+    import_in_batches(db, out)
+elif what == 'baseline':
+    db = pclasses.open(src, read_only=True)
+    db.open().root()['tree']
+    t0 = time.perf_counter()
 else:
     db = pclasses.open(src)
     tm = transaction.TransactionManager()
@@ -87,6 +102,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="200000")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--batched", action="store_true",
+                    help="also measure import_in_batches (trees that have it)")
     ap.add_argument("--src", action="append", default=[],
                     help="a source tree to measure (repeatable; default: this one)")
     args = ap.parse_args()
@@ -94,18 +111,26 @@ def main() -> None:
         str(Path(__file__).resolve().parent.parent / "src")]
     for n in (int(x) for x in args.sizes.split(",")):
         db = str(build(n))
+        kinds = ["baseline", "export", "import"] + (["batched"] if args.batched else [])
         got: dict[str, dict[str, list[tuple[float, float]]]] = {
-            t: {"export": [], "import": []} for t in trees}
+            t: {k: [] for k in kinds} for t in trees}
         for r in range(args.runs):
             for tree in trees if r % 2 == 0 else trees[::-1]:
                 with tempfile.TemporaryDirectory() as tmp:
                     out = os.path.join(tmp, "x.export")
+                    got[tree]["baseline"].append(child(tree, "baseline", db, out))
                     got[tree]["export"].append(child(tree, "export", db, out))
                     got[tree]["import"].append(
                         child(tree, "import", os.path.join(tmp, "dst.fs"), out))
+                    if args.batched and os.path.exists(
+                            os.path.join(tree, "pclasses", "transfer", "batched.py")):
+                        got[tree]["batched"].append(
+                            child(tree, "batched", os.path.join(tmp, "dst2.fs"), out))
         for tree in trees:
             row: dict[str, object] = {"records": n, "src": tree}
-            for what in ("export", "import"):
+            for what in kinds:
+                if not got[tree][what]:
+                    continue
                 row[f"{what}_s"] = round(statistics.median(x[0] for x in got[tree][what]), 2)
                 row[f"{what}_peak_mb"] = round(
                     statistics.median(x[1] for x in got[tree][what]), 1)

@@ -496,13 +496,16 @@ def _default_import_name(file: str) -> str:
 @click.option("--strict", "strict", multiple=True, metavar="PKG",
               help="Allow only classes of package PKG (repeatable) besides plain data "
                    "types; see docs/security.md.")
+@click.option("--batch-size", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Records a transaction stores; a larger import is stored in batches and "
+                   "linked into the container last (see docs/operators.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar (only on a terminal).")
 @_trust_option
 @_blob_dir_option
 def import_cmd(target: str, file: str, into: str, name: str | None, missing: str,
-               allow_code: bool, strict: tuple[str, ...], as_json: bool,
+               allow_code: bool, strict: tuple[str, ...], batch_size: int, as_json: bool,
                progress: bool, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """Import an export FILE (pclasses format or ZODB .zexp) into TARGET.
 
@@ -510,32 +513,23 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
     its records name are checked against TARGET's registry and class table;
     missing classes are listed (or, with --missing broken, imported as broken
     objects).  Nothing in the file is run.  The imported object is stored
-    under --name in the container at --into, in one transaction.
+    under --name in the container at --into: in one transaction up to
+    --batch-size records; a larger import stores its records in batches
+    and links the object into the container last, retrying that when the
+    site changed the container meanwhile.
     """
-    import transaction as txn
-
     from .database import open as open_db
-    from .transfer import import_subtree, resolve_path
+    from .transfer.batched import import_in_batches
 
     with _errors():
         db = open_db(target, _registry(True), create=False, blob_dir=blob_dir)
         try:
-            tm = txn.TransactionManager()
-            conn = db.open(tm)
-            try:
-                container = resolve_path(conn, into)
-                with progress_bar("importing", progress) as cb:
-                    report = import_subtree(conn, file, missing=missing, into=container,
-                                            name=name, progress=cb, trust=trust, report=True,
-                                            default_name=_default_import_name(file),
-                                            allow_code=allow_code, strict=strict or None)
-                tm.get().note(f"pclasses import {os.path.basename(file)}")
-                tm.commit()
-            except BaseException:
-                tm.abort()
-                raise
-            finally:
-                conn.close()
+            with progress_bar("importing", progress) as cb:
+                report = import_in_batches(
+                    db, file, into=into, name=name, batch_size=batch_size, missing=missing,
+                    progress=cb, trust=trust, default_name=_default_import_name(file),
+                    allow_code=allow_code, strict=strict or None,
+                    note=f"pclasses import {os.path.basename(file)}")
         finally:
             db.close()
     if as_json:

@@ -511,8 +511,12 @@ def markdown(summary: dict[str, Any]) -> str:
             cells.append(str(row.get("time_ratio", "-")))
         cells += [str(row.get(f"peak_mb_{n}", "-")) for n in sizes]
         cells += [str(row.get(f"anon_mb_{n}", "-")) for n in sizes]
-        cells.append("yes" if row["under_bound"] else
-                     "anonymous only" if row["anon_under_bound"] else "no")
+        holds = ("yes" if row["under_bound"] else
+                 "anonymous only" if row["anon_under_bound"] else "no")
+        missing = [f"{r / 1e6:.1f}M" for n, r in zip(sizes, recs) if f"s_{n}" not in row]
+        if missing:
+            holds += f" (not measured at {', '.join(missing)})"
+        cells.append(holds)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

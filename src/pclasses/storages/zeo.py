@@ -394,8 +394,8 @@ class BlockReader:
     loads the aligned block of :data:`BLOCK` oids around the oid with
     every request in flight (``loadBefore`` at the snapshot taken when the
     reader was made, so a missing oid is a quiet ``POSKeyError`` on the
-    server), and the block the walk's last stride points to is asked for
-    while it works.  At most :data:`BLOCKS_KEPT` blocks are kept."""
+    server), and the next :data:`AHEAD` blocks the walk's last stride points
+    to are asked for while it works.  At most :data:`BLOCKS_KEPT` blocks are kept."""
 
     def __init__(self, storage: Any) -> None:
         self._storage = storage
@@ -443,10 +443,13 @@ class BlockReader:
             if not 0 < abs(stride) <= 4:
                 stride = 1 if stride > 0 else -1
             self._last_block = block
-            self._ask(block + stride)
+            for ahead in range(1, AHEAD + 1):
+                self._ask(block + ahead * stride)
         return got.get(oid)
 
 
-#: Oids in one block of :class:`BlockReader`, and blocks it keeps.
+#: Oids in one block of :class:`BlockReader`, blocks it asks for ahead of
+#: the walk, and blocks it keeps.
 BLOCK = 512
+AHEAD = 2
 BLOCKS_KEPT = 64

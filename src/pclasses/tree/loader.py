@@ -21,9 +21,14 @@ from typing import Any
 
 from ZODB.POSException import POSKeyError
 
+from .. import scan
 from ..oidset import DENSE_LIMIT, OidSet
+from ..scan import PAGE_SPAN, drop_pages
 
 __all__ = ["Loader", "loader_for"]
+
+#: The map's pages are given back after this many bytes read through it.
+DROP_BYTES = scan.DROP_BYTES
 
 # oid tid prev tloc vlen plen
 _HEADER = struct.Struct(">8s8sQQHQ")
@@ -75,6 +80,7 @@ class _FileLoader(Loader):
         end = len(mm)
         slow = super().load
         frombytes = int.from_bytes
+        read = [0]
 
         def load(oid: int) -> bytes | None:
             try:
@@ -87,6 +93,10 @@ class _FileLoader(Loader):
             start = pos + hsize
             if vlen or not plen or start + plen > end or frombytes(hoid, "big") != oid:
                 return slow(oid)  # backpointer, deletion, or written since
+            read[0] += plen + PAGE_SPAN
+            if read[0] > DROP_BYTES:  # the map's pages count as resident memory
+                read[0] = 0
+                drop_pages(mm)
             return mm[start:start + plen]
 
         self.load = load  # type: ignore[method-assign]

@@ -395,14 +395,19 @@ class BlockReader:
     every request in flight (``loadBefore`` at the snapshot taken when the
     reader was made, so a missing oid is a quiet ``POSKeyError`` on the
     server), and the next :data:`AHEAD` blocks the walk's last stride points
-    to are asked for while it works.  At most :data:`BLOCKS_KEPT` blocks are kept."""
+    to are asked for while it works.  A record is handed out once (a walk
+    loads each record once) and then dropped, so what is kept is what the
+    walk has not needed yet: at most :data:`KEPT` records, the oldest blocks
+    dropped first.  An oid asked for again, or missing from a block it
+    holds, is loaded alone."""
 
     def __init__(self, storage: Any) -> None:
         self._storage = storage
         self._before = p64(u64(storage.lastTransaction()) + 1)
-        self._blocks: dict[int, dict[int, bytes | None]] = {}
+        self._blocks: dict[int, dict[int, bytes]] = {}
         self._pending: dict[int, _Batch] = {}
         self._last_block = -1
+        self._kept = 0
 
     def _ask(self, block: int) -> None:
         if block < 0 or block in self._blocks or block in self._pending:
@@ -414,42 +419,56 @@ class BlockReader:
         self._pending[block] = _start(self._storage, "loadBefore",
                                       [(p64(k), before) for k in range(first, first + BLOCK)])
 
-    def _take(self, block: int) -> dict[int, bytes | None]:
+    def _take(self, block: int) -> dict[int, bytes]:
         self._ask(block)
         batch = self._pending.pop(block)
-        got: dict[int, bytes | None] = {}
+        got: dict[int, bytes] = {}
         for k, r in enumerate(batch.result(), block * BLOCK):
             if isinstance(r, BaseException):
                 if not isinstance(r, POSKeyError):
                     raise r
-                got[k] = None
-            else:  # (data, start, end) as a tuple or a list; None: newer than the snapshot
-                got[k] = r[0] if r is not None else None
+            elif r is not None and r[0] is not None:  # (data, start, end), tuple or list
+                got[k] = r[0]
         blocks = self._blocks
         blocks[block] = got
-        while len(blocks) > BLOCKS_KEPT:
-            del blocks[next(iter(blocks))]
+        self._kept += len(got)
+        while self._kept > KEPT and len(blocks) > 1:
+            self._kept -= len(blocks.pop(next(iter(blocks))))
         return got
+
+    def _alone(self, oid: int) -> bytes | None:
+        (r,) = pipelined(self._storage, "loadBefore", [(p64(oid), self._before)])
+        if isinstance(r, BaseException):
+            if isinstance(r, POSKeyError):
+                return None
+            raise r
+        return None if r is None else r[0]
 
     def load(self, oid: int) -> bytes | None:
         block = oid // BLOCK
         got = self._blocks.get(block)
         if got is None:
             got = self._take(block)
-            # the next block the walk is likely to need: the same stride
+            # the next blocks the walk is likely to need: the same stride
             # again when it is short (walks of B-trees skip every other
-            # block), else the neighbour in its direction
+            # block), else the neighbours in its direction
             stride = block - self._last_block
             if not 0 < abs(stride) <= 4:
                 stride = 1 if stride > 0 else -1
             self._last_block = block
             for ahead in range(1, AHEAD + 1):
                 self._ask(block + ahead * stride)
-        return got.get(oid)
+        data = got.pop(oid, None)
+        if data is None:
+            return self._alone(oid)
+        self._kept -= 1
+        if not got:
+            del self._blocks[block]
+        return data
 
 
 #: Oids in one block of :class:`BlockReader`, blocks it asks for ahead of
-#: the walk, and blocks it keeps.
+#: the walk, and records it keeps at most.
 BLOCK = 512
 AHEAD = 2
-BLOCKS_KEPT = 64
+KEPT = 131_072

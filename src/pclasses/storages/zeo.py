@@ -69,12 +69,13 @@ _frame = struct.Struct(">I").pack
 class _Batch:
     """The answers of one batch of requests, filled in by the I/O thread."""
 
-    __slots__ = ("results", "left", "event")
+    __slots__ = ("results", "left", "event", "runner")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, runner: Any = None) -> None:
         self.results: list[Any] = [_PENDING] * n
         self.left = n
         self.event = threading.Event()
+        self.runner = runner
         if not n:
             self.event.set()
 
@@ -92,7 +93,16 @@ class _Batch:
                 self.put(i, exc)
 
     def result(self) -> list[Any]:
-        self.event.wait()
+        while not self.event.wait(1.0):
+            # A client closed meanwhile runs no more callbacks: its
+            # requests are never sent, or never answered.
+            runner = self.runner
+            loop = getattr(runner, "loop", None)
+            is_closed = getattr(runner, "is_closed", None)
+            if (loop is not None and loop.is_closed()) or (callable(is_closed) and is_closed()):
+                from ZEO.Exceptions import ClientDisconnected
+
+                self.fail(ClientDisconnected("the ZEO client was closed"))
         return self.results
 
 
@@ -158,9 +168,14 @@ def _start(storage: Any, method: str, argss: list[tuple[Any, ...]]) -> _Batch:
     """Send ``method`` once per argument tuple, all at once; returns the
     batch whose :meth:`_Batch.result` waits for every answer."""
     runner = storage._server
-    batch = _Batch(len(argss))
+    batch = _Batch(len(argss), runner)
     if argss:
-        runner.loop.call_soon_threadsafe(_send, runner.client, batch, method, argss)
+        try:
+            runner.loop.call_soon_threadsafe(_send, runner.client, batch, method, argss)
+        except RuntimeError:  # the client's loop is closed
+            from ZEO.Exceptions import ClientDisconnected
+
+            batch.fail(ClientDisconnected("the ZEO client was closed"))
     return batch
 
 
@@ -195,6 +210,11 @@ def _past_the_end(exc: BaseException) -> bool:
 def _object_count(storage: Any) -> int:
     """How many objects the server holds now (``len`` of a ClientStorage
     is as of its connection)."""
+    is_closed = getattr(storage._server, "is_closed", None)
+    if callable(is_closed) and is_closed():
+        from ZEO.Exceptions import ClientDisconnected
+
+        raise ClientDisconnected("the ZEO client was closed")
     try:
         return int(storage._server.call("get_info")["length"])
     except Exception:

@@ -496,13 +496,16 @@ def _default_import_name(file: str) -> str:
 @click.option("--strict", "strict", multiple=True, metavar="PKG",
               help="Allow only classes of package PKG (repeatable) besides plain data "
                    "types; see docs/security.md.")
+@click.option("--batch-size", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Records a transaction stores; a larger import is stored in batches and "
+                   "linked into the container last (see docs/operators.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary for scripts.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar (only on a terminal).")
 @_trust_option
 @_blob_dir_option
 def import_cmd(target: str, file: str, into: str, name: str | None, missing: str,
-               allow_code: bool, strict: tuple[str, ...], as_json: bool,
+               allow_code: bool, strict: tuple[str, ...], batch_size: int, as_json: bool,
                progress: bool, trust: tuple[str, ...], blob_dir: str | None) -> None:
     """Import an export FILE (pclasses format or ZODB .zexp) into TARGET.
 
@@ -510,32 +513,23 @@ def import_cmd(target: str, file: str, into: str, name: str | None, missing: str
     its records name are checked against TARGET's registry and class table;
     missing classes are listed (or, with --missing broken, imported as broken
     objects).  Nothing in the file is run.  The imported object is stored
-    under --name in the container at --into, in one transaction.
+    under --name in the container at --into: in one transaction up to
+    --batch-size records; a larger import stores its records in batches
+    and links the object into the container last, retrying that when the
+    site changed the container meanwhile.
     """
-    import transaction as txn
-
     from .database import open as open_db
-    from .transfer import import_subtree, resolve_path
+    from .transfer.batched import import_in_batches
 
     with _errors():
         db = open_db(target, _registry(True), create=False, blob_dir=blob_dir)
         try:
-            tm = txn.TransactionManager()
-            conn = db.open(tm)
-            try:
-                container = resolve_path(conn, into)
-                with progress_bar("importing", progress) as cb:
-                    report = import_subtree(conn, file, missing=missing, into=container,
-                                            name=name, progress=cb, trust=trust, report=True,
-                                            default_name=_default_import_name(file),
-                                            allow_code=allow_code, strict=strict or None)
-                tm.get().note(f"pclasses import {os.path.basename(file)}")
-                tm.commit()
-            except BaseException:
-                tm.abort()
-                raise
-            finally:
-                conn.close()
+            with progress_bar("importing", progress) as cb:
+                report = import_in_batches(
+                    db, file, into=into, name=name, batch_size=batch_size, missing=missing,
+                    progress=cb, trust=trust, default_name=_default_import_name(file),
+                    allow_code=allow_code, strict=strict or None,
+                    note=f"pclasses import {os.path.basename(file)}")
         finally:
             db.close()
     if as_json:
@@ -793,15 +787,21 @@ def refs_check(target: str, as_json: bool, referrers: bool) -> None:
 @click.option("--apply", "apply_", is_flag=True, help="Delete the garbage (default: dry run).")
 @click.option("--force", is_flag=True,
               help="Go on even when a storage collects garbage on pack by itself.")
+@click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
+              help="Objects deleted per transaction with --apply.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
-def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: bool) -> None:
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar while deleting (on a terminal).")
+def gc_command(target: str, days: float, apply_: bool, force: bool, batch_size: int,
+               as_json: bool, progress: bool) -> None:
     """Find objects unreachable from the roots of a whole tree of databases.
 
     Plain, m, n and remote references keep objects alive, weak references do
     not.  A dry run unless --apply, which deletes the garbage through the
     storage API (FileStorage, ZEO, RelStorage) and drops pins no reference
     holds any more; it refuses storages that collect garbage on pack by
-    themselves unless --force.
+    themselves unless --force.  It deletes in batches while applications
+    write: an object linked again meanwhile is kept.
     """
     from ZODB.utils import oid_repr
 
@@ -811,7 +811,9 @@ def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: boo
         _fail("--days must be 0 or more")
     db = _open_tree(target, not apply_)
     try:
-        report = collect_garbage(db, days=days, apply=apply_, force=force)
+        with progress_bar("deleting garbage", progress and apply_) as cb:
+            report = collect_garbage(db, days=days, apply=apply_, force=force,
+                                     batch_size=batch_size, progress=cb)
     finally:
         _close_tree(db)
     if as_json:
@@ -828,6 +830,10 @@ def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: boo
             _out(f"  ... and {len(oids) - 20} more")
         for oid in report.stale_pins.get(name, []):
             _out(f"  stale pin {oid_repr(oid)}{' (dropped)' if report.applied else ''}")
+        for oid in report.relinked.get(name, []):
+            _out(f"  kept {oid_repr(oid)}: linked again while gc ran")
+        for oid in report.skipped.get(name, []):
+            _out(f"  kept {oid_repr(oid)}: it kept changing while gc ran; run gc again")
 
 
 @main.command("report")

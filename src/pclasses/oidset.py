@@ -10,9 +10,10 @@ use :attr:`OidSet.bits` directly; everyone else sees a set of bytes oids.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 
-__all__ = ["DENSE_LIMIT", "OidSet", "NO_OID"]
+__all__ = ["DENSE_LIMIT", "OidSet", "OidQueue", "NO_OID"]
 
 #: Oids below this are kept one byte each; larger ones in a set of ints.
 DENSE_LIMIT = 1 << 27
@@ -89,3 +90,93 @@ class OidSet:
     def nbytes(self) -> int:
         """Bytes the set holds (the byte map; large oids not counted)."""
         return len(self.bits)
+
+
+class OidQueue:
+    """A first-in first-out queue of oids for breadth-first walks, held as
+    8-byte ints in chunks of ``array('Q')`` (8 bytes an oid, however long the
+    queue grows).  :meth:`append` and :meth:`popleft` take and give ints;
+    iterating gives the waiting oids, oldest first, as 8-byte oids (what a
+    batch loader's ``follow`` looks ahead at)."""
+
+    __slots__ = ("chunks", "head", "size")
+
+    #: oids a chunk holds
+    CHUNK = 1 << 14
+
+    def __init__(self) -> None:
+        self.chunks: list[array[int]] = []
+        self.head = 0  # the next oid's position in chunks[0]
+        self.size = 0
+
+    def append(self, oid: int) -> None:
+        chunks = self.chunks
+        if not chunks or len(chunks[-1]) >= self.CHUNK:
+            chunks.append(array("Q"))
+        chunks[-1].append(oid)
+        self.size += 1
+
+    def popleft(self) -> int:
+        """The oldest oid (IndexError when empty)."""
+        if not self.size:
+            raise IndexError("pop from an empty OidQueue")
+        first = self.chunks[0]
+        oid = first[self.head]
+        self.head += 1
+        self.size -= 1
+        if self.head >= len(first):
+            del self.chunks[0]
+            self.head = 0
+        return oid
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        head = self.head
+        for chunk in list(self.chunks):
+            for i in range(head, len(chunk)):
+                yield chunk[i].to_bytes(8, "big")
+            head = 0
+
+
+class OidRanks:
+    """The rank of each oid of a (no longer changing) :class:`OidSet`: its
+    position in the set's sorted order, 0 to ``len(oids) - 1``.
+
+    A dense map of positions for oids that need not be dense: a running
+    count of the byte map's ones at every :data:`BLOCK` bytes (8 bytes a
+    block), the rest counted in the block (a C ``count``); large oids come
+    after, by bisection of their sorted list.  With it, a value per oid of
+    the set is an ``array`` indexed by rank (8 bytes an oid for 8-byte
+    values), not a dict of objects."""
+
+    __slots__ = ("bits", "blocks", "big", "dense")
+
+    BLOCK = 512
+
+    def __init__(self, oids: OidSet) -> None:
+        self.bits = bits = oids.bits
+        block = self.BLOCK
+        blocks = array("Q", [0])
+        total = 0
+        count = bits.count
+        for start in range(0, len(bits), block):
+            total += count(1, start, start + block)
+            blocks.append(total)
+        self.blocks = blocks
+        self.dense = total
+        self.big = sorted(oids.big)
+
+    def rank(self, oid: int) -> int:
+        """The rank of ``oid``, which must be in the set."""
+        bits = self.bits
+        if oid < len(bits):
+            b = oid // self.BLOCK
+            return self.blocks[b] + bits.count(1, b * self.BLOCK, oid)
+        from bisect import bisect_left
+
+        return self.dense + bisect_left(self.big, oid)

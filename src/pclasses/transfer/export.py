@@ -18,14 +18,14 @@ import shutil
 import struct
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
-from ZODB.utils import oid_repr, p64, repr_to_oid
+from ZODB.utils import oid_repr, p64, repr_to_oid, u64
 
 from ..classtable import GUID_PREFIX, is_guid_module
 from ..errors import TransferError
+from ..oidset import OidQueue, OidSet
 from ..record.analyze import Use
 from ..record.analyze import analyze as _analyze
 from ..record.edges import EdgeKind, targets_of
@@ -63,6 +63,8 @@ __all__ = ["export_subtree"]
 
 def _resolve_start(connection: Any, obj_or_oid: Any) -> bytes:
     if isinstance(obj_or_oid, bytes):
+        if len(obj_or_oid) != 8:
+            raise TransferError(f"an oid is 8 bytes, not {len(obj_or_oid)}")
         return obj_or_oid
     if isinstance(obj_or_oid, str):
         oid_of_text: bytes = repr_to_oid(obj_or_oid)
@@ -173,14 +175,18 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
     needs: dict[tuple[str, str], int] = {}
     externals: dict[tuple[str, bytes], None] = {}
     ref_holders: list[tuple[bytes, bytes]] = []  # records holding intrinsic references
-    queue: deque[bytes] = deque([start])
+    # The walk holds one byte an oid it has met (an OidSet) and eight an
+    # oid waiting in the queue: never the records.
+    queue = OidQueue()
+    queue.append(u64(start))
     follow = getattr(load, "follow", None)
     if follow is not None:  # RelStorage, ZEO: the next oids of the queue load in one batch
         follow(queue)
-    seen = {start}
+    seen = OidSet()
+    seen.add_new(u64(start))
     parent = container_oid(load, start)
-    if parent is not None:  # a placed object's __parent__ is not part of its subtree
-        seen.add(parent)
+    if parent is not None and len(parent) == 8:  # a placed object's __parent__ is not
+        seen.add_new(u64(parent))                # part of its subtree
     own = isinstance(file, (str, os.PathLike))
     out: Any = open(file, "wb") if own else file  # noqa: SIM115
     body = tempfile.TemporaryFile(prefix="pclasses-export-") if format == "pclasses" else out
@@ -204,8 +210,9 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
         held = 0
         head = _FRAME_HEAD.pack
         weak = EdgeKind.WEAK
+        popleft = queue.popleft
         while queue:
-            oid = queue.popleft()
+            oid = popleft().to_bytes(8, "big")
             try:
                 data, tid = load(oid)
             except KeyError:
@@ -258,9 +265,11 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                         continue
                     if kind is weak:
                         continue  # weak targets travel only when strongly reachable
-                    if child not in seen:
-                        seen.add(child)
-                        queue.append(child)
+                    if len(child) != 8:
+                        continue  # no storage holds such an oid: it dangles
+                    c = int.from_bytes(child, "big")
+                    if seen.add_new(c):
+                        queue.append(c)
             if zexp:
                 out.write(oid + p64(len(data)) + data)
             else:

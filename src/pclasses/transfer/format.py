@@ -394,6 +394,18 @@ class Reader:
             return self._chunked_records(self.end)
         return ((frame.oid, frame.data, frame.blob, frame.analysis) for frame in self.frames())
 
+    def oids(self) -> Iterator[bytes]:
+        """The oid of every record, in file order, without analysing the
+        records (a ``.zexp``'s record is analysed only where a blob may
+        follow it, as :meth:`frames` decides)."""
+        if self.kind == "pclasses":
+            for oid, _data, _blob, _a in self.records():
+                yield oid
+            return
+        self.f.seek(self.start)
+        for frame in self._zexp_frames(light=True):
+            yield frame.oid
+
     def _chunked_records(self, end: int
                          ) -> Iterator[tuple[bytes, bytes, tuple[int, int] | None, Any]]:
         # The frames of the verified region [start, end), read CHUNK bytes at
@@ -461,7 +473,7 @@ class Reader:
             else:
                 raise ExportFormatError(f"unknown frame {bytes([tag])!r} at byte {base + pos}")
 
-    def _zexp_frames(self) -> Iterator[Frame]:
+    def _zexp_frames(self, light: bool = False) -> Iterator[Frame]:
         # Which records have a blob after them: ZODB asks an unpickler
         # (``is_blob_record``); we ask the record analyzer, which runs the
         # package's guards (pre-scan, lengths, limits) before anything else
@@ -478,8 +490,12 @@ class Reader:
             n = u64(head[8:])
             data = self._read(n, "record")
             frame = Frame(head[:8], data)
+            maybe_blob = b"ZODB.blob" in data
+            if light and not maybe_blob:  # (``light``: only where a blob may follow)
+                yield frame
+                continue
             frame.analysis = a = analyze(data, frame.oid)
-            if b"ZODB.blob" in data and record_class(data, frame.oid, a) == BLOB_CLASS:
+            if maybe_blob and record_class(data, frame.oid, a) == BLOB_CLASS:
                 pos = f.tell()
                 if f.read(len(ZEXP_BLOB)) == ZEXP_BLOB:
                     size = u64(self._read(8, "blob length"))

@@ -26,14 +26,22 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal, overload
+from typing import Any, BinaryIO, Literal, cast, overload
 
 from ZODB.utils import oid_repr
 
 from ..classtable import GUID_PREFIX, class_table, is_guid_module, is_placeholder
-from ..errors import ExportFormatError, MissingClassesError, RefusedGlobalsError, TransferError
+from ..errors import (
+    ExportFormatError,
+    MissingClassesError,
+    PClassesError,
+    RefusedGlobalsError,
+    TransferError,
+)
+from ..oidset import OidRanks, OidSet
 from ..record import Analysis
 from ..record.analyze import Use
 from ..record.analyze import analyze as _analyze
@@ -65,7 +73,7 @@ from .records import (
     record_class,
 )
 from .reports import ImportReport
-from .store import Plan, pending_import, root_ghost
+from .store import HEAD, NO_BLOB, Plan, RecordIndex, pending_import, root_ghost
 
 __all__ = ["import_subtree", "NOWHERE", "CheckPass"]
 
@@ -156,11 +164,18 @@ class CheckPass:
     progress: Progress | None
     reader: Reader
     trust: Trust | Iterable[str] | None = None
-    #: old oid -> new oid (records, references, rebound class records)
+    #: old oid -> new oid of the rebound class records and database handles
+    #: (a record's new oid is ``news[rank of its old oid]``, :meth:`new_of`)
     mapping: dict[bytes, bytes] = field(default_factory=dict)
     missing_names: list[str] = field(default_factory=list)
     class_refs_missing: list[str] = field(default_factory=list)
-    seen: set[bytes] = field(default_factory=set)
+    #: the old oids of the records met so far
+    seen: OidSet = field(default_factory=OidSet)
+    #: the old oids of every record of the file (:meth:`number_records`)
+    records: OidSet = field(default_factory=OidSet)
+    ranks: OidRanks | None = None
+    #: the new oids, sorted: the record of rank r gets news[r]
+    news: array[int] = field(default_factory=lambda: array("Q"))
     #: oids of class records rebound to the target's class table
     bound: set[bytes] = field(default_factory=set)
     #: references to records not met yet when they were written, per
@@ -195,6 +210,7 @@ class CheckPass:
 
     def run(self) -> Plan:
         self.bind_class_references()
+        self.number_records()
         temp = tempfile.TemporaryFile(prefix="pclasses-import-")
         try:
             plan = self.prepare_records(temp)
@@ -209,6 +225,52 @@ class CheckPass:
             temp.close()
             raise
         return plan
+
+    def number_records(self) -> None:
+        """Read the records' oids once (frames only, nothing analysed) and
+        give each a new oid: the record of rank r among the file's oids
+        gets the r-th new oid.  The oid map is then an :class:`OidSet`
+        (one byte an old oid), its ranks and an array of new oids (8 bytes
+        a record), not a dict.  A fault in the file stops this early; the
+        check pass then meets it where it is, in order."""
+        records = self.records
+        try:
+            for oid in self.reader.oids():
+                if len(oid) == 8:
+                    records.add_new(int.from_bytes(oid, "big"))
+        except (PClassesError, ValueError):
+            pass
+        self.ranks = OidRanks(records)
+        new_oid = self.connection._storage.new_oid
+        news = self.news
+        append = news.append
+        last, ordered = -1, True
+        for _ in range(len(records)):
+            x = int.from_bytes(new_oid(), "big")
+            if x <= last:
+                ordered = False
+            last = x
+            append(x)
+        if not ordered:  # (storages hand out oids counting up)
+            self.news = array("Q", sorted(news))
+
+    def new_of(self, old: bytes) -> bytes | None:
+        """The new oid of ``old``: a rebound class or handle, a record of
+        the file, or ``None`` (no record: the reference dangles)."""
+        got = self.mapping.get(old)
+        if got is not None:
+            return got
+        if len(old) != 8 or old in self.zexp_classes:
+            return None
+        x = int.from_bytes(old, "big")
+        if not self.records.has(x):
+            return None
+        assert self.ranks is not None
+        return self.news[self.ranks.rank(x)].to_bytes(8, "big")
+
+    def target_of(self, old: bytes) -> bytes:
+        """What a reference to ``old`` is rewritten to (NOWHERE if it dangles)."""
+        return self.new_of(old) or NOWHERE
 
     def bind_class_references(self) -> None:
         """Rebind the manifest's references to classes stored in the source
@@ -272,12 +334,14 @@ class CheckPass:
         zexp = self.reader.kind == "zexp"
         seen = self.seen
         forward = self.forward
-        mapping = self.mapping
-        new_oid = self.connection._storage.new_oid
+        records = self.records
+        rank = cast(OidRanks, self.ranks).rank
+        news = self.news
         spool = _Spool(temp)
         write = spool.write
-        plan = Plan(self.reader, temp, b"", self.refused)
-        index = plan.index
+        head = HEAD.pack
+        index = RecordIndex(temp, news)
+        plan = Plan(self.reader, temp, b"", self.refused, index)
         broken = self.missing == "broken"
         progress = self.progress
         #: the analyzer's globals of a record -> (refused, class pair, whether
@@ -288,11 +352,14 @@ class CheckPass:
         for oid, data, blob, a in self.reader.records():
             if len(oid) != 8:
                 raise ExportFormatError("malformed record header")
-            if oid in seen:
+            x = int.from_bytes(oid, "big")
+            if seen.has(x):
                 raise ExportFormatError(f"record {oid_repr(oid)} appears twice")
             if declared and oid in declared:
                 raise ExportFormatError(f"record {oid_repr(oid)} is declared a class reference")
-            seen.add(oid)
+            if not records.has(x):  # (the first pass read the same frames)
+                raise ExportFormatError("the file changed while it was read")
+            seen.add_new(x)
             if a is None:
                 try:
                     a = _analyze(data)
@@ -329,12 +396,12 @@ class CheckPass:
             inert = bool(refused_here) and broken
             if inert:
                 data, a = self.inert_class_metadata(data, oid, a, pair, refused_here)
-            new = mapping.get(oid)
-            if new is None:
-                new = mapping[oid] = new_oid()
+            r = rank(x)
+            new = news[r].to_bytes(8, "big")
             if not index:
                 plan.root = new
-            start = spool.pos
+            at = spool.pos  # the record's header; its bytes follow
+            start = at + HEAD.size
             if a.pids:
                 record, expect = self.remap(data, oid, a)
                 if inert:
@@ -355,12 +422,13 @@ class CheckPass:
                     self.recheck(data, a, record, oid, refused_here)
             else:
                 record = data
+            write(head(new, len(record), *(blob or (0, NO_BLOB))))
             write(record)
             if record.find(_MARK) >= 0:  # (faster than "in" for bytes)
                 holders.append(new)
             if blob is not None:
                 plan.blobs += 1
-            index[new] = (start, len(record), blob)
+            index.add(r, at)
             if progress is not None and not len(index) % 4096:
                 progress(len(index), None)
         spool.flush()
@@ -481,15 +549,17 @@ class CheckPass:
         oid, and ``{offset: (old oid, text form?)}`` of the references to
         records not met yet (their new oid may still change: dangling, class
         records)."""
-        mapping = self.mapping
         seen = self.seen
         bound = self.bound
         externals = self.externals
+        new_of = self.new_of
+        # only a .zexp's references can point at a record that turns out to
+        # be a class record (rebound when it is met)
+        zexp = self.reader.kind == "zexp"
         patches: dict[int, bytes] = {}  # offset -> new oid
         expect: dict[int, tuple[bytes, bool]] = {}
         ordered = True
         last = -1
-        new_oid = self.connection._storage.new_oid
         if a.ok_to_patch:
             # the analyzer found every oid a binary payload, recognised and
             # not used as anything else
@@ -503,10 +573,11 @@ class CheckPass:
                 if site.database is not None:
                     externals[(site.database, target)] = None
                     continue  # the other database's oid stays
-                new = mapping.get(target)
-                if new is None:
-                    new = mapping[target] = new_oid()
-                if target not in seen and target not in bound:
+                new = new_of(target)
+                if new is None:  # no record of the file: it dangles
+                    new = NOWHERE
+                    self.dangling += 1
+                elif zexp and target not in bound and target not in seen:
                     expect[off] = (target, False)
                 patches[off] = new
                 if off < last:
@@ -527,15 +598,18 @@ class CheckPass:
             if database is not None:
                 externals[(database, target)] = None
                 continue  # the other database's oid stays
-            new = mapping.get(target)
-            if new is None:
-                new = mapping[target] = new_oid()
+            new = new_of(target)
+            dangles = new is None
+            if new is None:  # no record of the file: it dangles
+                new = NOWHERE
             text = data[off - 2:off] not in _SHORT_BINARY and _literal_head(data, off) < 0
             if text and not _text_safe(new):
                 raise ExportFormatError(
                     f"record {oid_repr(oid)} holds a text-form reference that cannot hold "
                     f"its new oid {oid_repr(new)} (write the file with a binary pickle)")
-            if target not in seen and target not in bound:
+            if dangles:
+                self.dangling += 1
+            elif zexp and target not in bound and target not in seen:
                 expect[off] = (target, text)
             patches[off] = new
             if off < last:
@@ -577,7 +651,7 @@ class CheckPass:
         """
         if not a.ok_to_patch:
             return False
-        mapping = self.mapping
+        target_of = self.target_of
         ranges = {p.oid_start: p.database for p in a.pids}
         parts: list[bytes] = []
         done = 0
@@ -586,9 +660,7 @@ class CheckPass:
                 return False  # overlapping ranges: only the analyzer can tell
             end = off + 8
             was = old[off:end]
-            now = was if ranges[off] is not None else mapping.get(was)
-            if now is None:
-                raise self._changed(oid, "references")
+            now = was if ranges[off] is not None else target_of(was)
             parts.append(old[done:off])
             parts.append(now)
             done = end
@@ -643,7 +715,7 @@ class CheckPass:
                 raise self._changed(oid, "references")
             was = old[p.oid_start:p.oid_start + 8]
             now = new[q.oid_start:q.oid_start + 8]
-            if now != (was if p.database is not None else self.mapping.get(was)):
+            if now != (was if p.database is not None else self.target_of(was)):
                 raise self._changed(oid, "references")
         renamed_a = [(g.start, g.end) for g in a.globals if (g.module, g.name) in refused]
         renamed_b = [(h.start, h.end) for g, h in zip(a.globals, b.globals)
@@ -667,8 +739,7 @@ class CheckPass:
         storage could hand them out again, so they are pointed at an oid it
         never allocates (:data:`NOWHERE`)."""
         forward, self.forward = self.forward, []
-        late = set(self.mapping).difference(self.seen)
-        late.update(self.zexp_classes)
+        late = self.zexp_classes
         if not forward or not late:
             return
         bound = self.bound

@@ -49,7 +49,9 @@ class ImportReport:
     (``missing="broken"``), ``refused`` the globals made inert,
     ``placeholders`` the guids of the placeholder class records created for
     missing database-resident classes, ``dangling`` the number of
-    references pointed at no object (their target was not in the file).
+    references pointed at no object (their target was not in the file),
+    ``transactions`` how many transactions committed it (``None``: the
+    caller's).
     """
 
     object: Any
@@ -70,6 +72,10 @@ class ImportReport:
     savepoint: bool = False
     file: str | None = None
     seconds: float = 0.0
+    #: transactions the import committed (the command line: batches + the
+    #: link, :func:`~pclasses.transfer.batched.import_in_batches`); ``None``
+    #: when the caller commits (:func:`~pclasses.transfer.import_subtree`)
+    transactions: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,4 +98,5 @@ class ImportReport:
             "savepoint": self.savepoint,
             "file": self.file,
             "seconds": round(self.seconds, 3),
+            "transactions": self.transactions,
         }

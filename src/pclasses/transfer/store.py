@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -31,7 +35,113 @@ from .format import Reader
 from .records import no_gc
 from .reports import ImportReport
 
-__all__ = ["Plan", "PendingImports", "Overlay", "pending_import", "root_ghost"]
+__all__ = ["Plan", "RecordIndex", "PendingImports", "Overlay", "pending_import", "root_ghost"]
+
+
+#: the header of a prepared record in import's temporary file: its new
+#: oid, its length, and where its blob is in the export file (offset,
+#: length; :data:`NO_BLOB` as length when it has none)
+HEAD = struct.Struct(">8sIQQ")
+NO_BLOB = (1 << 64) - 1
+
+
+class RecordIndex:
+    """Where each prepared record is in import's temporary file.
+
+    Held as two arrays of 8 bytes a record, never as objects per record:
+    the new oids, sorted (``news``; a record's rank in the export file's
+    oids is its position here), and the position of each record's header in
+    the temporary file by the same rank (``heads``).  Looks like a mapping
+    ``new oid -> (position of the record's bytes, length, blob)``, where
+    ``blob`` is ``(offset, length)`` in the export file or ``None``;
+    :meth:`records` reads them back in the order they were written.
+    """
+
+    __slots__ = ("temp", "news", "heads", "count")
+
+    def __init__(self, temp: Any, news: array[int]) -> None:
+        self.temp = temp
+        self.news = news
+        self.heads = array("Q", [NO_BLOB]) * len(news)
+        self.count = 0
+
+    def add(self, rank: int, head: int) -> None:
+        """The record of rank ``rank`` has its header at ``head``."""
+        self.heads[rank] = head
+        self.count += 1
+
+    def _head(self, oid: bytes) -> int:
+        news = self.news
+        if len(oid) != 8:
+            return -1
+        x = int.from_bytes(oid, "big")
+        r = bisect_left(news, x)
+        if r >= len(news) or news[r] != x or self.heads[r] == NO_BLOB:
+            return -1
+        return self.heads[r]
+
+    def get(self, oid: bytes) -> tuple[int, int, tuple[int, int] | None] | None:
+        head = self._head(oid)
+        if head < 0:
+            return None
+        f = self.temp
+        here = f.tell()
+        f.seek(head)
+        raw = f.read(HEAD.size)
+        f.seek(here)
+        if len(raw) != HEAD.size:
+            raise ExportFormatError("import's temporary file is truncated")
+        _oid, n, at, size = HEAD.unpack(raw)
+        return head + HEAD.size, n, None if size == NO_BLOB else (at, size)
+
+    def __getitem__(self, oid: bytes) -> tuple[int, int, tuple[int, int] | None]:
+        got = self.get(oid)
+        if got is None:
+            raise KeyError(oid)
+        return got
+
+    def __contains__(self, oid: object) -> bool:
+        return isinstance(oid, bytes) and self._head(oid) >= 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def records(self) -> Iterator[tuple[bytes, int, bytes, tuple[int, int] | None]]:
+        """``(new oid, position, bytes, blob)`` of every prepared record, in
+        the order they were written, read in large chunks."""
+        from .format import CHUNK
+
+        f = self.temp
+        f.flush()
+        f.seek(0, 2)
+        end = f.tell()
+        base = 0  # the temporary file's offset of buf[0]
+        buf = b""
+        at = 0
+        hs = HEAD.size
+        while base + at < end:
+            if at + hs > len(buf):
+                base += at
+                f.seek(base)
+                buf, at = f.read(max(CHUNK, hs)), 0
+            oid, n, blob_at, size = HEAD.unpack_from(buf, at)
+            if at + hs + n > len(buf):
+                base += at
+                f.seek(base)
+                buf, at = f.read(max(CHUNK, hs + n)), 0
+                if len(buf) < hs + n:
+                    raise ExportFormatError("import's temporary file is truncated")
+            start = at + hs
+            yield (oid, base + start, buf[start:start + n],
+                   None if size == NO_BLOB else (blob_at, size))
+            at = start + n
+
+    def items(self) -> Iterator[tuple[bytes, tuple[int, int, tuple[int, int] | None]]]:
+        for oid, pos, data, blob in self.records():
+            yield oid, (pos, len(data), blob)
 
 
 @dataclass
@@ -42,10 +152,9 @@ class Plan:
     temp: Any  # the rewritten records back to back (``index`` says where)
     root: bytes  # the new oid of the imported root object
     refused: set[tuple[str, str]]
+    index: RecordIndex
     records: int = 0
     blobs: int = 0
-    #: new oid -> (position of the record's bytes in ``temp``, length, blob)
-    index: dict[bytes, tuple[int, int, tuple[int, int] | None]] = field(default_factory=dict)
     report: ImportReport | None = None
     #: placeholder classes to store (guid -> (oid, name)), missing="broken"
     placeholders: dict[str, tuple[bytes, str]] = field(default_factory=dict)
@@ -139,27 +248,13 @@ def _close(plan: Plan, own_reader: bool) -> None:
 def _store(connection: Any, plan: Plan, transaction: Any, skip: set[bytes]) -> None:
     """Store every prepared record of ``plan``: read back from import's
     temporary file in large chunks, in the order they were written."""
-    from .format import CHUNK
-
     storage = connection._storage
     store = storage.store
-    f = plan.temp
-    f.flush()
     tmpdir = None
-    buf = b""
-    base = 0  # the temporary file's offset of buf[0]
     try:
-        for oid, (pos, n, blob) in plan.index.items():
-            at = pos - base
-            if at < 0 or at + n > len(buf):
-                f.seek(pos)
-                buf = f.read(max(CHUNK, n))
-                base, at = pos, 0
-                if len(buf) < n:
-                    raise ExportFormatError("import's temporary file is truncated")
+        for oid, _pos, data, blob in plan.index.records():
             if oid in skip:
                 continue  # changed before the commit: the commit stores it
-            data = buf[at:at + n]
             if blob is not None:
                 tmpdir = tmpdir or tempfile.mkdtemp(prefix="pclasses-import-")
                 path = os.path.join(tmpdir, oid.hex())

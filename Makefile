@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pclasses.demo var
+	$(BIN)/python -m pclasses.demo var $(if $(TARGET),--target '$(TARGET)')
 
 test: lint typecheck unit pure wheel
 

@@ -13,6 +13,10 @@ this process, alternating the order between runs (medians reported):
 * ``broken``: :func:`pclasses.find_broken`;
 * ``export``: :func:`pclasses.export_subtree` of ``root['tree']`` (the
   whole data set); the export files must be byte-identical on every storage;
+* ``xrefs``, ``refs-check``, ``report``: those commands as a user runs them
+  (``pclasses xrefs TARGET --json``, ``pclasses refs-check TARGET --json``,
+  ``pclasses report TARGET --json --jobs 1``), in this process; not in the
+  default steps (``--steps`` names them);
 * on RelStorage, ``repair`` (:func:`pclasses.rename_classes`) against
   zodbupdate's API, each renaming every ``Item`` (``pbmodel.Item`` <->
   ``pbmodel_v2.Item``, so each run has the same work), zodbupdate with its
@@ -149,6 +153,17 @@ def _export(target: str, out: Path) -> None:
         db.close()
 
 
+def _command(*args: str) -> None:
+    """One pclasses command, as its command line runs it (output dropped)."""
+    from click.testing import CliRunner
+
+    from pclasses.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    if result.exit_code not in (0, 3):  # refs-check: 3 when something dangles
+        raise SystemExit(f"pclasses {' '.join(args)} failed: {result.output[-500:]}")
+
+
 def _repair(target: str, old: str, new: str) -> int:
     import pclasses
 
@@ -179,7 +194,8 @@ def main() -> None:
                     help="comma-separated subset of file,zeo,relstorage-hf,relstorage-hp "
                          "(file is always measured: the ratios need it)")
     ap.add_argument("--steps", default="census,zodbverify,broken,export",
-                    help="comma-separated subset of census,zodbverify,broken,export")
+                    help="comma-separated subset of census,zodbverify,broken,export,"
+                         "xrefs,refs-check,report")
     args = ap.parse_args()
     logging.disable(logging.CRITICAL)  # zodbverify logs every record at debug level
     src = build_storage(args.n)
@@ -222,6 +238,10 @@ def main() -> None:
                     ("zodbverify", lambda t=target: _zodbverify(t)),
                     ("broken", lambda t=target: _broken(t)),
                     ("export", lambda t=target, o=out: _export(t, o)),
+                    ("xrefs", lambda t=target: _command("xrefs", t, "--json")),
+                    ("refs-check", lambda t=target: _command("refs-check", t, "--json")),
+                    ("report", lambda t=target: _command("report", t, "--json", "--jobs", "1",
+                                                         "--no-progress")),
                 ]
                 steps = [st for st in steps if st[0] in args.steps.split(",")]
                 if run % 2:
@@ -267,10 +287,23 @@ def main() -> None:
             kind: {
                 "census_vs_zodbverify_speedup": ratio(kind, "zodbverify", kind, "census"),
                 **({f"{s}_vs_file": ratio(kind, s, "file", s)
-                    for s in ("census", "broken", "export")}),
+                    for s in ("census", "broken", "export", "xrefs", "refs-check", "report")}),
                 "export_vs_census": ratio(kind, "export", kind, "census"),
             }
             for kind in targets
+        }
+        # Paired ratios: each run measures every storage back to back, so the
+        # ratio of one run is less exposed to the machine's load changing.
+        pairs = {
+            kind: {
+                **{f"{s}_vs_file": [round(x / y, 2) for x, y in zip(v, times["file"][s])]
+                   for s, v in times[kind].items() if s != "zodbverify" and s in times["file"]},
+                **({"census_vs_zodbverify_speedup":
+                    [round(z / c, 2) for z, c in zip(times[kind]["zodbverify"],
+                                                     times[kind]["census"])]}
+                   if "zodbverify" in times[kind] and "census" in times[kind] else {}),
+            }
+            for kind in targets if kind != "file"
         }
         first = next(iter(exports.values()), b"")
         print(json.dumps({
@@ -280,6 +313,8 @@ def main() -> None:
             "setup_copy_s": setup,
             "seconds": med,
             "ratios": ratios,
+            "paired_ratios_per_run": pairs,
+            "load_average": [round(x, 1) for x in os.getloadavg()],
             "repair_vs_zodbupdate": repair,
             "exports_identical": all(v == first for v in exports.values()),
         }, indent=1))

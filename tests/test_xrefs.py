@@ -1267,3 +1267,19 @@ def test_scan_xrefs_in_process_matches_records(multi, kind, tmp_path):
         )
         for g in groups
     ] == [("main", "session", OTHER, ITEM, 3, [])]
+
+
+def test_scan_xrefs_of_one_database_reports_references_into_one_not_open(xref_files):
+    """A database opened alone still shows its references into databases
+    that are not open (as dangling, class missing): the scan passes over
+    records without cross-database references quickly, never over these."""
+    main_fs = Path(xref_files["conf"]).parent / "main.fs"
+    db = ZODB.DB(FileStorage(str(main_fs), read_only=True))
+    try:
+        groups = pclasses.scan_xrefs(db)
+    finally:
+        db.close()
+    assert {(g.target_database, g.target_class) for g in groups} == {("session", "(missing)")}
+    assert sum(g.count for g in groups) == 3  # the root's and the holder's two
+    assert sorted(t for g in groups for _s, t in g.dangling) == sorted(
+        [xref_files["kept"], xref_files["kept"], xref_files["gone"]])

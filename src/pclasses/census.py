@@ -15,6 +15,9 @@ interpret are listed as unreadable by oid; they never stop the census.
 
 from __future__ import annotations
 
+import os
+import sys
+from array import array
 from bisect import insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,11 +27,12 @@ from ZODB.utils import oid_repr
 
 from .classtable import GUID_PREFIX, is_guid_module
 from .errors import RecordDecodeError
-from .record.analyze import Analysis, EdgeKind, Use, analyze, census
-from .record.edges import edges_of
+from .record.analyze import census
+from .record.edges import split_targets
 from .record.reader import GlobalRef, PersistentRef, read_class, read_record
+from .referrers import ReferrerLog, Referrers
 from .registry import ClassRegistry, Resolution
-from .scan import Progress, map_records
+from .scan import Progress, count_records, map_records
 from .trust import Trust, as_trust
 
 __all__ = ["ClassUsage", "Census", "take_census", "STATUS"]
@@ -44,7 +48,8 @@ STATUS = {
     "not-imported": "not-imported",
 }
 
-_EXAMPLES = 3
+#: Example oids the census keeps per class (the smallest).
+CENSUS_EXAMPLES = _EXAMPLES = 3
 
 
 @dataclass
@@ -141,13 +146,16 @@ class _Tally:
     __slots__ = ("records", "as_class", "mentioned", "examples", "pclass_refs", "unreadable",
                  "resident", "mention_examples", "parents", "limit")
 
-    def __init__(self, parents: bool = False, examples: int = _EXAMPLES) -> None:
+    def __init__(self, parents: bool = False, examples: int = _EXAMPLES,
+                 dense: bool = True, size: int = 0) -> None:
         self.limit = examples
-        #: first referrer of each oid (only when asked: the broken inventory
-        #: follows it back to the root)
-        #: referrers of each oid (only when asked: the broken inventory follows
-        #: them back to the root): one oid, or a list of up to _REFERRERS
-        self.parents: dict[bytes, Any] | None = {} if parents else None
+        #: the first few referrers of each oid (only when asked: the broken
+        #: inventory follows them back to the root), in arrays indexed by
+        #: oid; a scan's worker process logs the pairs it finds instead
+        #: (``dense`` false), and the first process replays them in order
+        self.parents: Referrers | ReferrerLog | None = None
+        if parents:
+            self.parents = Referrers(size=size) if dense else ReferrerLog(size=size)
         self.mention_examples: dict[tuple[str, str], list[bytes]] = {}
         self.records = 0
         self.as_class: dict[tuple[str, str], int] = {}
@@ -176,17 +184,18 @@ class _Tally:
             n += 1
             # The C record analyzer (about 1 us) tells the record's class and
             # every other global it names, as plain tuples; nothing runs.
-            # The broken inventory also wants each reference (``parents``),
-            # which takes the full analysis.
-            a = None
+            # The broken inventory also wants the record's plain references
+            # (``parents``): one more C pass gives their oids as one string.
+            plain = b""
             try:
-                if parents is None:
-                    pair, names = census(data)
-                else:
-                    a = analyze(data)
-                    pair, names = _census_of(a)
+                pair, names = census(data)
+                if parents is not None:
+                    plain = split_targets(data, oid)[0]
             except ValueError as exc:
                 self.unreadable.append(Unreadable(oid, str(exc)))
+                continue
+            except RecordDecodeError as exc:
+                self.unreadable.append(Unreadable(oid, exc.reason))
                 continue
             if pair is None:
                 # Class metadata by strings (format 3/7) or a persistent class.
@@ -221,12 +230,18 @@ class _Tally:
                         if oid < ex[-1]:
                             ex.pop()
                             insort(ex, oid)
-            if a is not None and parents is not None:
-                for e in edges_of(data, a):
-                    if e.database is None and (e.kind is _OID or e.kind is _OID_CLASS):
-                        child = e.oid
-                        if child is not None and child != oid:
-                            _add_referrer(parents, child, oid)
+            if plain and parents is not None:
+                me = int.from_bytes(oid, "big")
+                if len(plain) == 8:
+                    if plain != oid:
+                        parents.add(int.from_bytes(plain, "big"), me)
+                else:
+                    targets = array("Q", plain)
+                    if _SWAP:
+                        targets.byteswap()
+                    for child in dict.fromkeys(targets):  # each once
+                        if child != me:
+                            parents.add(child, me)
         self.records += n
         return self
 
@@ -243,44 +258,41 @@ class _Tally:
             for k, oids in theirs_d.items():
                 mine_d[k] = sorted(set(mine_d.get(k, [])) | set(oids))[: self.limit]
         if self.parents is not None and other.parents is not None:
-            for child, referrers in other.parents.items():
-                for parent in referrers if isinstance(referrers, list) else (referrers,):
-                    _add_referrer(self.parents, child, parent)
+            if not isinstance(self.parents, Referrers):
+                log, self.parents = self.parents, Referrers()
+                self.parents.replay(log)
+            if isinstance(other.parents, ReferrerLog):
+                self.parents.replay(other.parents)
+            else:  # a whole map (not a worker's): its oids in order
+                dense = other.parents
+                for child in range(len(dense.first)):
+                    for parent in dense.get(child):
+                        self.parents.add(child, parent)
+                for child, known in dense.big.items():
+                    for parent in known:
+                        self.parents.add(child, parent)
         self.unreadable.extend(other.unreadable)
         self.resident.extend(other.resident)
 
 
 _METACLASS = ("pclasses.pclass", "PersistentClass")
-_CLASS_META = int(Use.CLASS_META)
 
 
-def _census_of(a: Analysis) -> tuple[tuple[str, str] | None, tuple[tuple[str, str], ...]]:
-    """:func:`pclasses.record.analyze.census` from a full analysis."""
-    pair = None
-    names: list[tuple[str, str]] = []
-    for module, name, _off, _end, _op, uses in a.globals:
-        if module is None or name is None:
-            continue
-        if pair is None and int(uses) & _CLASS_META:  # plain ints: enum ops are slow
-            pair = (module, name)
-        else:
-            names.append((module, name))
-    return pair, tuple(names)
-_OID = EdgeKind.OID
-_OID_CLASS = EdgeKind.OID_CLASS
-_REFERRERS = 4
+_SWAP = sys.byteorder == "little"
 
 
-def _add_referrer(parents: dict[bytes, Any], child: bytes, parent: bytes) -> None:
-    """Remember up to ``_REFERRERS`` referrers per oid (one oid costs no list)."""
-    known = parents.get(child)
-    if known is None:
-        parents[child] = parent
-    elif known.__class__ is bytes:
-        if known != parent:
-            parents[child] = [known, parent]
-    elif parent not in known and len(known) < _REFERRERS:
-        known.append(parent)
+def _oid_bound(storage: Any) -> int:
+    """One more than the largest oid of ``storage`` when it tells cheaply
+    (a FileStorage's index), else its number of objects (oids are dense)."""
+    n = count_records(storage) or 0
+    index = getattr(storage, "_index", None)
+    try:
+        if index is not None and len(index):
+            top = int.from_bytes(index.maxKey(), "big") + 1
+            return top if top <= 2 * n + (1 << 16) else n  # sparse oids: grow as met
+    except Exception:  # not an fsIndex after all
+        pass
+    return n
 
 
 def _name_of(value: Any) -> str:
@@ -345,13 +357,17 @@ def census_and_tally(
     examples: int = _EXAMPLES,
     trust: Trust | Iterable[str] | None = None,
 ) -> tuple[Census, _Tally]:
-    """:func:`take_census`, plus the merged tally (with first referrers if asked)."""
+    """:func:`take_census`, plus the merged tally (with referrers if asked)."""
     if registry is None:
         registry = ClassRegistry()
     rules = as_trust(trust)
 
+    home = os.getpid()
+    size = _oid_bound(storage) if parents else 0
+
     def tally(records: Iterable[tuple[bytes, bytes]]) -> _Tally:
-        return _Tally(parents, examples).add(records)
+        # A worker process logs referrers; this one keeps them in arrays.
+        return _Tally(parents, examples, dense=os.getpid() == home, size=size).add(records)
 
     parts = map_records(storage, tally, progress, jobs)
     total = parts[0]

@@ -787,15 +787,21 @@ def refs_check(target: str, as_json: bool, referrers: bool) -> None:
 @click.option("--apply", "apply_", is_flag=True, help="Delete the garbage (default: dry run).")
 @click.option("--force", is_flag=True,
               help="Go on even when a storage collects garbage on pack by itself.")
+@click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
+              help="Objects deleted per transaction with --apply.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
-def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: bool) -> None:
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar while deleting (on a terminal).")
+def gc_command(target: str, days: float, apply_: bool, force: bool, batch_size: int,
+               as_json: bool, progress: bool) -> None:
     """Find objects unreachable from the roots of a whole tree of databases.
 
     Plain, m, n and remote references keep objects alive, weak references do
     not.  A dry run unless --apply, which deletes the garbage through the
     storage API (FileStorage, ZEO, RelStorage) and drops pins no reference
     holds any more; it refuses storages that collect garbage on pack by
-    themselves unless --force.
+    themselves unless --force.  It deletes in batches while applications
+    write: an object linked again meanwhile is kept.
     """
     from ZODB.utils import oid_repr
 
@@ -805,7 +811,9 @@ def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: boo
         _fail("--days must be 0 or more")
     db = _open_tree(target, not apply_)
     try:
-        report = collect_garbage(db, days=days, apply=apply_, force=force)
+        with progress_bar("deleting garbage", progress and apply_) as cb:
+            report = collect_garbage(db, days=days, apply=apply_, force=force,
+                                     batch_size=batch_size, progress=cb)
     finally:
         _close_tree(db)
     if as_json:
@@ -822,6 +830,10 @@ def gc_command(target: str, days: float, apply_: bool, force: bool, as_json: boo
             _out(f"  ... and {len(oids) - 20} more")
         for oid in report.stale_pins.get(name, []):
             _out(f"  stale pin {oid_repr(oid)}{' (dropped)' if report.applied else ''}")
+        for oid in report.relinked.get(name, []):
+            _out(f"  kept {oid_repr(oid)}: linked again while gc ran")
+        for oid in report.skipped.get(name, []):
+            _out(f"  kept {oid_repr(oid)}: it kept changing while gc ran; run gc again")
 
 
 @main.command("report")

@@ -1,7 +1,15 @@
 """The main job: build (or reuse) a sample database and run the workflows on it.
 
-Run with ``python -m pclasses.demo [DIRECTORY]`` (``make demo`` uses
-``var/``).  Each step uses the real API and prints what it did.
+Run with ``python -m pclasses.demo [DIRECTORY] [--target TARGET]`` (``make
+demo`` uses ``var/``; ``make demo TARGET=...``).  Each step uses the real API
+and prints what it did.
+
+With ``--target`` (a RelStorage URI ``postgres://...``, ``zeo://host:port``,
+a ZConfig file, any TARGET the command line takes) the sample data is built
+in that database and the steps run there; the steps that need more
+databases (the repaired copy, the class table with export and import, the
+seat belt, the tree) use FileStorages in DIRECTORY beside it and say so.  A
+target that holds anything but the demo's own data is refused, untouched.
 
 The sample database holds what a ZODB operator meets after a few upgrades:
 ordinary content, instances of a class whose module was renamed
@@ -11,11 +19,14 @@ instances of a removed add-on (``gone_addon.Widget``).
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import transaction
 import ZODB
@@ -24,6 +35,11 @@ from ZODB.utils import oid_repr
 
 import pclasses
 from pclasses.demo_models import Document, Folder, Stamp, Widget
+
+#: The root entry that marks a database as the demo's own (a target holding
+#: anything else is refused).
+MARKER = "pclasses-demo"
+MARKER_TEXT = "sample data of python -m pclasses.demo; safe to delete"
 
 NOTE_GUID = "0d5f2a9c-demo-note"
 TAG_GUID = "0d5f2a9c-demo-tag"
@@ -50,8 +66,9 @@ def _say(step: str) -> None:
     print(f"\n== {step}")
 
 
-def build(path: Path) -> None:
-    """Write the sample database with modules that then disappear."""
+def build(path: Path | str) -> None:
+    """Write the sample database (a path or any writable TARGET, empty) with
+    modules that then disappear."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "legacy_shop.py").write_text(_LEGACY)
         (Path(tmp) / "gone_addon.py").write_text(_ADDON)
@@ -63,6 +80,7 @@ def build(path: Path) -> None:
             try:
                 with db.transaction() as conn:
                     root = conn.root()
+                    root[MARKER] = MARKER_TEXT
                     site = root["site"] = Folder("Sample site")
                     docs = site["docs"] = Folder("Documents")
                     for i in range(20):
@@ -78,6 +96,78 @@ def build(path: Path) -> None:
             sys.path.remove(tmp)
             for name in ("legacy_shop", "gone_addon"):
                 sys.modules.pop(name, None)
+
+
+def shown(target: str) -> str:
+    """``target`` as printed: a password in a URI is replaced by ``***``."""
+    return re.sub(r"(://[^:/@?]+):[^@/]*@", r"\1:***@", target)
+
+
+def root_entries(storage: Any) -> list[str]:
+    """The keys of the root mapping, read with the record engine (nothing is
+    unpickled); ``[]`` when there is no root object yet."""
+    from ZODB.POSException import POSKeyError
+    from ZODB.utils import z64
+
+    try:
+        data, _tid = storage.load(z64)
+    except POSKeyError:
+        return []
+    state = pclasses.read_record(data, z64).state
+    if isinstance(state, dict):
+        for name in ("data", "_container"):
+            entries = state.get(name)
+            if isinstance(entries, dict):
+                return sorted(str(k) for k in entries)
+    return ["(a root that is not a mapping)"]
+
+
+class Refused(Exception):
+    """The target holds data that is not the demo's: nothing was written."""
+
+
+def prepare_target(target: str) -> bool:
+    """Build the sample data in ``target`` when it is empty (``True``), reuse
+    it when it is the demo's own (``False``); refuse anything else."""
+    db = pclasses.open(target)  # an empty database gets its root object
+    try:
+        entries = root_entries(db.storage)
+    finally:
+        db.close()
+    if not entries:
+        build(target)
+        return True
+    if MARKER in entries:
+        return False
+    more = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise Refused(f"{shown(target)} holds data that is not the demo's (root entries: {more}); "
+                  "nothing was written: give an empty database or the demo's own")
+
+
+def copy_current(storage: Any, path: Path) -> int:
+    """Store the current records of ``storage`` in a new FileStorage at
+    ``path`` (one transaction, the bytes as they are); returns how many."""
+    from ZODB.Connection import TransactionMetaData
+    from ZODB.FileStorage import FileStorage
+    from ZODB.utils import z64
+
+    from pclasses.scan import iter_current
+
+    for suffix in ("", ".index", ".lock", ".tmp"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    fs = FileStorage(str(path), create=True)
+    count = 0
+    try:
+        txn = TransactionMetaData(description="pclasses demo: a copy of the target")
+        fs.tpc_begin(txn)
+        for oid, _tid, data in iter_current(storage):
+            fs.store(oid, z64, data, "", txn)
+            count += 1
+        fs.tpc_vote(txn)
+        fs.tpc_finish(txn)
+    finally:
+        fs.close()
+    return count
 
 
 def _seat_belt() -> None:
@@ -161,22 +251,49 @@ def _tree(var: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    var = Path(args[0] if args else "var")
+    parser = argparse.ArgumentParser(
+        prog="python -m pclasses.demo",
+        description="Build (or reuse) a sample database and run pclasses' workflows on it.")
+    parser.add_argument("directory", nargs="?", default="var",
+                        help="where the files go (default: var)")
+    parser.add_argument("--target", default=None,
+                        help="build the sample data in this database instead of "
+                             "DIRECTORY/demo.fs (postgres://..., zeo://host:port, a ZConfig "
+                             "file); it must be empty or the demo's own")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    var = Path(args.directory)
     var.mkdir(parents=True, exist_ok=True)
+    target: str | None = args.target or None
     path = var / "demo.fs"
+    where: Path | str = path if target is None else target
+    beside = "" if target is None else f" (a FileStorage beside the target, in {var})"
 
     _say("1. sample database")
-    if path.exists():
+    if target is None and path.exists():
         print(f"reusing {path}")
-    else:
+    elif target is None:
         build(path)
         print(f"built {path}: a site with documents, products of the renamed "
               "module legacy_shop and widgets of the removed add-on gone_addon")
+    else:
+        try:
+            built = prepare_target(target)
+        except Refused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except pclasses.PClassesError as exc:
+            print(f"error: {shown(target)}: {exc}", file=sys.stderr)
+            return 1
+        if built:
+            print(f"built the sample data in {shown(target)}: a site with documents, products "
+                  "of the renamed module legacy_shop and widgets of the removed add-on "
+                  "gone_addon")
+        else:
+            print(f"reusing the demo's data in {shown(target)}")
 
     _say("2. census: every class the records name, read without running any pickle")
     registry = pclasses.ClassRegistry()
-    db = pclasses.open(path, registry)
+    db = pclasses.open(where, registry)
     try:
         conn = db.open()
         census = pclasses.take_census(db.storage, registry, connection=conn, jobs=1)
@@ -226,16 +343,23 @@ def main(argv: list[str] | None = None) -> int:
 
         _say("6. repaired offline: records rewritten to the new names (on a copy)")
         copy = var / "demo-repaired.fs"
-        shutil.copyfile(path, copy)
-        index = Path(f"{path}.index")
-        if index.exists():
-            shutil.copyfile(index, f"{copy}.index")
-        else:
-            Path(f"{copy}.index").unlink(missing_ok=True)
         rules = {"legacy_shop.Product": "pclasses.demo_models.Product",
                  "gone_addon.Widget": "pclasses.demo_models.Widget"}
-        dry = pclasses.rename_classes(copy, rules, dry_run=True)
-        print(f"dry run: {dry.changed} of {dry.records} records would change")
+        if target is None:
+            shutil.copyfile(path, copy)
+            index = Path(f"{path}.index")
+            if index.exists():
+                shutil.copyfile(index, f"{copy}.index")
+            else:
+                Path(f"{copy}.index").unlink(missing_ok=True)
+            dry = pclasses.rename_classes(copy, rules, dry_run=True)
+            print(f"dry run: {dry.changed} of {dry.records} records would change")
+        else:
+            dry = pclasses.rename_classes(target, rules, dry_run=True)
+            print(f"dry run on the target: {dry.changed} of {dry.records} records would change")
+            copied = copy_current(db.storage, copy)
+            print(f"the repair itself runs on a copy of the target's {copied} current "
+                  f"records{beside}: {copy}")
         done = pclasses.rename_classes(copy, rules)
         print(f"repair: rewrote {done.changed} records in {done.transactions} transaction(s): "
               f"{done.renamed}")
@@ -251,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _say("7. a class that lives in the database (guid module, class table)")
         classes_path = var / "demo-classes.fs"
-        print(f"{'reusing' if classes_path.exists() else 'creating'} {classes_path}")
+        print(f"{'reusing' if classes_path.exists() else 'creating'} {classes_path}{beside}")
         cdb = pclasses.open(classes_path, registry)
         with cdb.transaction() as conn:
             table = pclasses.class_table(conn)
@@ -317,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         for need in manifest.classes:
             print(f"  needs {need.module}.{need.name}: {need.kind}")
         target_path = var / "demo-target.fs"
+        if target is not None:
+            print(f"import target: {target_path}{beside}")
         for suffix in ("", ".index", ".lock", ".tmp"):
             Path(f"{target_path}{suffix}").unlink(missing_ok=True)
         tdb = pclasses.open(target_path)
@@ -347,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         _seat_belt()
 
         _say("10. a tree of databases: lazy handles, remote references, a dangling target")
+        if target is not None:
+            print(f"the tree's databases are FileStorages in {var / 'tree'}{beside}")
         _tree(var)
 
         _say("11. what the registry saw")

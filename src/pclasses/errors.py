@@ -66,6 +66,7 @@ __all__ = [
     "OidKindError",
     "SQLRecoveryError",
     "DuplicateRowError",
+    "GarbageCollectionError",
 ]
 
 
@@ -608,3 +609,12 @@ class DuplicateRowError(PClassesError, KeyError):
         self.name = name
         self.key = key
         super().__init__(f"SQL store {store!r} already has a {name!r} row with key {key}")
+
+
+class GarbageCollectionError(PClassesError, RuntimeError):
+    """``collect_garbage(apply=True)`` stopped: the batch that failed was
+    rolled back, batches committed before it stay deleted (running gc again
+    continues); the message says why in one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)

@@ -4,7 +4,9 @@
 reader (nothing is imported except through the registry's lookups), counts
 the records of each class that does not resolve and the records that name it
 otherwise (a plain object pickled inside them, the class part of a
-reference), and remembers each object's first referrer.  For a few example
+reference), and remembers each object's first few referrers in arrays
+indexed by oid (:class:`pclasses.referrers.Referrers`: 8 bytes an object,
+12 more for one with several referrers).  For a few example
 oids per class it then follows the referrers back to the root and names
 every step by attribute or key (``root['site'].shop['p0']``), or, when no
 path to the root exists, lists the referring oids.
@@ -12,22 +14,25 @@ path to the root exists, lists the referring oids.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ZODB.utils import oid_repr, z64
+from ZODB.utils import oid_repr
 
-from .census import Unreadable, census_and_tally
+from .census import CENSUS_EXAMPLES, Census, Unreadable, census_and_tally
 from .errors import RecordDecodeError
-from .record.analyze import EdgeKind
-from .record.edges import edges
+from .oidset import OidSet
+from .record.edges import split_targets
 from .record.reader import Inert, PersistentRef, read_record
+from .referrers import REFERRERS, Referrers
 from .registry import ClassRegistry
-from .scan import Progress, iter_records
+from .scan import Progress, in_oid_order, iter_records
 from .trust import Trust
 
-__all__ = ["BrokenReport", "BrokenClass", "BrokenExample", "find_broken", "edge_label"]
+__all__ = ["BrokenReport", "BrokenClass", "BrokenExample", "find_broken", "broken_and_census",
+           "edge_label"]
 
 _MAX_DEPTH = 256
 
@@ -119,6 +124,21 @@ def find_broken(
     name is run unless trusted (``trust`` names more packages); a class
     whose module exists but is not trusted is not reported broken.
     """
+    return broken_and_census(db, registry, examples=examples, progress=progress, jobs=jobs,
+                             trust=trust)[0]
+
+
+def broken_and_census(
+    db: Any,
+    registry: ClassRegistry | None = None,
+    *,
+    examples: int = 3,
+    progress: Progress | None = None,
+    jobs: int | None = None,
+    trust: Trust | Iterable[str] | None = None,
+) -> tuple[BrokenReport, Census]:
+    """:func:`find_broken`, and the census its one scan takes on the way
+    (what :func:`pclasses.census.take_census` gives), for the report."""
     storage = getattr(db, "storage", db)
     if registry is None:
         factory = getattr(db, "classFactory", None)
@@ -127,12 +147,14 @@ def find_broken(
     try:
         census, tally = census_and_tally(storage, registry, connection=connection,
                                          progress=progress, jobs=jobs, parents=True,
-                                         examples=examples, trust=trust)
+                                         examples=max(examples, CENSUS_EXAMPLES), trust=trust)
     finally:
         if connection is not None:
             connection.close()
-    parents = tally.parents or {}
-    paths = _Paths(storage, parents)
+    referrers = tally.parents
+    if not isinstance(referrers, Referrers):  # none were asked for
+        referrers = Referrers()
+    paths = _Paths(storage, referrers)
     classes = []
     for usage in census.classes:
         if usage.status != "broken":
@@ -144,53 +166,70 @@ def find_broken(
         classes.append(BrokenClass(usage.module, usage.name, usage.records, usage.mentions,
                                    usage.resolution.error if usage.resolution else None,
                                    found))
-    missing_referrers = {e.oid for c in classes for e in c.examples if e.path is None}
+    # Examples without a path list every referrer (up to ten).  Those with
+    # fewer than the map keeps have them all already when the scan met
+    # records in oid order; the others take one more pass.
+    ordered = in_oid_order(storage)
+    missing_referrers = {e.oid for c in classes for e in c.examples
+                         if e.path is None and not (ordered and _complete(storage, e))}
     if missing_referrers:
         _all_referrers(storage, missing_referrers, classes)
-    return BrokenReport(census.records, classes, census.unreadable)
+    for usage in census.classes:  # as many examples as take_census keeps (the smallest)
+        usage.examples = usage.examples[:CENSUS_EXAMPLES]
+        usage.mention_examples = usage.mention_examples[:CENSUS_EXAMPLES]
+    return BrokenReport(census.records, classes, census.unreadable), census
 
 
 class _Paths:
     """Paths from the root, following referrers and naming each edge."""
 
-    def __init__(self, storage: Any, parents: dict[bytes, Any]) -> None:
+    def __init__(self, storage: Any, referrers: Referrers) -> None:
         self.storage = storage
-        self.parents = parents
+        self.referrers = referrers
         self._states: dict[bytes, Any] = {}
+        self._seen = OidSet(len(referrers.first))
 
-    def _referrers(self, oid: bytes) -> list[bytes]:
-        known = self.parents.get(oid)
-        if known is None:
-            return []
-        return [known] if known.__class__ is bytes else list(known)
+    def _chain(self, oid: int) -> list[int] | None:
+        """A chain of referrers from ``oid`` up to the root (breadth first).
 
-    def _chain(self, oid: bytes) -> list[bytes] | None:
-        """A chain of referrers from ``oid`` up to the root (breadth first)."""
-        back: dict[bytes, bytes | None] = {oid: None}
-        frontier = [oid]
-        for _depth in range(_MAX_DEPTH):
-            nxt = []
-            for current in frontier:
-                if current == z64:
-                    chain = [current]
-                    while back[chain[-1]] is not None:
-                        chain.append(back[chain[-1]])  # type: ignore[arg-type]
-                    return list(reversed(chain))
-                for parent in self._referrers(current):
-                    if parent not in back:
-                        back[parent] = current
-                        nxt.append(parent)
-            if not nxt:
-                return None
-            frontier = nxt
-        return None
+        Each level of the search is two arrays: the oids first reached at
+        that depth and, for each, its position in the level before (the
+        oid it is a referrer of); the oids seen are an :class:`OidSet`,
+        emptied again afterwards."""
+        get, seen = self.referrers.get, self._seen
+        levels: list[tuple[array[int], array[int]]] = [(array("Q", [oid]), array("Q", [0]))]
+        seen.add_new(oid)
+        try:
+            for depth in range(_MAX_DEPTH):
+                frontier = levels[depth][0]
+                nodes, via = array("Q"), array("Q")
+                levels.append((nodes, via))  # before filling: forgotten in any case
+                for i, current in enumerate(frontier):
+                    if current == 0:  # the root: back down to ``oid``
+                        chain = [current]
+                        for d in range(depth, 0, -1):
+                            i = levels[d][1][i]
+                            chain.append(levels[d - 1][0][i])
+                        return list(reversed(chain))
+                    for parent in get(current):
+                        if seen.add_new(parent):
+                            nodes.append(parent)
+                            via.append(i)
+                if not nodes:
+                    return None
+            return None
+        finally:
+            for nodes, _via in levels:
+                for n in nodes:
+                    seen.discard(n)
 
     def example(self, oid: bytes) -> BrokenExample:
-        referrers = self._referrers(oid)
-        chain = self._chain(oid)
+        number = int.from_bytes(oid, "big")
+        referrers = [_b(r) for r in self.referrers.get(number)]
+        chain = self._chain(number)
         if chain is None:
             return BrokenExample(oid, None, referrers)
-        labels = [edge_label(self._state(parent), child)
+        labels = [edge_label(self._state(_b(parent)), _b(child))
                   for child, parent in zip(chain, chain[1:])]
         return BrokenExample(oid, "root" + "".join(reversed(labels)), referrers)
 
@@ -384,21 +423,40 @@ def _search(value: Any, oid: bytes, top: bool = False) -> str | None:
     return None
 
 
-_STRONG_SAME_DB = (EdgeKind.OID, EdgeKind.OID_CLASS)
+def _b(oid: int) -> bytes:
+    return oid.to_bytes(8, "big")
+
+
+def _complete(storage: Any, example: BrokenExample) -> bool:
+    """Whether ``example.referrers`` (from the map, in oid order) are all of
+    them; if so, the example itself joins them where it refers to itself
+    (the map leaves that out, the full list does not)."""
+    if len(example.referrers) >= REFERRERS:
+        return False
+    oid = example.oid
+    try:
+        data, _tid = storage.load(oid)
+        plain = split_targets(data, oid)[0]
+    except (KeyError, RecordDecodeError):  # gone meanwhile, or unreadable: look again
+        return False
+    if any(plain[i:i + 8] == oid for i in range(0, len(plain), 8)):
+        example.referrers = sorted([*example.referrers, oid])
+    return True
 
 
 def _all_referrers(storage: Any, wanted: set[bytes], classes: list[BrokenClass]) -> None:
     """Fill in every referrer of examples that have no path (one more pass)."""
     found: dict[bytes, list[bytes]] = {oid: [] for oid in wanted}
+    few = len(wanted) <= 8  # else one lookup per reference is cheaper than searches
     for oid, data in iter_records(storage):
         try:
-            refs = edges(data, oid)
+            plain = split_targets(data, oid)[0]  # this database's plain references
         except RecordDecodeError:
             continue
-        for e in refs:
-            if e.database is not None or e.kind not in _STRONG_SAME_DB:
-                continue
-            child = e.oid
+        if few and not any(w in plain for w in wanted):  # the usual case, at C speed
+            continue
+        for i in range(0, len(plain), 8):
+            child = plain[i:i + 8]
             if child in found and oid not in found[child] and len(found[child]) < 10:
                 found[child].append(oid)
     for c in classes:

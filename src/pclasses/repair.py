@@ -251,23 +251,39 @@ def _rename_storage(storage: Any, pattern: re.Pattern[bytes] | None, targets: _T
     total = count_records(storage)
     if progress is not None:
         progress(0, total)
-    committer = _Committer(storage, pattern, targets, report, batch_size)
+    committer = _Committer(storage, pattern, targets, batch_size)
+    # RelStorage: the scan streams through a connection (and snapshot) of its
+    # own, so batches are committed in a thread while the scan reads on
+    sink: _Committer | _InBackground = committer
+    if not dry_run and storage_kind(storage) == "relstorage":
+        sink = _InBackground(committer)
     try:
-        _scan_and_commit(storage, pattern, targets, report, dry_run, committer, progress,
-                         warn, total)
+        try:
+            _scan_and_commit(storage, pattern, targets, report, dry_run, sink, progress,
+                             warn, total)
+        except BaseException:
+            sink.close(abandon=True)
+            raise
+        sink.close()
     finally:
-        committer.close()
+        committer.release()
+        committer.merge_into(report)
     if committer.old_bytes and keeps_history(storage):
         report.old_revisions_bytes = (report.old_revisions_bytes or 0) + committer.old_bytes
         report.pack_hint = pack_hint(storage)
 
 
 def _scan_and_commit(storage: Any, pattern: re.Pattern[bytes], targets: _Targets,
-                     report: RepairReport, dry_run: bool, committer: _Committer,
+                     report: RepairReport, dry_run: bool, sink: _Committer | _InBackground,
                      progress: Progress | None, warn: Callable[[str], None] | None,
                      total: int | None) -> None:
+    """Scan every current record; hand each batch of rewritten records
+    (with the sizes of the revisions they replace) to ``sink``.  Only the
+    batch being filled is held here."""
     batch: list[tuple[bytes, bytes, bytes]] = []
+    sizes: dict[bytes, int] = {}
     done = 0
+    size = sink.size
     for oid, tid, data in iter_current(storage):
         done += 1
         if progress is not None and not done % 4096:
@@ -278,12 +294,13 @@ def _scan_and_commit(storage: Any, pattern: re.Pattern[bytes], targets: _Targets
         report.changed += 1
         if not dry_run:
             batch.append((oid, tid, new))
-            committer.pending_bytes[oid] = len(data)
-            if len(batch) >= committer.size:
-                committer.commit(batch)
-                batch = []
+            sizes[oid] = len(data)
+            if len(batch) >= size:
+                sink.commit(batch, sizes)
+                batch, sizes = [], {}
+                size = sink.size
     if batch:
-        committer.commit(batch)
+        sink.commit(batch, sizes)
     report.records += done
     if progress is not None:
         progress(done, total)
@@ -343,24 +360,34 @@ class _Committer:
 
     A storage that serves each connection its own view (RelStorage, an
     ``IMVCCStorage``) is written through an instance of its own, brought up
-    to date before each batch, as a ZODB connection would be."""
+    to date before each batch, as a ZODB connection would be.
+
+    What it learns (records dropped or skipped on a re-read, transactions,
+    the size of the revisions replaced) it keeps to itself until
+    :meth:`merge_into`, so that it may run in a thread of its own."""
 
     def __init__(self, storage: Any, pattern: re.Pattern[bytes], targets: _Targets,
-                 report: RepairReport, size: int) -> None:
+                 size: int) -> None:
         self.root = storage
         self.storage = storage
-        #: sizes of the old revisions of the records waiting to be committed
-        self.pending_bytes: dict[bytes, int] = {}
         #: sizes of the old revisions of the records committed
         self.old_bytes = 0
+        self.transactions = 0
+        #: records counted as changed that were not written after all
+        self.dropped = 0
+        self.skipped: list[Skipped] = []
+        self.unreadable: list[Unreadable] = []
         if hasattr(storage, "new_instance") and hasattr(storage, "poll_invalidations"):
             self.storage = storage.new_instance()
         self.pattern = pattern
-        self.targets = targets
-        self.report = report
+        #: the rules, with a lookup cache and counts of its own (re-read
+        #: records were counted the first time)
+        self.targets = _Targets(targets.rules)
         self.size = size
 
-    def commit(self, batch: list[tuple[bytes, bytes, bytes]]) -> None:
+    def commit(self, batch: list[tuple[bytes, bytes, bytes]], sizes: dict[bytes, int]) -> None:
+        """Store ``batch``; ``sizes`` maps each oid to the size of the
+        revision it replaces."""
         # ConflictError, and RelStorage's CacheConsistencyError when a record
         # changed after the scan read it: both say "read again and retry"
         from transaction.interfaces import TransientError
@@ -382,8 +409,8 @@ class _Committer:
                     pending += [(part[half:], 0), (part[:half], 0)]
                 elif part:
                     oid = part[0][0]
-                    self.report.changed -= 1
-                    self.report.skipped.append(Skipped(
+                    self.dropped += 1
+                    self.skipped.append(Skipped(
                         oid, f"it changed while repair ran ({CONFLICT_RETRIES + 1} "
                              "conflicts in a row); run repair again"))
                 continue
@@ -396,18 +423,30 @@ class _Committer:
                 raise RepairError(f"a batch failed and was rolled back ({_one_line(exc)}); "
                                   "batches committed before it stay repaired, run again to "
                                   "continue") from exc
-            self.report.transactions += 1
-            sizes = self.pending_bytes
-            self.old_bytes += sum(sizes.pop(oid, 0) for oid, _tid, _new in part)
+            self.transactions += 1
+            self.old_bytes += sum(sizes.get(oid, 0) for oid, _tid, _new in part)
 
     def _sync(self) -> None:
         """See what others committed (an MVCC instance polls)."""
         if self.storage is not self.root:
             self.storage.poll_invalidations()
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
+        """(Batches are committed as they come: nothing waits.)"""
+
+    def release(self) -> None:
         if self.storage is not self.root:
             self.storage.release()
+            self.storage = self.root
+
+    def merge_into(self, report: RepairReport) -> None:
+        """Add what the commits learnt to ``report`` (once)."""
+        report.changed -= self.dropped
+        report.transactions += self.transactions
+        report.skipped += self.skipped
+        report.unreadable += self.unreadable
+        self.dropped = self.transactions = 0
+        self.skipped, self.unreadable = [], []
 
     def _reread(self, part: list[tuple[bytes, bytes, bytes]]
                 ) -> list[tuple[bytes, bytes, bytes]]:
@@ -419,25 +458,78 @@ class _Committer:
         if self.storage is not self.root:  # one query for the batch (RelStorage)
             self.storage.prefetch([oid for oid, _tid, _new in part])
         out = []
-        counts, self.targets.counts = self.targets.counts, {}  # counted the first time
-        try:
-            for oid, _tid, _new in part:
-                try:
-                    data, tid = self.storage.load(oid)
-                except POSKeyError:
-                    self.report.changed -= 1
-                    continue
-                scratch = RepairReport(dry_run=False)
-                new = _candidate(oid, data, self.pattern, self.targets, scratch, None)
-                if new is None:
-                    self.report.changed -= 1
-                    self.report.unreadable += scratch.unreadable
-                    self.report.skipped += scratch.skipped
-                    continue
-                out.append((oid, tid, new))
-        finally:
-            self.targets.counts = counts
+        for oid, _tid, _new in part:
+            try:
+                data, tid = self.storage.load(oid)
+            except POSKeyError:
+                self.dropped += 1
+                continue
+            scratch = RepairReport(dry_run=False)
+            new = _candidate(oid, data, self.pattern, self.targets, scratch, None)
+            if new is None:
+                self.dropped += 1
+                self.unreadable += scratch.unreadable
+                self.skipped += scratch.skipped
+                continue
+            out.append((oid, tid, new))
         return out
+
+
+class _InBackground:
+    """Hands batches to a :class:`_Committer` running in a thread of its
+    own, one batch at a time, so that the scan reads and rewrites the next
+    batch while PostgreSQL stores this one (psycopg2 lets other threads run
+    while it waits).  At most one batch waits; the first error stops the
+    commits and is raised to the scan at its next batch, or by
+    :meth:`close`."""
+
+    def __init__(self, committer: _Committer) -> None:
+        import queue
+        import threading
+
+        self.committer = committer
+        self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._run, name="pclasses-repair-commit",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def size(self) -> int:
+        return self.committer.size
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None and not self._abandoned:
+                try:
+                    self.committer.commit(*item)
+                except BaseException as exc:  # raised again in the scan's thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def commit(self, batch: list[tuple[bytes, bytes, bytes]], sizes: dict[bytes, int]) -> None:
+        self._raise()
+        self._queue.put((batch, sizes))
+
+    def close(self, abandon: bool = False) -> None:
+        """Wait for the batches handed over and raise the first error; or,
+        with ``abandon`` (the scan failed), let the batch being stored
+        finish, drop the one waiting and raise nothing."""
+        if abandon:
+            self._abandoned = True
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if not abandon:
+            self._raise()
 
 
 def _storages(target: Any, dry_run: bool) -> tuple[list[tuple[str | None, Any]],
@@ -639,11 +731,12 @@ def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:
 
     t = TransactionMetaData(user="pclasses", description="pclasses repair: rename classes")
     copies: dict[bytes, str] = {}
+    kind = storage_kind(storage)
     try:
         if _holds_blobs(storage):
             directory = storage.temporaryDirectory()
             with_blobs = None
-            if storage_kind(storage) == "relstorage":
+            if kind == "relstorage":
                 from .storages.relstorage import blob_oids
 
                 with_blobs = blob_oids(storage, [oid for oid, _tid, _data in batch])
@@ -655,6 +748,10 @@ def _commit(storage: Any, batch: list[tuple[bytes, bytes, bytes]]) -> None:
                     copies[oid] = path
         storage.tpc_begin(t)
         try:
+            if kind == "relstorage":
+                from .storages.relstorage import prefer_index_lookups
+
+                prefer_index_lookups(storage)
             for oid, tid, data in batch:
                 path = copies.pop(oid, None)
                 if path is None:

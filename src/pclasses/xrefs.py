@@ -42,7 +42,7 @@ from .errors import (
 )
 from .interfaces import ICrossDatabaseReferenceEvent
 from .record.analyze import EdgeKind
-from .record.edges import edges, edges_of
+from .record.edges import edges, edges_of, split_targets
 from .record.remote import MARKER as REMOTE_MARKER
 
 __all__ = [
@@ -330,6 +330,10 @@ class XrefGroup:
         }
 
 
+#: Target classes remembered (a cache: a target seen again is loaded again).
+_TARGET_CACHE = 1 << 16
+
+
 def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup]:
     """Every cross-database reference stored in ``db``'s multi-database.
 
@@ -352,6 +356,8 @@ def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup
     def target_class(database: str, oid: bytes) -> str | None:
         key = (database, oid)
         if key not in target_classes:
+            if len(target_classes) >= _TARGET_CACHE:  # memory stays bounded
+                target_classes.clear()
             other = dbs.get(database)
             if other is None:
                 target_classes[key] = None
@@ -371,6 +377,10 @@ def scan_xrefs(db: Any, *, trust: Iterable[str] | None = None) -> list[XrefGroup
             if others and not any(o in data for o in others):
                 continue
             try:
+                # the C pass lists references that are not plain ones of this
+                # database; a record without any holds no cross-database one
+                if not split_targets(data, oid)[1]:
+                    continue
                 a = analyze(data)
                 source_class = read_class(data, oid).dotted
             except (ValueError, PClassesError):

@@ -4,9 +4,8 @@ Every figure comes from a library function that reads records with the
 record engine (nothing stored is run): the reference check of a tree or
 multi-database (:func:`pclasses.tree.check_refs`, which also opens the
 children a tree's handles name, read-only), the census of each database
-(:func:`pclasses.census.take_census`), the broken inventory with root paths
-(:func:`pclasses.inventory.find_broken`, only for databases whose census
-found broken classes), the cross-database references
+and the broken inventory with root paths, both from one scan
+(:func:`pclasses.inventory.broken_and_census`), the cross-database references
 (:func:`pclasses.xrefs.scan_xrefs`, when there are several databases) and
 the intrinsic-reference registries (:func:`pclasses.refs.verify.summarize`
 and :func:`~pclasses.refs.verify.verify_refs`, only where a registry exists).
@@ -26,9 +25,9 @@ from typing import Any
 
 from ZODB.utils import oid_repr
 
-from ..census import Census, take_census
+from ..census import Census
 from ..errors import PClassesError
-from ..inventory import BrokenReport, find_broken
+from ..inventory import BrokenReport, broken_and_census
 from ..registry import ClassRegistry
 from ..scan import Progress
 
@@ -324,18 +323,14 @@ def collect(
     dbs = dict(getattr(db, "databases", None) or {db.database_name: db})
 
     for name, each in sorted(dbs.items()):
-        conn = each.open()
-        try:
-            with step(f"census of {name}") as cb:
-                census = take_census(each.storage, registry, connection=conn, progress=cb,
-                                     jobs=jobs, trust=trust)
-        finally:
-            conn.close()
+        # One scan gives the census and, where classes are broken, the
+        # referrers their examples' paths are followed through.
+        with step(f"census of {name}") as cb:
+            broken, census = broken_and_census(each, registry, examples=examples,
+                                               progress=cb, jobs=jobs, trust=trust)
         section = DatabaseSection(name, census)
         if census.broken:
-            with step(f"broken objects of {name}") as cb:
-                section.broken = find_broken(each, registry, examples=examples, progress=cb,
-                                             jobs=jobs, trust=trust)
+            section.broken = broken
         data.databases.append(section)
 
     if len(dbs) > 1:

@@ -3,109 +3,307 @@
 A ZEO server answers one record per request (``record_iternext``,
 ``loadBefore``, the transaction iterator alike) and a request costs a round
 trip: about 0.5 ms each on loopback, so a scan of 100,000 records took
-minutes.  Here the requests of a batch are all written before the first
-answer is read (one coroutine on the client's I/O thread), so the batch
-costs one round trip plus the server's time per request:
+minutes.  Here the requests of a batch are encoded and written at once (one
+write on the client's I/O thread) before the first answer is read, and the
+answers are put in place by the I/O thread as they arrive (a small slot per
+request instead of a future and a coroutine step), so the main thread only
+waits for whole batches, and two batches are in flight while it works:
 
 * current records (:func:`iter_current`): ``record_iternext`` is asked
   for a run of consecutive oids at once.  A FileStorage server answers the
   record at or after each oid with the next oid it holds, so a gap in the
-  oids only repeats an answer (dropped here) and the next run starts where
+  oids only repeats an answer (dropped here) and a later run starts where
   the last answer points.  Runs grow while oids are dense and shrink where
-  they are sparse.
+  they are sparse, and never ask past the number of objects the server
+  said it holds (``get_info``): a request past the last oid raises on the
+  server, which logs a traceback for each.  Objects added meanwhile are
+  followed one request at a time from the last answer.  An object whose
+  record holds no data (deleted, or its creation undone) is skipped, as on
+  the file.
 * loads a walk is about to need (:class:`BatchLoader`): ``loadBefore`` at
-  the connection's snapshot for the next oids of its queue.
+  the connection's snapshot for the next oids of its queue, the next batch
+  asked for while the walk works through half of the last one.
 
-A server whose ``record_iternext`` does not hand out oids (not a
-FileStorage behind it) is read one record at a time, as before.
+Answers are read as tuples or lists (a server running with ``msgpack``
+answers lists).  A client whose protocol objects are not the ones this
+module knows (another ZEO version) uses one ZEO call per request (the
+fallback also taken by a server whose ``record_iternext`` does not hand out
+oids, not a FileStorage behind it).
+
+Nothing is put in the client's cache: the scan's answers bypass it, and
+walks' loads too (``loadBefore`` sent as a plain request, not through
+ZEO's cache-filling load).
 """
 
 from __future__ import annotations
 
+import struct
+import threading
+from collections import deque
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
+from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
-__all__ = ["iter_current", "BatchLoader", "pipelined"]
+__all__ = ["iter_current", "BatchLoader", "BlockReader", "pipelined"]
 
-#: Requests in flight in one batch: the first run, and the bounds of runs.
+#: Requests in one batch: the first run, and the bounds of runs.
 FIRST_RUN = 256
-MAX_RUN = 8192
+MAX_RUN = 4096
 MIN_RUN = 16
+#: Batches of a scan in flight at once (the server answers one while the
+#: caller works on the one before).
+WINDOW = 2
+#: Times a scan asks the server again for its object count when it has
+#: answered as many (objects added while the scan runs).
+REFRESHES = 8
 #: Loads in flight for :class:`BatchLoader`.
 LOAD_BATCH = 2_000
+
+_PENDING: Any = object()
+_frame = struct.Struct(">I").pack
+
+
+class _Batch:
+    """The answers of one batch of requests, filled in by the I/O thread."""
+
+    __slots__ = ("results", "left", "event")
+
+    def __init__(self, n: int) -> None:
+        self.results: list[Any] = [_PENDING] * n
+        self.left = n
+        self.event = threading.Event()
+        if not n:
+            self.event.set()
+
+    def put(self, index: int, value: Any) -> None:
+        results = self.results
+        if results[index] is _PENDING:
+            results[index] = value
+            self.left -= 1
+            if not self.left:
+                self.event.set()
+
+    def fail(self, exc: BaseException) -> None:
+        for i, r in enumerate(self.results):
+            if r is _PENDING:
+                self.put(i, exc)
+
+    def result(self) -> list[Any]:
+        self.event.wait()
+        return self.results
+
+
+class _Slot:
+    """Stands in the protocol's table of pending calls for one request:
+    the protocol hands it the answer (``set_result``), the exception
+    (``set_exception``), or, when the connection closes, asks ``done()``
+    and sets ``ClientDisconnected``."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def set_result(self, value: Any) -> None:
+        self.batch.put(self.index, value)
+
+    set_exception = set_result
+
+    def done(self) -> bool:
+        return self.batch.results[self.index] is not _PENDING
+
+    def cancelled(self) -> bool:
+        return False
+
+
+def _send(client: Any, batch: _Batch, method: str, argss: list[tuple[Any, ...]]) -> None:
+    """On the I/O thread: register a slot for each request and write them
+    all (one write when nothing else waits to be written)."""
+    try:
+        from ZEO.Exceptions import ClientDisconnected
+
+        protocol = client.protocol
+        if protocol is None or protocol.closed:
+            raise ClientDisconnected("closed")
+        encode = protocol.encode
+        futures = protocol.futures
+        mid = protocol.message_id
+        messages = []
+        for i, args in enumerate(argss):
+            mid += 1
+            futures[mid] = _Slot(batch, i)
+            messages.append(encode(mid, False, method, args))
+        protocol.message_id = mid
+        transport = getattr(getattr(protocol, "sm_protocol", None), "transport", None)
+        if transport is not None and not transport.get_write_buffer_size():
+            # Nothing queued (the sized-message layer is not paused, its
+            # own queue empty): the frames go out in one write.
+            out = []
+            for m in messages:
+                out.append(_frame(len(m)))
+                out.append(m)
+            transport.write(b"".join(out))
+        else:
+            for m in messages:
+                protocol.write_message(m)
+    except Exception as exc:  # the connection is gone: every request fails
+        batch.fail(exc)
+
+
+def _start(storage: Any, method: str, argss: list[tuple[Any, ...]]) -> _Batch:
+    """Send ``method`` once per argument tuple, all at once; returns the
+    batch whose :meth:`_Batch.result` waits for every answer."""
+    runner = storage._server
+    batch = _Batch(len(argss))
+    if argss:
+        runner.loop.call_soon_threadsafe(_send, runner.client, batch, method, argss)
+    return batch
 
 
 def pipelined(storage: Any, method: str, argss: list[tuple[Any, ...]]) -> list[Any]:
     """Call ``method`` once per argument tuple, all requests in flight at
     once; one result (or the exception raised) per call, in order."""
-    return start_pipelined(storage, method, argss).result()  # type: ignore[no-any-return]
-
-
-def start_pipelined(storage: Any, method: str, argss: list[tuple[Any, ...]]) -> Any:
-    """:func:`pipelined` without waiting: a future of its list of results
-    (the caller works on the last batch while the server answers this one)."""
-    runner = storage._server
-    client = runner.client
-
-    async def batch() -> list[Any]:
-        protocol = client.protocol
-        futures = [protocol.call_sync(method, args) for args in argss]
-        out: list[Any] = []
-        for f in futures:
-            try:
-                out.append(await f)
-            except Exception as exc:  # returned to the caller, per request
-                out.append(exc)
-        return out
-
-    return runner.io_call(batch(), wait=False)
+    return _start(storage, method, argss).result()
 
 
 def _can_pipeline(storage: Any) -> bool:
     runner = getattr(storage, "_server", None)
     client = getattr(runner, "client", None)
-    return (callable(getattr(runner, "io_call", None))
-            and getattr(client, "protocol", None) is not None)
+    protocol = getattr(client, "protocol", None)
+    return (getattr(runner, "loop", None) is not None and protocol is not None
+            and isinstance(getattr(protocol, "futures", None), dict)
+            and isinstance(getattr(protocol, "message_id", None), int)
+            and callable(getattr(protocol, "encode", None)))
+
+
+def _past_the_end(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server's answer to a ``record_iternext`` past
+    its last oid (a ``ValueError``, which reaches the client as a
+    ``ServerException`` naming it)."""
+    if isinstance(exc, ValueError):
+        return True
+    from ZEO.Exceptions import ServerException
+
+    return (isinstance(exc, ServerException) and bool(exc.args)
+            and str(exc.args[0]).endswith(".ValueError"))
+
+
+def _object_count(storage: Any) -> int:
+    """How many objects the server holds now (``len`` of a ClientStorage
+    is as of its connection)."""
+    try:
+        return int(storage._server.call("get_info")["length"])
+    except Exception:
+        return len(storage)
 
 
 def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
-    """``(oid, tid, data)`` of every current record, in oid order."""
+    """``(oid, tid, data)`` of every current record, in oid order, each
+    once; records without data (deleted objects) are skipped."""
     try:
-        oid, tid, data, nxt = storage.record_iternext(None)
-    except ValueError:  # an empty storage
-        return
+        first = storage.record_iternext(None)
+    except Exception as exc:
+        if _past_the_end(exc):  # an empty storage
+            return
+        raise
+    oid, tid, data, nxt = first
     if data is not None:
         yield oid, tid, data
     if nxt is None:
         return
     if not (isinstance(nxt, bytes) and len(nxt) == 8) or not _can_pipeline(storage):
-        while nxt is not None:
-            oid, tid, data, nxt = storage.record_iternext(nxt)
-            if data is not None:
-                yield oid, tid, data
+        yield from _one_by_one(storage, nxt)
         return
-    last = oid
-    start = u64(nxt)
+    yield from _runs(storage, oid, u64(nxt))
+
+
+def _one_by_one(storage: Any, nxt: bytes | None) -> Iterator[tuple[bytes, bytes, bytes]]:
+    while nxt is not None:
+        try:
+            oid, tid, data, nxt = storage.record_iternext(nxt)
+        except POSKeyError:  # ``nxt`` holds no data: go on after it
+            nxt = p64(u64(nxt) + 1)
+            continue
+        except Exception as exc:
+            if _past_the_end(exc):  # nothing after it (gone meanwhile)
+                return
+            raise
+        if data is not None:
+            yield oid, tid, data
+
+
+def _runs(storage: Any, last: bytes, start: int) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """Every current record from oid ``start`` on (``last`` was yielded),
+    by runs of ``record_iternext`` requests in flight."""
+    total = _object_count(storage)
+    seen = 1  # objects answered (``last``)
+    in_flight: deque[tuple[_Batch, int, int]] = deque()  # (batch, first oid, size)
+    asked = 0  # requests in flight
+    nxt = start  # first oid not asked for yet
     run = FIRST_RUN
-    future = _run_from(storage, start, run)
-    while future is not None:
-        results = future.result()
-        # Records of this run: the next run is asked for before they are
-        # handed on, so the server works while the caller does.
+    following: bytes | None = p64(start)  # the next oid the server named
+    ended = False
+    refreshes = 0
+    previous_answer: bytes | None = None  # the answer to the request before
+
+    def fill() -> None:
+        nonlocal nxt, asked
+        while len(in_flight) < WINDOW:
+            room = total - seen - asked
+            if room <= 0:
+                return
+            n = min(run, room)
+            in_flight.append((_start(storage, "record_iternext",
+                                     [(p64(k),) for k in range(nxt, nxt + n)]), nxt, n))
+            nxt += n
+            asked += n
+
+    fill()
+    while True:
+        if not in_flight:
+            # Every object the server said it held has been answered: ask
+            # it again (objects added meanwhile), a few times at most.
+            if ended or following is None or refreshes == REFRESHES:
+                return
+            refreshes += 1
+            nxt = max(nxt, u64(following))
+            previous_answer = None
+            total = _object_count(storage)
+            fill()
+            if not in_flight:
+                return
+        batch, first, n = in_flight.popleft()
+        asked -= n
+        results = batch.result()
         records: list[tuple[bytes, bytes, bytes]] = []
-        following = None
         fresh = 0
-        ended = False
-        for r in results:
+        if previous_answer is not None and previous_answer != p64(first - 1):
+            previous_answer = None  # the runs jumped a gap
+        for k, r in enumerate(results, first):
             if isinstance(r, BaseException):
-                if isinstance(r, ValueError):  # past the last oid
+                if isinstance(r, POSKeyError):
+                    # The first object at or after ``k`` holds no data:
+                    # skipped, and counted when it is surely a new one (the
+                    # answer before was ``k - 1``); never counting one twice
+                    # matters more than counting each (an object not counted
+                    # costs one request past the last oid at the end, one
+                    # counted twice would end the scan early).
+                    if previous_answer == p64(k - 1):
+                        fresh += 1
+                    previous_answer = None
+                    if following is not None and u64(following) <= k:
+                        following = p64(k + 1)
+                    continue
+                if _past_the_end(r):
                     ended = True
                     break
                 raise r
             oid, tid, data, following = r
+            previous_answer = oid
             if oid <= last:
                 continue  # a gap answered with a record already yielded
             last = oid
@@ -115,25 +313,26 @@ def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
             if following is None:
                 ended = True
                 break
-        future = None
-        if not ended and following is not None:
-            if fresh * 2 >= run:
+        seen += fresh
+        if ended:
+            in_flight.clear()  # past the end: nothing more to read there
+            asked = 0
+        else:
+            if fresh * 2 >= n:
                 run = min(run * 2, MAX_RUN)
-            elif fresh * 8 < run:
+            elif fresh * 8 < n:
                 run = max(run // 2, MIN_RUN)
-            future = _run_from(storage, u64(following), run)
+            if following is not None and u64(following) > nxt:
+                nxt = u64(following)  # the requests in flight lie in a gap
+            fill()
         yield from records
-
-
-def _run_from(storage: Any, start: int, run: int) -> Any:
-    return start_pipelined(storage, "record_iternext",
-                           [(p64(k),) for k in range(start, start + run)])
 
 
 class BatchLoader:
     """``load(oid) -> (data, tid)`` at the snapshot of a connection's
     storage instance over ZEO, loading the oids :meth:`follow`'s queue is
-    about to ask for with many requests in flight."""
+    about to ask for with many requests in flight (the next batch asked
+    for while the walk works through half of the last)."""
 
     def __init__(self, instance: Any, client: Any) -> None:
         self._instance = instance
@@ -141,25 +340,113 @@ class BatchLoader:
         self._before = instance._start
         self._upcoming: Any = None
         self._got: dict[bytes, tuple[bytes, bytes]] = {}
+        self._pending: tuple[_Batch, list[bytes]] | None = None
+        self._asked: set[bytes] = set()
 
     def follow(self, queue: Any) -> None:
         """Prefetch from ``queue`` (a deque of oids a walk pops from the left)."""
         self._upcoming = queue
 
+    def _ask(self, first: bytes | None) -> None:
+        wanted = [] if first is None else [first]
+        got, asked = self._got, self._asked
+        for o in islice(self._upcoming, 0, LOAD_BATCH):
+            if o != first and o not in got and o not in asked:
+                wanted.append(o)
+        if wanted:
+            asked.update(wanted)
+            self._pending = (_start(self._client, "loadBefore",
+                                    [(o, self._before) for o in wanted]), wanted)
+
+    def _collect(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        batch, wanted = pending
+        got = self._got
+        for o, r in zip(wanted, batch.result()):
+            self._asked.discard(o)
+            # a tuple, or a list from a msgpack server; None when the
+            # object did not exist yet at the snapshot
+            if isinstance(r, (tuple, list)) and r[0] is not None:
+                got[o] = (r[0], r[1])
+
     def __call__(self, oid: bytes) -> tuple[bytes, bytes]:
         got = self._got.pop(oid, None)
+        if got is None and self._pending is not None and oid in self._asked:
+            self._collect()
+            got = self._got.pop(oid, None)
+        if got is None and self._upcoming is not None and len(self._upcoming) > 1:
+            self._collect()
+            self._ask(oid)
+            self._collect()
+            got = self._got.pop(oid, None)
+        if self._pending is None and self._upcoming and len(self._got) < LOAD_BATCH // 2:
+            self._ask(None)  # the next ones, while the walk works on these
         if got is not None:
             return got
-        if self._upcoming is not None and len(self._upcoming) > 1:
-            wanted = [oid]
-            wanted.extend(o for o in islice(self._upcoming, 0, LOAD_BATCH)
-                          if o != oid and o not in self._got)
-            results = pipelined(self._client, "loadBefore",
-                                [(o, self._before) for o in wanted])
-            for o, r in zip(wanted, results):
-                if isinstance(r, tuple) and r[0] is not None:
-                    self._got[o] = (r[0], r[1])
-            got = self._got.pop(oid, None)
-            if got is not None:
-                return got
         return self._instance.load(oid)  # type: ignore[no-any-return]  # POSKeyError
+
+
+class BlockReader:
+    """``load(oid: int) -> bytes | None`` for walks over a whole database
+    over ZEO (``pclasses.tree``), whose order the walk alone knows: a miss
+    loads the aligned block of :data:`BLOCK` oids around the oid with
+    every request in flight (``loadBefore`` at the snapshot taken when the
+    reader was made, so a missing oid is a quiet ``POSKeyError`` on the
+    server), and the block the walk's last stride points to is asked for
+    while it works.  At most :data:`BLOCKS_KEPT` blocks are kept."""
+
+    def __init__(self, storage: Any) -> None:
+        self._storage = storage
+        self._before = p64(u64(storage.lastTransaction()) + 1)
+        self._blocks: dict[int, dict[int, bytes | None]] = {}
+        self._pending: dict[int, _Batch] = {}
+        self._last_block = -1
+
+    def _ask(self, block: int) -> None:
+        if block < 0 or block in self._blocks or block in self._pending:
+            return
+        while len(self._pending) >= 8:  # asked for, not needed yet: kept
+            self._take(next(iter(self._pending)))
+        first = block * BLOCK
+        before = self._before
+        self._pending[block] = _start(self._storage, "loadBefore",
+                                      [(p64(k), before) for k in range(first, first + BLOCK)])
+
+    def _take(self, block: int) -> dict[int, bytes | None]:
+        self._ask(block)
+        batch = self._pending.pop(block)
+        got: dict[int, bytes | None] = {}
+        for k, r in enumerate(batch.result(), block * BLOCK):
+            if isinstance(r, BaseException):
+                if not isinstance(r, POSKeyError):
+                    raise r
+                got[k] = None
+            else:  # (data, start, end) as a tuple or a list; None: newer than the snapshot
+                got[k] = r[0] if r is not None else None
+        blocks = self._blocks
+        blocks[block] = got
+        while len(blocks) > BLOCKS_KEPT:
+            del blocks[next(iter(blocks))]
+        return got
+
+    def load(self, oid: int) -> bytes | None:
+        block = oid // BLOCK
+        got = self._blocks.get(block)
+        if got is None:
+            got = self._take(block)
+            # the next block the walk is likely to need: the same stride
+            # again when it is short (walks of B-trees skip every other
+            # block), else the neighbour in its direction
+            stride = block - self._last_block
+            if not 0 < abs(stride) <= 4:
+                stride = 1 if stride > 0 else -1
+            self._last_block = block
+            self._ask(block + stride)
+        return got.get(oid)
+
+
+#: Oids in one block of :class:`BlockReader`, and blocks it keeps.
+BLOCK = 512
+BLOCKS_KEPT = 64

@@ -5,8 +5,9 @@ references do not keep alive) from the root of every database.  Objects
 written in the last ``days`` days are kept, with what they reach.  With
 ``apply=True`` the garbage is deleted through the storage API
 (``deleteObject``, ZODB's external garbage collection interface: FileStorage,
-ZEO, RelStorage) in one two-phase commit across the databases; pins no remote
-reference holds any more are dropped first.  A storage that would collect
+ZEO, RelStorage) in batches that interleave with writing applications
+(:mod:`.sweep`: an object linked again while gc runs is kept); pins no
+remote reference holds any more are dropped first.  A storage that would collect
 garbage on pack by itself (FileStorage's and RelStorage's ``pack-gc``, and a
 ZEO client, whose server decides) is refused unless ``force=True``: packing
 it alone would lose objects only other databases refer to.
@@ -15,6 +16,7 @@ it alone would lose objects only other databases refer to.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,13 +25,15 @@ from persistent.timestamp import TimeStamp
 from ZODB.POSException import POSKeyError
 
 from ..classtable import root_entry_oid
-from ..errors import GarbageCollectionRefusedError
+from ..errors import GarbageCollectionError, GarbageCollectionRefusedError
 from ..oidset import OidSet
+from ..repair import CONFLICT_RETRIES, _one_line
 from .loader import Loader, loader_for
 from .pins import PINS_KEY, pinned
-from .walk import open_all, walk
+from .sweep import Sweeper, last_tid
+from .walk import Walk, open_all, walk
 
-__all__ = ["GcReport", "collect_garbage", "gc_on_pack", "pack_gc_reason"]
+__all__ = ["BATCH_SIZE", "GcReport", "collect_garbage", "gc_on_pack", "pack_gc_reason"]
 
 
 @dataclass
@@ -42,6 +46,13 @@ class GcReport:
     unavailable: dict[str, str] = field(default_factory=dict)
     days: float = 1
     applied: bool = False
+    #: ``apply``: objects found alive again while gc ran (an application
+    #: linked them again, or wrote them): kept
+    relinked: dict[str, list[bytes]] = field(default_factory=dict)
+    #: ``apply``: objects kept because deleting them kept conflicting
+    skipped: dict[str, list[bytes]] = field(default_factory=dict)
+    #: ``apply``: transactions committed (batches)
+    transactions: int = 0
 
     @property
     def count(self) -> int:
@@ -55,11 +66,14 @@ class GcReport:
             "days": self.days,
             "count": self.count,
             "unavailable": dict(self.unavailable),
+            "transactions": self.transactions,
             "databases": {
                 name: {"garbage": [oid_repr(o) for o in oids],
                        "count": len(oids),
                        "recent": self.recent.get(name, 0),
-                       "stale_pins": [oid_repr(o) for o in self.stale_pins.get(name, [])]}
+                       "stale_pins": [oid_repr(o) for o in self.stale_pins.get(name, [])],
+                       "relinked": [oid_repr(o) for o in self.relinked.get(name, [])],
+                       "skipped": [oid_repr(o) for o in self.skipped.get(name, [])]}
                 for name, oids in sorted(self.garbage.items())
             },
         }
@@ -102,6 +116,22 @@ def _pins(db: Any) -> dict[bytes, Any]:
 
 
 def _drop_pins(databases: dict[str, Any], stale: dict[str, list[bytes]]) -> None:
+    """Drop ``stale`` pins in one transaction, retried when it conflicts with
+    an application writing pins."""
+    from transaction.interfaces import TransientError
+
+    for attempt in range(CONFLICT_RETRIES):
+        try:
+            _drop_pins_once(databases, stale)
+            return
+        except TransientError as exc:
+            if attempt + 1 == CONFLICT_RETRIES:
+                raise GarbageCollectionError(
+                    f"dropping stale pins kept conflicting ({_one_line(exc)}); nothing was "
+                    "deleted, run again") from exc
+
+
+def _drop_pins_once(databases: dict[str, Any], stale: dict[str, list[bytes]]) -> None:
     tm = transaction.TransactionManager()
     conns = {}
     try:
@@ -111,7 +141,8 @@ def _drop_pins(databases: dict[str, Any], stale: dict[str, list[bytes]]) -> None
             conn = conns[name] = databases[name].open(transaction_manager=tm)
             pins = conn.get(root_entry_oid(conn, PINS_KEY))  # not the root's other entries
             for oid in oids:
-                del pins[oid]
+                if oid in pins:
+                    del pins[oid]
         tm.get().note("pclasses gc: drop pins no reference holds")
         tm.commit()
     except BaseException:
@@ -134,14 +165,30 @@ def _recent(storage: Any, oids: list[bytes], cutoff: float) -> list[bytes]:
     return out
 
 
+#: Objects deleted per transaction by ``collect_garbage(apply=True)``.
+BATCH_SIZE = 1000
+
+
 def collect_garbage(db: Any, days: float = 1, apply: bool = False, *,
-                    force: bool = False) -> GcReport:
+                    force: bool = False, batch_size: int = BATCH_SIZE,
+                    progress: Callable[[int, int | None], None] | None = None) -> GcReport:
     """Find (and with ``apply=True`` delete) the garbage of ``db``'s tree.
 
     Dry run by default.  ``days=0`` means no grace period.  Raises
     :class:`~pclasses.errors.GarbageCollectionRefusedError` before changing
     anything when a database is unavailable or (unless ``force``) would
     collect garbage on pack by itself.
+
+    With ``apply``, the garbage is deleted in transactions of ``batch_size``
+    objects that interleave with applications writing: what they commit
+    meanwhile is read again before and inside each batch's commit, and an
+    object found alive again is kept (``report.relinked``); a batch that
+    conflicts is retried, an object that keeps conflicting is kept
+    (``report.skipped``); batches shrink to fit PostgreSQL's lock table.  A
+    batch that fails otherwise is rolled back and raises
+    :class:`~pclasses.errors.GarbageCollectionError` (batches committed
+    before it stay deleted).  ``progress(done, total)`` is called after
+    each batch.
     """
     databases, unavailable = open_all(db, read_only=not apply)
     report = GcReport(days=days, unavailable=unavailable)
@@ -158,24 +205,34 @@ def collect_garbage(db: Any, days: float = 1, apply: bool = False, *,
                     raise GarbageCollectionRefusedError(
                         name, f"{why}; packing it alone loses objects other databases "
                               "refer to (use force to go on)")
+    # What is committed after these tids is read again before deleting.
+    since = {name: last_tid(each.storage) for name, each in databases.items()} if apply else {}
     loaders = {name: loader_for(each.storage) for name, each in databases.items()}
     try:
-        candidates = _garbage(databases, unavailable, loaders, report, days, apply)
+        candidates, found = _garbage(databases, unavailable, loaders, report, days, apply)
+        report.garbage = {name: sorted(oids) for name, oids in sorted(candidates.items())}
+        if apply:
+            sweeper = Sweeper(databases, unavailable, loaders, found, since, batch_size,
+                              progress)
+            try:
+                sweeper.run(report.garbage)
+            finally:
+                sweeper.close()
+            report.garbage = {name: sorted(sweeper.deleted.get(name, []))
+                              for name in report.garbage}
+            report.relinked = {name: sorted(oids) for name, oids in sweeper.relinked.items()}
+            report.skipped = {name: sorted(oids) for name, oids in sweeper.skipped.items()}
+            report.transactions = sweeper.transactions
+            report.applied = True
     finally:
         for loader in loaders.values():
             loader.close()
-    report.garbage = {name: sorted(oids) for name, oids in sorted(candidates.items())}
-    if apply and report.count:
-        _delete(databases, report.garbage)
-        report.applied = True
-    elif apply:
-        report.applied = True
     return report
 
 
 def _garbage(databases: dict[str, Any], unavailable: dict[str, str],
              loaders: dict[str, Loader], report: GcReport, days: float,
-             apply: bool) -> dict[str, list[bytes]]:
+             apply: bool) -> tuple[dict[str, list[bytes]], Walk]:
     w = walk(databases, unavailable, follow_weak=False, loaders=loaders)
     # Pins no remote reference holds any more.
     for name, each in sorted(databases.items()):
@@ -204,35 +261,5 @@ def _garbage(databases: dict[str, Any], unavailable: dict[str, str],
                      after=w)
             candidates = {name: [oid for oid in oids if oid not in w.reached[name]]
                           for name, oids in candidates.items()}
-    return candidates
+    return candidates, w
 
-
-def _delete(databases: dict[str, Any], garbage: dict[str, list[bytes]]) -> None:
-    """Delete ``garbage`` through the storages, one two-phase commit across them."""
-    from ZODB.Connection import TransactionMetaData
-
-    txn = TransactionMetaData(description="pclasses gc")
-    begun = []
-    try:
-        for name, oids in sorted(garbage.items()):
-            if not oids:
-                continue
-            storage = databases[name].storage
-            storage.tpc_begin(txn)
-            begun.append(storage)
-            for oid in oids:
-                try:
-                    _data, tid = storage.load(oid)
-                except POSKeyError:
-                    continue
-                storage.deleteObject(oid, tid, txn)
-        for storage in begun:
-            storage.tpc_vote(txn)
-    except BaseException:
-        for storage in begun:
-            storage.tpc_abort(txn)
-        raise
-    for storage in begun:
-        storage.tpc_finish(txn)
-    for name in garbage:
-        databases[name].cacheMinimize()

@@ -5,7 +5,9 @@ current record's bytes or ``None`` when there is none.  A FileStorage is read
 straight from its file (a memory map) at the positions its index gives,
 copied once into an array indexed by oid; anything unusual (a backpointer, a
 deletion, a record written after the map was made) goes through the
-storage.  Other storages (ZEO, RelStorage) are read through ``load``.
+storage.  ZEO is read by blocks of oids with many requests in flight
+(:class:`pclasses.storages.zeo.BlockReader`); other storages (RelStorage)
+are read through ``load``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,14 @@ from typing import Any
 
 from ZODB.POSException import POSKeyError
 
+from .. import scan
 from ..oidset import DENSE_LIMIT, OidSet
+from ..scan import PAGE_SPAN, drop_pages
 
 __all__ = ["Loader", "loader_for"]
+
+#: The map's pages are given back after this many bytes read through it.
+DROP_BYTES = scan.DROP_BYTES
 
 # oid tid prev tloc vlen plen
 _HEADER = struct.Struct(">8s8sQQHQ")
@@ -73,6 +80,7 @@ class _FileLoader(Loader):
         end = len(mm)
         slow = super().load
         frombytes = int.from_bytes
+        read = [0]
 
         def load(oid: int) -> bytes | None:
             try:
@@ -85,6 +93,10 @@ class _FileLoader(Loader):
             start = pos + hsize
             if vlen or not plen or start + plen > end or frombytes(hoid, "big") != oid:
                 return slow(oid)  # backpointer, deletion, or written since
+            read[0] += plen + PAGE_SPAN
+            if read[0] > DROP_BYTES:  # the map's pages count as resident memory
+                read[0] = 0
+                drop_pages(mm)
             return mm[start:start + plen]
 
         self.load = load  # type: ignore[method-assign]
@@ -149,8 +161,24 @@ def _positions(index: Any) -> array[int] | None:
     return positions
 
 
+class _ReadAheadLoader(Loader):
+    """Over ZEO: blocks of oids read with many requests in flight
+    (:class:`pclasses.storages.zeo.BlockReader`)."""
+
+    def __init__(self, storage: Any, reader: Any) -> None:
+        super().__init__(storage)
+        self.load = reader.load  # type: ignore[method-assign]
+
+
 def loader_for(storage: Any) -> Loader:
     """The fastest :class:`Loader` for ``storage``."""
+    from ..storages import storage_kind
+
+    if storage_kind(storage) == "zeo":
+        from ..storages.zeo import BlockReader, _can_pipeline
+
+        if _can_pipeline(storage):
+            return _ReadAheadLoader(storage, BlockReader(storage))
     name = getattr(storage, "_file_name", None)
     index = getattr(storage, "_index", None)
     if name is None or index is None:

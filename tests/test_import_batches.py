@@ -31,6 +31,7 @@ from live_site import Writer, counters, modules, populate
 from pclasses.cli import main
 from pclasses.errors import TransferError
 from pclasses.transfer.batched import import_in_batches
+from pgserver import fill_lock_table
 
 N = 300
 
@@ -291,32 +292,6 @@ def test_relstorage_import_finishes_while_the_site_writes(pg_server: Any, tmp_pa
             db.close()
 
 
-def _fill_lock_table(dsn: str, leave: int) -> Any:
-    """A connection holding all but about ``leave`` slots of the server's
-    lock table (advisory locks, 500 a query until the table is full)."""
-    import psycopg2
-
-    for _attempt in range(3):
-        hog = psycopg2.connect(dsn)
-        hog.autocommit = True
-        cur = hog.cursor()
-        held = 0
-        while True:
-            try:
-                cur.execute("SELECT pg_advisory_lock(k) FROM generate_series(%s, %s) k",
-                            (10**9 + held, 10**9 + held + 499))
-                held += 500
-            except psycopg2.Error:
-                break
-        if hog.closed or held < leave:  # the server dropped the session: again
-            hog.close()
-            continue
-        cur.execute("SELECT pg_advisory_unlock(k) FROM generate_series(%s, %s) k",
-                    (10**9 + held - leave, 10**9 + held - 1))
-        return hog
-    raise AssertionError("could not fill the lock table")
-
-
 @pytest.mark.postgres
 def test_relstorage_import_fits_a_nearly_full_lock_table(pg_server: Any, tmp_path: Path):
     """With PostgreSQL's lock table nearly full (about 100 slots left, where
@@ -336,7 +311,7 @@ def test_relstorage_import_fits_a_nearly_full_lock_table(pg_server: Any, tmp_pat
             conn.root()["other"] = PersistentMapping()
     finally:
         db.close()
-    hog = _fill_lock_table(pg_server.dsn("postgres"), leave=100)
+    hog = fill_lock_table(pg_server.dsn("postgres"), leave=100)
     try:
         db = pclasses.open(uri)
         try:

@@ -35,6 +35,7 @@ from ZODB.utils import oid_repr
 
 import pclasses
 from pclasses.demo_models import Document, Folder, Stamp, Widget
+from pclasses.errors import DemoTargetError
 
 #: The root entry that marks a database as the demo's own (a target holding
 #: anything else is refused).
@@ -122,10 +123,6 @@ def root_entries(storage: Any) -> list[str]:
     return ["(a root that is not a mapping)"]
 
 
-class Refused(Exception):
-    """The target holds data that is not the demo's: nothing was written."""
-
-
 def prepare_target(target: str) -> bool:
     """Build the sample data in ``target`` when it is empty (``True``), reuse
     it when it is the demo's own (``False``); refuse anything else."""
@@ -140,8 +137,7 @@ def prepare_target(target: str) -> bool:
     if MARKER in entries:
         return False
     more = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-    raise Refused(f"{shown(target)} holds data that is not the demo's (root entries: {more}); "
-                  "nothing was written: give an empty database or the demo's own")
+    raise DemoTargetError(shown(target), more)
 
 
 def copy_current(storage: Any, path: Path) -> int:
@@ -278,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             built = prepare_target(target)
-        except Refused as exc:
+        except DemoTargetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except pclasses.PClassesError as exc:

@@ -67,6 +67,7 @@ __all__ = [
     "SQLRecoveryError",
     "DuplicateRowError",
     "GarbageCollectionError",
+    "DemoTargetError",
 ]
 
 
@@ -618,3 +619,15 @@ class GarbageCollectionError(PClassesError, RuntimeError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
+
+
+class DemoTargetError(PClassesError, ValueError):
+    """The demo's ``target`` holds data that is not the demo's (its root has
+    other entries): nothing was written there."""
+
+    def __init__(self, target: str, entries: str) -> None:
+        self.target = target
+        self.entries = entries
+        super().__init__(f"{target} holds data that is not the demo's (root entries: "
+                         f"{entries}); nothing was written: give an empty database or "
+                         "the demo's own")

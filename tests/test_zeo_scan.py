@@ -305,3 +305,27 @@ def test_a_msgpack_server_reads_the_same(tmp_path: Path, monkeypatch: Any):
             finally:
                 db.close()
         assert out_a.read_bytes() == out_b.read_bytes()
+
+
+def test_a_scan_of_a_client_closed_meanwhile_ends(zeo_server: Any, monkeypatch: Any):
+    """Closing the client while a scan reads from it ends the scan with
+    ``ClientDisconnected`` (requests never sent or never answered are not
+    waited for)."""
+    from ZEO.Exceptions import ClientDisconnected
+
+    address, name = zeo_server.fresh()
+    db = pclasses.open(zeo_server.uri(address, name))
+    try:
+        with db.transaction() as conn:
+            for i in range(400):
+                conn.root()[f"o{i}"] = PersistentMapping(n=i)
+    finally:
+        db.close()
+    _small_runs(monkeypatch)
+    storage = zeo_server.client(address, name, read_only=True)
+    scan = iter_current(storage)
+    next(scan)
+    storage.close()
+    with pytest.raises(ClientDisconnected):
+        for _record in scan:
+            pass

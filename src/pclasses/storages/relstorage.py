@@ -202,13 +202,16 @@ def _copy_rows(cursor: Any, sql: str, args: Any) -> list[tuple[bytes, bytes, byt
 
 
 def _current_sql(keep_history: bool) -> str:
-    """Up to ``%s`` current rows after oid ``%s``, in oid order.  (Both
-    index scans of the join start at the oid, so each chunk costs what it
-    reads, not what lies before it.)"""
+    """Up to ``%(rows)s`` current rows after oid ``%(after)s``, in oid
+    order, each chunk costing what it reads (an index range scan).  With
+    history, each current row's state is one index lookup: a join would
+    read every revision of each object (a merge join over ``object_state``
+    walks them all)."""
     if keep_history:
-        return ("SELECT c.zoid, c.tid, s.state FROM current_object c JOIN object_state s "
-                "ON s.zoid = c.zoid AND s.tid = c.tid WHERE c.zoid > %(after)s "
-                "AND s.zoid > %(after)s ORDER BY c.zoid LIMIT %(rows)s")
+        return ("SELECT c.zoid, c.tid, s.state FROM current_object c CROSS JOIN LATERAL "
+                "(SELECT o.state FROM object_state o WHERE o.zoid = c.zoid "
+                "AND o.tid = c.tid LIMIT 1) s WHERE c.zoid > %(after)s "
+                "ORDER BY c.zoid LIMIT %(rows)s")
     return ("SELECT zoid, tid, state FROM object_state WHERE zoid > %(after)s "
             "ORDER BY zoid LIMIT %(rows)s")
 

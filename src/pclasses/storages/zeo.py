@@ -69,12 +69,13 @@ _frame = struct.Struct(">I").pack
 class _Batch:
     """The answers of one batch of requests, filled in by the I/O thread."""
 
-    __slots__ = ("results", "left", "event")
+    __slots__ = ("results", "left", "event", "runner")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, runner: Any = None) -> None:
         self.results: list[Any] = [_PENDING] * n
         self.left = n
         self.event = threading.Event()
+        self.runner = runner
         if not n:
             self.event.set()
 
@@ -92,7 +93,16 @@ class _Batch:
                 self.put(i, exc)
 
     def result(self) -> list[Any]:
-        self.event.wait()
+        while not self.event.wait(1.0):
+            # A client closed meanwhile runs no more callbacks: its
+            # requests are never sent, or never answered.
+            runner = self.runner
+            loop = getattr(runner, "loop", None)
+            is_closed = getattr(runner, "is_closed", None)
+            if (loop is not None and loop.is_closed()) or (callable(is_closed) and is_closed()):
+                from ZEO.Exceptions import ClientDisconnected
+
+                self.fail(ClientDisconnected("the ZEO client was closed"))
         return self.results
 
 
@@ -158,9 +168,14 @@ def _start(storage: Any, method: str, argss: list[tuple[Any, ...]]) -> _Batch:
     """Send ``method`` once per argument tuple, all at once; returns the
     batch whose :meth:`_Batch.result` waits for every answer."""
     runner = storage._server
-    batch = _Batch(len(argss))
+    batch = _Batch(len(argss), runner)
     if argss:
-        runner.loop.call_soon_threadsafe(_send, runner.client, batch, method, argss)
+        try:
+            runner.loop.call_soon_threadsafe(_send, runner.client, batch, method, argss)
+        except RuntimeError:  # the client's loop is closed
+            from ZEO.Exceptions import ClientDisconnected
+
+            batch.fail(ClientDisconnected("the ZEO client was closed"))
     return batch
 
 
@@ -195,6 +210,11 @@ def _past_the_end(exc: BaseException) -> bool:
 def _object_count(storage: Any) -> int:
     """How many objects the server holds now (``len`` of a ClientStorage
     is as of its connection)."""
+    is_closed = getattr(storage._server, "is_closed", None)
+    if callable(is_closed) and is_closed():
+        from ZEO.Exceptions import ClientDisconnected
+
+        raise ClientDisconnected("the ZEO client was closed")
     try:
         return int(storage._server.call("get_info")["length"])
     except Exception:
@@ -394,15 +414,20 @@ class BlockReader:
     loads the aligned block of :data:`BLOCK` oids around the oid with
     every request in flight (``loadBefore`` at the snapshot taken when the
     reader was made, so a missing oid is a quiet ``POSKeyError`` on the
-    server), and the block the walk's last stride points to is asked for
-    while it works.  At most :data:`BLOCKS_KEPT` blocks are kept."""
+    server), and the next :data:`AHEAD` blocks the walk's last stride points
+    to are asked for while it works.  A record is handed out once (a walk
+    loads each record once) and then dropped, so what is kept is what the
+    walk has not needed yet: at most :data:`KEPT` records, the oldest blocks
+    dropped first.  An oid asked for again, or missing from a block it
+    holds, is loaded alone."""
 
     def __init__(self, storage: Any) -> None:
         self._storage = storage
         self._before = p64(u64(storage.lastTransaction()) + 1)
-        self._blocks: dict[int, dict[int, bytes | None]] = {}
+        self._blocks: dict[int, dict[int, bytes]] = {}
         self._pending: dict[int, _Batch] = {}
         self._last_block = -1
+        self._kept = 0
 
     def _ask(self, block: int) -> None:
         if block < 0 or block in self._blocks or block in self._pending:
@@ -414,39 +439,56 @@ class BlockReader:
         self._pending[block] = _start(self._storage, "loadBefore",
                                       [(p64(k), before) for k in range(first, first + BLOCK)])
 
-    def _take(self, block: int) -> dict[int, bytes | None]:
+    def _take(self, block: int) -> dict[int, bytes]:
         self._ask(block)
         batch = self._pending.pop(block)
-        got: dict[int, bytes | None] = {}
+        got: dict[int, bytes] = {}
         for k, r in enumerate(batch.result(), block * BLOCK):
             if isinstance(r, BaseException):
                 if not isinstance(r, POSKeyError):
                     raise r
-                got[k] = None
-            else:  # (data, start, end) as a tuple or a list; None: newer than the snapshot
-                got[k] = r[0] if r is not None else None
+            elif r is not None and r[0] is not None:  # (data, start, end), tuple or list
+                got[k] = r[0]
         blocks = self._blocks
         blocks[block] = got
-        while len(blocks) > BLOCKS_KEPT:
-            del blocks[next(iter(blocks))]
+        self._kept += len(got)
+        while self._kept > KEPT and len(blocks) > 1:
+            self._kept -= len(blocks.pop(next(iter(blocks))))
         return got
+
+    def _alone(self, oid: int) -> bytes | None:
+        (r,) = pipelined(self._storage, "loadBefore", [(p64(oid), self._before)])
+        if isinstance(r, BaseException):
+            if isinstance(r, POSKeyError):
+                return None
+            raise r
+        return None if r is None else r[0]
 
     def load(self, oid: int) -> bytes | None:
         block = oid // BLOCK
         got = self._blocks.get(block)
         if got is None:
             got = self._take(block)
-            # the next block the walk is likely to need: the same stride
+            # the next blocks the walk is likely to need: the same stride
             # again when it is short (walks of B-trees skip every other
-            # block), else the neighbour in its direction
+            # block), else the neighbours in its direction
             stride = block - self._last_block
             if not 0 < abs(stride) <= 4:
                 stride = 1 if stride > 0 else -1
             self._last_block = block
-            self._ask(block + stride)
-        return got.get(oid)
+            for ahead in range(1, AHEAD + 1):
+                self._ask(block + ahead * stride)
+        data = got.pop(oid, None)
+        if data is None:
+            return self._alone(oid)
+        self._kept -= 1
+        if not got:
+            del self._blocks[block]
+        return data
 
 
-#: Oids in one block of :class:`BlockReader`, and blocks it keeps.
+#: Oids in one block of :class:`BlockReader`, blocks it asks for ahead of
+#: the walk, and records it keeps at most.
 BLOCK = 512
-BLOCKS_KEPT = 64
+AHEAD = 2
+KEPT = 131_072

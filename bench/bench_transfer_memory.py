@@ -59,7 +59,8 @@ else:
     tm.commit()
 t = time.perf_counter() - t0
 db.close()
-print(t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(t, ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime)
 """
 
 
@@ -91,11 +92,37 @@ def build(n: int) -> Path:
     return path
 
 
-def child(src_tree: str, what: str, db: str, out: str) -> tuple[float, float]:
+def _anon_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def child(src_tree: str, what: str, db: str, out: str) -> tuple[float, ...]:
+    """(wall seconds, peak RSS MB, CPU seconds, peak anonymous RSS MB) of
+    one child process.  The peak RSS counts the pages of memory-mapped
+    files the process touched (the census and export read a FileStorage
+    through a map), which the kernel drops under pressure; the anonymous
+    peak (sampled every 50 ms from /proc) is the process's own memory."""
+    import time
+
     env = {**os.environ, "PYTHONPATH": src_tree}
-    got = subprocess.run([sys.executable, "-c", CHILD, what, db, out], check=True,
-                         capture_output=True, text=True, env=env).stdout.split()
-    return float(got[0]), float(got[1])
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, what, db, out],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    anon = 0
+    while proc.poll() is None:
+        anon = max(anon, _anon_kb(proc.pid))
+        time.sleep(0.05)
+    text, _err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"{what} failed in {src_tree}")
+    got = text.split()
+    return float(got[0]), float(got[1]), float(got[2]), anon / 1024
 
 
 def main() -> None:
@@ -112,7 +139,7 @@ def main() -> None:
     for n in (int(x) for x in args.sizes.split(",")):
         db = str(build(n))
         kinds = ["baseline", "export", "import"] + (["batched"] if args.batched else [])
-        got: dict[str, dict[str, list[tuple[float, float]]]] = {
+        got: dict[str, dict[str, list[tuple[float, ...]]]] = {
             t: {k: [] for k in kinds} for t in trees}
         for r in range(args.runs):
             for tree in trees if r % 2 == 0 else trees[::-1]:
@@ -131,9 +158,11 @@ def main() -> None:
             for what in kinds:
                 if not got[tree][what]:
                     continue
-                row[f"{what}_s"] = round(statistics.median(x[0] for x in got[tree][what]), 2)
-                row[f"{what}_peak_mb"] = round(
-                    statistics.median(x[1] for x in got[tree][what]), 1)
+                xs = got[tree][what]
+                row[f"{what}_s"] = round(statistics.median(x[0] for x in xs), 2)
+                row[f"{what}_cpu_s"] = round(statistics.median(x[2] for x in xs), 2)
+                row[f"{what}_peak_mb"] = round(statistics.median(x[1] for x in xs), 1)
+                row[f"{what}_peak_anon_mb"] = round(statistics.median(x[3] for x in xs), 1)
             print(json.dumps(row), flush=True)
 
 

@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT = 60.0
 SUPERUSER = "postgres"
@@ -181,3 +182,29 @@ if __name__ == "__main__":
             time.sleep(3600)
     except KeyboardInterrupt:
         server.stop()
+
+
+def fill_lock_table(dsn: str, leave: int = 100) -> Any:
+    """A connection holding all but about ``leave`` slots of the server's
+    lock table (advisory locks, 500 a query until the table is full)."""
+    import psycopg2
+
+    for _attempt in range(3):
+        hog = psycopg2.connect(dsn)
+        hog.autocommit = True
+        cur = hog.cursor()
+        held = 0
+        while True:
+            try:
+                cur.execute("SELECT pg_advisory_lock(k) FROM generate_series(%s, %s) k",
+                            (10**9 + held, 10**9 + held + 499))
+                held += 500
+            except psycopg2.Error:
+                break
+        if hog.closed or held < leave:  # the server dropped the session: again
+            hog.close()
+            continue
+        cur.execute("SELECT pg_advisory_unlock(k) FROM generate_series(%s, %s) k",
+                    (10**9 + held - leave, 10**9 + held - 1))
+        return hog
+    raise AssertionError("could not fill the lock table")

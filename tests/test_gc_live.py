@@ -25,6 +25,7 @@ from ZODB.utils import oid_repr
 import pclasses
 from live_site import Writer, counters, modules, populate
 from pclasses.cli import main
+from pgserver import fill_lock_table
 
 KINDS = ["file", "zeo", "pg-history-free", "pg-history-preserving"]
 N_ITEMS = 120
@@ -188,7 +189,7 @@ def test_gc_apply_cli_live_on_file(tmp_path: Path):
 def test_gc_batches_shrink_to_fit_the_lock_table(pg_server: Any, keep_history: bool):
     """When PostgreSQL's lock table cannot hold a batch's locks ("out of
     shared memory"), gc --apply deletes in smaller batches and finishes."""
-    psycopg2 = pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg2")
     pytest.importorskip("relstorage")
     uri = (f"postgres://postgres@{pg_server.host}:{pg_server.port}/{pg_server.createdb()}"
            f"?keep_history={str(keep_history).lower()}")
@@ -207,20 +208,8 @@ def test_gc_batches_shrink_to_fit_the_lock_table(pg_server: Any, keep_history: b
             conn.close()
         finally:
             db.close()
-    hog = psycopg2.connect(pg_server.dsn("postgres"))
-    hog.autocommit = True
-    cur = hog.cursor()
-    held = 0
+    hog = fill_lock_table(pg_server.dsn("postgres"), leave=100)
     try:
-        while True:
-            try:
-                cur.execute("SELECT pg_advisory_lock(k) FROM generate_series(%s, %s) k",
-                            (10**9 + held, 10**9 + held + 499))
-                held += 500
-            except psycopg2.Error:
-                break
-        cur.execute("SELECT pg_advisory_unlock(k) FROM generate_series(%s, %s) k",
-                    (10**9 + held - 100, 10**9 + held - 1))  # leave about 100 slots
         db = pclasses.open(uri)
         try:
             report = pclasses.collect_garbage(db, days=0, apply=True, force=True,

@@ -31,6 +31,7 @@ from live_site import Writer, counters, modules, populate
 from pclasses.cli import main
 from pclasses.errors import TransferError
 from pclasses.transfer.batched import import_in_batches
+from pgserver import fill_lock_table
 
 N = 300
 
@@ -221,10 +222,10 @@ def test_zeo_import_finishes_while_the_site_writes(tmp_path: Path):
     with zeo_blob_server(tmp_path / "zeo") as (address, _blob_dir):
         uri = (f"zeo://{address[0]}:{address[1]}?wait_timeout=20"
                f"&blob_dir={tmp_path / 'cache'}")
-        app_db = pclasses.open(uri.replace("cache", "app-cache"))
         db = pclasses.open(uri)
+        _with_inbox(db)
+        app_db = pclasses.open(uri.replace("cache", "app-cache"))  # (another client)
         try:
-            _with_inbox(db)
             app = InboxWriter(app_db)
             app.start()
             try:
@@ -299,7 +300,7 @@ def test_relstorage_import_fits_a_nearly_full_lock_table(pg_server: Any, tmp_pat
     RelStorage locks the objects a transaction changes, not the new ones,
     and the link changes one container."""
     pytest.importorskip("relstorage")
-    import psycopg2
+    pytest.importorskip("psycopg2")
 
     src = _source(tmp_path)
     uri = _relstorage_uri(pg_server, tmp_path / "blobs", False)
@@ -310,20 +311,8 @@ def test_relstorage_import_fits_a_nearly_full_lock_table(pg_server: Any, tmp_pat
             conn.root()["other"] = PersistentMapping()
     finally:
         db.close()
-    hog = psycopg2.connect(pg_server.dsn("postgres"))
-    hog.autocommit = True
-    cur = hog.cursor()
-    held = 0
+    hog = fill_lock_table(pg_server.dsn("postgres"), leave=100)
     try:
-        while True:  # hold almost every lock slot of the server
-            try:
-                cur.execute("SELECT pg_advisory_lock(k) FROM generate_series(%s, %s) k",
-                            (10**9 + held, 10**9 + held + 499))
-                held += 500
-            except psycopg2.Error:
-                break
-        cur.execute("SELECT pg_advisory_unlock(k) FROM generate_series(%s, %s) k",
-                    (10**9 + held - 100, 10**9 + held - 1))  # leave about 100 slots
         db = pclasses.open(uri)
         try:
             whole = import_in_batches(db, src, into="inbox", batch_size=10_000)

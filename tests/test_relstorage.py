@@ -23,6 +23,7 @@ from live_site import Writer, counters, modules, populate
 from pclasses.cli import main
 from pclasses.errors import StorageOpenError
 from pclasses.scan import iter_current, iter_records
+from pgserver import fill_lock_table
 
 pytest.importorskip("psycopg2")
 pytest.importorskip("relstorage")
@@ -253,23 +254,10 @@ def test_batches_shrink_to_fit_the_lock_table(site: Any):
     """When PostgreSQL's lock table cannot hold a batch's locks ("out of
     shared memory"), repair stores it in smaller batches and finishes."""
     s, mods = site
-    import psycopg2
 
     # Hold almost every lock slot of the server in another session.
-    hog = psycopg2.connect(s.server.dsn("postgres"))
-    hog.autocommit = True
-    cur = hog.cursor()
-    held = 0
+    hog = fill_lock_table(s.server.dsn("postgres"), leave=100)
     try:
-        while True:
-            try:
-                cur.execute("SELECT pg_advisory_lock(k) FROM generate_series(%s, %s) k",
-                            (10**9 + held, 10**9 + held + 499))
-                held += 500
-            except psycopg2.Error:
-                break
-        cur.execute("SELECT pg_advisory_unlock(k) FROM generate_series(%s, %s) k",
-                    (10**9 + held - 100, 10**9 + held - 1))  # leave about 100 slots
         report = pclasses.rename_classes(s.uri(), mods.rule, batch_size=10_000)
     finally:
         hog.close()

@@ -156,7 +156,7 @@ class OidRanks:
 
     __slots__ = ("bits", "blocks", "big", "dense")
 
-    BLOCK = 512
+    BLOCK = 512  # (find() shifts by 9)
 
     def __init__(self, oids: OidSet) -> None:
         self.bits = bits = oids.bits
@@ -170,6 +170,21 @@ class OidRanks:
         self.blocks = blocks
         self.dense = total
         self.big = sorted(oids.big)
+
+    def find(self, oid: int) -> int:
+        """The rank of ``oid``, or -1 when it is not in the set."""
+        bits = self.bits
+        if oid < len(bits):
+            if not bits[oid]:
+                return -1
+            b = oid >> 9  # (BLOCK is 512)
+            return self.blocks[b] + bits.count(1, b << 9, oid)
+        from bisect import bisect_left
+
+        i = bisect_left(self.big, oid)
+        if i < len(self.big) and self.big[i] == oid:
+            return self.dense + i
+        return -1
 
     def rank(self, oid: int) -> int:
         """The rank of ``oid``, which must be in the set."""

@@ -77,6 +77,7 @@ from typing import Any
 
 from ZODB.utils import oid_repr
 
+from .batches import CONFLICT_RETRIES, lock_table_full, one_line
 from .census import Unreadable
 from .errors import RecordDecodeError, RepairError
 from .record import (
@@ -329,26 +330,6 @@ def _candidate(oid: bytes, data: bytes, pattern: re.Pattern[bytes], targets: _Ta
     return new
 
 
-#: How often a batch that conflicts with a writing application is re-read
-#: and stored again before it is cut in halves (a record alone that keeps
-#: conflicting is reported as not rewritten).
-CONFLICT_RETRIES = 3
-
-
-def _lock_table_full(exc: BaseException) -> bool:
-    """PostgreSQL ran out of lock slots (RelStorage takes one advisory lock
-    an object it stores; the lock table holds ``max_locks_per_transaction``
-    times the connections)."""
-    text = str(exc)
-    return "out of shared memory" in text or "max_locks_per_transaction" in text
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0].strip() if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 class _Committer:
     """Commits batches of rewritten records, so that a repair finishes while
     an application writes: a batch that conflicts is re-read and rewritten
@@ -415,12 +396,12 @@ class _Committer:
                              "conflicts in a row); run repair again"))
                 continue
             except Exception as exc:
-                if _lock_table_full(exc) and len(part) > 1:
+                if lock_table_full(exc) and len(part) > 1:
                     half = len(part) // 2
                     self.size = min(self.size, half)
                     pending += [(part[half:], tries), (part[:half], tries)]
                     continue
-                raise RepairError(f"a batch failed and was rolled back ({_one_line(exc)}); "
+                raise RepairError(f"a batch failed and was rolled back ({one_line(exc)}); "
                                   "batches committed before it stay repaired, run again to "
                                   "continue") from exc
             self.transactions += 1

@@ -11,7 +11,7 @@ conflicts with any application commit touching the container.
 2. **Small imports** (no more records than ``batch_size``) stay one
    transaction, as before; a conflict with the application re-reads the
    container and runs the import again (at most
-   :data:`~pclasses.repair.CONFLICT_RETRIES` times).
+   :data:`~pclasses.batches.CONFLICT_RETRIES` times).
 3. **Large imports** store their records under their new oids in storage
    transactions of ``batch_size`` records.  Nobody else can write those
    oids (the storage handed them to this import alone), so these batches
@@ -62,7 +62,7 @@ BATCH_SIZE = 10_000
 #: retried when the application changed the container meanwhile; after
 #: hours of stored batches, giving up on a busy container is the worst
 #: outcome, so this is more than a batch's
-#: :data:`~pclasses.repair.CONFLICT_RETRIES`
+#: :data:`~pclasses.batches.CONFLICT_RETRIES`
 LINK_RETRIES = 10
 
 
@@ -92,7 +92,7 @@ def import_in_batches(
     import transaction as txn
     from transaction.interfaces import TransientError
 
-    from ..repair import CONFLICT_RETRIES, _lock_table_full, _one_line
+    from ..batches import CONFLICT_RETRIES, lock_table_full, one_line
 
     if batch_size < 1:
         raise TransferError(f"batch_size must be at least 1, not {batch_size}")
@@ -122,11 +122,11 @@ def import_in_batches(
                     else:
                         raise TransferError(
                             f"the import conflicted with other writers "
-                            f"{CONFLICT_RETRIES + 1} times ({_one_line(exc)}); nothing was "
+                            f"{CONFLICT_RETRIES + 1} times ({one_line(exc)}); nothing was "
                             "imported, run it again") from None
                 except Exception as exc:
                     tm.abort()
-                    if not (_lock_table_full(exc) and records > 1):
+                    if not (lock_table_full(exc) and records > 1):
                         raise
                     batch_size = max(1, records // 2)  # the lock table is smaller
                     break
@@ -169,8 +169,8 @@ def _large(conn: Any, tm: Any, file: str | os.PathLike[str], into: str, name: st
            references: str, note: str | None, options: dict[str, Any]) -> ImportReport:
     from transaction.interfaces import TransientError
 
+    from ..batches import one_line
     from ..refs.transfer import POLICIES
-    from ..repair import _one_line
 
     registry = options["registry"]
     if registry is None:
@@ -225,7 +225,7 @@ def _large(conn: Any, tm: Any, file: str | os.PathLike[str], into: str, name: st
                     else:
                         raise TransferError(
                             f"linking the import into {into!r} conflicted with other writers "
-                            f"{LINK_RETRIES + 1} times ({_one_line(exc)}); the "
+                            f"{LINK_RETRIES + 1} times ({one_line(exc)}); the "
                             f"{stored.records} records stored are unreachable (a pack removes "
                             "them), run the import again") from None
                 except TransferError:
@@ -234,7 +234,7 @@ def _large(conn: Any, tm: Any, file: str | os.PathLike[str], into: str, name: st
                 except Exception as exc:
                     tm.abort()
                     raise TransferError(
-                        f"linking the import into {into!r} failed ({_one_line(exc)}); the "
+                        f"linking the import into {into!r} failed ({one_line(exc)}); the "
                         f"{stored.records} records stored are unreachable (a pack removes "
                         "them)") from None
         finally:
@@ -280,7 +280,7 @@ def _store_batches(conn: Any, plan: Plan, size: int, progress: Progress | None,
                    note: str | None) -> _Stored:
     """Store the prepared records under their new oids, ``size`` records a
     storage transaction; a batch too large for the lock table in halves."""
-    from ..repair import CONFLICT_RETRIES, _lock_table_full, _one_line
+    from ..batches import CONFLICT_RETRIES, lock_table_full, one_line
 
     base = conn.db().storage
     storage = base
@@ -304,7 +304,7 @@ def _store_batches(conn: Any, plan: Plan, size: int, progress: Progress | None,
                     if isinstance(exc, TransientError) and tries < CONFLICT_RETRIES:
                         pending.append((part, tries + 1))
                         continue
-                    if _lock_table_full(exc) and len(part) > 1:
+                    if lock_table_full(exc) and len(part) > 1:
                         half = len(part) // 2
                         size = min(size, half)
                         pending += [(part[half:], tries), (part[:half], tries)]
@@ -312,7 +312,7 @@ def _store_batches(conn: Any, plan: Plan, size: int, progress: Progress | None,
                     where = (f"; the {stored.records} records stored before are unreachable "
                              "(a pack removes them)") if stored.records else ""
                     raise TransferError(f"storing a batch of the import failed "
-                                        f"({_one_line(exc)}){where}") from None
+                                        f"({one_line(exc)}){where}") from None
                 stored.records += len(part)
                 stored.transactions += 1
                 if progress is not None:

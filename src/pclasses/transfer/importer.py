@@ -174,6 +174,7 @@ class CheckPass:
     #: the old oids of every record of the file (:meth:`number_records`)
     records: OidSet = field(default_factory=OidSet)
     ranks: OidRanks | None = None
+    _find: Any = None  # ranks.find
     #: the new oids, sorted: the record of rank r gets news[r]
     news: array[int] = field(default_factory=lambda: array("Q"))
     #: oids of class records rebound to the target's class table
@@ -241,6 +242,7 @@ class CheckPass:
         except (PClassesError, ValueError):
             pass
         self.ranks = OidRanks(records)
+        self._find = self.ranks.find
         new_oid = self.connection._storage.new_oid
         news = self.news
         append = news.append
@@ -257,16 +259,16 @@ class CheckPass:
     def new_of(self, old: bytes) -> bytes | None:
         """The new oid of ``old``: a rebound class or handle, a record of
         the file, or ``None`` (no record: the reference dangles)."""
-        got = self.mapping.get(old)
-        if got is not None:
-            return got
-        if len(old) != 8 or old in self.zexp_classes:
+        if self.mapping or self.zexp_classes:
+            got = self.mapping.get(old)
+            if got is not None:
+                return got
+            if old in self.zexp_classes:
+                return None
+        if len(old) != 8:
             return None
-        x = int.from_bytes(old, "big")
-        if not self.records.has(x):
-            return None
-        assert self.ranks is not None
-        return self.news[self.ranks.rank(x)].to_bytes(8, "big")
+        r = self._find(int.from_bytes(old, "big"))
+        return None if r < 0 else self.news[r].to_bytes(8, "big")
 
     def target_of(self, old: bytes) -> bytes:
         """What a reference to ``old`` is rewritten to (NOWHERE if it dangles)."""

@@ -24,10 +24,10 @@ import transaction
 from persistent.timestamp import TimeStamp
 from ZODB.POSException import POSKeyError
 
+from ..batches import CONFLICT_RETRIES, one_line
 from ..classtable import root_entry_oid
 from ..errors import GarbageCollectionError, GarbageCollectionRefusedError
 from ..oidset import OidSet
-from ..repair import CONFLICT_RETRIES, _one_line
 from .loader import Loader, loader_for
 from .pins import PINS_KEY, pinned
 from .sweep import Sweeper, last_tid
@@ -127,7 +127,7 @@ def _drop_pins(databases: dict[str, Any], stale: dict[str, list[bytes]]) -> None
         except TransientError as exc:
             if attempt + 1 == CONFLICT_RETRIES:
                 raise GarbageCollectionError(
-                    f"dropping stale pins kept conflicting ({_one_line(exc)}); nothing was "
+                    f"dropping stale pins kept conflicting ({one_line(exc)}); nothing was "
                     "deleted, run again") from exc
 
 

@@ -23,10 +23,10 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
+from ..batches import CONFLICT_RETRIES, lock_table_full, one_line
 from ..errors import GarbageCollectionError, PClassesError
 from ..record.analyze import EdgeKind
 from ..record.edges import split_targets
-from ..repair import CONFLICT_RETRIES, _lock_table_full, _one_line
 from .loader import Loader
 from .walk import Walk, record_extras, walk
 
@@ -184,13 +184,13 @@ class Sweeper:
             except GarbageCollectionError:
                 raise
             except Exception as exc:
-                if _lock_table_full(exc) and len(part) > 1:
+                if lock_table_full(exc) and len(part) > 1:
                     half = len(part) // 2
                     self.size = min(self.size, half)
                     pending += [(part[half:], tries), (part[:half], tries)]
                     continue
                 raise GarbageCollectionError(
-                    f"a batch failed and was rolled back ({_one_line(exc)}); batches "
+                    f"a batch failed and was rolled back ({one_line(exc)}); batches "
                     "committed before it stay deleted, run again to continue") from exc
             done += len(part)
             if self.progress is not None:

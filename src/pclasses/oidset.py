@@ -11,9 +11,10 @@ use :attr:`OidSet.bits` directly; everyone else sees a set of bytes oids.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
 
-__all__ = ["DENSE_LIMIT", "OidSet", "OidQueue", "NO_OID"]
+__all__ = ["DENSE_LIMIT", "OidSet", "OidQueue", "OidRanks", "OidRuns", "NO_OID"]
 
 #: Oids below this are kept one byte each; larger ones in a set of ints.
 DENSE_LIMIT = 1 << 27
@@ -195,3 +196,65 @@ class OidRanks:
         from bisect import bisect_left
 
         return self.dense + bisect_left(self.big, oid)
+
+
+class OidRuns:
+    """A sorted sequence of distinct oids (ints) held as runs of consecutive
+    values: 16 bytes a run, whatever its length.
+
+    The oids a storage hands out one after another (``new_oid``) are
+    consecutive unless another writer takes some meanwhile, so the new oids
+    of an import of ten million records are a handful of runs, not an
+    array of 80 MB.  Reads like a sorted sequence: ``runs[r]`` is the r-th
+    oid, :meth:`find` the position of an oid.  Oids are appended in
+    increasing order."""
+
+    __slots__ = ("starts", "firsts", "size", "last")
+
+    def __init__(self, oids: Iterable[int] = ()) -> None:
+        self.starts = array("Q")  # the first oid of each run
+        self.firsts = array("Q")  # the position of that oid in the sequence
+        self.size = 0
+        self.last = -1
+        for oid in oids:
+            self.append(oid)
+
+    def append(self, oid: int) -> None:
+        """Add ``oid``, larger than every oid held (ValueError otherwise)."""
+        if oid <= self.last:
+            raise ValueError("OidRuns takes oids in increasing order")
+        if oid != self.last + 1 or not self.size:
+            self.starts.append(oid)
+            self.firsts.append(self.size)
+        self.size += 1
+        self.last = oid
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, r: int) -> int:
+        if r < 0:
+            r += self.size
+        if not 0 <= r < self.size:
+            raise IndexError("OidRuns index out of range")
+        i = bisect_right(self.firsts, r) - 1
+        return self.starts[i] + r - self.firsts[i]
+
+    def find(self, oid: int) -> int:
+        """The position of ``oid``, or -1 when it is not held."""
+        i = bisect_right(self.starts, oid) - 1
+        if i < 0:
+            return -1
+        r = self.firsts[i] + oid - self.starts[i]
+        end = self.firsts[i + 1] if i + 1 < len(self.firsts) else self.size
+        return r if r < end else -1
+
+    def __iter__(self) -> Iterator[int]:
+        starts, firsts, size = self.starts, self.firsts, self.size
+        for i, start in enumerate(starts):
+            end = firsts[i + 1] if i + 1 < len(firsts) else size
+            yield from range(start, start + end - firsts[i])
+
+    @property
+    def runs(self) -> int:
+        return len(self.starts)

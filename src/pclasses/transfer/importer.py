@@ -41,7 +41,7 @@ from ..errors import (
     RefusedGlobalsError,
     TransferError,
 )
-from ..oidset import OidRanks, OidSet
+from ..oidset import OidRanks, OidRuns, OidSet
 from ..record import Analysis
 from ..record.analyze import Use
 from ..record.analyze import analyze as _analyze
@@ -175,8 +175,9 @@ class CheckPass:
     records: OidSet = field(default_factory=OidSet)
     ranks: OidRanks | None = None
     _find: Any = None  # ranks.find
-    #: the new oids, sorted: the record of rank r gets news[r]
-    news: array[int] = field(default_factory=lambda: array("Q"))
+    #: the new oids, sorted, as runs of consecutive oids (a storage hands
+    #: them out counting up): the record of rank r gets news[r]
+    news: OidRuns = field(default_factory=OidRuns)
     #: oids of class records rebound to the target's class table
     bound: set[bytes] = field(default_factory=set)
     #: references to records not met yet when they were written, per
@@ -246,15 +247,20 @@ class CheckPass:
         new_oid = self.connection._storage.new_oid
         news = self.news
         append = news.append
-        last, ordered = -1, True
-        for _ in range(len(records)):
+        given = len(records)
+        while given:
             x = int.from_bytes(new_oid(), "big")
-            if x <= last:
-                ordered = False
-            last = x
-            append(x)
-        if not ordered:  # (storages hand out oids counting up)
-            self.news = array("Q", sorted(news))
+            given -= 1
+            if x > news.last:
+                append(x)
+                continue
+            # (a storage that does not count up: sorted once, at the end)
+            rest = array("Q", news)
+            rest.append(x)
+            for _ in range(given):
+                rest.append(int.from_bytes(new_oid(), "big"))
+            self.news = OidRuns(sorted(rest))
+            break
 
     def new_of(self, old: bytes) -> bytes | None:
         """The new oid of ``old``: a rebound class or handle, a record of

@@ -20,7 +20,6 @@ import shutil
 import struct
 import tempfile
 from array import array
-from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -31,6 +30,7 @@ from zope.interface import directlyProvides, providedBy
 
 from ..connection import CommitImport
 from ..errors import ExportFormatError, TransferError
+from ..oidset import OidRuns
 from .format import Reader
 from .records import no_gc
 from .reports import ImportReport
@@ -48,9 +48,10 @@ NO_BLOB = (1 << 64) - 1
 class RecordIndex:
     """Where each prepared record is in import's temporary file.
 
-    Held as two arrays of 8 bytes a record, never as objects per record:
-    the new oids, sorted (``news``; a record's rank in the export file's
-    oids is its position here), and the position of each record's header in
+    Held as runs of new oids and one array of 8 bytes a record, never as
+    objects per record: the new oids, sorted (``news``, an
+    :class:`~pclasses.oidset.OidRuns`; a record's rank in the export file's
+    oids is its position there), and the position of each record's header in
     the temporary file by the same rank (``heads``).  Looks like a mapping
     ``new oid -> (position of the record's bytes, length, blob)``, where
     ``blob`` is ``(offset, length)`` in the export file or ``None``;
@@ -59,7 +60,7 @@ class RecordIndex:
 
     __slots__ = ("temp", "news", "heads", "count")
 
-    def __init__(self, temp: Any, news: array[int]) -> None:
+    def __init__(self, temp: Any, news: OidRuns) -> None:
         self.temp = temp
         self.news = news
         self.heads = array("Q", [NO_BLOB]) * len(news)
@@ -71,12 +72,10 @@ class RecordIndex:
         self.count += 1
 
     def _head(self, oid: bytes) -> int:
-        news = self.news
         if len(oid) != 8:
             return -1
-        x = int.from_bytes(oid, "big")
-        r = bisect_left(news, x)
-        if r >= len(news) or news[r] != x or self.heads[r] == NO_BLOB:
+        r = self.news.find(int.from_bytes(oid, "big"))
+        if r < 0 or self.heads[r] == NO_BLOB:
             return -1
         return self.heads[r]
 

@@ -7,7 +7,7 @@ every record committed after ``since`` is read again: those records are
 roots (they and what they reach are alive), and a batch holding an object
 found alive that way is rolled back, re-read and tried again.  An object an
 application linked again before its batch commits is therefore kept
-(design/decisions.md, D-next-h33).
+(design/decisions.md, D40).
 
 A batch that conflicts is retried a bounded number of times, then in halves
 (an object alone that keeps conflicting is kept and reported); a batch too

@@ -43,7 +43,7 @@ from ZODB.utils import p64, u64
 from ..errors import StorageOpenError
 
 __all__ = ["open_relstorage", "open_uri", "patch_zconfig_factory", "iter_current",
-           "BatchLoader", "history_kept", "is_relstorage_uri_resolver", "blob_oids"]
+           "BatchLoader", "BlockReader", "history_kept", "is_relstorage_uri_resolver", "blob_oids"]
 
 #: Rows a server-side cursor fetches per round trip.
 FETCH_ROWS = 10_000
@@ -259,6 +259,77 @@ def _copy_current(cursor: Any, keep_history: bool) -> Iterator[tuple[bytes, byte
                 if state:
                     yield oid, tid, state
             del rows
+
+
+#: oids a walk's block read covers (:class:`BlockReader`)
+BLOCK = 2048
+#: records a :class:`BlockReader` keeps, the oldest blocks dropped first
+KEPT = 100_000
+
+
+def _block_sql(keep_history: bool) -> str:
+    """The current rows of the oids ``%(first)s`` to ``%(end)s`` (excluded),
+    an index range scan."""
+    if keep_history:
+        return ("SELECT c.zoid, c.tid, s.state FROM current_object c CROSS JOIN LATERAL "
+                "(SELECT o.state FROM object_state o WHERE o.zoid = c.zoid "
+                "AND o.tid = c.tid LIMIT 1) s "
+                "WHERE c.zoid >= %(first)s AND c.zoid < %(end)s")
+    return ("SELECT zoid, tid, state FROM object_state "
+            "WHERE zoid >= %(first)s AND zoid < %(end)s")
+
+
+class BlockReader:
+    """``load(oid: int) -> bytes | None`` for walks over a whole database
+    (``pclasses.tree``) on RelStorage over PostgreSQL, whose order the walk
+    alone knows: a miss reads the aligned block of :data:`BLOCK` oids
+    around the oid in one query (binary ``COPY``), on a connection of its
+    own whose snapshot (REPEATABLE READ, taken at the first read) the whole
+    walk sees.  Blocks are kept until :data:`KEPT` records are held, the
+    oldest dropped first; an oid of a dropped block reads its block again.
+    :func:`can_read_blocks` says whether a storage can be read so."""
+
+    def __init__(self, storage: Any) -> None:
+        self._manager = storage._adapter.connmanager
+        self._conn, self._cursor = self._manager.open_for_load()
+        self._sql = _block_sql(history_kept(storage))
+        self._blocks: dict[int, dict[int, bytes]] = {}
+        self._kept = 0
+
+    def _read(self, block: int) -> dict[int, bytes]:
+        first = block * BLOCK
+        rows = _copy_rows(self._cursor, self._sql, {"first": first, "end": first + BLOCK})
+        got = {u64(oid): state for oid, _tid, state in rows if state}
+        blocks = self._blocks
+        blocks[block] = got
+        self._kept += len(got)
+        while self._kept > KEPT and len(blocks) > 1:
+            self._kept -= len(blocks.pop(next(iter(blocks))))
+        return got
+
+    def load(self, oid: int) -> bytes | None:
+        block = oid // BLOCK
+        got = self._blocks.get(block)
+        if got is None:
+            got = self._read(block)
+        return got.get(oid)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._manager.close(self._conn, self._cursor)
+            self._conn = self._cursor = None
+            self._blocks.clear()
+
+
+def can_read_blocks(storage: Any) -> bool:
+    """Whether :class:`BlockReader` can read ``storage`` (PostgreSQL
+    through psycopg2; other databases are read through ``load``)."""
+    adapter = storage._adapter
+    conn, cursor = adapter.connmanager.open_for_load()
+    try:
+        return _binary_copy(adapter, cursor)
+    finally:
+        adapter.connmanager.close(conn, cursor)
 
 
 class BatchLoader:

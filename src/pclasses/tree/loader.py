@@ -6,8 +6,10 @@ straight from its file (a memory map) at the positions its index gives,
 copied once into an array indexed by oid; anything unusual (a backpointer, a
 deletion, a record written after the map was made) goes through the
 storage.  ZEO is read by blocks of oids with many requests in flight
-(:class:`pclasses.storages.zeo.BlockReader`); other storages (RelStorage)
-are read through ``load``.
+(:class:`pclasses.storages.zeo.BlockReader`), RelStorage on PostgreSQL by
+blocks of oids in one query each
+(:class:`pclasses.storages.relstorage.BlockReader`); other storages are
+read through ``load``.
 """
 
 from __future__ import annotations
@@ -161,6 +163,19 @@ def _positions(index: Any) -> array[int] | None:
     return positions
 
 
+class _BlockLoader(Loader):
+    """On RelStorage over PostgreSQL: blocks of oids read in one query each
+    (:class:`pclasses.storages.relstorage.BlockReader`)."""
+
+    def __init__(self, storage: Any, reader: Any) -> None:
+        super().__init__(storage)
+        self._reader = reader
+        self.load = reader.load  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        self._reader.close()
+
+
 class _ReadAheadLoader(Loader):
     """Over ZEO: blocks of oids read with many requests in flight
     (:class:`pclasses.storages.zeo.BlockReader`)."""
@@ -174,11 +189,18 @@ def loader_for(storage: Any) -> Loader:
     """The fastest :class:`Loader` for ``storage``."""
     from ..storages import storage_kind
 
-    if storage_kind(storage) == "zeo":
+    kind = storage_kind(storage)
+    if kind == "zeo":
         from ..storages.zeo import BlockReader, _can_pipeline
 
         if _can_pipeline(storage):
             return _ReadAheadLoader(storage, BlockReader(storage))
+    if kind == "relstorage":
+        from ..storages import relstorage
+
+        if relstorage.can_read_blocks(storage):
+            return _BlockLoader(storage, relstorage.BlockReader(storage))
+        return Loader(storage)
     name = getattr(storage, "_file_name", None)
     index = getattr(storage, "_index", None)
     if name is None or index is None:

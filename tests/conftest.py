@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from netutil import accepts, free_port
+
 ZEO_START_TIMEOUT = 30.0
 #: Named storages served by one ZEO server process; more processes start on demand.
 ZEO_POOL_SIZE = 48
@@ -38,20 +39,6 @@ ZEO_POOL_SIZE = 48
 
 # ---------------------------------------------------------------------------
 # ZEO
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _accepts(address: tuple[str, int]) -> bool:
-    try:
-        with socket.create_connection(address, timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class _ZEOProcess:
@@ -81,7 +68,7 @@ class _ZEOProcess:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
-                if _accepts(self.address):
+                if accepts(self.address):
                     return
                 time.sleep(0.05)
             last_error = self.log.read_text(errors="replace")[-2000:]

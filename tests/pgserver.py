@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from netutil import free_port
+
 START_TIMEOUT = 60.0
 SUPERUSER = "postgres"
 
@@ -58,11 +60,6 @@ def find_bindir() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _server_user() -> str | None:
     """The user to run the server as: None for the current (non-root) user."""
@@ -86,7 +83,7 @@ class PostgresServer:
             raise FileNotFoundError("no PostgreSQL binaries (initdb, pg_ctl) found")
         self.bindir = found
         self.host = "127.0.0.1"
-        self.port = _free_port()
+        self.port = free_port()
         self.user = SUPERUSER
         self._run_as = _server_user()
         self.directory = Path(tempfile.mkdtemp(prefix="pclasses-pg-"))

@@ -39,6 +39,7 @@ from persistent.mapping import PersistentMapping
 from ZODB.utils import z64
 
 import pclasses
+from netutil import free_port
 from pclasses.classtable import TABLE_KEY
 from pclasses.errors import PClassesError, RegistrationError
 from pclasses.methods import SourceMethod
@@ -1327,16 +1328,11 @@ def test_attribute_starting_with_v_is_saved(store):
 # ZEO: the same claims against a real server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def zeo_port(tmp_path_factory):
     directory = tmp_path_factory.mktemp("zeo")
-    port = _free_port()
+    port = free_port()
     log = (directory / "zeo.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "ZEO.runzeo", "-a", f"127.0.0.1:{port}",

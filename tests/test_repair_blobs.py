@@ -34,6 +34,7 @@ from ZODB.FileStorage import FileStorage
 from ZODB.utils import get_pickle_metadata
 
 import pclasses
+from netutil import free_port
 
 BLOB_SOURCE = """
     from persistent import Persistent
@@ -199,11 +200,6 @@ def test_blob_copies_do_not_linger(tmp_path: Path):
 # ZEO
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @contextmanager
 def zeo_blob_server(directory: Path) -> Iterator[tuple[tuple[str, int], Path]]:
@@ -212,7 +208,7 @@ def zeo_blob_server(directory: Path) -> Iterator[tuple[tuple[str, int], Path]]:
     blob_dir = directory / "blobs"
     log = directory / "zeo.log"
     for _attempt in range(3):
-        address = ("127.0.0.1", _free_port())
+        address = ("127.0.0.1", free_port())
         conf = directory / "zeo.conf"
         conf.write_text(f"<zeo>\n  address {address[0]}:{address[1]}\n</zeo>\n"
                         f"<filestorage 1>\n  path {directory / 'zeo.fs'}\n"

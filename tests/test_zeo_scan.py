@@ -245,7 +245,7 @@ def test_walk_commands_give_the_file_s_answers(gappy: Any):
 @contextlib.contextmanager
 def _msgpack_server(directory: Path) -> Iterator[tuple[tuple[str, int], Path]]:
     """A real ``runzeo`` process answering in msgpack (``msgpack true``)."""
-    from conftest import _accepts, free_port
+    from netutil import accepts, free_port
 
     directory.mkdir(parents=True, exist_ok=True)
     address = ("127.0.0.1", free_port())
@@ -257,7 +257,7 @@ def _msgpack_server(directory: Path) -> Iterator[tuple[tuple[str, int], Path]]:
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while not _accepts(address):
+        while not accepts(address):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the msgpack ZEO server did not start")
             time.sleep(0.05)

@@ -16,11 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import transaction
 from persistent.mapping import PersistentMapping
 
 import pclasses
+from pclasses.record.analyze import HAVE_C_ANALYZE
 from pclasses.transfer.batched import import_in_batches
+
+# The claims are about the walk's and the plan's structures; the pure-Python
+# analyzer under tracemalloc takes minutes for the records they need.
+pytestmark = pytest.mark.skipif(not HAVE_C_ANALYZE,
+                                reason="the C analyzer (tracemalloc makes the pure one too slow)")
 
 
 def _source(path: Path, n: int) -> Path:

@@ -16,6 +16,7 @@ large for PostgreSQL's lock table is cut in halves, later batches as small.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -79,7 +80,7 @@ class Changes:
             return {}
         out: dict[bytes, bytes | None] = {}
         last = self.since
-        it = self.storage.iterator(p64(u64(self.since) + 1))
+        it = _iterator(self.storage, p64(u64(self.since) + 1))
         try:
             for txn in it:
                 last = max(last, txn.tid)
@@ -97,6 +98,30 @@ class Changes:
     def close(self) -> None:
         if self.own:
             self.storage.release()
+
+
+#: How long :func:`_iterator` waits for a commit in progress to end.
+ITERATOR_TRIES = 100
+
+
+def _iterator(storage: Any, start: bytes) -> Any:
+    """``storage.iterator(start)``, waiting out a commit in progress.
+
+    A FileStorage's iterator opened while another transaction is being
+    written finds no complete last transaction at the end of the file and
+    fails (ZODB 6: an ``AttributeError`` from its ``_skip_to_start``, or a
+    ``CorruptedError`` on a larger file); the commit ends within
+    milliseconds, so the iterator is opened again after a short pause."""
+    from ZODB.FileStorage.format import CorruptedError
+
+    for attempt in range(ITERATOR_TRIES):
+        try:
+            return storage.iterator(start)
+        except (AttributeError, CorruptedError):
+            if attempt + 1 == ITERATOR_TRIES:
+                raise
+            time.sleep(0.01)
+    raise AssertionError("unreachable")
 
 
 def _targets(name: str, data: bytes) -> Iterable[tuple[str, bytes]]:

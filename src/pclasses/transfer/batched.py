@@ -105,16 +105,8 @@ def import_in_batches(
         if records <= batch_size:
             for attempt in range(CONFLICT_RETRIES + 1):
                 try:
-                    tm.begin()
-                    container = resolve_path(conn, into)
-                    report = import_subtree(conn, file, into=container, name=name,
-                                            progress=progress, default_name=default_name,
-                                            references=references, report=True, **options)
-                    if note:
-                        tm.get().note(note)
-                    tm.commit()
-                    report.transactions = 1
-                    return report
+                    return _one_transaction(conn, tm, file, into, name, progress,
+                                            default_name, references, note, options)
                 except TransientError as exc:
                     tm.abort()
                     if attempt < CONFLICT_RETRIES:

@@ -424,3 +424,37 @@ def test_repair_holds_a_batch_not_the_database(pg_server: Any, monkeypatch: Any)
     report, large = _repair_peak(pg_server, 4000)
     assert report.transactions >= 40
     assert large - small < 1_000_000, (small, large)
+
+
+def test_batch_reads_ranges_and_lookups_alike(site: Any):
+    """A batch of oids read as ranges (dense runs, the rows between dropped)
+    and as single lookups (sparse oids, missing oids) gives exactly each
+    object's current state and tid, the oids asked for and no others."""
+    from pclasses.storages import relstorage
+
+    s, _mods = site
+    db = pclasses.open(s.uri(), read_only=True)
+    try:
+        storage = db.storage
+        instance = storage.new_instance()
+        try:
+            instance.poll_invalidations()
+            present = [oid for oid, _t, _d in relstorage.iter_current(storage)]
+            assert len(present) > 200
+            last = int.from_bytes(present[-1], "big")
+            dense = present[10:150:2]  # a run read as one range, every other row dropped
+            sparse = present[150::40]  # looked up one by one
+            missing = [(last + 1000 + i).to_bytes(8, "big") for i in range(3)]
+            wanted = dense + sparse + missing
+            ranges, singles = relstorage._runs(sorted(int.from_bytes(o, "big")
+                                                      for o in wanted))
+            assert ranges and singles  # both ways are used
+            cursor = instance._load_connection.cursor
+            got = relstorage._load_batch(cursor, relstorage.history_kept(storage), wanted)
+            assert set(got) == set(dense + sparse)
+            for oid, (state, tid) in got.items():
+                assert storage.load(oid) == (state, tid)
+        finally:
+            instance.release()
+    finally:
+        db.close()

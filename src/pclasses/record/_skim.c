@@ -3225,6 +3225,156 @@ skim_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* ------------------------------------------------------------------------
+ * export_refs(data, marker): analyze's walk with what export's walk needs
+ * from an ordinary record (pclasses.transfer.export; added for issue 16's
+ * RelStorage export target).  Same errors and limits as analyze; None for
+ * any record export reads through analyze() instead.
+ * ------------------------------------------------------------------------ */
+
+/* Whether the n bytes at b hold the m bytes at w. */
+static int
+xr_contains(const unsigned char *b, Py_ssize_t n, const char *w, Py_ssize_t m)
+{
+    const unsigned char *p = b, *end;
+    if (m <= 0)
+        return 0;
+    if (m > n)
+        return 0;
+    end = b + n - m;
+    while (p <= end) {
+        p = memchr(p, (unsigned char)w[0], (size_t)(end - p + 1));
+        if (p == NULL)
+            return 0;
+        if (memcmp(p, w, (size_t)m) == 0)
+            return 1;
+        p++;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(export_refs_doc,
+"export_refs(data, marker, /) -> ((klass, names), oids) or None\n"
+"\n"
+"analyze()'s walk (same limits, same ValueError) with what export needs\n"
+"from an ordinary record: klass and names as census(data) gives them, and\n"
+"oids, a tuple of the ints of the record's 8-byte oid / oid_class\n"
+"references in byte order (weak references and references of other\n"
+"lengths left out).  None, for the caller to read the record through\n"
+"analyze(), when data contains the bytes marker, when a global's names are\n"
+"not literals, when no global is the record's class metadata, or when a\n"
+"reference is anything but an oid, oid_class or weak reference of this\n"
+"database with a known oid.");
+
+static PyObject *
+skim_export_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    skim_state *ms = (skim_state *)PyModule_GetState(module);
+    an_state st;
+    PyObject *result = NULL, *klass = NULL, *names = NULL, *sig = NULL, *oids = NULL;
+    Py_buffer view;
+    const unsigned char *base;
+    Py_ssize_t len, nnames = 0, k = 0, meta = -1, noids = 0;
+    int have_view;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "export_refs(data, marker) takes 2 arguments");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "export_refs: marker must be bytes");
+        return NULL;
+    }
+    have_view = an_buffer(args[0], &view, &base, &len);
+    if (have_view < 0)
+        return NULL;
+    if (xr_contains(base, len, PyBytes_AS_STRING(args[1]),
+                    PyBytes_GET_SIZE(args[1]))) {
+        if (have_view)
+            PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    an_run(&st, ms->limits, base, len, have_view);
+    if (st.r.status != SKIM_OK) {
+        result = an_error(&st, len);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < st.nglobals; i++) {
+        const an_global *g = &st.globals[i];
+        long uses;
+        if (g->moff < 0 || g->noff < 0)
+            goto other;
+        uses = g->item < 0 ? USE_INSTANTIATE : st.items[g->item].bits;
+        if (meta < 0 && (uses & USE_CLASS_META))
+            meta = i;
+        else
+            nnames++;
+    }
+    if (meta < 0)
+        goto other;
+    for (Py_ssize_t i = 0; i < st.npids; i++) {
+        const an_pid *rec = &st.pids[i];
+        if (rec->oid_off < 0 || rec->d >= 0)
+            goto other;
+        if (rec->kind == PK_OID || rec->kind == PK_OID_CLASS) {
+            if (rec->oid_len == 8)
+                noids++;
+        }
+        else if (rec->kind != PK_WEAK)
+            goto other;
+    }
+    klass = an_pair_cached(ms, base, &st.globals[meta]);
+    if (klass == NULL)
+        goto done;
+    names = PyTuple_New(nnames);
+    if (names == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < st.nglobals && k < nnames; i++) {
+        PyObject *t;
+        if (i == meta)
+            continue;
+        t = an_pair_cached(ms, base, &st.globals[i]);
+        if (t == NULL)
+            goto done;
+        PyTuple_SET_ITEM(names, k++, t);
+    }
+    sig = PyTuple_Pack(2, klass, names);
+    if (sig == NULL)
+        goto done;
+    oids = PyTuple_New(noids);
+    if (oids == NULL)
+        goto done;
+    k = 0;
+    for (Py_ssize_t i = 0; i < st.npids && k < noids; i++) {
+        const an_pid *rec = &st.pids[i];
+        const unsigned char *o = base + rec->oid_off;
+        uint64_t v = 0;
+        PyObject *n;
+        if ((rec->kind != PK_OID && rec->kind != PK_OID_CLASS) || rec->oid_len != 8)
+            continue;
+        for (int j = 0; j < 8; j++)
+            v = v << 8 | o[j];
+        n = PyLong_FromUnsignedLongLong(v);
+        if (n == NULL)
+            goto done;
+        PyTuple_SET_ITEM(oids, k++, n);
+    }
+    result = PyTuple_Pack(2, sig, oids);
+    goto done;
+other:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(klass);
+    Py_XDECREF(names);
+    Py_XDECREF(sig);
+    Py_XDECREF(oids);
+    an_free(&st);
+    if (have_view)
+        PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef skim_methods[] = {
     {"skim", (PyCFunction)skim_skim, METH_O, skim_doc},
     {"census", (PyCFunction)skim_census, METH_O, census_doc},
@@ -3232,6 +3382,8 @@ static PyMethodDef skim_methods[] = {
     {"analyze", (PyCFunction)(void (*)(void))skim_analyze, METH_FASTCALL,
      analyze_doc},
     {"refs", (PyCFunction)(void (*)(void))skim_refs, METH_FASTCALL, refs_doc},
+    {"export_refs", (PyCFunction)(void (*)(void))skim_export_refs, METH_FASTCALL,
+     export_refs_doc},
     {"_set_default_limits", (PyCFunction)skim_set_default_limits, METH_O,
      "_set_default_limits(limits): the limits analyze() uses by default."},
     {"_set_types", (PyCFunction)skim_set_types, METH_VARARGS,

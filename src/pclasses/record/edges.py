@@ -9,14 +9,15 @@ abstract pickle machine: nothing is unpickled, imported or called).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import RecordDecodeError
-from .analyze import PURE_PYTHON, Analysis, EdgeKind, Use, analyze
+from .analyze import PURE_PYTHON, Analysis, EdgeKind, Use, analyze, analyze_py
 from .remote import MARKER, REMOTE_MODULE, REMOTE_NAME, remote_sites, single_remote_site
 
 __all__ = ["Edge", "EdgeKind", "edges", "edges_of", "analyze_record", "targets",
-           "split_targets", "split_targets_py", "targets_of"]
+           "split_targets", "split_targets_py", "targets_of", "export_refs_py",
+           "export_refs_c"]
 
 
 class Edge(NamedTuple):
@@ -236,3 +237,61 @@ def targets_of(data: bytes, a: Analysis) -> list[tuple[EdgeKind, bytes | None, s
     if data.find(MARKER) >= 0:
         out.extend((e.kind, e.oid, e.database) for e in _remote_edges(data, a))
     return out
+
+
+_Pair = tuple[str, str]
+
+
+def export_refs_py(data: bytes, marker: bytes = MARKER) -> (
+        tuple[tuple[_Pair, tuple[_Pair, ...]], tuple[int, ...]] | None):
+    """What export's walk needs from an ordinary record, in one walk:
+    ``((klass, names), oids)`` where ``klass`` and ``names`` are what
+    :func:`~pclasses.record.analyze.census` gives (the class-metadata
+    global, then every other global, byte order) and ``oids`` the ints of
+    the record's 8-byte ``oid`` / ``oid_class`` references in byte order
+    (weak references, and references of other lengths, left out).  ``None``
+    when the record needs :func:`analyze` and :func:`targets_of` instead:
+    ``data`` contains ``marker`` (remote references), a global's names are
+    not literals, no global is the class metadata (formats 3 and 7, class
+    references), or a reference is anything but an ``oid``, ``oid_class``
+    or ``weak`` reference of this database with a known oid.  Same errors
+    (``ValueError``) and limits as :func:`analyze`.  The C twin is
+    :data:`export_refs_c` (added for issue 16's RelStorage export target)."""
+    if marker and data.find(marker) >= 0:
+        return None
+    a = analyze_py(data)
+    klass: _Pair | None = None
+    names: list[_Pair] = []
+    for g in a.globals:
+        if g.module is None or g.name is None:
+            return None
+        if klass is None and int(g.uses) & _CLASS_META:
+            klass = (g.module, g.name)
+        else:
+            names.append((g.module, g.name))
+    if klass is None:
+        return None
+    oids: list[int] = []
+    for p in a.pids:
+        if p.oid_start < 0 or p.database is not None:
+            return None
+        if p.kind in _PLAIN:
+            if p.oid_length == 8:
+                oids.append(int.from_bytes(data[p.oid_start:p.oid_start + 8], "big"))
+        elif p.kind is not EdgeKind.WEAK:
+            return None
+    return (klass, tuple(names)), tuple(oids)
+
+
+_CLASS_META = int(Use.CLASS_META)
+
+try:
+    if PURE_PYTHON:
+        raise ImportError("PCLASSES_PURE_PYTHON is set")
+    from ._skim import export_refs as _c_export_refs
+except ImportError:  # not built (or built before export_refs)
+    _c_export_refs = None
+
+#: :func:`export_refs_py` in C, or ``None`` (pure Python, or not built):
+#: export then reads every record through :func:`analyze`
+export_refs_c: Any = _c_export_refs

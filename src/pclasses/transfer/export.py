@@ -28,7 +28,8 @@ from ..errors import TransferError
 from ..oidset import OidQueue, OidSet
 from ..record.analyze import Use
 from ..record.analyze import analyze as _analyze
-from ..record.edges import EdgeKind, targets_of
+from ..record.edges import EdgeKind, export_refs_c, targets_of
+from ..record.remote import MARKER as REMOTE_MARK
 from ..refs.transfer import MARK as REFS_MARK
 from ..refs.transfer import container_oid, export_references
 from ..registry import ClassRegistry
@@ -206,6 +207,11 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
         # whether it needs a closer look (class records, the class table,
         # database handles, blobs)
         shapes: dict[tuple[Any, ...], tuple[Any, bool, Any]] = {}
+        # the same for records read by the lean C walk (export_refs_c), by
+        # their (klass, names)
+        lean_shapes: dict[tuple[Any, ...], tuple[Any, bool, Any]] = {}
+        fast = export_refs_c
+        bits = seen.bits
         parts: list[bytes] = []  # frames not yet written to ``body``
         held = 0
         head = _FRAME_HEAD.pack
@@ -217,17 +223,34 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
                 data, tid = load(oid)
             except KeyError:
                 continue  # a dangling reference in the source: it stays dangling
-            try:
-                a = _analyze(data)
-            except ValueError:
-                a = analyze(data, oid)  # raises the package's error, naming the record
-            shape = shapes.get(sig := tuple(a.globals))
-            if shape is None:
-                shape = shapes[sig] = _shape(a)
-            pair, special, uses = shape
-            if pair is None:
-                pair = record_class(data, oid, a)
-                special = pair is not None and pair in _SPECIAL
+            lean = None
+            if fast is not None:
+                try:
+                    lean = fast(data, REMOTE_MARK)
+                except ValueError:
+                    lean = None  # (analyze below says what is wrong, naming the record)
+            if lean is not None:
+                # an ordinary record: its globals and plain references from C
+                kids = lean[1]
+                table = lean_shapes
+                shape = table.get(sig := lean[0])
+                if shape is None:
+                    shape = table[sig] = _lean_shape(sig)
+                pair, special, uses = shape
+            else:
+                kids = None
+                try:
+                    a = _analyze(data)
+                except ValueError:
+                    a = analyze(data, oid)  # raises the package's error, naming the record
+                table = shapes
+                shape = table.get(sig := tuple(a.globals))
+                if shape is None:
+                    shape = table[sig] = _shape(a)
+                pair, special, uses = shape
+                if pair is None:
+                    pair = record_class(data, oid, a)
+                    special = pair is not None and pair in _SPECIAL
             if special:
                 if pair in CLASS_METACLASSES:
                     if oid == start:
@@ -250,12 +273,22 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
             if uses is not None:  # the first record of its shape that is exported
                 for key, use in uses:
                     needs[key] = needs.get(key, 0) | use
-                shapes[sig] = (shape[0], shape[1], None)
+                table[sig] = (shape[0], shape[1], None)
             if pair is not None and needs.get(pair, 0) & 8 == 0:
                 needs[pair] = needs.get(pair, 0) | 8
             if data.find(REFS_MARK) >= 0:  # (faster than "in" for bytes)
                 ref_holders.append((oid, data))
-            if a.pids:
+            if kids is not None:
+                for c in kids:
+                    if c < len(bits):  # (OidSet.add_new, inline)
+                        if bits[c]:
+                            continue
+                        bits[c] = 1
+                        seen.count += 1
+                    elif not seen.add_new(c):
+                        continue
+                    queue.append(c)
+            elif a.pids:
                 for kind, child, database in targets_of(data, a):
                     if child is None:
                         raise TransferError(f"record {oid_repr(oid)} holds a reference this "
@@ -349,6 +382,15 @@ def _shape(a: Any) -> tuple[Any, bool, list[tuple[Any, int]]]:
         if pair is None and use & _META:
             pair = key
     return pair, pair is not None and pair in _SPECIAL, uses
+
+
+def _lean_shape(sig: tuple[Any, ...]) -> tuple[Any, bool, list[tuple[Any, int]]]:
+    """:func:`_shape` for a record read by the lean C walk: ``sig`` is its
+    ``(klass, names)`` (the class-metadata global, then the others)."""
+    klass, names = sig
+    uses = [(klass, _META)]
+    uses.extend((name, 0) for name in names)
+    return klass, klass in _SPECIAL, uses
 
 
 def _blob_file(storage: Any, oid: bytes, tid: bytes) -> str:

@@ -513,16 +513,37 @@ def _load_batch(cursor: Any, keep_history: bool,
         parts.append(_LOAD_SQL[keep_history])
         args.append(singles)
     sql = parts[0] if len(parts) == 1 else " UNION ALL ".join(f"({p})" for p in parts)
+    return _copy_states(cursor, sql, tuple(args), set(wanted) if ranges else None)
+
+
+def _copy_states(cursor: Any, sql: str, args: Any,
+                 want: set[bytes] | None) -> dict[bytes, tuple[bytes, bytes]]:
+    """:func:`_copy_rows` as ``{oid: (state, tid)}`` (rows without a state,
+    and rows whose oid is not in ``want`` unless it is None, left out), in
+    one pass over the stream."""
+    buf = io.BytesIO()
+    cursor.copy_expert(cursor.mogrify(f"COPY ({sql}) TO STDOUT (FORMAT binary)", args), buf,
+                       1 << 18)
+    data = buf.getvalue()
+    del buf
+    if data[:11] != _COPY_HEAD:
+        raise ValueError("not a binary COPY stream")
+    pos = 19 + int.from_bytes(data[15:19], "big")
     got: dict[bytes, tuple[bytes, bytes]] = {}
-    if not ranges:
-        for oid, tid, state in _copy_rows(cursor, sql, tuple(args)):
-            if state:
-                got[oid] = (state, tid)
-        return got
-    want = set(wanted)
-    for oid, tid, state in _copy_rows(cursor, sql, tuple(args)):
-        if state and oid in want:
-            got[oid] = (state, tid)
+    unpack = _COPY_ROW.unpack_from
+    size = _COPY_ROW.size
+    end = len(data) - 2
+    while pos < end:
+        fields, l1, oid, l2, tid, length = unpack(data, pos)
+        if fields != 3 or l1 != 8 or l2 != 8:
+            raise ValueError("unexpected row in a binary COPY stream")
+        pos += size
+        if length > 0:
+            if want is None or oid in want:
+                got[oid] = (data[pos:pos + length], tid)
+            pos += length
+    if data[pos:] != _COPY_END:
+        raise ValueError("a binary COPY stream does not end where it should")
     return got
 
 

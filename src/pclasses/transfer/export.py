@@ -217,7 +217,7 @@ def _export(connection: Any, start: bytes, file: Any, format: str,  # noqa: A002
         head = _FRAME_HEAD.pack
         weak = EdgeKind.WEAK
         popleft = queue.popleft
-        while queue:
+        while queue.size:  # (not len(): a Python call a record)
             oid = popleft().to_bytes(8, "big")
             try:
                 data, tid = load(oid)

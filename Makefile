@@ -56,7 +56,7 @@ wheel: $(STAMP)
 	$(BIN)/python -m venv $(SMOKE)/venv
 	$(SMOKE)/venv/bin/python -m pip install --quiet "$$(ls $(WHEELHOUSE)/pclasses-*.whl)[test]"
 	mkdir -p $(SMOKE)/tests
-	cp tests/conftest.py tests/netutil.py $(SMOKE_TESTS) $(SMOKE)/tests/
+	cp tests/conftest.py tests/netutil.py tests/oracles.py $(SMOKE_TESTS) $(SMOKE)/tests/
 	cp -r design pyproject.toml $(SMOKE)/
 	cd $(SMOKE) && PCLASSES_TEST_INSTALLED=1 venv/bin/python -m pytest -q -p no:cacheprovider tests
 

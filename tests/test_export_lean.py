@@ -264,3 +264,23 @@ def test_export_writes_the_same_bytes_with_and_without_the_lean_walk(tmp_path: P
     finally:
         db.close()
     transaction.abort()
+
+
+def test_queue_peek_gives_the_waiting_oids_in_order(monkeypatch: Any):
+    """An export's RelStorage loader looks ahead in the walk's queue with
+    OidQueue.peek: the waiting oids at any positions, across the queue's
+    chunks, after oids were taken, and nothing past its end."""
+    from pclasses.oidset import OidQueue
+
+    monkeypatch.setattr(OidQueue, "CHUNK", 5)
+    q = OidQueue()
+    for i in range(23):
+        q.append(i * 7)
+    for _ in range(7):
+        q.popleft()
+    waiting = [int.from_bytes(o, "big") for o in q]
+    assert waiting == [i * 7 for i in range(7, 23)]
+    for start in range(20):
+        for stop in range(start, 25):
+            assert q.peek(start, stop) == waiting[start:stop]
+    assert len(q) == 16

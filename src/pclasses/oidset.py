@@ -136,6 +136,23 @@ class OidQueue:
     def __bool__(self) -> bool:
         return self.size > 0
 
+    def peek(self, start: int, stop: int) -> list[int]:
+        """The ints of the waiting oids at positions ``start`` to ``stop``
+        (excluded; 0 is the oldest), without taking them (array slices: a
+        batch loader's look-ahead)."""
+        out: list[int] = []
+        want = stop - start
+        pos = self.head + max(start, 0)
+        for chunk in self.chunks:
+            if len(out) >= want:
+                break
+            if pos >= len(chunk):
+                pos -= len(chunk)
+                continue
+            out.extend(chunk[pos:pos + want - len(out)])
+            pos = 0
+        return out
+
     def __iter__(self) -> Iterator[bytes]:
         head = self.head
         for chunk in list(self.chunks):

@@ -405,8 +405,14 @@ class BatchLoader:
         if not self._copy or self._ahead is not None or self._upcoming is None:
             return
         got = self._got
-        wanted = [o for o in islice(self._upcoming, 0, 2 * LOAD_BATCH) if o not in got]
-        del wanted[LOAD_BATCH:]
+        peek = getattr(self._upcoming, "peek", None)
+        if peek is not None:
+            # (an OidQueue: the oids held lead the queue; ints, sliced in C)
+            skip = len(got)
+            wanted = [o for o in map(_P64, peek(skip, skip + LOAD_BATCH)) if o not in got]
+        else:
+            wanted = [o for o in islice(self._upcoming, 0, 2 * LOAD_BATCH) if o not in got]
+            del wanted[LOAD_BATCH:]
         if len(wanted) < 2:
             return
         if self._helper is None:
@@ -446,6 +452,9 @@ class BatchLoader:
             pool.shutdown(wait=True)
             self._manager.close(conn, cursor)
 
+
+#: an int oid as 8 bytes (``ZODB.utils.p64`` without its Python call)
+_P64 = struct.Struct(">Q").pack
 
 #: the current rows of the oids of an array, one index lookup each (a
 #: join or ``IN`` list lets PostgreSQL's planner scan whole tables)

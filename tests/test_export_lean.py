@@ -214,7 +214,8 @@ def _export_both(db: Any, start: Any, monkeypatch: Any) -> list[Any]:
     return results
 
 
-@pytest.mark.skipif(export_refs_c is None, reason="the C extension is not built")
+@pytest.mark.skipif(export_refs_c is None,
+                    reason="no lean walk without the C extension (or with PCLASSES_PURE_PYTHON)")
 def test_export_writes_the_same_bytes_with_and_without_the_lean_walk(tmp_path: Path,
                                                                      monkeypatch: Any):
     """Export of a site with shared objects, cycles, a BTree, weak

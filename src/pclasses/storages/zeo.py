@@ -33,12 +33,22 @@ oids, not a FileStorage behind it).
 Nothing is put in the client's cache: the scan's answers bypass it, and
 walks' loads too (``loadBefore`` sent as a plain request, not through
 ZEO's cache-filling load).
+
+A ``pclasses-zeo`` server (:mod:`pclasses.storages.zeoserver`) answers two
+more requests with many records each (``pclasses_current``,
+``pclasses_load_many``).  Whether a server does is asked once a
+connection, from the keys of its ``get_info()`` (:func:`batched_info`: a
+request a stock server does not know would make it drop the connection),
+and then the scan, the walks' loader and the block reader use them, the
+next answer asked for before the caller works through the last one; a
+stock server gets the requests above, as before.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from itertools import islice
@@ -47,7 +57,8 @@ from typing import Any
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
-__all__ = ["iter_current", "BatchLoader", "BlockReader", "pipelined"]
+__all__ = ["iter_current", "BatchLoader", "BlockReader", "pipelined", "batched_info",
+           "INFO_KEY", "PROTOCOL", "unpack_current", "unpack_loaded"]
 
 #: Requests in one batch: the first run, and the bounds of runs.
 FIRST_RUN = 256
@@ -64,6 +75,127 @@ LOAD_BATCH = 2_000
 
 _PENDING: Any = object()
 _frame = struct.Struct(">I").pack
+
+# -- the batched requests of a ``pclasses-zeo`` server -----------------------
+
+#: The ``get_info()`` key a ``pclasses-zeo`` server adds for each storage
+#: (a dict: ``protocol``, whether ``current`` and ``load_many`` are
+#: answered, and the caps of one answer).
+INFO_KEY = "pclasses_batched"
+#: The version of the batched requests' answers.
+PROTOCOL = 1
+#: Statuses of one oid in a ``pclasses_load_many`` answer: a record, no
+#: such object (at that view), no data there (deleted).
+LOADED, MISSING, NO_DATA = 0, 1, 2
+#: Records and bytes asked for by one ``pclasses_current`` (the first
+#: answer smaller, so the caller starts working sooner).
+CURRENT_FIRST = 1_000
+CURRENT_RECORDS = 5_000
+CURRENT_BYTES = 4 << 20
+#: Oids of one block of :class:`BlockReader` over a batched server.
+BATCHED_BLOCK = 2_048
+
+_LENGTH = struct.Struct(">I")
+_LOADED_HEAD = struct.Struct(">B8sI")  # status tid length
+_probed: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any] | None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def unpack_current(packed: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """The ``(oid, tid, data)`` records of a ``pclasses_current`` answer
+    (``oid(8) tid(8) length(4, big-endian) data``, repeated)."""
+    out: list[tuple[bytes, bytes, bytes]] = []
+    append = out.append
+    unpack_from = _LENGTH.unpack_from
+    pos, end = 0, len(packed)
+    while pos < end:
+        (n,) = unpack_from(packed, pos + 16)
+        start = pos + 20
+        append((packed[pos:pos + 8], packed[pos + 8:pos + 16], packed[start:start + n]))
+        pos = start + n
+    if pos != end:
+        raise ValueError("a truncated pclasses_current answer")
+    return out
+
+
+def unpack_loaded(packed: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The ``(status, tid, data)`` of each oid of a ``pclasses_load_many``
+    answer (``status(1) tid(8) length(4) data``, repeated)."""
+    out: list[tuple[int, bytes, bytes]] = []
+    append = out.append
+    unpack_from = _LOADED_HEAD.unpack_from
+    pos, end = 0, len(packed)
+    while pos < end:
+        status, tid, n = unpack_from(packed, pos)
+        start = pos + 13
+        append((status, tid, packed[start:start + n]))
+        pos = start + n
+    if pos != end:
+        raise ValueError("a truncated pclasses_load_many answer")
+    return out
+
+
+def batched_info(storage: Any) -> dict[str, Any] | None:
+    """What the ``pclasses-zeo`` server behind the ZEO client ``storage``
+    answers (its :data:`INFO_KEY` entry of ``get_info()``), or ``None``
+    for a stock server (or one whose answers this module cannot read).
+
+    Asked once a connection (a reconnection may reach another server):
+    ``get_info`` is a request every ZEO server answers, whereas a request
+    a stock server does not know makes it drop the connection."""
+    generation = getattr(storage, "_connection_generation", None)
+    try:
+        known = _probed.get(storage)
+    except TypeError:  # not weakly referable: asked each time
+        known = None
+    if known is not None and generation is not None and known[0] == generation:
+        return known[1]
+    try:
+        info = storage._server.call("get_info")
+    except Exception:
+        return None
+    entry = info.get(INFO_KEY) if isinstance(info, dict) else None
+    found: dict[str, Any] | None = None
+    if isinstance(entry, dict) and entry.get("protocol") == PROTOCOL:
+        found = entry
+    if generation is not None:
+        try:
+            _probed[storage] = (generation, found)
+        except TypeError:
+            pass
+    return found
+
+
+class _Request:
+    """One request in flight: pipelined when the client allows it, else
+    one ZEO call made when the answer is wanted."""
+
+    __slots__ = ("batch", "storage", "method", "args")
+
+    def __init__(self, storage: Any, method: str, args: tuple[Any, ...]) -> None:
+        self.storage, self.method, self.args = storage, method, args
+        self.batch = _start(storage, method, [args]) if _can_pipeline(storage) else None
+
+    def result(self) -> Any:
+        if self.batch is None:
+            return self.storage._server.call(self.method, *self.args)
+        (r,) = self.batch.result()
+        if isinstance(r, BaseException):
+            raise r
+        return r
+
+
+def _batched_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """Every current record, many an answer from a ``pclasses-zeo``
+    server, the next answer asked for before these are handed out."""
+    pending: _Request | None = _Request(storage, "pclasses_current",
+                                        (None, CURRENT_FIRST, CURRENT_BYTES))
+    while pending is not None:
+        packed, last = pending.result()
+        pending = (None if last is None else
+                   _Request(storage, "pclasses_current", (last, CURRENT_RECORDS, CURRENT_BYTES)))
+        yield from unpack_current(packed)
+
 
 
 class _Batch:
@@ -224,6 +356,10 @@ def _object_count(storage: Any) -> int:
 def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
     """``(oid, tid, data)`` of every current record, in oid order, each
     once; records without data (deleted objects) are skipped."""
+    info = batched_info(storage)
+    if info is not None and info.get("current"):
+        yield from _batched_current(storage)
+        return
     try:
         first = storage.record_iternext(None)
     except Exception as exc:
@@ -352,7 +488,8 @@ class BatchLoader:
     """``load(oid) -> (data, tid)`` at the snapshot of a connection's
     storage instance over ZEO, loading the oids :meth:`follow`'s queue is
     about to ask for with many requests in flight (the next batch asked
-    for while the walk works through half of the last)."""
+    for while the walk works through half of the last), or, from a
+    ``pclasses-zeo`` server, with one ``pclasses_load_many`` a batch."""
 
     def __init__(self, instance: Any, client: Any) -> None:
         self._instance = instance
@@ -360,8 +497,10 @@ class BatchLoader:
         self._before = instance._start
         self._upcoming: Any = None
         self._got: dict[bytes, tuple[bytes, bytes]] = {}
-        self._pending: tuple[_Batch, list[bytes]] | None = None
+        self._pending: tuple[Any, list[bytes]] | None = None
         self._asked: set[bytes] = set()
+        info = batched_info(client)
+        self._batched = bool(info and info.get("load_many"))
 
     def follow(self, queue: Any) -> None:
         """Prefetch from ``queue`` (a deque of oids a walk pops from the left)."""
@@ -375,17 +514,28 @@ class BatchLoader:
                 wanted.append(o)
         if wanted:
             asked.update(wanted)
-            self._pending = (_start(self._client, "loadBefore",
-                                    [(o, self._before) for o in wanted]), wanted)
+            if self._batched:
+                self._pending = (_Request(self._client, "pclasses_load_many",
+                                          (b"".join(wanted), self._before)), wanted)
+            else:
+                self._pending = (_start(self._client, "loadBefore",
+                                        [(o, self._before) for o in wanted]), wanted)
 
     def _collect(self) -> None:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        batch, wanted = pending
+        request, wanted = pending
         got = self._got
-        for o, r in zip(wanted, batch.result()):
-            self._asked.discard(o)
+        self._asked.difference_update(wanted)
+        if self._batched:
+            # anything but a record (no such object, deleted) is left to
+            # the instance's own load, which says so as it always does
+            for o, (status, tid, data) in zip(wanted, unpack_loaded(request.result())):
+                if status == LOADED:
+                    got[o] = (data, tid)
+            return
+        for o, r in zip(wanted, request.result()):
             # a tuple, or a list from a msgpack server; None when the
             # object did not exist yet at the snapshot
             if isinstance(r, (tuple, list)) and r[0] is not None:
@@ -408,6 +558,9 @@ class BatchLoader:
         return self._instance.load(oid)  # type: ignore[no-any-return]  # POSKeyError
 
 
+_ABSENT: Any = object()
+
+
 class BlockReader:
     """``load(oid: int) -> bytes | None`` for walks over a whole database
     over ZEO (``pclasses.tree``), whose order the walk alone knows: a miss
@@ -415,40 +568,55 @@ class BlockReader:
     every request in flight (``loadBefore`` at the snapshot taken when the
     reader was made, so a missing oid is a quiet ``POSKeyError`` on the
     server), and the next :data:`AHEAD` blocks the walk's last stride points
-    to are asked for while it works.  A record is handed out once (a walk
-    loads each record once) and then dropped, so what is kept is what the
-    walk has not needed yet: at most :data:`KEPT` records, the oldest blocks
-    dropped first.  An oid asked for again, or missing from a block it
-    holds, is loaded alone."""
+    to are asked for while it works.  From a ``pclasses-zeo`` server a
+    block is :data:`BATCHED_BLOCK` oids and one ``pclasses_load_many``,
+    whose answer says which oids hold nothing.  A record is handed out once
+    (a walk loads each record once) and then dropped, so what is kept is
+    what the walk has not needed yet: at most :data:`KEPT` records, the
+    oldest blocks dropped first.  An oid asked for again, or missing from a
+    block it holds, is loaded alone."""
 
     def __init__(self, storage: Any) -> None:
         self._storage = storage
         self._before = p64(u64(storage.lastTransaction()) + 1)
-        self._blocks: dict[int, dict[int, bytes]] = {}
-        self._pending: dict[int, _Batch] = {}
+        self._blocks: dict[int, dict[int, bytes | None]] = {}
+        self._pending: dict[int, Any] = {}
         self._last_block = -1
         self._kept = 0
+        info = batched_info(storage)
+        self._batched = bool(info and info.get("load_many"))
+        self._block = BATCHED_BLOCK if self._batched else BLOCK
 
     def _ask(self, block: int) -> None:
         if block < 0 or block in self._blocks or block in self._pending:
             return
         while len(self._pending) >= 8:  # asked for, not needed yet: kept
             self._take(next(iter(self._pending)))
-        first = block * BLOCK
+        size = self._block
+        first = block * size
         before = self._before
-        self._pending[block] = _start(self._storage, "loadBefore",
-                                      [(p64(k), before) for k in range(first, first + BLOCK)])
+        if self._batched:
+            oids = b"".join([p64(k) for k in range(first, first + size)])
+            self._pending[block] = _Request(self._storage, "pclasses_load_many", (oids, before))
+        else:
+            self._pending[block] = _start(self._storage, "loadBefore",
+                                          [(p64(k), before) for k in range(first, first + size)])
 
-    def _take(self, block: int) -> dict[int, bytes]:
+    def _take(self, block: int) -> dict[int, bytes | None]:
         self._ask(block)
-        batch = self._pending.pop(block)
-        got: dict[int, bytes] = {}
-        for k, r in enumerate(batch.result(), block * BLOCK):
-            if isinstance(r, BaseException):
-                if not isinstance(r, POSKeyError):
-                    raise r
-            elif r is not None and r[0] is not None:  # (data, start, end), tuple or list
-                got[k] = r[0]
+        request = self._pending.pop(block)
+        got: dict[int, bytes | None] = {}
+        first = block * self._block
+        if self._batched:
+            for k, (status, _tid, data) in enumerate(unpack_loaded(request.result()), first):
+                got[k] = data if status == LOADED else None
+        else:
+            for k, r in enumerate(request.result(), first):
+                if isinstance(r, BaseException):
+                    if not isinstance(r, POSKeyError):
+                        raise r
+                elif r is not None and r[0] is not None:  # (data, start, end), tuple or list
+                    got[k] = r[0]
         blocks = self._blocks
         blocks[block] = got
         self._kept += len(got)
@@ -465,7 +633,7 @@ class BlockReader:
         return None if r is None else r[0]
 
     def load(self, oid: int) -> bytes | None:
-        block = oid // BLOCK
+        block = oid // self._block
         got = self._blocks.get(block)
         if got is None:
             got = self._take(block)
@@ -478,13 +646,13 @@ class BlockReader:
             self._last_block = block
             for ahead in range(1, AHEAD + 1):
                 self._ask(block + ahead * stride)
-        data = got.pop(oid, None)
-        if data is None:
+        data = got.pop(oid, _ABSENT)
+        if data is _ABSENT:
             return self._alone(oid)
         self._kept -= 1
         if not got:
             del self._blocks[block]
-        return data
+        return data  # type: ignore[no-any-return]
 
 
 #: Oids in one block of :class:`BlockReader`, blocks it asks for ahead of

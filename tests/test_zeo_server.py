@@ -401,11 +401,14 @@ def test_hostile_arguments_are_errors_not_crashes(site: dict[str, Any]):
             with pytest.raises((ServerException, ValueError)):
                 call(method, *args)
         packed, last = call("pclasses_current", None, 10**30, 10**30)
-        records = zeo_paths.unpack_current(packed)
+        records = list(zeo_paths.unpack_current(packed))
         assert len(records) <= MAX_RECORDS
         assert records == _file_records(site["path"]) and last is None
         packed, last = call("pclasses_current", b"\xff" * 8, 10, 10)
-        assert (packed, last) == (b"", None)
+        assert list(zeo_paths.unpack_current(packed)) == [] and last is None
+        for truncated in (b"", b"\0\0\0\5", packed + b"x"):
+            with pytest.raises(ValueError):
+                list(zeo_paths.unpack_current(truncated))
         loaded = zeo_paths.unpack_loaded(call("pclasses_load_many", [b"\xff" * 8, p64(0)]))
         assert [s for s, _t, _d in loaded] == [zeo_paths.MISSING, zeo_paths.LOADED]
         call("ping")

@@ -47,11 +47,13 @@ stock server gets the requests above, as before.
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 import weakref
+from array import array
 from collections import deque
 from collections.abc import Iterator
-from itertools import islice
+from itertools import accumulate, islice, pairwise
 from typing import Any
 
 from ZODB.POSException import POSKeyError
@@ -95,44 +97,59 @@ CURRENT_BYTES = 4 << 20
 #: Oids of one block of :class:`BlockReader` over a batched server.
 BATCHED_BLOCK = 2_048
 
-_LENGTH = struct.Struct(">I")
-_LOADED_HEAD = struct.Struct(">B8sI")  # status tid length
+_COUNT = struct.Struct(">I")
 _probed: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any] | None]] = (
     weakref.WeakKeyDictionary())
 
 
-def unpack_current(packed: bytes) -> list[tuple[bytes, bytes, bytes]]:
+def _lengths(packed: bytes, start: int, n: int) -> array[int]:
+    lengths = array("I")
+    if lengths.itemsize != 4:  # pragma: no cover - every platform pclasses runs on
+        lengths = array("L")
+    lengths.frombytes(packed[start:start + 4 * n])
+    if sys.byteorder == "little":
+        lengths.byteswap()
+    return lengths
+
+
+def _columns(packed: bytes, status: bool) -> tuple[int, int, list[int]]:
+    """``(count, offset of the first oid or status, data ends)`` of an
+    answer: ``count(4)``, then ``count`` oids (8 bytes) or statuses (1),
+    ``count`` tids (8), ``count`` lengths (4, big-endian), the data."""
+    if len(packed) < 4:
+        raise ValueError("a truncated pclasses answer")
+    (n,) = _COUNT.unpack_from(packed, 0)
+    lead = n if status else 8 * n
+    lengths_at = 4 + lead + 8 * n
+    data_at = lengths_at + 4 * n
+    if data_at > len(packed):
+        raise ValueError("a truncated pclasses answer")
+    ends = list(accumulate(_lengths(packed, lengths_at, n), initial=data_at))
+    if ends[-1] != len(packed):
+        raise ValueError("a truncated pclasses answer")
+    return n, 4, ends
+
+
+def unpack_current(packed: bytes) -> Iterator[tuple[bytes, bytes, bytes]]:
     """The ``(oid, tid, data)`` records of a ``pclasses_current`` answer
-    (``oid(8) tid(8) length(4, big-endian) data``, repeated)."""
-    out: list[tuple[bytes, bytes, bytes]] = []
-    append = out.append
-    unpack_from = _LENGTH.unpack_from
-    pos, end = 0, len(packed)
-    while pos < end:
-        (n,) = unpack_from(packed, pos + 16)
-        start = pos + 20
-        append((packed[pos:pos + 8], packed[pos + 8:pos + 16], packed[start:start + n]))
-        pos = start + n
-    if pos != end:
-        raise ValueError("a truncated pclasses_current answer")
-    return out
+    (``count(4)``, the oids, the tids, the lengths (4 bytes, big-endian),
+    the data, each a run of its own)."""
+    n, at, ends = _columns(packed, status=False)
+    tids_at = at + 8 * n
+    oids = [packed[k:k + 8] for k in range(at, tids_at, 8)]
+    tids = [packed[k:k + 8] for k in range(tids_at, tids_at + 8 * n, 8)]
+    return zip(oids, tids, [packed[i:j] for i, j in pairwise(ends)])
 
 
 def unpack_loaded(packed: bytes) -> list[tuple[int, bytes, bytes]]:
     """The ``(status, tid, data)`` of each oid of a ``pclasses_load_many``
-    answer (``status(1) tid(8) length(4) data``, repeated)."""
-    out: list[tuple[int, bytes, bytes]] = []
-    append = out.append
-    unpack_from = _LOADED_HEAD.unpack_from
-    pos, end = 0, len(packed)
-    while pos < end:
-        status, tid, n = unpack_from(packed, pos)
-        start = pos + 13
-        append((status, tid, packed[start:start + n]))
-        pos = start + n
-    if pos != end:
-        raise ValueError("a truncated pclasses_load_many answer")
-    return out
+    answer (``count(4)``, the statuses (1 byte), the tids, the lengths,
+    the data, each a run of its own)."""
+    n, at, ends = _columns(packed, status=True)
+    tids_at = at + n
+    statuses = packed[at:tids_at]
+    tids = [packed[k:k + 8] for k in range(tids_at, tids_at + 8 * n, 8)]
+    return list(zip(statuses, tids, [packed[i:j] for i, j in pairwise(ends)]))
 
 
 def batched_info(storage: Any) -> dict[str, Any] | None:

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.zeo
 @contextlib.contextmanager
 def zeo_process(directory: Path, storages: dict[str, str], *, stock: bool = False,
                 read_only: bool = False, blob_dir: Path | None = None,
-                ) -> Iterator[tuple[tuple[str, int], Path]]:
+                msgpack: bool = False) -> Iterator[tuple[tuple[str, int], Path]]:
     """A real server process: ``pclasses-zeo`` (``python -m
     pclasses.storages.zeoserver``), or ZEO's stock ``runzeo`` when
     ``stock``, serving FileStorages ``{name: path}`` from one zeo.conf;
@@ -57,7 +57,8 @@ def zeo_process(directory: Path, storages: dict[str, str], *, stock: bool = Fals
     for _attempt in range(3):
         address = ("127.0.0.1", free_port())
         sections = [f"<zeo>\n  address {address[0]}:{address[1]}\n"
-                    f"  read-only {'true' if read_only else 'false'}\n</zeo>"]
+                    f"  read-only {'true' if read_only else 'false'}\n"
+                    f"  msgpack {'true' if msgpack else 'false'}\n</zeo>"]
         for name, path in storages.items():
             blobs = f"  blob-dir {blob_dir}\n" if blob_dir is not None else ""
             sections.append(f"<filestorage {name}>\n  path {path}\n{blobs}</filestorage>")
@@ -113,8 +114,8 @@ def _small_batches(monkeypatch: Any) -> None:
 
 def _fill(db: Any, mods: Any) -> list[bytes]:
     """The live site's data, gaps in the oids (oids handed out and never
-    stored) and deleted objects (one of them the last oid); returns the
-    deleted oids."""
+    stored), an undone change (a backpointer) and deleted objects (one of
+    them the last oid); returns the deleted oids."""
     populate(db, mods, n=300, blobs=0)
     storage = db.storage
     tm = transaction.TransactionManager()
@@ -134,6 +135,11 @@ def _fill(db: Any, mods: Any) -> list[bytes]:
         del extra[k]
     extra["e9"]["prev"] = None
     extra["e34"]["prev"] = None
+    tm.commit()
+    # an undone change: the object's current record is a backpointer
+    extra["e20"]["n"] = 999
+    tm.commit()
+    db.undo(db.undoLog(0, 1)[0]["id"], tm.get())
     tm.commit()
     conn.close()
     t = transaction.Transaction()
@@ -438,3 +444,124 @@ def test_a_stock_server_is_probed_without_being_disconnected(site: dict[str, Any
     finally:
         db.close()
     assert "Invalid method" not in site["stock_log"].read_text(errors="replace")
+
+
+def test_a_msgpack_server_reads_the_same(tmp_path: Path, monkeypatch: Any):
+    """A pclasses-zeo server running with ``msgpack true`` (answers as
+    lists) offers the batched requests and gives the scan, the block reads
+    and the export its own file gives."""
+    pytest.importorskip("msgpack")
+    path = tmp_path / "m.fs"
+    with zeo_process(tmp_path / "srv", {"1": str(path)}, msgpack=True) as (address, _log):
+        target = uri(address)
+        db = pclasses.open(target)
+        try:
+            with db.transaction() as conn:
+                root = conn.root()
+                for i in range(150):
+                    root[f"o{i}"] = PersistentMapping(n=i, next=root.get(f"o{i - 1}"))
+            assert db.storage._server.client.protocol.protocol_version[:1] == b"M"
+            assert batched_info(db.storage) is not None
+            _small_batches(monkeypatch)
+            assert list(iter_current(db.storage)) == _file_records(path)
+            reader = BlockReader(db.storage)
+            fs = FileStorage(str(path), read_only=True)
+            try:
+                for k in range(160):
+                    try:
+                        expected: bytes | None = fs.load(p64(k))[0]
+                    except KeyError:
+                        expected = None
+                    assert reader.load(k) == expected, k
+            finally:
+                fs.close()
+        finally:
+            db.close()
+        out_a, out_b = tmp_path / "zeo.pclasses", tmp_path / "file.pclasses"
+        assert run("export", target, "/", "-o", str(out_a), "--no-progress").exit_code == 0
+        assert run("export", str(path), "/", "-o", str(out_b), "--no-progress").exit_code == 0
+        assert out_a.read_bytes() == out_b.read_bytes()
+
+
+def test_the_generic_reader_reads_what_the_file_reader_reads(site: dict[str, Any]):
+    """The readers a server uses for storages other than a FileStorage
+    itself (their ``record_iternext`` and ``loadBefore``) answer what the
+    file reader answers, in answers of every size, and at a snapshot."""
+    from pclasses.storages.zeoserver import _FileReader, _Reader
+
+    fs = FileStorage(str(site["path"]), read_only=True)
+    try:
+        generic, direct = _Reader(fs), _FileReader(fs)
+        try:
+            for size in (1, 7, 10_000):
+                answers = []
+                for reader in (generic, direct):
+                    got: list[tuple[bytes, bytes, bytes]] = []
+                    after = None
+                    while True:
+                        packed, after = reader.current(after, size, 1 << 20)
+                        got.extend(zeo_paths.unpack_current(packed))
+                        if after is None:
+                            break
+                    answers.append(got)
+                assert answers[0] == answers[1] == _file_records(site["path"])
+            oids = [p64(k) for k in range(700)]
+            tids = sorted({t for _o, t, _d in _file_records(site["path"])})
+            for before in (None, tids[len(tids) // 2], tids[0]):
+                a = zeo_paths.unpack_loaded(generic.load_many(oids, before))
+                b = zeo_paths.unpack_loaded(direct.load_many(oids, before))
+                assert a == b, before
+        finally:
+            direct.close()
+    finally:
+        fs.close()
+
+
+def test_a_server_over_another_storage_loads_in_batches(tmp_path: Path):
+    """A pclasses-zeo server over a storage without ``record_iternext`` (a
+    MappingStorage) says it cannot list records, refuses
+    ``pclasses_current`` with an error, and still serves export's batched
+    loads: the export is the one the same data gives from a file."""
+    directory = tmp_path / "srv"
+    directory.mkdir()
+    conf = directory / "zeo.conf"
+    address = ("127.0.0.1", free_port())
+    conf.write_text(f"<zeo>\n  address {address[0]}:{address[1]}\n</zeo>\n"
+                    "<mappingstorage 1>\n</mappingstorage>\n")
+    log = directory / "zeo.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pclasses.storages.zeoserver", "-C",
+                                 str(conf)], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not accepts(address):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        path = tmp_path / "same.fs"
+        outs = []
+        for target in (uri(address), str(path)):
+            db = pclasses.open(target)
+            try:
+                with db.transaction() as conn:
+                    root = conn.root()
+                    for i in range(120):
+                        root[f"o{i}"] = PersistentMapping(n=i, next=root.get(f"o{i - 1}"))
+                if target != str(path):
+                    info = batched_info(db.storage)
+                    assert info is not None and not info["current"] and info["load_many"]
+                    from ZEO.Exceptions import ServerException
+
+                    with pytest.raises((ServerException, ValueError)):
+                        db.storage._server.call("pclasses_current", None, 10, 10)
+                conn = db.open()
+                out = tmp_path / f"{len(outs)}.pclasses"
+                pclasses.export_subtree(conn, conn.root(), str(out), name="all")
+                conn.close()
+                outs.append(out.read_bytes())
+            finally:
+                db.close()
+        assert outs[0] == outs[1]
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -59,6 +59,7 @@ from typing import Any
 from ZEO.runzeo import ZEOOptions
 from ZEO.runzeo import ZEOServer as _RunZEOServer
 from ZEO.StorageServer import StorageServer, ZEOStorage, registered_methods
+from ZODB.FileStorage import FileStorage
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
@@ -256,16 +257,18 @@ class _FileReader(_Reader):
     def current(self, after: bytes | None, max_records: int,
                 max_bytes: int) -> tuple[bytes, bytes | None]:
         storage = self.storage
+        out = _Columns()
+        oids, tids, lengths, datas = out.lead, out.tids, out.lengths, out.data
+        unusual: list[int] = []  # places whose record the storage must read
+        total = read = 0
+        last: bytes | None = after
+        ended = True
         with storage._lock:
             mm = self._map()
             size = len(mm)
             data_tree = storage._index._data
             unpack_from = _DATA_HEADER.unpack_from
             hsize = _DATA_HEADER.size
-            out = _Columns()
-            oids, tids, lengths, datas = out.lead, out.tids, out.lengths, out.data
-            total = count = read = 0
-            last: bytes | None = after
             if after is None:
                 prefixes = data_tree.items()
                 first_prefix = None
@@ -280,9 +283,9 @@ class _FileReader(_Reader):
                     else:
                         entries = bucket.items()
                     for suffix, p in entries:
-                        if count >= max_records or total >= max_bytes:
-                            out.size = total
-                            return out.pack(), last
+                        if len(tids) >= max_records or total >= max_bytes:
+                            ended = False
+                            break
                         oid = prefix + suffix
                         last = oid
                         pos = int.from_bytes(p, "big")
@@ -294,39 +297,63 @@ class _FileReader(_Reader):
                                 tids.append(tid)
                                 lengths.append(plen)
                                 datas.append(mm[end:end + plen])
-                                count += 1
                                 total += plen + 20
                                 read += plen + PAGE_SPAN
                                 continue
-                        # a backpointer, no data, or anything unusual: the storage says
-                        try:
-                            data, tid = storage.load(oid)
-                        except POSKeyError:  # deleted, or its creation undone
-                            continue
-                        if data is None:
-                            continue
+                        # a backpointer, no data, or anything unusual: the
+                        # storage reads it, once the lock is let go (its
+                        # load waits for a pack that waits for the lock)
+                        unusual.append(len(tids))
                         oids.append(oid)
-                        tids.append(tid)
-                        lengths.append(len(data))
-                        datas.append(data)
-                        count += 1
-                        total += len(data) + 20
-                out.size = total
-                return out.pack(), None
+                        tids.append(_NOTHING)
+                        lengths.append(0)
+                        datas.append(b"")
+                        total += 20
+                    else:
+                        continue
+                    break
             finally:
                 self._drop(read, mm)
+        if unusual:
+            out = self._fill_unusual(out, unusual)
+        return out.pack(), (None if ended else last)
+
+    def _fill_unusual(self, out: _Columns, unusual: list[int]) -> _Columns:
+        """``out`` with the records at places ``unusual`` read through the
+        storage, those without data (deleted, creation undone) left out."""
+        load = self.storage.load
+        gone = set()
+        for k in unusual:
+            try:
+                data, tid = load(out.lead[k])
+            except POSKeyError:
+                data = None
+            if data is None:
+                gone.add(k)
+                continue
+            out.tids[k] = tid
+            out.lengths[k] = len(data)
+            out.data[k] = data
+        if not gone:
+            return out
+        kept = _Columns()
+        for k, (oid, tid, data) in enumerate(zip(out.lead, out.tids, out.data)):
+            if k not in gone:
+                kept.add(oid, tid, data)
+        return kept
 
     def load_many(self, oids: list[bytes], before: bytes | None) -> bytes:
         storage = self.storage
+        out = _Columns()
+        statuses, tids, lengths, datas = out.lead, out.tids, out.lengths, out.data
+        unusual: list[int] = []  # places whose record the storage must read
+        read = 0
         with storage._lock:
             mm = self._map()
             size = len(mm)
             get = storage._index.get
             unpack_from = _DATA_HEADER.unpack_from
             hsize = _DATA_HEADER.size
-            out = _Columns()
-            statuses, tids, lengths, datas = out.lead, out.tids, out.lengths, out.data
-            read = 0
             try:
                 for oid in oids:
                     pos = get(oid)
@@ -344,10 +371,17 @@ class _FileReader(_Reader):
                             datas.append(mm[end:end + plen])
                             read += plen + PAGE_SPAN
                             continue
-                    self._load(out, oid, before)
-                return out.pack(status=True)
+                    # read by the storage once the lock is let go
+                    unusual.append(len(tids))
+                    out.add(MISSING, _NOTHING, b"")
             finally:
                 self._drop(read, mm)
+        for k in unusual:
+            one = _Columns()
+            self._load(one, oids[k], before)
+            statuses[k], tids[k], lengths[k], datas[k] = (
+                one.lead[0], one.tids[0], one.lengths[0], one.data[0])
+        return out.pack(status=True)
 
 
 class PClassesZEOStorage(ZEOStorage):  # type: ignore[misc]
@@ -406,7 +440,9 @@ class PClassesStorageServer(StorageServer):  # type: ignore[misc]
         reader = self._pclasses_readers.get(storage_id)
         if reader is None:
             storage = self.storages[storage_id]
-            if storage_kind(storage) == "filestorage" and hasattr(storage, "_file"):
+            # a FileStorage itself, never a wrapper that hands on its
+            # attributes (zc.zlibstorage's, whose file holds other bytes)
+            if isinstance(storage, FileStorage) and storage_kind(storage) == "filestorage":
                 reader = _FileReader(storage)
             else:
                 reader = _Reader(storage)

@@ -898,7 +898,9 @@ def test_reattach_event_reaches_zope_component_handlers_without_extra_imports(tm
         got = []
         zope.component.provideHandler(got.append, (pclasses.IClassReattachedEvent,))
         registry = pclasses.ClassRegistry()
-        registry.install(ZODB.DB(MappingStorage()))
+        # held, as an application holds its database: the registry keeps
+        # only a weak reference, and a collection would end it
+        db = registry.install(ZODB.DB(MappingStorage()))
         Broken = registry.find_global("pcl_brk_nowhere", "Thing")
         obj = Broken.__new__(Broken)
         obj.__setstate__({"v": 1})
@@ -909,6 +911,7 @@ def test_reattach_event_reaches_zope_component_handlers_without_extra_imports(tm
         registry.register(Thing, "pcl_brk_nowhere.Thing")
         assert type(obj) is Thing, type(obj)
         print(len(got))
+        db.close()
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=tmp_path, timeout=60)

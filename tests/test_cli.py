@@ -35,6 +35,7 @@ from ZODB.utils import get_pickle_metadata, oid_repr
 
 import pclasses
 import pclasses.scan
+from oracles import current_records, store_raw
 from pclasses.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
 
 BIN = Path(sys.executable).parent
@@ -92,19 +93,6 @@ def check_document_shape(doc: dict) -> None:
 # brute-force oracles (ZODB's and the standard library's tools, not pclasses')
 
 
-def current_records(storage) -> dict[bytes, bytes]:
-    """The current data of every live object, by brute force over ``storage.iterator()``."""
-    latest: dict[bytes, bytes | None] = {}
-    it = storage.iterator()
-    try:
-        for txn in it:
-            for rec in txn:
-                latest[rec.oid] = rec.data
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
-    return {oid: data for oid, data in latest.items() if data is not None}
 
 
 def brute_force_classes(storage) -> tuple[int, collections.Counter]:
@@ -362,7 +350,7 @@ def test_census_does_not_run_pickles(tmp_path):
     storage = db.storage
     oid = storage.new_oid()
     data = pickle.dumps(PersistentMapping, 3) + pickle.dumps({"data": {"evil": Evil()}}, 3)
-    _store_raw(storage, oid, data)
+    store_raw(storage, oid=oid, data=data)
     db.close()
     doc = run_json(str(path))
     assert not marker.exists()
@@ -774,24 +762,15 @@ def test_bad_usage_subprocess():
 # unreadable records
 
 
-def _store_raw(storage, oid: bytes, data: bytes) -> None:
-    """Write one record with the storage API, bypassing ZODB's serializer."""
-    from ZODB.utils import z64
-
-    t = TransactionMetaData()
-    storage.tpc_begin(t)
-    storage.store(oid, z64, data, "", t)
-    storage.tpc_vote(t)
-    storage.tpc_finish(t)
 
 
 def test_unreadable_records_are_listed_by_oid(sample_fs):
     storage = FileStorage(str(sample_fs.path))
     try:
         not_a_class = storage.new_oid()
-        _store_raw(storage, not_a_class, pickle.dumps(42, 3) + pickle.dumps({}, 3))
+        store_raw(storage, oid=not_a_class, data=pickle.dumps(42, 3) + pickle.dumps({}, 3))
         garbage = storage.new_oid()
-        _store_raw(storage, garbage, b"\x80\x03\xff\xfe garbage, not a pickle")
+        store_raw(storage, oid=garbage, data=b"\x80\x03\xff\xfe garbage, not a pickle")
     finally:
         storage.close()
     result = run("classes", "--json", str(sample_fs.path), env=sample_fs.env())
@@ -823,7 +802,7 @@ def test_unreadable_record_in_process_census(tmp_path):
     with db.transaction() as conn:
         conn.root()["l"] = PersistentList([1])
     oid = db.storage.new_oid()
-    _store_raw(db.storage, oid, pickle.dumps(42, 3) + pickle.dumps({}, 3))
+    store_raw(db.storage, oid=oid, data=pickle.dumps(42, 3) + pickle.dumps({}, 3))
     try:
         census = pclasses.take_census(db.storage)
     finally:

@@ -39,11 +39,11 @@ from BTrees.OOBTree import OOBTree
 from click.testing import CliRunner
 from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
-from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 from ZODB.utils import oid_repr, z64
 
 import pclasses
+from oracles import current_records, store_raw
 from pclasses.cli import main
 from pclasses.inventory import BrokenClass, BrokenExample, BrokenReport
 
@@ -84,31 +84,8 @@ def transient_modules(directory: Path, sources: dict[str, str]):
             assert importlib.util.find_spec(name) is None, name
 
 
-def store_raw(storage, data: bytes, oid: bytes | None = None, serial: bytes = z64) -> bytes:
-    """Store ``data`` as a record with the raw storage API; returns the oid."""
-    t = TransactionMetaData()
-    storage.tpc_begin(t)
-    if oid is None:
-        oid = storage.new_oid()
-    storage.store(oid, serial, data, "", t)
-    storage.tpc_vote(t)
-    storage.tpc_finish(t)
-    return oid
 
 
-def current_records(storage) -> dict[bytes, bytes]:
-    """Current data of every live object, by brute force over ``iterator()``."""
-    latest: dict[bytes, bytes | None] = {}
-    it = storage.iterator()
-    try:
-        for txn in it:
-            for rec in txn:
-                latest[rec.oid] = rec.data
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
-    return {oid: data for oid, data in latest.items() if data is not None}
 
 
 def record_globals(data: bytes) -> tuple[tuple[str, str] | None, set[tuple[str, str]]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,34 +16,11 @@ from ZODB import DB
 from ZODB.FileStorage import FileStorage
 
 import pclasses
-
-SRC = str(Path(pclasses.__file__).resolve().parent.parent)
-
-MODELS = '''
-import os
-from persistent import Persistent
-import pclasses
-
-if os.environ.get("REFS_MARKER"):
-    open(os.environ["REFS_MARKER"], "w").write("imported")
-
-
-class City(Persistent):
-    pass
-
-
-class Doc(Persistent):
-    city = pclasses.Ref()
-    loose = pclasses.Ref(mode="none")
-    tags = pclasses.RefSet(mode="none")
-'''
+from refsample import MODELS, cli_env, fill
 
 
 def run(*args: str, models: Path | None = None, marker: Path | None = None):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([SRC] + ([str(models)] if models else []))
-    if marker is not None:
-        env["REFS_MARKER"] = str(marker)
+    env = cli_env(models, marker)
     return subprocess.run([sys.executable, "-m", "pclasses.cli", "refs", *args],
                           capture_output=True, text=True, env=env, timeout=120,
                           stdin=subprocess.DEVNULL)
@@ -63,15 +39,7 @@ def built(tmp_path):
         db = DB(FileStorage(str(path)))
         conn = db.open()
         root = conn.root()
-        cities = pclasses.place(root, "cities", pclasses.Folder())
-        for i in range(10):
-            cities[f"c{i}"] = models.City()
-        docs = pclasses.place(root, "docs", pclasses.Folder())
-        for i in range(5):
-            docs[f"d{i}"] = d = models.Doc()
-            d.city = cities[f"c{i}"]
-            d.loose = cities[f"c{i + 5}"]
-            d.tags = [cities["c9"]]
+        fill(root, models)
         transaction.commit()
         yield path, moddir, db, conn
         transaction.abort()

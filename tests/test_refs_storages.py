@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,27 +19,7 @@ import pytest
 import transaction
 
 import pclasses
-
-SRC = str(Path(pclasses.__file__).resolve().parent.parent)
-
-MODELS = '''
-import os
-from persistent import Persistent
-import pclasses
-
-if os.environ.get("REFS_MARKER"):
-    open(os.environ["REFS_MARKER"], "w").write("imported")
-
-
-class City(Persistent):
-    pass
-
-
-class Doc(Persistent):
-    city = pclasses.Ref()
-    loose = pclasses.Ref(mode="none")
-    tags = pclasses.RefSet(mode="none")
-'''
+from refsample import MODELS, cli_env, fill
 
 KINDS = ["zeo", "pg-history-free", "pg-history-preserving"]
 
@@ -69,15 +48,7 @@ def build(db: Any, models: Any) -> None:
     conn = db.open(tm)
     try:
         root = conn.root()
-        cities = pclasses.place(root, "cities", pclasses.Folder())
-        for i in range(10):
-            cities[f"c{i}"] = models.City()
-        docs = pclasses.place(root, "docs", pclasses.Folder())
-        for i in range(5):
-            docs[f"d{i}"] = d = models.Doc()
-            d.city = cities[f"c{i}"]
-            d.loose = cities[f"c{i + 5}"]
-            d.tags = [cities["c9"]]
+        cities, docs = fill(root, models)
         root["junk"] = PersistentMapping(inner=PersistentMapping())
         tm.commit()
         pclasses.remove(cities, "c5")
@@ -95,10 +66,7 @@ def build(db: Any, models: Any) -> None:
 
 def cli(*args: str, marker: Path | None = None, moddir: Path | None = None
         ) -> tuple[int, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([SRC] + ([str(moddir)] if moddir else []))
-    if marker is not None:
-        env["REFS_MARKER"] = str(marker)
+    env = cli_env(moddir, marker)
     proc = subprocess.run([sys.executable, "-m", "pclasses.cli", *args], capture_output=True,
                           text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
     assert "Traceback" not in proc.stderr, proc.stderr

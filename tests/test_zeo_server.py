@@ -199,7 +199,7 @@ def _normalized(output: str, target: str) -> Any:
 
 def test_every_read_only_command_matches_the_file_and_a_stock_server(
         site: dict[str, Any], tmp_path: Path):
-    """classes, broken, xrefs, refs-check and report give the same JSON
+    """classes, broken, xrefs, refs-check, report and gc (a dry run) give the same JSON
     through pclasses-zeo (read-write and read-only servers) as on the file
     and through a stock runzeo; export files are byte-identical from all
     four; the pclasses-zeo servers were asked with the batched requests,
@@ -207,7 +207,8 @@ def test_every_read_only_command_matches_the_file_and_a_stock_server(
     targets = {"file": str(site["path"]), "pzeo": site["uri"], "stock": site["stock"],
                "pzeo-ro": site["ro"]}
     commands = [["classes", "--no-progress"], ["broken", "--no-progress"], ["xrefs"],
-                ["refs-check"], ["report", "--jobs", "1", "--no-progress"]]
+                ["refs-check"], ["report", "--jobs", "1", "--no-progress"],
+                ["gc", "--days", "0", "--no-progress"]]
     for command in commands:
         outputs = {}
         for kind, target in targets.items():

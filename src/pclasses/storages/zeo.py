@@ -613,8 +613,11 @@ class BlockReader:
         first = block * size
         before = self._before
         if self._batched:
-            oids = b"".join([p64(k) for k in range(first, first + size)])
-            self._pending[block] = _Request(self._storage, "pclasses_load_many", (oids, before))
+            oids = array("Q", range(first, first + size))
+            if sys.byteorder == "little":
+                oids.byteswap()
+            self._pending[block] = _Request(self._storage, "pclasses_load_many",
+                                            (oids.tobytes(), before))
         else:
             self._pending[block] = _start(self._storage, "loadBefore",
                                           [(p64(k), before) for k in range(first, first + size)])

@@ -351,15 +351,21 @@ class _FileReader(_Reader):
         with storage._lock:
             mm = self._map()
             size = len(mm)
-            get = storage._index.get
+            buckets = storage._index._data.get
             unpack_from = _DATA_HEADER.unpack_from
             hsize = _DATA_HEADER.size
+            prefix: bytes | None = None
+            bucket: Any = None
             try:
                 for oid in oids:
-                    pos = get(oid)
-                    if pos is None:
+                    if oid[:6] != prefix:  # the oids of a block share their bucket
+                        prefix = oid[:6]
+                        bucket = buckets(prefix)
+                    p = None if bucket is None else bucket.get(oid[6:])
+                    if p is None:
                         out.add(MISSING, _NOTHING, b"")
                         continue
+                    pos = int.from_bytes(p, "big")
                     end = pos + hsize
                     if end <= size:
                         hoid, tid, _prev, _tloc, vlen, plen = unpack_from(mm, pos)

@@ -269,19 +269,21 @@ class _FileReader(_Reader):
             data_tree = storage._index._data
             unpack_from = _DATA_HEADER.unpack_from
             hsize = _DATA_HEADER.size
+            # iterators, never ``items()``: a bucket's ``items()`` is a list
+            # of up to 65,536 pairs, made again for every answer
             if after is None:
-                prefixes = data_tree.items()
+                prefixes = data_tree.iteritems()
                 first_prefix = None
                 first_suffix = b""
             else:
-                prefixes = data_tree.items(min=after[:6])
+                prefixes = data_tree.iteritems(min=after[:6])
                 first_prefix, first_suffix = after[:6], after[6:]
             try:
                 for prefix, bucket in prefixes:
                     if prefix == first_prefix:
-                        entries = bucket.items(min=first_suffix, excludemin=True)
+                        entries = bucket.iteritems(min=first_suffix, excludemin=True)
                     else:
-                        entries = bucket.items()
+                        entries = bucket.iteritems()
                     for suffix, p in entries:
                         if len(tids) >= max_records or total >= max_bytes:
                             ended = False

@@ -574,3 +574,40 @@ def test_a_server_over_another_storage_loads_in_batches(tmp_path: Path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_pclasses_zeo_is_the_console_script_and_takes_runzeo_s_options(tmp_path: Path):
+    """``pclasses-zeo`` (pyproject's console script) is this server's
+    ``main``, and it takes runzeo's command line: ``-a``/``-f`` without a
+    zeo.conf serve a file as ``runzeo -a ADDRESS -f PATH`` does."""
+    import tomllib
+
+    from pclasses.storages import zeoserver
+
+    scripts = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())[
+        "project"]["scripts"]
+    assert scripts["pclasses-zeo"] == "pclasses.storages.zeoserver:main"
+    assert zeoserver.main.__module__ == "pclasses.storages.zeoserver"
+    path = tmp_path / "cli.fs"
+    address = ("127.0.0.1", free_port())
+    log = tmp_path / "zeo.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pclasses.storages.zeoserver", "-a",
+                                 f"{address[0]}:{address[1]}", "-f", str(path)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not accepts(address):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        db = pclasses.open(f"zeo://{address[0]}:{address[1]}?wait_timeout=20")
+        try:
+            with db.transaction() as conn:
+                conn.root()["x"] = PersistentMapping(n=1)
+            assert batched_info(db.storage) is not None
+            assert list(iter_current(db.storage)) == _file_records(path)
+        finally:
+            db.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -79,6 +79,7 @@ MAX_BYTES = 8 << 20
 MAX_OIDS = 20_000
 
 _DATA_HEADER = struct.Struct(">8s8sQQHQ")  # a FileStorage data record: oid tid prev tloc vlen plen
+_OID_TID_VLEN_PLEN = struct.Struct(">8s8s16xHQ")  # the same header, the fields read here
 _COUNT = struct.Struct(">I")
 _NOTHING = b"\0" * 8
 
@@ -259,15 +260,17 @@ class _FileReader(_Reader):
         storage = self.storage
         out = _Columns()
         oids, tids, lengths, datas = out.lead, out.tids, out.lengths, out.data
+        add_oid, add_tid, add_length, add_data = (
+            oids.append, tids.append, lengths.append, datas.append)
+        from_bytes = int.from_bytes
         unusual: list[int] = []  # places whose record the storage must read
-        total = read = 0
-        last: bytes | None = after
+        n = total = read = 0
         ended = True
         with storage._lock:
             mm = self._map()
             size = len(mm)
             data_tree = storage._index._data
-            unpack_from = _DATA_HEADER.unpack_from
+            unpack_from = _OID_TID_VLEN_PLEN.unpack_from
             hsize = _DATA_HEADER.size
             # iterators, never ``items()``: a bucket's ``items()`` is a list
             # of up to 65,536 pairs, made again for every answer
@@ -285,20 +288,20 @@ class _FileReader(_Reader):
                     else:
                         entries = bucket.iteritems()
                     for suffix, p in entries:
-                        if len(tids) >= max_records or total >= max_bytes:
+                        if n >= max_records or total >= max_bytes:
                             ended = False
                             break
-                        oid = prefix + suffix
-                        last = oid
-                        pos = int.from_bytes(p, "big")
+                        n += 1
+                        pos = from_bytes(p, "big")
                         end = pos + hsize
                         if end <= size:
-                            hoid, tid, _prev, _tloc, vlen, plen = unpack_from(mm, pos)
-                            if hoid == oid and not vlen and plen and end + plen <= size:
-                                oids.append(oid)
-                                tids.append(tid)
-                                lengths.append(plen)
-                                datas.append(mm[end:end + plen])
+                            hoid, tid, vlen, plen = unpack_from(mm, pos)
+                            if (not vlen and plen and hoid == prefix + suffix
+                                    and end + plen <= size):
+                                add_oid(hoid)
+                                add_tid(tid)
+                                add_length(plen)
+                                add_data(mm[end:end + plen])
                                 total += plen + 20
                                 read += plen + PAGE_SPAN
                                 continue
@@ -306,16 +309,19 @@ class _FileReader(_Reader):
                         # storage reads it, once the lock is let go (its
                         # load waits for a pack that waits for the lock)
                         unusual.append(len(tids))
-                        oids.append(oid)
-                        tids.append(_NOTHING)
-                        lengths.append(0)
-                        datas.append(b"")
+                        add_oid(prefix + suffix)
+                        add_tid(_NOTHING)
+                        add_length(0)
+                        add_data(b"")
                         total += 20
                     else:
                         continue
                     break
             finally:
                 self._drop(read, mm)
+        # every oid looked at is in ``oids`` (until the unusual ones are
+        # read): the last one is where the next answer starts after
+        last = oids[-1] if oids else after
         if unusual:
             out = self._fill_unusual(out, unusual)
         return out.pack(), (None if ended else last)

@@ -74,6 +74,9 @@ WINDOW = 2
 REFRESHES = 8
 #: Loads in flight for :class:`BatchLoader`.
 LOAD_BATCH = 2_000
+#: Loads :class:`BatchLoader` serves before it looks at the queue again
+#: when it last found nothing new there.
+QUIET_CALLS = 256
 
 _PENDING: Any = object()
 _frame = struct.Struct(">I").pack
@@ -516,6 +519,7 @@ class BatchLoader:
         self._got: dict[bytes, tuple[bytes, bytes]] = {}
         self._pending: tuple[Any, list[bytes]] | None = None
         self._asked: set[bytes] = set()
+        self._quiet = 0  # calls before the queue is looked at again
         info = batched_info(client)
         self._batched = bool(info and info.get("load_many"))
 
@@ -529,6 +533,11 @@ class BatchLoader:
         for o in islice(self._upcoming, 0, LOAD_BATCH):
             if o != first and o not in got and o not in asked:
                 wanted.append(o)
+        if not wanted:
+            # everything ahead is loaded or asked for already: looking
+            # again at every call would read the queue for nothing
+            self._quiet = QUIET_CALLS
+            return
         if wanted:
             asked.update(wanted)
             if self._batched:
@@ -568,7 +577,9 @@ class BatchLoader:
             self._ask(oid)
             self._collect()
             got = self._got.pop(oid, None)
-        if self._pending is None and self._upcoming and len(self._got) < LOAD_BATCH // 2:
+        if self._quiet:
+            self._quiet -= 1
+        elif self._pending is None and self._upcoming and len(self._got) < LOAD_BATCH // 2:
             self._ask(None)  # the next ones, while the walk works on these
         if got is not None:
             return got

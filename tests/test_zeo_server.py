@@ -33,10 +33,10 @@ from ZODB.serialize import referencesf
 from ZODB.utils import p64, u64
 
 import pclasses
-from live_site import modules, populate
+from live_site import Writer, counters, modules, populate
 from netutil import accepts, free_port
 from pclasses.cli import main
-from pclasses.scan import iter_current
+from pclasses.scan import iter_current, iter_records
 from pclasses.storages import zeo as zeo_paths
 from pclasses.storages.zeo import BlockReader, batched_info
 
@@ -611,3 +611,38 @@ def test_pclasses_zeo_is_the_console_script_and_takes_runzeo_s_options(tmp_path:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_repair_through_pclasses_zeo_finishes_while_the_application_writes(tmp_path: Path):
+    """Repair's scan reads batched answers from pclasses-zeo while an
+    application client keeps committing changes to the records being
+    repaired: repair finishes, no record names the old class afterwards,
+    and every change the application made is there."""
+    path = tmp_path / "live.fs"
+    with zeo_process(tmp_path / "srv", {"1": str(path)}) as (address, _log), \
+            modules() as mods:
+        target = uri(address)
+        db = pclasses.open(target)
+        try:
+            populate(db, mods, n=300, blobs=0)
+            assert batched_info(db.storage) is not None
+        finally:
+            db.close()
+        app = pclasses.open(target)
+        writer = Writer(app, 300)
+        writer.start()
+        try:
+            report = pclasses.rename_classes(target, mods.rule, batch_size=9)
+        finally:
+            writer.stop()
+        assert writer.error is None and writer.commits > 0
+        assert not report.skipped
+        db = pclasses.open(target, read_only=True)
+        try:
+            old = mods.old.encode()
+            assert not [oid for oid, data in iter_records(db.storage) if old in data]
+            got = counters(db)
+            assert all(got[k] == n for k, n in writer.expected.items())
+        finally:
+            db.close()
+            app.close()

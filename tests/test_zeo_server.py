@@ -646,3 +646,39 @@ def test_repair_through_pclasses_zeo_finishes_while_the_application_writes(tmp_p
         finally:
             db.close()
             app.close()
+
+
+def test_a_hostile_record_is_shipped_never_run(tmp_path: Path):
+    """A record whose pickles would call ``os.mkdir`` if unpickled goes
+    through pclasses-zeo's batched answers as the bytes stored, and
+    neither the server nor the commands reading through it (classes,
+    broken, xrefs) run it: the directory is never made."""
+    from ZODB.Connection import TransactionMetaData
+
+    victim = tmp_path / "made-by-the-record"
+    hostile = (b"cos\nmkdir\n(S'" + str(victim).encode() + b"'\ntR."
+               + b"cos\nmkdir\n(S'" + str(victim).encode() + b"'\ntR.")
+    path = tmp_path / "h.fs"
+    with zeo_process(tmp_path / "srv", {"1": str(path)}) as (address, _log):
+        target = uri(address)
+        db = pclasses.open(target)
+        try:
+            with db.transaction() as conn:
+                conn.root()["x"] = PersistentMapping(n=1)
+            storage = db.storage
+            oid = storage.new_oid()
+            t = TransactionMetaData()
+            storage.tpc_begin(t)
+            storage.store(oid, b"\0" * 8, hostile, "", t)
+            storage.tpc_vote(t)
+            storage.tpc_finish(t)
+            packed, _last = storage._server.call("pclasses_current", None, 100, 1 << 20)
+            assert (oid, hostile) in [(o, d) for o, _t, d in zeo_paths.unpack_current(packed)]
+            loaded = zeo_paths.unpack_loaded(storage._server.call("pclasses_load_many", [oid]))
+            assert loaded[0][0] == zeo_paths.LOADED and loaded[0][2] == hostile
+        finally:
+            db.close()
+        for command in (["classes", "--no-progress"], ["broken", "--no-progress"], ["xrefs"]):
+            result = run(command[0], target, *command[1:], "--json")
+            assert result.exit_code in (0, 1, 3), (command, result.output[-300:])
+    assert not victim.exists()

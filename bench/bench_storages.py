@@ -24,8 +24,13 @@ this process, alternating the order between runs (medians reported):
   dies after the first commit on RelStorage: the commit ends the cursor it
   iterates with); each repair run starts from a vacuumed database.
 
+``zeo`` is a stock ``runzeo``, ``zeo-pclasses`` a ``pclasses-zeo`` server
+(:mod:`pclasses.storages.zeoserver`, batched reads), each over its own copy
+of the same file.  ``--storages file,zeo,zeo-pclasses`` starts no
+PostgreSQL and runs no repair.
+
 Ratios: census/zodbverify speedup per storage; every read-only command on
-ZEO against the same command on the file; export against census on
+each ZEO server against the same command on the file; export against census on
 RelStorage; zodbupdate/repair on RelStorage.  Prints one JSON document.
 """
 
@@ -67,17 +72,24 @@ def _restart_with_locks(server: Any, locks: int) -> None:
                    check=True, capture_output=True, timeout=120, cwd=server.directory)
 
 
-def _zeo_server(path: Path, directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _zeo_server(path: Path, directory: Path,
+                module: str = "ZEO.runzeo") -> tuple[subprocess.Popen[bytes], str]:
+    """A ZEO server process serving ``path``: the stock ``runzeo``, or
+    ``pclasses.storages.zeoserver`` (``pclasses-zeo``) with the same zeo.conf."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "zeo.conf"
     conf.write_text(f"<zeo>\n  address 127.0.0.1:{port}\n</zeo>\n"
                     f"<filestorage 1>\n  path {path}\n</filestorage>\n")
-    proc = subprocess.Popen([sys.executable, "-m", "ZEO.runzeo", "-C", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src"),
+                                         *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.Popen([sys.executable, "-m", module, "-C", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -190,9 +202,12 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--no-repair", action="store_true")
-    ap.add_argument("--storages", default="file,zeo,relstorage-hf,relstorage-hp",
-                    help="comma-separated subset of file,zeo,relstorage-hf,relstorage-hp "
-                         "(file is always measured: the ratios need it)")
+    ap.add_argument("--storages", default="file,zeo,zeo-pclasses,relstorage-hf,relstorage-hp",
+                    help="comma-separated subset of file,zeo,zeo-pclasses,relstorage-hf,"
+                         "relstorage-hp (file is always measured: the ratios need it; "
+                         "zeo is a stock runzeo, zeo-pclasses a pclasses-zeo server, each "
+                         "over its own copy of the file; PostgreSQL is started only for "
+                         "relstorage-*)")
     ap.add_argument("--steps", default="census,zodbverify,broken,export",
                     help="comma-separated subset of census,zodbverify,broken,export,"
                          "xrefs,refs-check,report")
@@ -202,24 +217,29 @@ def main() -> None:
     from pgserver import PostgresServer
 
     work = Path(tempfile.mkdtemp(prefix="pclasses-bench-storages-"))
-    server = PostgresServer()
-    zeo = None
+    wanted = set(args.storages.split(",")) | {"file"}
+    server = PostgresServer() if wanted & {"relstorage-hf", "relstorage-hp"} else None
+    zeos: list[subprocess.Popen[bytes]] = []
     try:
-        _restart_with_locks(server, LOCKS)
+        if server is not None:
+            _restart_with_locks(server, LOCKS)
         fs = work / "Data.fs"
         shutil.copyfile(src, fs)
         shutil.copyfile(str(src) + ".index", str(fs) + ".index")
-        zeo_fs = work / "zeo.fs"
-        shutil.copyfile(src, zeo_fs)
-        shutil.copyfile(str(src) + ".index", str(zeo_fs) + ".index")
-        zeo, zeo_uri = _zeo_server(zeo_fs, work)
-        wanted = set(args.storages.split(",")) | {"file"}
-        targets = {"file": str(fs), "zeo": zeo_uri}
-        if "zeo" not in wanted:
-            del targets["zeo"]
+        targets = {"file": str(fs)}
+        servers = (("zeo", "ZEO.runzeo"), ("zeo-pclasses", "pclasses.storages.zeoserver"))
+        for kind, module in servers:
+            if kind not in wanted:
+                continue
+            zeo_fs = work / kind / "zeo.fs"
+            zeo_fs.parent.mkdir()
+            shutil.copyfile(src, zeo_fs)
+            shutil.copyfile(str(src) + ".index", str(zeo_fs) + ".index")
+            proc, targets[kind] = _zeo_server(zeo_fs, work / kind, module)
+            zeos.append(proc)
         setup: dict[str, float] = {}
         for kind, keep in (("relstorage-hf", False), ("relstorage-hp", True)):
-            if kind not in wanted:
+            if kind not in wanted or server is None:
                 continue
             name = server.createdb(kind.replace("-", "_"))
             uri = (f"postgres://postgres@{server.host}:{server.port}/{name}"
@@ -265,6 +285,7 @@ def main() -> None:
                         # each tool starts from a vacuumed database (the rows the
                         # previous rewrite left dead would otherwise slow whoever
                         # comes next on a machine too busy for autovacuum)
+                        assert server is not None
                         server.psql("VACUUM ANALYZE", kind.replace("-", "_"))
                         if who == "pclasses":
                             t = time.perf_counter()
@@ -323,10 +344,11 @@ def main() -> None:
             "exports_identical": all(v == first for v in exports.values()),
         }, indent=1))
     finally:
-        if zeo is not None:
-            zeo.terminate()
-            zeo.wait(30)
-        server.stop()
+        for proc in zeos:
+            proc.terminate()
+            proc.wait(30)
+        if server is not None:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -33,21 +33,34 @@ oids, not a FileStorage behind it).
 Nothing is put in the client's cache: the scan's answers bypass it, and
 walks' loads too (``loadBefore`` sent as a plain request, not through
 ZEO's cache-filling load).
+
+A ``pclasses-zeo`` server (:mod:`pclasses.storages.zeoserver`) answers two
+more requests with many records each (``pclasses_current``,
+``pclasses_load_many``).  Whether a server does is asked once a
+connection, from the keys of its ``get_info()`` (:func:`batched_info`: a
+request a stock server does not know would make it drop the connection),
+and then the scan, the walks' loader and the block reader use them, the
+next answer asked for before the caller works through the last one; a
+stock server gets the requests above, as before.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 import threading
+import weakref
+from array import array
 from collections import deque
 from collections.abc import Iterator
-from itertools import islice
+from itertools import accumulate, islice, pairwise
 from typing import Any
 
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
-__all__ = ["iter_current", "BatchLoader", "BlockReader", "pipelined"]
+__all__ = ["iter_current", "BatchLoader", "BlockReader", "pipelined", "batched_info",
+           "INFO_KEY", "PROTOCOL", "unpack_current", "unpack_loaded"]
 
 #: Requests in one batch: the first run, and the bounds of runs.
 FIRST_RUN = 256
@@ -61,9 +74,148 @@ WINDOW = 2
 REFRESHES = 8
 #: Loads in flight for :class:`BatchLoader`.
 LOAD_BATCH = 2_000
+#: Loads :class:`BatchLoader` serves before it looks at the queue again
+#: when it last found nothing new there.
+QUIET_CALLS = 256
 
 _PENDING: Any = object()
 _frame = struct.Struct(">I").pack
+
+# -- the batched requests of a ``pclasses-zeo`` server -----------------------
+
+#: The ``get_info()`` key a ``pclasses-zeo`` server adds for each storage
+#: (a dict: ``protocol``, whether ``current`` and ``load_many`` are
+#: answered, and the caps of one answer).
+INFO_KEY = "pclasses_batched"
+#: The version of the batched requests' answers.
+PROTOCOL = 1
+#: Statuses of one oid in a ``pclasses_load_many`` answer: a record, no
+#: such object (at that view), no data there (deleted).
+LOADED, MISSING, NO_DATA = 0, 1, 2
+#: Records and bytes asked for by one ``pclasses_current`` (the first
+#: answer smaller, so the caller starts working sooner).
+CURRENT_FIRST = 1_000
+CURRENT_RECORDS = 5_000
+CURRENT_BYTES = 4 << 20
+#: Oids of one block of :class:`BlockReader` over a batched server.
+BATCHED_BLOCK = 2_048
+
+_COUNT = struct.Struct(">I")
+_probed: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any] | None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _lengths(packed: bytes, start: int, n: int) -> array[int]:
+    lengths = array("I")
+    if lengths.itemsize != 4:  # pragma: no cover - every platform pclasses runs on
+        lengths = array("L")
+    lengths.frombytes(packed[start:start + 4 * n])
+    if sys.byteorder == "little":
+        lengths.byteswap()
+    return lengths
+
+
+def _columns(packed: bytes, status: bool) -> tuple[int, int, list[int]]:
+    """``(count, offset of the first oid or status, data ends)`` of an
+    answer: ``count(4)``, then ``count`` oids (8 bytes) or statuses (1),
+    ``count`` tids (8), ``count`` lengths (4, big-endian), the data."""
+    if len(packed) < 4:
+        raise ValueError("a truncated pclasses answer")
+    (n,) = _COUNT.unpack_from(packed, 0)
+    lead = n if status else 8 * n
+    lengths_at = 4 + lead + 8 * n
+    data_at = lengths_at + 4 * n
+    if data_at > len(packed):
+        raise ValueError("a truncated pclasses answer")
+    ends = list(accumulate(_lengths(packed, lengths_at, n), initial=data_at))
+    if ends[-1] != len(packed):
+        raise ValueError("a truncated pclasses answer")
+    return n, 4, ends
+
+
+def unpack_current(packed: bytes) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """The ``(oid, tid, data)`` records of a ``pclasses_current`` answer
+    (``count(4)``, the oids, the tids, the lengths (4 bytes, big-endian),
+    the data, each a run of its own)."""
+    n, at, ends = _columns(packed, status=False)
+    tids_at = at + 8 * n
+    oids = [packed[k:k + 8] for k in range(at, tids_at, 8)]
+    tids = [packed[k:k + 8] for k in range(tids_at, tids_at + 8 * n, 8)]
+    return zip(oids, tids, [packed[i:j] for i, j in pairwise(ends)])
+
+
+def unpack_loaded(packed: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The ``(status, tid, data)`` of each oid of a ``pclasses_load_many``
+    answer (``count(4)``, the statuses (1 byte), the tids, the lengths,
+    the data, each a run of its own)."""
+    n, at, ends = _columns(packed, status=True)
+    tids_at = at + n
+    statuses = packed[at:tids_at]
+    tids = [packed[k:k + 8] for k in range(tids_at, tids_at + 8 * n, 8)]
+    return list(zip(statuses, tids, [packed[i:j] for i, j in pairwise(ends)]))
+
+
+def batched_info(storage: Any) -> dict[str, Any] | None:
+    """What the ``pclasses-zeo`` server behind the ZEO client ``storage``
+    answers (its :data:`INFO_KEY` entry of ``get_info()``), or ``None``
+    for a stock server (or one whose answers this module cannot read).
+
+    Asked once a connection (a reconnection may reach another server):
+    ``get_info`` is a request every ZEO server answers, whereas a request
+    a stock server does not know makes it drop the connection."""
+    generation = getattr(storage, "_connection_generation", None)
+    try:
+        known = _probed.get(storage)
+    except TypeError:  # not weakly referable: asked each time
+        known = None
+    if known is not None and generation is not None and known[0] == generation:
+        return known[1]
+    try:
+        info = storage._server.call("get_info")
+    except Exception:
+        return None
+    entry = info.get(INFO_KEY) if isinstance(info, dict) else None
+    found: dict[str, Any] | None = None
+    if isinstance(entry, dict) and entry.get("protocol") == PROTOCOL:
+        found = entry
+    if generation is not None:
+        try:
+            _probed[storage] = (generation, found)
+        except TypeError:
+            pass
+    return found
+
+
+class _Request:
+    """One request in flight: pipelined when the client allows it, else
+    one ZEO call made when the answer is wanted."""
+
+    __slots__ = ("batch", "storage", "method", "args")
+
+    def __init__(self, storage: Any, method: str, args: tuple[Any, ...]) -> None:
+        self.storage, self.method, self.args = storage, method, args
+        self.batch = _start(storage, method, [args]) if _can_pipeline(storage) else None
+
+    def result(self) -> Any:
+        if self.batch is None:
+            return self.storage._server.call(self.method, *self.args)
+        (r,) = self.batch.result()
+        if isinstance(r, BaseException):
+            raise r
+        return r
+
+
+def _batched_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """Every current record, many an answer from a ``pclasses-zeo``
+    server, the next answer asked for before these are handed out."""
+    pending: _Request | None = _Request(storage, "pclasses_current",
+                                        (None, CURRENT_FIRST, CURRENT_BYTES))
+    while pending is not None:
+        packed, last = pending.result()
+        pending = (None if last is None else
+                   _Request(storage, "pclasses_current", (last, CURRENT_RECORDS, CURRENT_BYTES)))
+        yield from unpack_current(packed)
+
 
 
 class _Batch:
@@ -224,6 +376,10 @@ def _object_count(storage: Any) -> int:
 def iter_current(storage: Any) -> Iterator[tuple[bytes, bytes, bytes]]:
     """``(oid, tid, data)`` of every current record, in oid order, each
     once; records without data (deleted objects) are skipped."""
+    info = batched_info(storage)
+    if info is not None and info.get("current"):
+        yield from _batched_current(storage)
+        return
     try:
         first = storage.record_iternext(None)
     except Exception as exc:
@@ -352,7 +508,8 @@ class BatchLoader:
     """``load(oid) -> (data, tid)`` at the snapshot of a connection's
     storage instance over ZEO, loading the oids :meth:`follow`'s queue is
     about to ask for with many requests in flight (the next batch asked
-    for while the walk works through half of the last)."""
+    for while the walk works through half of the last), or, from a
+    ``pclasses-zeo`` server, with one ``pclasses_load_many`` a batch."""
 
     def __init__(self, instance: Any, client: Any) -> None:
         self._instance = instance
@@ -360,8 +517,11 @@ class BatchLoader:
         self._before = instance._start
         self._upcoming: Any = None
         self._got: dict[bytes, tuple[bytes, bytes]] = {}
-        self._pending: tuple[_Batch, list[bytes]] | None = None
+        self._pending: tuple[Any, list[bytes]] | None = None
         self._asked: set[bytes] = set()
+        self._quiet = 0  # calls before the queue is looked at again
+        info = batched_info(client)
+        self._batched = bool(info and info.get("load_many"))
 
     def follow(self, queue: Any) -> None:
         """Prefetch from ``queue`` (a deque of oids a walk pops from the left)."""
@@ -373,19 +533,35 @@ class BatchLoader:
         for o in islice(self._upcoming, 0, LOAD_BATCH):
             if o != first and o not in got and o not in asked:
                 wanted.append(o)
+        if not wanted:
+            # everything ahead is loaded or asked for already: looking
+            # again at every call would read the queue for nothing
+            self._quiet = QUIET_CALLS
+            return
         if wanted:
             asked.update(wanted)
-            self._pending = (_start(self._client, "loadBefore",
-                                    [(o, self._before) for o in wanted]), wanted)
+            if self._batched:
+                self._pending = (_Request(self._client, "pclasses_load_many",
+                                          (b"".join(wanted), self._before)), wanted)
+            else:
+                self._pending = (_start(self._client, "loadBefore",
+                                        [(o, self._before) for o in wanted]), wanted)
 
     def _collect(self) -> None:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        batch, wanted = pending
+        request, wanted = pending
         got = self._got
-        for o, r in zip(wanted, batch.result()):
-            self._asked.discard(o)
+        self._asked.difference_update(wanted)
+        if self._batched:
+            # anything but a record (no such object, deleted) is left to
+            # the instance's own load, which says so as it always does
+            for o, (status, tid, data) in zip(wanted, unpack_loaded(request.result())):
+                if status == LOADED:
+                    got[o] = (data, tid)
+            return
+        for o, r in zip(wanted, request.result()):
             # a tuple, or a list from a msgpack server; None when the
             # object did not exist yet at the snapshot
             if isinstance(r, (tuple, list)) and r[0] is not None:
@@ -401,11 +577,16 @@ class BatchLoader:
             self._ask(oid)
             self._collect()
             got = self._got.pop(oid, None)
-        if self._pending is None and self._upcoming and len(self._got) < LOAD_BATCH // 2:
+        if self._quiet:
+            self._quiet -= 1
+        elif self._pending is None and self._upcoming and len(self._got) < LOAD_BATCH // 2:
             self._ask(None)  # the next ones, while the walk works on these
         if got is not None:
             return got
         return self._instance.load(oid)  # type: ignore[no-any-return]  # POSKeyError
+
+
+_ABSENT: Any = object()
 
 
 class BlockReader:
@@ -415,40 +596,58 @@ class BlockReader:
     every request in flight (``loadBefore`` at the snapshot taken when the
     reader was made, so a missing oid is a quiet ``POSKeyError`` on the
     server), and the next :data:`AHEAD` blocks the walk's last stride points
-    to are asked for while it works.  A record is handed out once (a walk
-    loads each record once) and then dropped, so what is kept is what the
-    walk has not needed yet: at most :data:`KEPT` records, the oldest blocks
-    dropped first.  An oid asked for again, or missing from a block it
-    holds, is loaded alone."""
+    to are asked for while it works.  From a ``pclasses-zeo`` server a
+    block is :data:`BATCHED_BLOCK` oids and one ``pclasses_load_many``,
+    whose answer says which oids hold nothing.  A record is handed out once
+    (a walk loads each record once) and then dropped, so what is kept is
+    what the walk has not needed yet: at most :data:`KEPT` records, the
+    oldest blocks dropped first.  An oid asked for again, or missing from a
+    block it holds, is loaded alone."""
 
     def __init__(self, storage: Any) -> None:
         self._storage = storage
         self._before = p64(u64(storage.lastTransaction()) + 1)
-        self._blocks: dict[int, dict[int, bytes]] = {}
-        self._pending: dict[int, _Batch] = {}
+        self._blocks: dict[int, dict[int, bytes | None]] = {}
+        self._pending: dict[int, Any] = {}
         self._last_block = -1
         self._kept = 0
+        info = batched_info(storage)
+        self._batched = bool(info and info.get("load_many"))
+        self._block = BATCHED_BLOCK if self._batched else BLOCK
 
     def _ask(self, block: int) -> None:
         if block < 0 or block in self._blocks or block in self._pending:
             return
         while len(self._pending) >= 8:  # asked for, not needed yet: kept
             self._take(next(iter(self._pending)))
-        first = block * BLOCK
+        size = self._block
+        first = block * size
         before = self._before
-        self._pending[block] = _start(self._storage, "loadBefore",
-                                      [(p64(k), before) for k in range(first, first + BLOCK)])
+        if self._batched:
+            oids = array("Q", range(first, first + size))
+            if sys.byteorder == "little":
+                oids.byteswap()
+            self._pending[block] = _Request(self._storage, "pclasses_load_many",
+                                            (oids.tobytes(), before))
+        else:
+            self._pending[block] = _start(self._storage, "loadBefore",
+                                          [(p64(k), before) for k in range(first, first + size)])
 
-    def _take(self, block: int) -> dict[int, bytes]:
+    def _take(self, block: int) -> dict[int, bytes | None]:
         self._ask(block)
-        batch = self._pending.pop(block)
-        got: dict[int, bytes] = {}
-        for k, r in enumerate(batch.result(), block * BLOCK):
-            if isinstance(r, BaseException):
-                if not isinstance(r, POSKeyError):
-                    raise r
-            elif r is not None and r[0] is not None:  # (data, start, end), tuple or list
-                got[k] = r[0]
+        request = self._pending.pop(block)
+        got: dict[int, bytes | None] = {}
+        first = block * self._block
+        if self._batched:
+            for k, (status, _tid, data) in enumerate(unpack_loaded(request.result()), first):
+                got[k] = data if status == LOADED else None
+        else:
+            for k, r in enumerate(request.result(), first):
+                if isinstance(r, BaseException):
+                    if not isinstance(r, POSKeyError):
+                        raise r
+                elif r is not None and r[0] is not None:  # (data, start, end), tuple or list
+                    got[k] = r[0]
         blocks = self._blocks
         blocks[block] = got
         self._kept += len(got)
@@ -465,7 +664,7 @@ class BlockReader:
         return None if r is None else r[0]
 
     def load(self, oid: int) -> bytes | None:
-        block = oid // BLOCK
+        block = oid // self._block
         got = self._blocks.get(block)
         if got is None:
             got = self._take(block)
@@ -478,13 +677,13 @@ class BlockReader:
             self._last_block = block
             for ahead in range(1, AHEAD + 1):
                 self._ask(block + ahead * stride)
-        data = got.pop(oid, None)
-        if data is None:
+        data = got.pop(oid, _ABSENT)
+        if data is _ABSENT:
             return self._alone(oid)
         self._kept -= 1
         if not got:
             del self._blocks[block]
-        return data
+        return data  # type: ignore[no-any-return]
 
 
 #: Oids in one block of :class:`BlockReader`, blocks it asks for ahead of

@@ -250,6 +250,26 @@ def test_repair_finishes_while_the_application_writes(site: Any):
         app.close()
 
 
+def test_repair_of_an_open_database_leaves_its_cache_alone(site: Any):
+    """Repair given an application's open database renames through it and
+    leaves RelStorage's local cache as the application configured it (repair
+    turns that cache off only on storages it opens itself)."""
+    s, mods = site
+    app = pclasses.open(s.uri())
+    try:
+        before = app.storage._cache.local_client.limit
+        report = pclasses.rename_classes(app, mods.rule)
+        assert report.changed == 200 and not report.skipped
+        assert before > 0 and app.storage._cache.local_client.limit == before
+    finally:
+        app.close()
+    db = pclasses.open(s.uri(), read_only=True)
+    try:
+        assert not [oid for oid, data in iter_records(db.storage) if mods.old.encode() in data]
+    finally:
+        db.close()
+
+
 def test_batches_shrink_to_fit_the_lock_table(site: Any):
     """When PostgreSQL's lock table cannot hold a batch's locks ("out of
     shared memory"), repair stores it in smaller batches and finishes."""

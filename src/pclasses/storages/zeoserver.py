@@ -63,7 +63,7 @@ from ZODB.FileStorage import FileStorage
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
-from ..scan import DROP_BYTES, PAGE_SPAN, drop_pages
+from ..mapped import DROP_BYTES, PAGE_SPAN, drop_pages
 from . import storage_kind
 from .zeo import INFO_KEY, LOADED, MISSING, NO_DATA, PROTOCOL
 

@@ -23,14 +23,14 @@ from typing import Any
 
 from ZODB.POSException import POSKeyError
 
-from .. import scan
+from .. import mapped
+from ..mapped import PAGE_SPAN, drop_pages
 from ..oidset import DENSE_LIMIT, OidSet
-from ..scan import PAGE_SPAN, drop_pages
 
 __all__ = ["Loader", "loader_for"]
 
 #: The map's pages are given back after this many bytes read through it.
-DROP_BYTES = scan.DROP_BYTES
+DROP_BYTES = mapped.DROP_BYTES
 
 # oid tid prev tloc vlen plen
 _HEADER = struct.Struct(">8s8sQQHQ")

@@ -270,6 +270,49 @@ def test_repair_of_an_open_database_leaves_its_cache_alone(site: Any):
         db.close()
 
 
+def test_a_failed_batch_is_one_line_and_running_again_finishes(site: Any):
+    """A batch PostgreSQL refuses (here a trigger that rejects one record)
+    ends repair with one line (raised from the committer threads); that
+    batch is rolled back, the batches before it stay repaired, and running
+    repair again once the cause is gone renames what is left."""
+    from ZODB.utils import u64
+
+    s, mods = site
+    db = pclasses.open(s.uri(), read_only=True)
+    try:
+        holders = sorted(oid for oid, data in iter_records(db.storage)
+                         if mods.old.encode() in data)
+    finally:
+        db.close()
+    bad = u64(holders[len(holders) // 2])
+    s.server.psql("CREATE FUNCTION pcl_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$", s.dbname)
+    s.server.psql(f"CREATE TRIGGER pcl_refuse BEFORE INSERT ON object_state FOR EACH ROW "
+                  f"WHEN (NEW.zoid = {bad}) EXECUTE FUNCTION pcl_refuse()", s.dbname)
+    try:
+        with pytest.raises(pclasses.RepairError) as info:
+            pclasses.rename_classes(s.uri(), mods.rule, batch_size=7)
+        message = str(info.value)
+        assert "\n" not in message and "refused by the test" in message
+        assert "rolled back" in message and "run again" in message
+    finally:
+        s.server.psql("DROP TRIGGER pcl_refuse ON object_state", s.dbname)
+    db = pclasses.open(s.uri(), read_only=True)
+    try:
+        left = {oid for oid, data in iter_records(db.storage) if mods.old.encode() in data}
+    finally:
+        db.close()
+    assert holders[len(holders) // 2] in left  # its batch was rolled back
+    assert len(left) < len(holders)  # the batches before it stay repaired
+    report = pclasses.rename_classes(s.uri(), mods.rule, batch_size=7)
+    assert report.changed == len(left) and not report.skipped
+    db = pclasses.open(s.uri(), read_only=True)
+    try:
+        assert not [oid for oid, data in iter_records(db.storage) if mods.old.encode() in data]
+    finally:
+        db.close()
+
+
 def test_batches_shrink_to_fit_the_lock_table(site: Any):
     """When PostgreSQL's lock table cannot hold a batch's locks ("out of
     shared memory"), repair stores it in smaller batches and finishes."""

@@ -490,7 +490,9 @@ class _InBackground:
         self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
         self._error: BaseException | None = None
-        self._abandoned = False
+        #: set by the first error (and kept after it is raised), or by an
+        #: abandoning close: no committer starts another batch
+        self._stopped = False
         self._threads = [threading.Thread(target=self._run, args=(each,), daemon=True,
                                           name=f"pclasses-repair-commit-{n}")
                          for n, each in enumerate(committers)]
@@ -508,13 +510,14 @@ class _InBackground:
             item = self._queue.get()
             if item is None:
                 return
-            if self._error is None and not self._abandoned:
+            if not self._stopped:
                 try:
                     committer.commit(*item)
                 except BaseException as exc:  # raised again in the scan's thread
                     with self._lock:
-                        if self._error is None:
+                        if not self._stopped:
                             self._error = exc
+                        self._stopped = True
 
     def _raise(self) -> None:
         with self._lock:
@@ -531,7 +534,7 @@ class _InBackground:
         with ``abandon`` (the scan failed), let the batches being stored
         finish, drop those waiting and raise nothing."""
         if abandon:
-            self._abandoned = True
+            self._stopped = True
         for thread in self._threads:
             if thread.is_alive():
                 self._queue.put(None)

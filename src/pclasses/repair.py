@@ -254,9 +254,7 @@ def _rename_storage(storage: Any, pattern: re.Pattern[bytes] | None, targets: _T
         progress(0, total)
     committers = [_Committer(storage, pattern, targets, batch_size)]
     # RelStorage: the scan streams through a connection (and snapshot) of its
-    # own, so batches are committed in threads while the scan reads on; two
-    # committers side by side, so that one uploads its batch and locks its
-    # rows while the other's moves (RelStorage moves one transaction at a time)
+    # own, so batches are committed in threads while the scan reads on
     sink: _Committer | _InBackground = committers[0]
     if not dry_run and storage_kind(storage) == "relstorage":
         committers += [_Committer(storage, pattern, targets, batch_size)

@@ -23,14 +23,11 @@ from typing import Any
 
 from ZODB.POSException import POSKeyError
 
-from .. import mapped
-from ..mapped import PAGE_SPAN, drop_pages
+from ..mapped import DROP_BYTES, PAGE_SPAN, drop_pages
 from ..oidset import DENSE_LIMIT, OidSet
 
 __all__ = ["Loader", "loader_for"]
 
-#: The map's pages are given back after this many bytes read through it.
-DROP_BYTES = mapped.DROP_BYTES
 
 # oid tid prev tloc vlen plen
 _HEADER = struct.Struct(">8s8sQQHQ")
